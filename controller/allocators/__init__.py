@@ -1,0 +1,5 @@
+"""Node CIDR allocators."""
+
+from controller.allocators.cidrset import CIDRSet, CIDRSetError, NoCIDRsRemainingError
+
+__all__ = ["CIDRSet", "CIDRSetError", "NoCIDRsRemainingError"]
