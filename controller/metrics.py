@@ -1,0 +1,113 @@
+"""Prometheus metrics with kube-controller-manager's names (spelled correctly).
+
+Everything is registered on a registry this module creates on request, never
+on import, so tests and several controllers in one process do not collide.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controller.allocators import CIDRSet
+
+NAMESPACE = "node_ipam_controller"
+CLUSTER_CIDR_LABEL = "clusterCIDR"
+
+
+class Metrics:
+    """The controller's metrics, on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = [CLUSTER_CIDR_LABEL]
+        self.allocations = Counter(
+            "cidrset_cidrs_allocations",
+            "Node CIDRs allocated, per cluster CIDR.",
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.releases = Counter(
+            "cidrset_cidrs_releases",
+            "Node CIDRs released, per cluster CIDR.",
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.usage = Gauge(
+            "cidrset_usage_cidrs",
+            "Fraction of the node CIDRs in use (0..1), per cluster CIDR.",
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.max_cidrs = Gauge(
+            "cidrset_max_cidrs",
+            "Node CIDRs the cluster CIDR holds.",
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.allocated = Gauge(
+            "cidrset_allocated_cidrs",
+            "Node CIDRs in use, per cluster CIDR.",
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.tries = Histogram(
+            "cidrset_allocation_tries_per_request",
+            "Attempts (reserve + patch) needed to give a Node its podCIDRs.",
+            labels,
+            buckets=(1, 5, 25, 125, 625),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "events",
+            "Kubernetes Events emitted, by type and reason.",
+            ["type", "reason"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.patch_failures = Counter(
+            "patch_failures",
+            "podCIDR patches the API server refused or could not take, by HTTP status.",
+            ["status"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.nodes_waiting = Gauge(
+            "nodes_waiting_for_cidr",
+            "Nodes without podCIDRs because the range is exhausted.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.allocation_seconds = Histogram(
+            "allocation_duration_seconds",
+            "Time from seeing a Node without podCIDRs to its patch landing.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+
+    def track_sets(self, sets: Iterable[CIDRSet]) -> None:
+        """Usage gauges computed at scrape time from the sets themselves."""
+        for cidr_set in sets:
+            label = str(cidr_set.cluster_cidr)
+            self.max_cidrs.labels(label).set(cidr_set.max_cidrs)
+            self.usage.labels(label).set_function(functools.partial(_usage, cidr_set))
+            self.allocated.labels(label).set_function(functools.partial(_allocated, cidr_set))
+            self.allocations.labels(label)
+            self.releases.labels(label)
+
+
+def _usage(cidr_set: CIDRSet) -> float:
+    return cidr_set.usage
+
+
+def _allocated(cidr_set: CIDRSet) -> float:
+    return float(cidr_set.allocated)

@@ -1,0 +1,181 @@
+"""kopf wiring only: settings, the Node event handler, start-up and shutdown.
+
+kopf is told to store nothing on Nodes: no progress or diff-base annotations,
+no finalizers (only `@kopf.on.event` is used), no status, no kopf events.
+The only write to a Node is the podCIDR patch in kube.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable
+from typing import Any
+
+import kopf
+
+from controller.config import Settings
+from controller.kube import Credentials, KubeClient
+from controller.leader import LeaderElector
+from controller.metrics import Metrics
+from controller.nodes import NodeAllocations, NodeInfo
+from controller.reconciler import Reconciler
+from controller.server import HealthServer
+
+logger = logging.getLogger("nodeipam")
+
+WATCH_PAGE_SIZE = 500
+
+
+class NoProgressStorage(kopf.ProgressStorage):
+    """Keeps no handler progress: event handlers need none, and Nodes stay clean."""
+
+    def fetch(self, **_: Any) -> None:
+        return None
+
+    def store(self, **_: Any) -> None:
+        return None
+
+    def purge(self, **_: Any) -> None:
+        return None
+
+    def touch(self, **_: Any) -> None:
+        return None
+
+    def clear(self, *, essence: Any) -> Any:
+        return essence
+
+
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """Keeps no last-handled configuration on Nodes."""
+
+    def fetch(self, **_: Any) -> None:
+        return None
+
+    def store(self, **_: Any) -> None:
+        return None
+
+
+def kopf_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = NoProgressStorage()
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
+    settings.posting.enabled = False  # our own Events, in the shape kubectl describe shows
+    settings.scanning.disabled = True  # no CRD/namespace watching: RBAC stays minimal
+    settings.watching.chunk_size = WATCH_PAGE_SIZE
+    settings.queueing.idle_timeout = 0.5  # free per-Node workers early on large clusters
+    return settings
+
+
+def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.OperatorRegistry:
+    """The handlers: credentials for kopf's watch, and Node events into the reconciler."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=credentials.server,
+            ca_path=credentials.ca_file,
+            insecure=credentials.insecure,
+            scheme="Bearer" if credentials.current_token() else None,
+            token=credentials.current_token(),
+            certificate_path=credentials.cert_file,
+            private_key_path=credentials.key_file,
+        )
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(event: kopf.RawEvent, **_: Any) -> None:
+        node = NodeInfo.from_body(event["object"])
+        if event["type"] == "DELETED":
+            await reconciler.deleted(node)
+        else:
+            await reconciler.handle(node)
+
+    return registry
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if level.lower() != "debug":
+        for noisy in ("kopf", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def run(settings: Settings, credentials: Credentials | None = None) -> None:
+    """Run until SIGTERM/SIGINT, or until leadership is lost."""
+    credentials = credentials or Credentials.load(settings.kubeconfig, settings.master)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    metrics = Metrics()
+    async with KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube:
+        health = HealthServer(settings.metrics_bind_address, metrics.registry)
+        await health.start()
+        try:
+            elector = LeaderElector(kube, settings.leader_election)
+            if not await _until_stopped(elector.acquire(), stop):
+                return
+            lost = asyncio.ensure_future(elector.hold())
+            allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
+            reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight)
+            health.watch(reconciler.rebuilt)
+            waiting = await _until_stopped(reconciler.rebuild(), stop)
+            if waiting is None:
+                return
+            # Created before kopf starts, so that kopf's shutdown leaves them to us.
+            tasks = [
+                lost,
+                asyncio.ensure_future(reconciler.assign_all(waiting)),
+                asyncio.ensure_future(reconciler.serve_waiting()),
+                asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
+            ]
+            kopf_stop = asyncio.Event()
+            lost.add_done_callback(lambda _: kopf_stop.set())
+            stop_watcher = asyncio.ensure_future(_relay(stop, kopf_stop))
+            try:
+                await kopf.operator(
+                    registry=build_registry(credentials, reconciler),
+                    settings=kopf_settings(),
+                    clusterwide=True,
+                    standalone=True,
+                    stop_flag=kopf_stop,
+                )
+            finally:
+                for task in (*tasks, stop_watcher):
+                    task.cancel()
+                await asyncio.gather(*tasks, stop_watcher, return_exceptions=True)
+            if lost.done() and not lost.cancelled() and lost.exception() is None and not stop.is_set():
+                raise LeadershipLost("lost the leader lease; exiting so that a fresh process can compete again")
+            await elector.release()
+        finally:
+            await health.stop()
+    logger.info("stopped")
+
+
+class LeadershipLost(RuntimeError):
+    """The lease went to another instance; allocation stopped at once."""
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _until_stopped(awaitable: Awaitable[Any], stop: asyncio.Event) -> Any:
+    """Await `awaitable` unless the stop flag comes first (then None)."""
+    work = asyncio.ensure_future(awaitable)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if work in done:
+        stopper.cancel()
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    return None

@@ -1,0 +1,155 @@
+"""A real etcd + kube-apiserver for the session, and the controller as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from controller.localcluster.cluster import LocalControlPlane, free_port
+from controller.localcluster.nodebodies import realistic_node
+from tests.conftest import wait_for
+
+STOP_TIMEOUT = 15.0
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[LocalControlPlane]:
+    with LocalControlPlane() as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def core(control_plane: LocalControlPlane) -> client.CoreV1Api:
+    api_client = config.new_client_from_config(config_file=control_plane.kubeconfig)
+    return client.CoreV1Api(api_client)
+
+
+class Cluster:
+    """Arrange and assert on Nodes and Events through the official client."""
+
+    def __init__(self, plane: LocalControlPlane, core: client.CoreV1Api) -> None:
+        self.plane = plane
+        self.core = core
+
+    def create_nodes(self, names: list[str], pod_cidrs: tuple[str, ...] = ()) -> None:
+        for index, name in enumerate(names):
+            self.core.create_node(realistic_node(name, index, pod_cidrs))
+
+    def delete_node(self, name: str) -> None:
+        self.core.delete_node(name)
+        wait_for(lambda: name not in self.pod_cidrs(), timeout=30, what=f"node {name} to be gone")
+
+    def pod_cidrs(self) -> dict[str, list[str]]:
+        """name -> spec.podCIDRs ([] when unassigned); also checks podCIDR == podCIDRs[0]."""
+        result = {}
+        for node in self.core.list_node().items:
+            cidrs = list(node.spec.pod_cidrs or [])
+            if cidrs:
+                assert node.spec.pod_cidr == cidrs[0], f"{node.metadata.name}: podCIDR != podCIDRs[0]"
+            result[node.metadata.name] = cidrs
+        return result
+
+    def wait_assigned(self, names: list[str], timeout: float = 60.0) -> dict[str, list[str]]:
+        def assigned() -> dict[str, list[str]] | None:
+            cidrs = self.pod_cidrs()
+            return cidrs if all(cidrs.get(name) for name in names) else None
+
+        result = wait_for(assigned, timeout=timeout, what=f"podCIDRs on {len(names)} nodes")
+        assert result is not None
+        return result
+
+    def events_for(self, name: str) -> list[Any]:
+        """Events about the Node now called `name` (not an earlier Node of that name)."""
+        uid = self.core.read_node(name).metadata.uid
+        events = self.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
+        return [event for event in events if event.involved_object.kind == "Node" and event.involved_object.uid == uid]
+
+    def wait_event(self, name: str, reason: str, timeout: float = 30.0) -> Any:
+        def found() -> Any:
+            return next((e for e in self.events_for(name) if e.reason == reason), None)
+
+        return wait_for(found, timeout=timeout, what=f"a {reason} event on node {name}")
+
+    def delete_all_nodes(self) -> None:
+        self.core.delete_collection_node()
+        wait_for(lambda: not self.core.list_node().items, timeout=30, what="all nodes deleted")
+
+
+@pytest.fixture
+def cluster(control_plane: LocalControlPlane, core: client.CoreV1Api) -> Iterator[Cluster]:
+    the_cluster = Cluster(control_plane, core)
+    the_cluster.delete_all_nodes()
+    yield the_cluster
+    the_cluster.delete_all_nodes()
+
+
+class ControllerProcess:
+    """`nodeipam run` as its own process, the way it runs in a cluster."""
+
+    def __init__(self, plane: LocalControlPlane, flags: list[str], log_dir: Path) -> None:
+        self.metrics_port = free_port()
+        self.log_path = log_dir / f"controller-{self.metrics_port}.log"
+        self.argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            "run",
+            f"--kubeconfig={plane.kubeconfig}",
+            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
+            *flags,
+        ]
+        if not any(flag.startswith("--leader-elect") for flag in flags):
+            self.argv.append("--leader-elect=false")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code; fails if it takes longer than a few seconds."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise AssertionError(f"controller did not stop within {STOP_TIMEOUT}s of SIGTERM:\n{self.log()}") from None
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_controller(control_plane: LocalControlPlane) -> Iterator[Callable[..., ControllerProcess]]:
+    started: list[ControllerProcess] = []
+    log_dir = Path(tempfile.mkdtemp(prefix="nodeipam-test-logs-"))
+
+    def start(*flags: str) -> ControllerProcess:
+        process = ControllerProcess(control_plane, list(flags), log_dir)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        code = process.stop()
+        assert code in (0, -signal.SIGKILL), f"controller exited with {code}:\n{process.log()}"
+
+
+def no_duplicates(cidrs: dict[str, list[str]]) -> None:
+    flat = [cidr for values in cidrs.values() for cidr in values]
+    duplicates = sorted({cidr for cidr in flat if flat.count(cidr) > 1})
+    assert not duplicates, f"duplicate podCIDRs: {duplicates}\n{json.dumps(cidrs, indent=1)}"

@@ -1,0 +1,259 @@
+"""The controller as a process against a real kube-apiserver: the tests of record."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from controller.localcluster.nodebodies import realistic_node
+from tests.conftest import wait_for
+from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., ControllerProcess]
+
+FAMILIES = [
+    pytest.param("10.244.0.0/16", 24, id="ipv4"),
+    pytest.param("fd00:10:244::/48", 64, id="ipv6"),
+]
+
+
+def _mask_flag(cluster_cidr: str, mask: int) -> str:
+    return f"--node-cidr-mask-size={mask}"
+
+
+def _inside(cidr: str, cluster_cidr: str, mask: int) -> bool:
+    network = ipaddress.ip_network(cidr)
+    return network.prefixlen == mask and network.subnet_of(ipaddress.ip_network(cluster_cidr))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cluster_cidr", "mask"), FAMILIES)
+def test_new_nodes_get_disjoint_ranges(cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int) -> None:
+    start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
+    names = [f"node-{i}" for i in range(6)]
+    cluster.create_nodes(names)
+    cidrs = cluster.wait_assigned(names)
+    no_duplicates(cidrs)
+    for name in names:
+        assert len(cidrs[name]) == 1
+        assert _inside(cidrs[name][0], cluster_cidr, mask), cidrs[name]
+
+
+def test_nothing_but_the_pod_cidr_is_written_to_nodes(cluster: Cluster, start_controller: Start) -> None:
+    start_controller("--cluster-cidr=10.244.0.0/16")
+    cluster.create_nodes(["clean-1", "clean-2"])
+    cluster.create_nodes(["preset"], pod_cidrs=("10.244.7.0/24",))
+    cluster.wait_assigned(["clean-1", "clean-2"])
+    for node in cluster.core.list_node().items:
+        annotations = node.metadata.annotations or {}
+        assert not [key for key in annotations if "kopf" in key], annotations
+        assert not node.metadata.finalizers
+        assert node.status.conditions, "status must be the kubelet's own"
+    assert cluster.pod_cidrs()["preset"] == ["10.244.7.0/24"]
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "preset"),
+    [
+        pytest.param("10.244.0.0/16", 24, ["10.244.0.0/24", "10.244.1.0/24", "10.244.3.0/24"], id="ipv4"),
+        pytest.param("fd00:10:244::/48", 64, ["fd00:10:244::/64", "fd00:10:244:1::/64", "fd00:10:244:3::/64"], id="ipv6"),
+    ],
+)
+def test_rebuild_from_existing_nodes_gives_no_duplicates(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int, preset: list[str]
+) -> None:
+    for index, cidr in enumerate(preset):
+        cluster.create_nodes([f"old-{index}"], pod_cidrs=(cidr,))
+    waiting = [f"new-{i}" for i in range(4)]
+    cluster.create_nodes(waiting)
+    start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
+    cidrs = cluster.wait_assigned(waiting)
+    no_duplicates(cidrs)
+    assert [cidrs[f"old-{i}"] for i in range(3)] == [[cidr] for cidr in preset], "preset ranges must not change"
+    assert not set(preset) & {cidrs[name][0] for name in waiting}
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.244.0.0/23", 24, id="ipv4"), pytest.param("fd00:10:244::/63", 64, id="ipv6")],
+)
+def test_released_range_is_reused_after_delete(cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int) -> None:
+    start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask), "--resync-period=10m")
+    cluster.create_nodes(["a", "b"])
+    first = cluster.wait_assigned(["a", "b"])
+    cluster.delete_node("a")
+    cluster.create_nodes(["c"])
+    # The range holds two subnets: "c" can only get the one "a" gave back,
+    # and only from the DELETED event, since the resync is 10 minutes away.
+    assert cluster.wait_assigned(["c"], timeout=30)["c"] == first["a"]
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "outside", "wrong_mask"),
+    [
+        pytest.param("10.244.0.0/16", 24, "192.168.5.0/24", "10.244.8.0/23", id="ipv4"),
+        pytest.param("fd00:10:244::/48", 64, "fd00:99::/64", "fd00:10:244:8::/63", id="ipv6"),
+    ],
+)
+def test_bad_pod_cidrs_are_reported_and_everything_else_is_served(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int, outside: str, wrong_mask: str
+) -> None:
+    cluster.create_nodes(["outside"], pod_cidrs=(outside,))
+    cluster.create_nodes(["wrong-mask"], pod_cidrs=(wrong_mask,))
+    controller = start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
+    event = cluster.wait_event("outside", "InvalidPodCIDR")
+    assert event.type == "Warning"
+    assert outside in event.message and "outside the cluster CIDR" in event.message
+    assert event.involved_object.namespace in (None, "")
+    assert "InvalidPodCIDR" in cluster.plane.kubectl("describe", "node", "outside")
+    cluster.wait_event("wrong-mask", "InvalidPodCIDR")
+    # Later Nodes are still served, and never get a range the wrong-mask /63 or /23 covers.
+    names = [f"later-{i}" for i in range(20)]
+    cluster.create_nodes(names)
+    cidrs = cluster.wait_assigned(names)
+    covered = ipaddress.ip_network(wrong_mask)
+    for name in names:
+        assert not ipaddress.ip_network(cidrs[name][0]).overlaps(covered), (name, cidrs[name])  # type: ignore[arg-type]
+    assert controller.process.poll() is None
+    assert cidrs["outside"] == [outside]
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.244.0.0/23", 24, id="ipv4"), pytest.param("fd00:10:244::/63", 64, id="ipv6")],
+)
+def test_exhaustion_then_recovery_on_release(cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int) -> None:
+    start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask), "--resync-period=10m")
+    cluster.create_nodes(["first", "second"])
+    cluster.wait_assigned(["first", "second"])
+    cluster.create_nodes(["third"])
+    event = cluster.wait_event("third", "CIDRNotAvailable")
+    assert event.type == "Warning"
+    assert cluster.pod_cidrs()["third"] == []
+    freed = cluster.pod_cidrs()["second"]
+    cluster.delete_node("second")
+    assert cluster.wait_assigned(["third"], timeout=30)["third"] == freed
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "first_family"),
+    [
+        pytest.param("10.244.0.0/16,fd00:10:244::/48", 4, id="ipv4-first"),
+        pytest.param("fd00:10:244::/48,10.244.0.0/16", 6, id="ipv6-first"),
+    ],
+)
+def test_dual_stack_follows_flag_order(cluster: Cluster, start_controller: Start, cluster_cidr: str, first_family: int) -> None:
+    start_controller(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64")
+    names = [f"dual-{i}" for i in range(4)]
+    cluster.create_nodes(names)
+    cidrs = cluster.wait_assigned(names)
+    no_duplicates(cidrs)
+    for name in names:
+        versions = [ipaddress.ip_network(cidr).version for cidr in cidrs[name]]
+        assert versions == ([4, 6] if first_family == 4 else [6, 4]), cidrs[name]
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "service_cidr", "expected"),
+    [
+        pytest.param("10.100.0.0/22", "10.100.0.0/23", {"10.100.2.0/24", "10.100.3.0/24"}, id="ipv4"),
+        pytest.param("fd00:10:244::/62", "fd00:10:244::/63", {"fd00:10:244:2::/64", "fd00:10:244:3::/64"}, id="ipv6"),
+    ],
+)
+def test_service_cidr_is_kept_out_of_the_pool(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, service_cidr: str, expected: set[str]
+) -> None:
+    mask = 24 if ":" not in cluster_cidr else 64
+    start_controller(
+        f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask), f"--service-cluster-ip-range={service_cidr}"
+    )
+    cluster.create_nodes(["s1", "s2", "s3"])
+
+    def two_assigned() -> dict[str, list[str]] | None:
+        cidrs = cluster.pod_cidrs()
+        return cidrs if sum(1 for value in cidrs.values() if value) == 2 else None
+
+    cidrs = wait_for(two_assigned, what="two nodes assigned")
+    assert {value[0] for value in cidrs.values() if value} == expected
+    (left_out,) = [name for name, value in cidrs.items() if not value]
+    cluster.wait_event(left_out, "CIDRNotAvailable")
+
+
+def test_sigkill_mid_burst_then_restart_gives_no_duplicates(cluster: Cluster, start_controller: Start) -> None:
+    names = [f"burst-{i}" for i in range(300)]
+    first = start_controller("--cluster-cidr=10.240.0.0/14")
+    cluster.create_nodes(names[:150])
+    wait_for(lambda: sum(1 for v in cluster.pod_cidrs().values() if v) >= 20, what="some allocations")
+    first.kill()
+    cluster.create_nodes(names[150:])
+    start_controller("--cluster-cidr=10.240.0.0/14")
+    no_duplicates(cluster.wait_assigned(names, timeout=120))
+
+
+def test_sigterm_stops_promptly(cluster: Cluster, start_controller: Start) -> None:
+    controller = start_controller("--cluster-cidr=10.244.0.0/16")
+    cluster.create_nodes(["x"])
+    cluster.wait_assigned(["x"])
+    assert controller.stop() == 0  # stop() fails the test past 15 s
+    assert "allocated" in controller.log() and "stopped" in controller.log()
+
+
+def test_metrics_and_readiness(cluster: Cluster, start_controller: Start) -> None:
+    controller = start_controller("--cluster-cidr=10.244.0.0/16")
+    cluster.create_nodes(["m1", "m2"])
+    cluster.wait_assigned(["m1", "m2"])
+    base = f"http://127.0.0.1:{controller.metrics_port}"
+    wait_for(lambda: urllib.request.urlopen(base + "/readyz", timeout=5).status == 200, what="readyz")
+    metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    assert 'node_ipam_controller_cidrset_cidrs_allocations_total{clusterCIDR="10.244.0.0/16"} 2.0' in metrics
+    assert 'node_ipam_controller_cidrset_max_cidrs{clusterCIDR="10.244.0.0/16"} 256.0' in metrics
+
+
+BAD_FLAGS = [
+    pytest.param([], "--cluster-cidr", id="missing-cluster-cidr"),
+    pytest.param(["--cluster-cidr=10.0.0.0/16,10.1.0.0/16"], "--cluster-cidr", id="two-ipv4"),
+    pytest.param(["--cluster-cidr=10.0.0.0/16,fd00::/48,10.2.0.0/16"], "--cluster-cidr", id="three-cidrs"),
+    pytest.param(["--cluster-cidr=10.0.0/16"], "--cluster-cidr", id="malformed"),
+    pytest.param(
+        ["--cluster-cidr=10.0.0.0/16,fd00::/48", "--node-cidr-mask-size=24"], "--node-cidr-mask-size", id="dual-single-mask"
+    ),
+    pytest.param(
+        ["--cluster-cidr=fd00::/48", "--node-cidr-mask-size-ipv4=24"], "--node-cidr-mask-size-ipv4", id="ipv4-flag-on-ipv6"
+    ),
+    pytest.param(
+        ["--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size-ipv6=64"], "--node-cidr-mask-size-ipv6", id="ipv6-flag-on-ipv4"
+    ),
+    pytest.param(["--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size=8"], "--node-cidr-mask-size", id="mask-shorter-ipv4"),
+    pytest.param(
+        ["--cluster-cidr=fd00::/48", "--node-cidr-mask-size-ipv6=32"], "--node-cidr-mask-size-ipv6", id="mask-shorter-ipv6"
+    ),
+    pytest.param(["--cluster-cidr=10.0.0.0/16", "--allocate-node-cidrs=false"], "--allocate-node-cidrs", id="allocate-false"),
+    pytest.param(["--cluster-cidr=10.0.0.0/16", "--cidr-allocator-type=CloudAllocator"], "--cidr-allocator-type", id="cloud"),
+    pytest.param(["--cluster-cidr=10.0.0.0/16", "--resync-period=soon"], "--resync-period", id="bad-duration"),
+]
+
+
+@pytest.mark.parametrize(("flags", "named"), BAD_FLAGS)
+def test_bad_flags_fail_fast_naming_the_flag(flags: list[str], named: str) -> None:
+    # The kubeconfig points at nothing: a failure must come before any connection.
+    result = subprocess.run(
+        [sys.executable, "-m", "controller", "run", "--kubeconfig=/nonexistent/kubeconfig", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_realistic_bodies_are_about_ten_kilobytes() -> None:
+    import json
+
+    assert 9_000 < len(json.dumps(realistic_node("ip-10-0-0-1.eu-west-1.compute.internal", 1))) < 12_000
