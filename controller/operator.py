@@ -49,7 +49,15 @@ class NoProgressStorage(kopf.ProgressStorage):
 
 
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
-    """Keeps no last-handled configuration on Nodes."""
+    """Keeps no last-handled configuration on Nodes, and computes none.
+
+    kopf builds a diff base for every event by deep-copying the body; with
+    only event handlers nothing reads it, and on ~10 KB Nodes the copy was
+    two thirds of the controller's CPU time.
+    """
+
+    def build(self, **_: Any) -> Any:
+        return {}
 
     def fetch(self, **_: Any) -> None:
         return None
@@ -117,54 +125,69 @@ async def run(settings: Settings, credentials: Credentials | None = None) -> Non
     async with KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube:
         health = HealthServer(settings.metrics_bind_address, metrics.registry)
         await health.start()
+        elector = LeaderElector(kube, settings.leader_election)
         try:
-            elector = LeaderElector(kube, settings.leader_election)
-            if not await _until_stopped(elector.acquire(), stop):
-                return
-            lost = asyncio.ensure_future(elector.hold())
-            allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
-            reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight)
-            health.watch(reconciler.rebuilt)
-            waiting = await _until_stopped(reconciler.rebuild(), stop)
-            if waiting is None:
-                return
-            # Created before kopf starts, so that kopf's shutdown leaves them to us.
-            tasks = [
-                lost,
-                asyncio.ensure_future(reconciler.assign_all(waiting)),
-                asyncio.ensure_future(reconciler.serve_waiting()),
-                asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
-            ]
-            kopf_stop = asyncio.Event()
-            lost.add_done_callback(lambda _: kopf_stop.set())
-            stop_watcher = asyncio.ensure_future(_relay(stop, kopf_stop))
-            try:
-                await kopf.operator(
-                    registry=build_registry(credentials, reconciler),
-                    settings=kopf_settings(),
-                    clusterwide=True,
-                    standalone=True,
-                    stop_flag=kopf_stop,
-                )
-            finally:
-                for task in (*tasks, stop_watcher):
-                    task.cancel()
-                await asyncio.gather(*tasks, stop_watcher, return_exceptions=True)
-            if lost.done() and not lost.cancelled() and lost.exception() is None and not stop.is_set():
-                raise LeadershipLost("lost the leader lease; exiting so that a fresh process can compete again")
-            await elector.release()
+            if await _until_stopped(elector.acquire(), stop) is not None:
+                await _lead(settings, credentials, kube, metrics, health, elector, stop)
         finally:
             await health.stop()
     logger.info("stopped")
 
 
+async def _lead(
+    settings: Settings,
+    credentials: Credentials,
+    kube: KubeClient,
+    metrics: Metrics,
+    health: HealthServer,
+    elector: LeaderElector,
+    stop: asyncio.Event,
+) -> None:
+    """Everything the leader does, from the rebuild to shutdown."""
+    lost = asyncio.ensure_future(elector.hold())
+    allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
+    reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight)
+    health.watch(reconciler.rebuilt)
+    try:
+        waiting = await _until_stopped(reconciler.rebuild(), stop)
+        # Nodes found waiting are assigned before kopf starts its own LIST:
+        # both compete for the same API server, and the sweep is faster alone.
+        if waiting is None or await _until_stopped(reconciler.assign_all(waiting), stop) is None:
+            return
+        # Created before kopf starts, so that kopf's shutdown leaves them to us.
+        tasks = [
+            asyncio.ensure_future(reconciler.serve_waiting()),
+            asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
+        ]
+        # No stop_flag for kopf: its stop-flag waiter outlives the operator and
+        # holds shutdown for 5 s. kopf handles SIGTERM itself once started;
+        # losing the lease cancels it at once.
+        operator = asyncio.ensure_future(
+            kopf.operator(
+                registry=build_registry(credentials, reconciler),
+                settings=kopf_settings(),
+                clusterwide=True,
+                standalone=True,
+            )
+        )
+        lost.add_done_callback(lambda _: operator.cancel())
+        try:
+            await asyncio.wait({operator})
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not operator.cancelled():
+            operator.result()  # re-raises what stopped kopf, if anything
+    finally:
+        if lost.done() and not lost.cancelled():
+            raise LeadershipLost("lost the leader lease; exiting so that a fresh process can compete again")
+        lost.cancel()
+        await elector.release()
+
+
 class LeadershipLost(RuntimeError):
     """The lease went to another instance; allocation stopped at once."""
-
-
-async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
-    await source.wait()
-    target.set()
 
 
 async def _until_stopped(awaitable: Awaitable[Any], stop: asyncio.Event) -> Any:

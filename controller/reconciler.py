@@ -30,6 +30,7 @@ WARNING = "Warning"
 PATCH_ATTEMPTS = 5
 PATCH_BACKOFF = 0.1  # seconds, doubled per attempt
 EVENT_REPEAT_INTERVAL = 600.0  # the same warning about the same Node at most this often
+FIRST_RESYNC_DELAY = 3.0  # seconds after kopf starts: its LIST has been issued by then
 
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
@@ -84,9 +85,10 @@ class Reconciler:
         )
         return waiting
 
-    async def assign_all(self, nodes: Iterable[NodeInfo]) -> None:
-        """Handle many Nodes at once, bounded by the in-flight limit."""
-        await asyncio.gather(*(self._gated(node) for node in nodes))
+    async def assign_all(self, nodes: Iterable[NodeInfo]) -> int:
+        """Handle many Nodes at once, bounded by the in-flight limit; returns how many."""
+        results = await asyncio.gather(*(self._gated(node) for node in nodes))
+        return len(results)
 
     async def _gated(self, node: NodeInfo) -> None:
         async with self._gate:
@@ -203,9 +205,16 @@ class Reconciler:
                 self._released(name, release.cidrs, "vanished")
         await self.assign_all(node for node in nodes if not self.allocations.is_in_flight(node.name))
 
-    async def resync_forever(self, period: float) -> None:
+    async def resync_forever(self, period: float, first_after: float = FIRST_RESYNC_DELAY) -> None:
+        """Resync soon after start, then every `period`.
+
+        The first one closes the gap between the start-up LIST and kopf's own:
+        a Node deleted in between has no DELETED event coming.
+        """
+        delay = min(first_after, period)
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(delay)
+            delay = period
             try:
                 await self.resync()
             except ApiError as error:

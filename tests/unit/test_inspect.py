@@ -1,0 +1,80 @@
+"""`nodeipam status` and `check` computations, without a cluster."""
+
+from __future__ import annotations
+
+import netaddr
+import pytest
+
+from controller.config import FamilyRange
+from controller.inspect import compute_status, find_problems, format_status
+from controller.nodes import NodeInfo
+
+V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/22"), 24)
+V6 = FamilyRange(netaddr.IPNetwork("fd00::/62"), 64)
+
+
+def node(name: str, *cidrs: str, pod_cidr: str | None = None) -> NodeInfo:
+    return NodeInfo(name, f"uid-{name}", tuple(cidrs), "", pod_cidr if pod_cidr is not None else (cidrs[0] if cidrs else ""))
+
+
+@pytest.mark.parametrize(
+    ("family", "a", "b"),
+    [pytest.param(V4, "10.244.0.0/24", "10.244.1.0/24", id="ipv4"), pytest.param(V6, "fd00::/64", "fd00:0:0:1::/64", id="ipv6")],
+)
+def test_status_counts_allocated_free_and_waiting(family: FamilyRange, a: str, b: str) -> None:
+    status = compute_status([node("a", a), node("b", b), node("c")], [family])
+    (usage,) = status.ranges
+    assert (usage.size, usage.allocated, usage.free, usage.percent_used) == (4, 2, 2, 50.0)
+    assert status.nodes == 3
+    assert status.nodes_waiting == ("c",)
+    text = format_status(status)
+    assert str(family.cluster_cidr) in text and "50.00%" in text and "waiting: c" in text
+
+
+@pytest.mark.parametrize(
+    ("family", "service", "allocated"),
+    [pytest.param(V4, "10.244.0.0/23", 2, id="ipv4"), pytest.param(V6, "fd00::/63", 2, id="ipv6")],
+)
+def test_status_counts_the_service_range_as_used(family: FamilyRange, service: str, allocated: int) -> None:
+    status = compute_status([], [family], [netaddr.IPNetwork(service)])
+    assert status.ranges[0].allocated == allocated
+
+
+@pytest.mark.parametrize(
+    ("family", "nodes", "expected"),
+    [
+        pytest.param(V4, [node("a", "10.244.0.0/24"), node("b", "10.244.1.0/24")], [], id="ipv4-clean"),
+        pytest.param(V6, [node("a", "fd00::/64"), node("b", "fd00:0:0:1::/64")], [], id="ipv6-clean"),
+        pytest.param(
+            V4,
+            [node("a", "10.244.0.0/24"), node("b", "10.244.0.0/24")],
+            ["duplicate podCIDRs: node a has 10.244.0.0/24, node b has 10.244.0.0/24"],
+            id="ipv4-duplicate",
+        ),
+        pytest.param(
+            V6,
+            [node("a", "fd00::/63"), node("b", "fd00:0:0:1::/64")],
+            [
+                "node a: podCIDR fd00::/63 does not match the node subnets of fd00::/62(/64 per node); "
+                "the ranges it covers are kept out of the pool",
+                "overlapping podCIDRs: node a has fd00::/63, node b has fd00:0:0:1::/64",
+            ],
+            id="ipv6-overlap",
+        ),
+        pytest.param(
+            V4,
+            [node("a", "192.168.0.0/24")],
+            ["node a: podCIDR 192.168.0.0/24 is outside the cluster CIDR 10.244.0.0/22; ignored"],
+            id="ipv4-outside",
+        ),
+        pytest.param(V6, [node("a")], ["node a: has no podCIDR"], id="ipv6-missing"),
+        pytest.param(
+            V4,
+            [node("a", "10.244.0.0/24", pod_cidr="10.244.1.0/24")],
+            ["node a: spec.podCIDR 10.244.1.0/24 != spec.podCIDRs[0] 10.244.0.0/24"],
+            id="ipv4-pod-cidr-mismatch",
+        ),
+    ],
+)
+def test_check_findings(family: FamilyRange, nodes: list[NodeInfo], expected: list[str]) -> None:
+    assert find_problems(nodes, [family]) == expected
