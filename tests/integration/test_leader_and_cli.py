@@ -1,0 +1,137 @@
+"""Leader election between two real processes, and the status/check commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from controller.localcluster.cluster import LocalControlPlane
+from tests.conftest import wait_for
+from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., ControllerProcess]
+
+LEASE_SECONDS = 4
+
+
+def leader_flags(identity: str, lease: str) -> list[str]:
+    return [
+        "--cluster-cidr=10.244.0.0/16",
+        "--leader-elect=true",
+        f"--leader-elect-identity={identity}",
+        f"--leader-elect-resource-name={lease}",
+        "--leader-elect-resource-namespace=default",
+        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
+        "--leader-elect-renew-deadline=3s",
+        "--leader-elect-retry-period=1s",
+    ]
+
+
+def holder(cluster: Cluster, lease: str) -> str:
+    out = cluster.plane.kubectl("get", "lease", lease, "-n", "default", "-o", "jsonpath={.spec.holderIdentity}", check=False)
+    return out.strip()
+
+
+def ready(controller: ControllerProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{controller.metrics_port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+def nodeipam(plane: LocalControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller", *args, f"--kubeconfig={plane.kubeconfig}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, start_controller: Start) -> None:
+    lease = f"nodeipam-{int(time.time())}"
+    first = start_controller(*leader_flags("first", lease))
+    wait_for(lambda: holder(cluster, lease) == "first", what="first to hold the lease")
+    second = start_controller(*leader_flags("second", lease))
+    names = [f"le-{i}" for i in range(10)]
+    cluster.create_nodes(names)
+    cluster.wait_assigned(names)
+    wait_for(lambda: ready(first), what="the leader to be ready")
+    assert not ready(second), "a standby must not report ready"
+    assert "allocated" in first.log()
+    assert "allocated" not in second.log()
+
+    first.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: holder(cluster, lease) == "second", timeout=LEASE_SECONDS + 10, what="second to take the lease")
+    took_over = time.monotonic() - killed_at
+    later = [f"le-late-{i}" for i in range(10)]
+    cluster.create_nodes(later)
+    cidrs = cluster.wait_assigned(names + later)
+    no_duplicates(cidrs)
+    assert "allocated" in second.log()
+    print(f"standby took over {took_over:.1f}s after the leader was killed (lease {LEASE_SECONDS}s)")
+    check = nodeipam(cluster.plane, "check", "--cluster-cidr=10.244.0.0/16")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_clean_shutdown_hands_the_lease_over_at_once(cluster: Cluster, start_controller: Start) -> None:
+    lease = f"nodeipam-handover-{int(time.time())}"
+    first = start_controller(*leader_flags("first", lease))
+    wait_for(lambda: holder(cluster, lease) == "first", what="first to hold the lease")
+    second = start_controller(*leader_flags("second", lease))
+    wait_for(lambda: "waiting for the lease" in second.log(), what="second to wait")
+    assert first.stop() == 0
+    assert holder(cluster, lease) in ("", "second"), "the lease is released on SIGTERM"
+    wait_for(lambda: holder(cluster, lease) == "second", timeout=LEASE_SECONDS, what="second to take the released lease")
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask_flag", "expected_size"),
+    [
+        pytest.param("10.244.0.0/22", "--node-cidr-mask-size=24", 4, id="ipv4"),
+        pytest.param("fd00:10:244::/62", "--node-cidr-mask-size=64", 4, id="ipv6"),
+    ],
+)
+def test_status_reports_usage_and_waiting_nodes(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask_flag: str, expected_size: int
+) -> None:
+    start_controller(f"--cluster-cidr={cluster_cidr}", mask_flag)
+    names = [f"st-{i}" for i in range(5)]
+    cluster.create_nodes(names)
+    wait_for(lambda: sum(1 for v in cluster.pod_cidrs().values() if v) == 4, what="four nodes assigned")
+    result = nodeipam(cluster.plane, "status", f"--cluster-cidr={cluster_cidr}", mask_flag, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    (usage,) = status["ranges"]
+    assert (usage["size"], usage["allocated"], usage["free"], usage["percent_used"]) == (expected_size, 4, 0, 100.0)
+    assert status["nodes"] == 5
+    assert len(status["nodes_waiting"]) == 1
+    text = nodeipam(cluster.plane, "status", f"--cluster-cidr={cluster_cidr}", mask_flag).stdout
+    assert "100.00%" in text and "waiting for a range: 1" in text
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "duplicate"),
+    [pytest.param("10.244.0.0/16", "10.244.5.0/24", id="ipv4"), pytest.param("fd00:10:244::/48", "fd00:10:244:5::/64", id="ipv6")],
+)
+def test_check_finds_duplicates_and_missing_ranges(cluster: Cluster, cluster_cidr: str, duplicate: str) -> None:
+    cluster.create_nodes(["dup-a"], pod_cidrs=(duplicate,))
+    cluster.create_nodes(["dup-b"], pod_cidrs=(duplicate,))
+    cluster.create_nodes(["bare"])
+    result = nodeipam(cluster.plane, "check", f"--cluster-cidr={cluster_cidr}")
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert f"duplicate podCIDRs: node dup-a has {duplicate}, node dup-b has {duplicate}" in lines
+    assert "node bare: has no podCIDR" in lines
+    assert lines[-1] == "checked 3 nodes: 2 problem(s)"
