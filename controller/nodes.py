@@ -137,6 +137,7 @@ class _Holding:
     uid: str
     cidrs: tuple[netaddr.IPNetwork, ...]
     sequence: int  # when it was recorded, to tell ranges older than a LIST apart
+    as_written: tuple[str, ...]  # the podCIDRs as the API shows them, for a cheap "unchanged" test
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +212,8 @@ class NodeAllocations:
             if held is not None and held.cidrs:
                 return Observation(Outcome.NOTHING, why="stale event: its podCIDRs were already set")
             return Observation(Outcome.ALLOCATE)
+        if held is not None and held.as_written == node.pod_cidrs:
+            return Observation(Outcome.NOTHING, why="already accounted for")  # every status update lands here
         self._waiting.pop(node.name, None)
         classified = classify_pod_cidrs(node.pod_cidrs, self.ranges)
         usable = classified.usable
@@ -305,7 +308,8 @@ class NodeAllocations:
 
     def _record(self, node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> None:
         self._sequence += 1
-        self._holdings[node.name] = _Holding(node.uid, cidrs, self._sequence)
+        as_written = node.pod_cidrs or tuple(str(cidr) for cidr in cidrs)
+        self._holdings[node.name] = _Holding(node.uid, cidrs, self._sequence, as_written)
         for cidr in cidrs:
             cidr_set = self._set_for(cidr)
             if cidr_set is None:

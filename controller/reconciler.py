@@ -103,8 +103,8 @@ class Reconciler:
         observation = self.allocations.observe(node)
         if observation.problems:
             await self._report(node, observation.problems)
-        if observation.outcome is Outcome.OCCUPIED:
-            logger.info("node %s holds %s: occupied", node.name, ",".join(node.pod_cidrs))
+        if observation.outcome is Outcome.OCCUPIED and self.allocations.holding(node.name):
+            logger.info("node %s holds %s: occupied", node.name, _join(self.allocations.holding(node.name)))
         elif observation.outcome is Outcome.ALLOCATE:
             await self._assign(node)
         self.metrics.nodes_waiting.set(len(self.allocations.waiting()))

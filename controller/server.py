@@ -1,7 +1,8 @@
 """The HTTP endpoint for Prometheus and the kubelet's probes.
 
-/metrics, /healthz (the process is alive) and /readyz (the sets are rebuilt
-and the controller allocates: a standby that waits for the lease is not ready).
+/metrics, /healthz (the process is alive) and /readyz: a standby waiting for
+the lease is ready (so rolling updates and disruption budgets work); a leader
+is ready once its sets are rebuilt, and not while it rebuilds.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ class HealthServer:
     def __init__(self, bind_address: str, registry: CollectorRegistry) -> None:
         self.bind = split_bind_address(bind_address)
         self.registry = registry
-        self._ready: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None  # set: leading and rebuilt; None: standby
         self._runner: web.AppRunner | None = None
 
     def watch(self, ready: asyncio.Event) -> None:
-        """Report ready once this event is set."""
+        """This replica now leads: report ready once `ready` (the rebuild) is set."""
         self._ready = ready
 
     async def start(self) -> None:
@@ -60,6 +61,8 @@ class HealthServer:
         return web.Response(text="ok")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        if self._ready is not None and self._ready.is_set():
-            return web.Response(text="ok")
-        return web.Response(status=503, text="not ready: waiting for the lease or the rebuild")
+        if self._ready is None:
+            return web.Response(text="ok: standby, waiting for the lease")
+        if self._ready.is_set():
+            return web.Response(text="ok: leading")
+        return web.Response(status=503, text="not ready: rebuilding the sets from the Node list")
