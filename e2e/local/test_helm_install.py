@@ -1,0 +1,459 @@
+"""`helm install` the chart into a real kube-apiserver and run the controller exactly as the pod would.
+
+There is no kubelet and no image here, so the Deployment's pods never run. Instead the controller runs
+as a local process with the container args read back from the installed Deployment, authenticated
+with a TokenRequest token of the chart's ServiceAccount: whatever it manages to do, it does with
+exactly the chart's RBAC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.localcluster.binaries import ensure_binaries
+from controller.localcluster.cluster import LocalControlPlane, free_port
+from tests.conftest import wait_for
+from tests.integration.conftest import Cluster, no_duplicates
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "manifests" / "charts" / "nodeipam"
+RENDERED = ROOT / "manifests" / "nodeipam.yaml"
+STOP_TIMEOUT = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    cluster_cidr: str
+    node_mask: int
+    out_of_range: str  # a podCIDR of the same family outside cluster_cidr
+
+
+FAMILIES = [
+    pytest.param(Family("10.244.0.0/16", 24, "192.168.7.0/24"), id="ipv4"),
+    pytest.param(Family("fd00:10:244::/56", 64, "fd00:99::/64"), id="ipv6"),
+]
+
+
+class Helm:
+    """helm against the local control plane, with its own config/cache/data directories."""
+
+    def __init__(self, plane: LocalControlPlane) -> None:
+        self.binary = str(ensure_binaries(("helm",))["helm"])
+        self.plane = plane
+        self.home = Path(tempfile.mkdtemp(prefix="nodeipam-helm-"))
+        self.env = dict(
+            plane.env(),
+            HELM_CONFIG_HOME=str(self.home / "config"),
+            HELM_CACHE_HOME=str(self.home / "cache"),
+            HELM_DATA_HOME=str(self.home / "data"),
+        )
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, f"--kubeconfig={self.plane.kubeconfig}", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+
+@dataclasses.dataclass
+class Release:
+    plane: LocalControlPlane
+    helm: Helm
+    name: str
+    namespace: str
+    family: Family
+    install_output: str
+
+    @property
+    def cluster_cidr(self) -> str:
+        return self.family.cluster_cidr
+
+    @property
+    def fullname(self) -> str:
+        return self.name if "nodeipam" in self.name else f"{self.name}-nodeipam"
+
+    @property
+    def subject(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.fullname}"
+
+    def get(self, kind: str, name: str, namespaced: bool = True) -> dict[str, Any] | None:
+        scope = ["-n", self.namespace] if namespaced else []
+        out = self.plane.kubectl("get", kind, name, *scope, "--ignore-not-found", "-o", "json")
+        return json.loads(out) if out.strip() else None
+
+    def container_args(self) -> list[str]:
+        deployment = self.get("deployment", self.fullname)
+        assert deployment is not None, "the chart's Deployment is missing"
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["nodeipam"]
+        return list(container["args"])
+
+    def token_kubeconfig(self, directory: Path) -> Path:
+        """A kubeconfig with a TokenRequest token of the chart's ServiceAccount."""
+        token = self.plane.kubectl("create", "token", self.fullname, "-n", self.namespace, "--duration=1h").strip()
+        assert token.count(".") == 2, "not a JWT"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": self.plane.server, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": "nodeipam", "user": {"token": token}}],
+            "contexts": [{"name": "nodeipam", "context": {"cluster": "local", "user": "nodeipam", "namespace": self.namespace}}],
+            "current-context": "nodeipam",
+        }
+        path = directory / f"{self.fullname}.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+
+def install(plane: LocalControlPlane, name: str, namespace: str, family: Family, *extra: str) -> Release:
+    helm = Helm(plane)
+    result = helm.run(
+        "install",
+        name,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--set-string",
+        f"clusterCIDR={family.cluster_cidr}",
+        *extra,
+    )
+    return Release(plane, helm, name, namespace, family, result.stdout)
+
+
+def remove(release: Release) -> None:
+    release.helm.run("uninstall", release.name, "--namespace", release.namespace, check=False)
+    release.plane.kubectl("delete", "lease", release.fullname, "-n", release.namespace, "--ignore-not-found", check=False)
+    # No namespace controller runs here: the namespace stays Terminating, harmlessly, until the plane stops.
+    release.plane.kubectl("delete", "namespace", release.namespace, "--wait=false", "--ignore-not-found", check=False)
+    shutil.rmtree(release.helm.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def release(request: pytest.FixtureRequest, control_plane: LocalControlPlane) -> Iterator[Release]:
+    suffix = uuid.uuid4().hex[:6]
+    installed = install(control_plane, f"ipam-{suffix}", f"nodeipam-e2e-{suffix}", request.param)
+    yield installed
+    remove(installed)
+
+
+def can(plane: LocalControlPlane, subject: str, *args: str) -> bool:
+    answer = plane.kubectl("auth", "can-i", *args, f"--as={subject}", check=False).strip()
+    assert answer in ("yes", "no"), f"kubectl auth can-i {' '.join(args)}: {answer!r}"
+    return answer == "yes"
+
+
+# -- the installed objects --------------------------------------------------------------------------
+
+
+def test_install_creates_the_chart_objects(release: Release) -> None:
+    name, namespace = release.fullname, release.namespace
+    for kind in ("serviceaccount", "deployment", "role", "rolebinding", "service"):
+        assert release.get(kind, name) is not None, f"{kind}/{name} missing in {namespace}"
+    for kind in ("clusterrole", "clusterrolebinding"):
+        assert release.get(kind, name, namespaced=False) is not None, f"{kind}/{name} missing"
+    deployment = release.get("deployment", name)
+    assert deployment is not None
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["template"]["spec"]["hostNetwork"] is True
+    assert spec["template"]["spec"]["serviceAccountName"] == name
+    service = release.get("service", name)
+    assert service is not None
+    assert [port["name"] for port in service["spec"]["ports"]] == ["metrics"]
+
+
+def test_notes_show_how_to_inspect_pod_cidrs(release: Release) -> None:
+    notes = release.install_output
+    assert "kubectl get nodes -o custom-columns=NAME:.metadata.name,CIDR:.spec.podCIDR" in notes
+    assert (
+        f"kubectl -n {release.namespace} exec deploy/{release.fullname} -- nodeipam status --cluster-cidr={release.cluster_cidr}"
+        in notes
+    )
+    assert "kubectl get events -n default --field-selector reason=CIDRNotAvailable" in notes
+
+
+def test_service_account_has_exactly_the_minimal_rights(release: Release) -> None:
+    plane, who, namespace, lease = release.plane, release.subject, release.namespace, release.fullname
+    allowed = [
+        ("get", "nodes"),
+        ("list", "nodes"),
+        ("watch", "nodes"),
+        ("patch", "nodes"),
+        ("create", "events", "-n", "default"),
+        ("patch", "events", "-n", "default"),
+        ("create", "leases.coordination.k8s.io", "-n", namespace),
+        ("get", f"leases.coordination.k8s.io/{lease}", "-n", namespace),
+        ("update", f"leases.coordination.k8s.io/{lease}", "-n", namespace),
+    ]
+    denied = [
+        ("delete", "nodes"),
+        ("update", "nodes"),
+        ("create", "nodes"),
+        ("patch", "nodes", "--subresource=status"),
+        ("update", "nodes", "--subresource=status"),
+        ("get", "secrets", "-n", namespace),
+        ("list", "secrets", "--all-namespaces"),
+        ("list", "pods", "--all-namespaces"),
+        ("list", "pods", "-n", namespace),
+        ("list", "namespaces"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "leases.coordination.k8s.io", "-n", "kube-system"),
+        ("get", f"leases.coordination.k8s.io/{lease}", "-n", "kube-system"),
+        ("update", "leases.coordination.k8s.io/some-other-lease", "-n", namespace),
+        ("list", "leases.coordination.k8s.io", "-n", namespace),
+        ("delete", f"leases.coordination.k8s.io/{lease}", "-n", namespace),
+        ("create", "events.events.k8s.io", "-n", "default"),
+        ("delete", "events", "-n", "default"),
+    ]
+    wrong = [" ".join(check) for check in allowed if not can(plane, who, *check)]
+    wrong += ["NOT " + " ".join(check) for check in denied if can(plane, who, *check)]
+    assert not wrong, f"RBAC of {who} is off: {wrong}"
+
+
+# -- the controller with the chart's args and the ServiceAccount's token ----------------------------
+
+
+class ChartController:
+    """`nodeipam <the Deployment's args>`, as a local process with the ServiceAccount's kubeconfig."""
+
+    def __init__(self, args: list[str], kubeconfig: Path, log_dir: Path) -> None:
+        self.metrics_port = free_port()
+        args = [arg for arg in args if not arg.startswith("--metrics-bind-address=")]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            *args,
+            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
+            f"--kubeconfig={kubeconfig}",
+        ]
+        self.log_path = log_dir / f"controller-{self.metrics_port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"controller did not stop within {STOP_TIMEOUT}s of SIGTERM:\n{self.log()}") from None
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def chart_controller(release: Release, tmp_path: Path) -> Iterator[ChartController]:
+    kubeconfig = release.token_kubeconfig(tmp_path)
+    whoami = subprocess.run(
+        [str(release.plane.binaries["kubectl"]), f"--kubeconfig={kubeconfig}", "auth", "whoami", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert whoami.returncode == 0, whoami.stderr
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == release.subject
+    process = ChartController(release.container_args(), kubeconfig, tmp_path)
+    yield process
+    code = process.stop()
+    assert code == 0, f"controller exited with {code}:\n{process.log()}"
+    lease = release.get("lease", release.fullname)
+    assert lease is not None and not lease["spec"].get("holderIdentity"), "the lease is released on SIGTERM"
+
+
+def _inside(cidr: str, cluster_cidr: str, mask: int) -> bool:
+    network = ipaddress.ip_network(cidr)
+    outer = ipaddress.ip_network(cluster_cidr)
+    return network.version == outer.version and network.prefixlen == mask and network.subnet_of(outer)  # type: ignore[arg-type]
+
+
+def test_controller_with_the_chart_args_and_token(release: Release, cluster: Cluster, chart_controller: ChartController) -> None:
+    family = release.family
+    args = chart_controller.argv
+    assert f"--leader-elect-resource-namespace={release.namespace}" in args
+    assert f"--leader-elect-resource-name={release.fullname}" in args
+    assert f"--cluster-cidr={release.cluster_cidr}" in args
+
+    def holder() -> str:
+        lease = release.get("lease", release.fullname)
+        return str((lease or {}).get("spec", {}).get("holderIdentity") or "")
+
+    identity = wait_for(holder, timeout=30, what=f"the lease {release.namespace}/{release.fullname} to be held")
+    assert re.fullmatch(r".+_[0-9a-f-]{36}", identity), identity
+    wait_for(lambda: chart_controller.get("/readyz") == 200, timeout=30, what="/readyz to answer 200 (the readinessProbe)")
+    assert chart_controller.get("/healthz") == 200
+    assert chart_controller.get("/metrics") == 200
+
+    names = [f"chart-node-{i}" for i in range(4)]
+    cluster.create_nodes(names)
+    cidrs = cluster.wait_assigned(names)
+    no_duplicates(cidrs)
+    for name in names:
+        assert len(cidrs[name]) == 1
+        assert _inside(cidrs[name][0], family.cluster_cidr, family.node_mask), cidrs[name]
+
+    cluster.create_nodes(["stray"], pod_cidrs=(family.out_of_range,))
+    event = cluster.wait_event("stray", "InvalidPodCIDR")
+    assert event.type == "Warning"
+    assert event.metadata.namespace == "default"
+    assert family.out_of_range in event.message
+
+    # The `nodeipam status` command NOTES.txt prints works with the ServiceAccount's rights too.
+    notes_command = next(line for line in release.install_output.splitlines() if "nodeipam status" in line)
+    status_args = shlex.split(notes_command.split(" -- nodeipam ", 1)[1])
+    kubeconfig = next(arg for arg in args if arg.startswith("--kubeconfig="))
+    status = subprocess.run(
+        [sys.executable, "-m", "controller", *status_args, kubeconfig, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert status.returncode == 0, status.stderr
+    (usage,) = json.loads(status.stdout)["ranges"]
+    assert (usage["cluster_cidr"], usage["allocated"]) == (family.cluster_cidr, len(names))
+
+    log = chart_controller.log()
+    assert "forbidden" not in log.lower(), f"an API call was denied by RBAC:\n{log}"
+    assert chart_controller.process.poll() is None, log
+
+
+# -- Pod Security -----------------------------------------------------------------------------------
+
+
+def test_pod_meets_restricted_pod_security_without_host_network(control_plane: LocalControlPlane) -> None:
+    """The API server's PodSecurity admission judges a Pod made from the Deployment's template."""
+    suffix = uuid.uuid4().hex[:6]
+    namespace = f"nodeipam-restricted-{suffix}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    release = install(
+        control_plane, f"ipam-{suffix}", namespace, Family("10.244.0.0/16", 24, "192.168.7.0/24"), "--set", "hostNetwork=false"
+    )
+    try:
+        deployment = release.get("deployment", release.fullname)
+        assert deployment is not None
+        spec = deployment["spec"]["template"]["spec"]
+        assert not spec.get("hostNetwork"), "hostNetwork=false"
+
+        kubectl = str(control_plane.binaries["kubectl"])
+
+        def create_pod(pod_spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pss-check", "namespace": namespace}, "spec": pod_spec}
+            return subprocess.run(
+                [kubectl, f"--kubeconfig={control_plane.kubeconfig}", "create", "--dry-run=server", "-o", "name", "-f", "-"],
+                input=json.dumps(pod),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        accepted = create_pod(spec)
+        assert accepted.returncode == 0, f"the chart's pod violates the restricted standard:\n{accepted.stderr}"
+        rejected = create_pod({**spec, "hostNetwork": True})
+        assert rejected.returncode != 0, "hostNetwork must be refused under restricted"
+        assert 'violates PodSecurity "restricted' in rejected.stderr, rejected.stderr
+        assert "hostNetwork" in rejected.stderr, rejected.stderr
+    finally:
+        remove(release)
+
+
+# -- the plain manifests, upgrade, uninstall --------------------------------------------------------
+
+
+def test_rendered_manifest_is_accepted_by_the_api_server(control_plane: LocalControlPlane) -> None:
+    out = control_plane.kubectl("apply", "--dry-run=server", "-f", str(RENDERED))
+    for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding", "service", "deployment"):
+        assert re.search(rf"^{kind}[^ ]*/nodeipam (created|configured|unchanged) \(server dry run\)$", out, re.MULTILINE), out
+
+
+def test_upgrade_then_uninstall_leaves_nothing_behind(control_plane: LocalControlPlane) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    release = install(
+        control_plane,
+        f"nodeipam-{suffix}",
+        f"nodeipam-life-{suffix}",
+        Family("10.244.0.0/16", 24, "192.168.7.0/24"),
+        "--set",
+        "podDisruptionBudget.enabled=true",
+    )
+    try:
+        name, namespace = release.fullname, release.namespace
+        assert name == release.name
+        assert release.get("poddisruptionbudget", name) is not None
+
+        release.helm.run(
+            "upgrade", release.name, str(CHART), "--namespace", namespace, "--reuse-values", "--set", "replicas=3,logLevel=debug"
+        )
+        deployment = release.get("deployment", name)
+        assert deployment is not None
+        assert deployment["spec"]["replicas"] == 3
+        assert "--log-level=debug" in release.container_args()
+        assert f"--cluster-cidr={release.cluster_cidr}" in release.container_args()
+        status = json.loads(release.helm.run("status", release.name, "--namespace", namespace, "-o", "json").stdout)
+        assert (status["version"], status["info"]["status"]) == (2, "deployed")
+
+        release.helm.run("uninstall", release.name, "--namespace", namespace)
+        objects = [
+            ("serviceaccount", True),
+            ("deployment", True),
+            ("role", True),
+            ("rolebinding", True),
+            ("service", True),
+            ("poddisruptionbudget", True),
+            ("clusterrole", False),
+            ("clusterrolebinding", False),
+        ]
+
+        def leftovers() -> list[str]:
+            return [kind for kind, namespaced in objects if release.get(kind, name, namespaced) is not None]
+
+        wait_for(lambda: not leftovers(), timeout=30, what="every object of the chart to be deleted")
+        helm_records = control_plane.kubectl("get", "secrets", "-n", namespace, "-l", "owner=helm", "-o", "name")
+        assert not helm_records.strip(), helm_records
+    finally:
+        remove(release)

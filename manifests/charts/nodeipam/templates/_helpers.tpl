@@ -1,0 +1,126 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "nodeipam.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name of every object, and of the leader-election Lease. */}}
+{{- define "nodeipam.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nodeipam.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nodeipam.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nodeipam.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nodeipam.labels" -}}
+helm.sh/chart: {{ include "nodeipam.chart" . }}
+{{ include "nodeipam.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "nodeipam.serviceAccountName" -}}
+{{- default (include "nodeipam.fullname" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{- define "nodeipam.image" -}}
+{{- printf "%s:%s" .Values.image.repository (toString (.Values.image.tag | default .Chart.AppVersion)) }}
+{{- end }}
+
+{{/* The address families of clusterCIDR, in flag order: "ipv4", "ipv6", "ipv4,ipv6" or "ipv6,ipv4". */}}
+{{- define "nodeipam.families" -}}
+{{- $families := list }}
+{{- range splitList "," .Values.clusterCIDR }}
+{{- $families = append $families (ternary "ipv6" "ipv4" (contains ":" .)) }}
+{{- end }}
+{{- join "," $families }}
+{{- end }}
+
+{{/*
+The range flags, one per line, shared by `nodeipam run` and the `nodeipam status` hint in NOTES.txt.
+The controller refuses --node-cidr-mask-size-ipv6 on an IPv4-only cluster and vice versa, and
+--node-cidr-mask-size together with the per-family flags, so only the flags that apply are passed.
+*/}}
+{{- define "nodeipam.rangeArgs" -}}
+{{- $clusterCIDR := required "clusterCIDR is required: the pod network, e.g. --set clusterCIDR=10.244.0.0/16" .Values.clusterCIDR }}
+{{- $families := splitList "," (include "nodeipam.families" .) }}
+{{- $single := .Values.nodeCIDRMaskSize }}
+{{- if and (not (kindIs "invalid" $single)) (gt (len $families) 1) }}
+{{- fail "nodeCIDRMaskSize is for single-stack clusters only: with a dual-stack clusterCIDR set nodeCIDRMaskSizeIPv4 and nodeCIDRMaskSizeIPv6 instead" }}
+{{- end }}
+{{- range splitList "," $clusterCIDR }}
+{{- $prefix := int (last (splitList "/" .)) }}
+{{- $family := ternary "IPv6" "IPv4" (contains ":" .) }}
+{{- $mask := ternary (ternary $.Values.nodeCIDRMaskSizeIPv6 $.Values.nodeCIDRMaskSizeIPv4 (eq $family "IPv6")) $single (kindIs "invalid" $single) | int }}
+{{- if lt $mask $prefix }}
+{{- fail (printf "the node mask size %d is shorter than the prefix /%d of clusterCIDR entry %s: set nodeCIDRMaskSize%s to at least %d" $mask $prefix . (ternary "" $family (not (kindIs "invalid" $single))) $prefix) }}
+{{- end }}
+{{- if gt $mask (ternary 128 32 (eq $family "IPv6")) }}
+{{- fail (printf "the node mask size %d is longer than an %s address (clusterCIDR entry %s)" $mask $family .) }}
+{{- end }}
+{{- end }}
+--cluster-cidr={{ $clusterCIDR }}
+{{- if not (kindIs "invalid" $single) }}
+--node-cidr-mask-size={{ int $single }}
+{{- else }}
+{{- if has "ipv4" $families }}
+--node-cidr-mask-size-ipv4={{ int .Values.nodeCIDRMaskSizeIPv4 }}
+{{- end }}
+{{- if has "ipv6" $families }}
+--node-cidr-mask-size-ipv6={{ int .Values.nodeCIDRMaskSizeIPv6 }}
+{{- end }}
+{{- end }}
+{{- with .Values.serviceClusterIPRange }}
+--service-cluster-ip-range={{ . }}
+{{- end }}
+{{- end }}
+
+{{/* host:port for --metrics-bind-address: [::] when the primary (first) cluster CIDR is IPv6. */}}
+{{- define "nodeipam.metricsBindAddress" -}}
+{{- $host := .Values.metrics.bindHost }}
+{{- if not $host }}
+{{- $host = ternary "[::]" "0.0.0.0" (hasPrefix "ipv6" (include "nodeipam.families" .)) }}
+{{- end }}
+{{- printf "%s:%d" $host (int .Values.metrics.port) }}
+{{- end }}
+
+{{/* Every argument of `nodeipam run`, one per line. */}}
+{{- define "nodeipam.args" -}}
+run
+{{ include "nodeipam.rangeArgs" . | trim }}
+--leader-elect={{ .Values.leaderElection.enabled }}
+--leader-elect-resource-name={{ include "nodeipam.fullname" . }}
+--leader-elect-resource-namespace={{ .Release.Namespace }}
+--leader-elect-lease-duration={{ .Values.leaderElection.leaseDuration }}
+--leader-elect-renew-deadline={{ .Values.leaderElection.renewDeadline }}
+--leader-elect-retry-period={{ .Values.leaderElection.retryPeriod }}
+--metrics-bind-address={{ include "nodeipam.metricsBindAddress" . }}
+{{- with .Values.apiServer }}
+--master={{ . }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.kubeAPIQPS) }}
+--kube-api-qps={{ .Values.kubeAPIQPS }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.kubeAPIBurst) }}
+--kube-api-burst={{ int64 .Values.kubeAPIBurst }}
+{{- end }}
+--log-level={{ .Values.logLevel }}
+{{- range .Values.extraArgs }}
+{{ . }}
+{{- end }}
+{{- end }}
