@@ -15,13 +15,15 @@ import datetime
 import json
 import logging
 import os
+import re
 import ssl
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import msgspec
 import netaddr
 
 from controller.nodes import NodeInfo
@@ -35,6 +37,55 @@ LIST_PAGE_SIZE = 500
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ATTEMPTS = 4
 TRANSIENT_BACKOFF = 0.2
+WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute)
+
+
+class _NodeMetadata(msgspec.Struct, frozen=True):
+    name: str = ""
+    uid: str = ""
+    resourceVersion: str = ""  # camelCase: the API's field names
+
+
+class _NodeSpec(msgspec.Struct, frozen=True):
+    podCIDR: str = ""
+    podCIDRs: tuple[str, ...] = ()
+
+
+class _Node(msgspec.Struct, frozen=True):
+    """The only fields of a Node this controller reads; msgspec skips the rest (~10 KB) unparsed."""
+
+    metadata: _NodeMetadata = _NodeMetadata()
+    spec: _NodeSpec = _NodeSpec()
+
+    def info(self) -> NodeInfo:
+        spec = self.spec
+        return NodeInfo(
+            name=self.metadata.name,
+            uid=self.metadata.uid,
+            pod_cidrs=spec.podCIDRs or ((spec.podCIDR,) if spec.podCIDR else ()),
+            resource_version=self.metadata.resourceVersion,
+            pod_cidr=spec.podCIDR,
+        )
+
+
+class _ListMetadata(msgspec.Struct, frozen=True):
+    resourceVersion: str = ""
+    continue_: str = msgspec.field(default="", name="continue")
+
+
+class _NodeList(msgspec.Struct, frozen=True):
+    metadata: _ListMetadata = _ListMetadata()
+    items: tuple[_Node, ...] = ()
+
+
+class _WatchEvent(msgspec.Struct, frozen=True):
+    type: str = ""
+    object: _Node = _Node()
+
+
+_decode_node = msgspec.json.Decoder(_Node).decode
+_decode_node_list = msgspec.json.Decoder(_NodeList).decode
+_decode_watch_event = msgspec.json.Decoder(_WatchEvent).decode
 
 
 class ApiError(Exception):
@@ -177,6 +228,13 @@ class KubeClient:
             )
         return self._session
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        token = self.credentials.current_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
     async def request(
         self,
         method: str,
@@ -187,14 +245,21 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         decode: bool = True,
     ) -> Any:
-        """One API call with retries of transient failures; raises ApiError otherwise.
+        """One API call, its response parsed as JSON (`decode=False`: not parsed, None)."""
+        payload = await self.request_bytes(method, path, body=body, content_type=content_type, params=params)
+        return json.loads(payload) if payload and decode else None
 
-        `decode=False` skips parsing a successful response (a Node is ~10 KB).
-        """
-        headers = {"Accept": "application/json"}
-        token = self.credentials.current_token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+    async def request_bytes(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """One API call with retries of transient failures; raises ApiError otherwise."""
+        headers = self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -213,7 +278,7 @@ class KubeClient:
                 await asyncio.sleep(TRANSIENT_BACKOFF * 2 ** (attempt - 1))
                 continue
             if status < 400:
-                return json.loads(payload) if payload and decode else None
+                return payload
             if status in TRANSIENT_STATUSES and attempt < TRANSIENT_ATTEMPTS:
                 await asyncio.sleep(TRANSIENT_BACKOFF * 2 ** (attempt - 1))
                 continue
@@ -222,21 +287,67 @@ class KubeClient:
 
     # -- Nodes ---------------------------------------------------------------
 
-    async def list_nodes(self) -> tuple[list[NodeInfo], str]:
-        """All Nodes, in pages, keeping only what the allocator needs; and the list's resourceVersion."""
+    async def list_nodes(self, page_size: int = LIST_PAGE_SIZE) -> tuple[list[NodeInfo], str]:
+        """All Nodes, in pages, keeping only what the allocator needs; and the list's resourceVersion.
+
+        Pages are decoded by msgspec into the few fields read, skipping the
+        rest of each ~10 KB Node: on 20,000 realistic Nodes the stdlib's
+        json.loads took 1-5 s (object churn and GC), this takes ~0.1 s. The
+        next page is requested before this one is decoded (its continue token
+        sits in the first bytes), so serving and decoding overlap.
+        """
         nodes: list[NodeInfo] = []
-        params = {"limit": str(LIST_PAGE_SIZE)}
+        fetch = self._fetch_page(None, page_size)
         while True:
-            page = await self.request("GET", "/api/v1/nodes", params=params)
-            nodes.extend(NodeInfo.from_body(item) for item in page.get("items") or [])
-            metadata = page.get("metadata") or {}
-            if not metadata.get("continue"):
-                return nodes, str(metadata.get("resourceVersion", ""))
-            params = {"limit": str(LIST_PAGE_SIZE), "continue": metadata["continue"]}
+            raw = await fetch
+            peeked = _peek_continue(raw)
+            if peeked:
+                fetch = self._fetch_page(peeked, page_size)
+            page = _decode_node_list(raw)
+            nodes.extend(item.info() for item in page.items)
+            token = page.metadata.continue_ or None
+            if token != peeked:  # the peek misread the page: trust the parsed token
+                if peeked:
+                    fetch.cancel()
+                if token:
+                    fetch = self._fetch_page(token, page_size)
+            if not token:
+                return nodes, page.metadata.resourceVersion
+
+    def _fetch_page(self, token: str | None, page_size: int) -> asyncio.Future[bytes]:
+        params = {"limit": str(page_size)}
+        if token:
+            params["continue"] = token
+        return asyncio.ensure_future(self.request_bytes("GET", "/api/v1/nodes", params=params))
+
+    async def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]:
+        """(event type, Node) from a watch starting at `resource_version`; ends when the server ends it."""
+        params = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true"}
+        headers = self._headers()
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=WATCH_IDLE_TIMEOUT)
+        url = self.credentials.server + "/api/v1/nodes"
+        try:
+            async with self._get_session().get(url, params=params, headers=headers, timeout=timeout) as response:
+                if response.status >= 400:
+                    raise _api_error(response.status, await response.read())
+                pending = b""
+                async for chunk in response.content.iter_any():  # lines can exceed aiohttp's line limit
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        event = _decode_watch_event(line)
+                        if event.type in ("ADDED", "MODIFIED", "DELETED"):
+                            yield event.type, event.object.info()
+                        elif event.type == "ERROR":
+                            return  # e.g. 410 Gone: the resync covers what follows
+        except (aiohttp.ClientError, ConnectionError) as error:
+            raise ApiError(0, "ConnectionError", f"watch of nodes: {error!r}") from error
 
     async def get_node(self, name: str) -> NodeInfo | None:
         try:
-            return NodeInfo.from_body(await self.request("GET", f"/api/v1/nodes/{name}"))
+            return _decode_node(await self.request_bytes("GET", f"/api/v1/nodes/{name}")).info()
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -311,3 +422,15 @@ def _api_error(status: int, payload: bytes) -> ApiError:
         return ApiError(status, str(status_body.get("reason", "")), str(status_body.get("message", "")))
     except (ValueError, AttributeError):
         return ApiError(status, "", payload[:500].decode(errors="replace"))
+
+
+_CONTINUE = re.compile(rb'"continue":"([^"]+)"')
+_PEEK_BYTES = 4096  # a List's metadata comes before its items
+
+
+def _peek_continue(raw: bytes) -> str | None:
+    """The continue token of a List response, read without parsing its items."""
+    head = raw[:_PEEK_BYTES]
+    items_at = head.find(b'"items"')
+    match = _CONTINUE.search(head, 0, items_at if items_at >= 0 else len(head))
+    return match.group(1).decode() if match else None

@@ -77,8 +77,11 @@ def kopf_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.OperatorRegistry:
-    """The handlers: credentials for kopf's watch, and Node events into the reconciler."""
+def build_registry(credentials: Credentials, reconciler: Reconciler, live: asyncio.Event) -> kopf.OperatorRegistry:
+    """The handlers: credentials for kopf's watch, and Node events into the reconciler.
+
+    `live` is set at the first event that is not part of kopf's initial listing.
+    """
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -96,6 +99,8 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
         node = NodeInfo.from_body(event["object"])
+        if event["type"] is not None and not live.is_set():
+            live.set()
         if event["type"] == "DELETED":
             await reconciler.deleted(node)
         else:
@@ -155,7 +160,9 @@ async def _lead(
         if waiting is None or await _until_stopped(reconciler.assign_all(waiting), stop) is None:
             return
         # Created before kopf starts, so that kopf's shutdown leaves them to us.
+        kopf_live = asyncio.Event()
         tasks = [
+            asyncio.ensure_future(reconciler.bridge(kopf_live)),
             asyncio.ensure_future(reconciler.serve_waiting()),
             asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
         ]
@@ -164,7 +171,7 @@ async def _lead(
         # losing the lease cancels it at once.
         operator = asyncio.ensure_future(
             kopf.operator(
-                registry=build_registry(credentials, reconciler),
+                registry=build_registry(credentials, reconciler, kopf_live),
                 settings=kopf_settings(),
                 clusterwide=True,
                 standalone=True,

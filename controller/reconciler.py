@@ -30,6 +30,7 @@ WARNING = "Warning"
 PATCH_ATTEMPTS = 5
 PATCH_BACKOFF = 0.1  # seconds, doubled per attempt
 EVENT_REPEAT_INTERVAL = 600.0  # the same warning about the same Node at most this often
+BRIDGE_LIMIT = 300.0  # seconds the start-up bridge watch may run at most
 FIRST_RESYNC_DELAY = 3.0  # seconds after kopf starts: its LIST has been issued by then
 
 
@@ -56,6 +57,7 @@ class Reconciler:
         self._gate = asyncio.Semaphore(max_in_flight)
         self._warned: dict[tuple[str, str, str], float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.listed_version = ""  # resourceVersion of the start-up LIST
 
     # -- start-up ----------------------------------------------------------------
 
@@ -65,7 +67,7 @@ class Reconciler:
         No allocation may happen before this returns (kubernetes#29058).
         """
         started = time.monotonic()
-        nodes, _ = await self.kube.list_nodes()
+        nodes, self.listed_version = await self.kube.list_nodes()
         waiting = []
         for node in nodes:
             if not node.pod_cidrs:
@@ -187,6 +189,32 @@ class Reconciler:
             if waiting:
                 logger.info("a range was released; retrying %d waiting nodes", len(waiting))
                 await self.assign_all(waiting)
+
+    # -- the start-up bridge -------------------------------------------------------
+
+    async def bridge(self, caught_up: asyncio.Event, limit: float = BRIDGE_LIMIT) -> None:
+        """Watch from the start-up LIST until kopf's own watch is live.
+
+        kopf lists every Node again before it streams changes; on 20,000
+        Nodes a Node registering meanwhile waited 12 s behind that listing.
+        This watch starts where the rebuild's LIST ended, so such a Node is
+        served at once. Events seen twice are harmless: the in-flight and
+        stale guards of NodeAllocations are made for that.
+        """
+        if not self.listed_version:
+            return
+        deadline = time.monotonic() + limit
+        try:
+            async with asyncio.timeout(limit):
+                async for kind, node in self.kube.watch_nodes(self.listed_version):
+                    if caught_up.is_set() or time.monotonic() > deadline:
+                        break
+                    if kind == "DELETED":
+                        await self.deleted(node)
+                    elif not node.pod_cidrs and not self.allocations.holding(node.name):
+                        self._spawn(self._gated(node))
+        except (TimeoutError, ApiError) as error:
+            logger.debug("start-up bridge watch ended: %r", error)
 
     # -- resync --------------------------------------------------------------------
 

@@ -141,7 +141,8 @@ def build(names: list[str]) -> None:
                 os.replace(out, target / "etcd")
         if "helm" in names:
             gobin = workdir / "gobin"
-            _go(["install", "-ldflags", "-s -w", f"{HELM_PACKAGE}@{HELM_VERSION}"], workdir, dict(env, GOBIN=str(gobin)))
+            ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+            _go(["install", "-ldflags", ldflags, f"{HELM_PACKAGE}@{HELM_VERSION}"], workdir, dict(env, GOBIN=str(gobin)))
             shutil.move(str(gobin / "helm"), target / "helm")
     _progress("done")
 
