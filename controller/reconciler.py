@@ -148,8 +148,11 @@ class Reconciler:
                 observation = self.allocations.observe(current)
                 if observation.problems:
                     await self._report(current, observation.problems)
-                if observation.outcome is not Outcome.ALLOCATE:
-                    logger.info("node %s now holds %s; occupied", current.name, ",".join(current.pod_cidrs))
+                if observation.outcome is Outcome.OCCUPIED:
+                    logger.info("node %s now holds %s (set elsewhere); occupied", current.name, ",".join(current.pod_cidrs))
+                    return
+                if observation.outcome is Outcome.NOTHING:
+                    logger.info("node %s: stopping this attempt, %s", current.name, observation.why)
                     return
                 node = current
                 await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
@@ -203,11 +206,10 @@ class Reconciler:
         """
         if not self.listed_version:
             return
-        deadline = time.monotonic() + limit
         try:
             async with asyncio.timeout(limit):
                 async for kind, node in self.kube.watch_nodes(self.listed_version):
-                    if caught_up.is_set() or time.monotonic() > deadline:
+                    if caught_up.is_set():
                         break
                     if kind == "DELETED":
                         await self.deleted(node)

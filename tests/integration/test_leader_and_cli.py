@@ -67,7 +67,8 @@ def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, 
     cluster.create_nodes(names)
     cluster.wait_assigned(names)
     wait_for(lambda: ready(first), what="the leader to be ready")
-    assert ready(second), "a healthy standby is ready, so rolling updates and PDBs work"
+    # A healthy standby is ready, so rolling updates and disruption budgets work.
+    wait_for(lambda: ready(second) and "waiting for the lease" in second.log(), what="the standby to be ready")
     assert "allocated" in first.log()
     assert "allocated" not in second.log()
 
