@@ -85,13 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="print the Nodes and exit instead of running until Ctrl-C")
 
     status = commands.add_parser("status", help="usage per cluster CIDR, from the Nodes")
-    _add_range_flags(status, required=True)
-    _add_connection_flags(status)
-    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
-
     check = commands.add_parser("check", help="audit podCIDRs: duplicates, overlaps, out of range, missing")
-    _add_range_flags(check, required=True)
-    _add_connection_flags(check)
+    for inspector in (status, check):
+        _add_range_flags(inspector, required=False)
+        _add_connection_flags(inspector)
+        inspector.add_argument(
+            "--deployment",
+            metavar="NAMESPACE/NAME",
+            help="take the range flags from this nodeipam Deployment's container args instead of --cluster-cidr",
+        )
+    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     return parser
 
 
@@ -177,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from controller import inspect
 
     try:
+        flags = args
+        if args.deployment and not args.cluster_cidr:
+            flags = build_parser().parse_args(inspect.args_of_deployment(args.deployment, args.kubeconfig, args.master))
         ranges = config.build_ranges(
-            args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
+            flags.cluster_cidr, flags.node_cidr_mask_size, flags.node_cidr_mask_size_ipv4, flags.node_cidr_mask_size_ipv6
         )
-        service_cidrs = config.build_service_cidrs(args.service_cluster_ip_range)
-    except ConfigError as error:
+        service_cidrs = config.build_service_cidrs(flags.service_cluster_ip_range)
+    except (ConfigError, inspect.InspectError) as error:
         return _fail(args.command, error)
     if args.command == "status":
         return inspect.status_command(ranges, service_cidrs, args.kubeconfig, args.master, args.output)

@@ -11,11 +11,12 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import netaddr
 
 from controller.config import FamilyRange
-from controller.kube import Credentials, KubeClient
+from controller.kube import ApiError, Credentials, KubeClient
 from controller.nodes import NodeAllocations, NodeInfo, classify_pod_cidrs
 
 
@@ -97,6 +98,31 @@ def find_problems(nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange]) -> l
             kind = "duplicate" if other == cidr else "overlapping"
             findings.append(f"{kind} podCIDRs: node {name} has {cidr}, node {other_name} has {other}")
     return findings
+
+
+class InspectError(RuntimeError):
+    """The cluster could not tell what `status` or `check` needs."""
+
+
+def args_of_deployment(reference: str, kubeconfig: str | None, master: str | None) -> list[str]:
+    """The `run ...` args of a nodeipam Deployment ("NAMESPACE/NAME"), so its own flags describe the ranges."""
+    namespace, _, name = reference.rpartition("/")
+    if not namespace or not name:
+        raise InspectError(f"--deployment: {reference!r} is not NAMESPACE/NAME; e.g. --deployment=kube-system/nodeipam")
+
+    async def fetch() -> Any:
+        async with KubeClient(Credentials.load(kubeconfig, master)) as kube:
+            return await kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+
+    try:
+        deployment = asyncio.run(fetch())
+    except ApiError as error:
+        raise InspectError(f"--deployment: cannot read deployment {reference}: {error}") from None
+    for container in deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+        argv = [*container.get("command", []), *container.get("args", [])]
+        if "run" in argv:
+            return argv[argv.index("run") :]
+    raise InspectError(f"--deployment: no container of {reference} runs `nodeipam run`")
 
 
 async def _list_nodes(kubeconfig: str | None, master: str | None) -> list[NodeInfo]:

@@ -457,3 +457,27 @@ def test_upgrade_then_uninstall_leaves_nothing_behind(control_plane: LocalContro
         assert not helm_records.strip(), helm_records
     finally:
         remove(release)
+
+
+def test_status_and_check_read_the_ranges_from_the_deployment(release: Release) -> None:
+    reference = f"--deployment={release.namespace}/{release.fullname}"
+    kubeconfig = f"--kubeconfig={release.plane.kubeconfig}"
+    status = subprocess.run(
+        [sys.executable, "-m", "controller", "status", reference, kubeconfig, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert status.returncode == 0, status.stderr
+    (usage,) = json.loads(status.stdout)["ranges"]
+    assert (usage["cluster_cidr"], usage["node_mask_size"]) == (release.family.cluster_cidr, release.family.node_mask)
+    missing = subprocess.run(
+        [sys.executable, "-m", "controller", "check", f"--deployment={release.namespace}/no-such-deployment", kubeconfig],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2
+    assert "cannot read deployment" in missing.stderr
