@@ -15,12 +15,9 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +27,9 @@ import pytest
 import yaml
 
 from controller.localcluster.binaries import ensure_binaries
-from controller.localcluster.cluster import LocalControlPlane, free_port
+from controller.localcluster.cluster import LocalControlPlane
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, no_duplicates
+from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
 
 pytestmark = pytest.mark.e2e
 
@@ -242,52 +239,9 @@ def test_service_account_has_exactly_the_minimal_rights(release: Release) -> Non
 # -- the controller with the chart's args and the ServiceAccount's token ----------------------------
 
 
-class ChartController:
-    """`nodeipam <the Deployment's args>`, as a local process with the ServiceAccount's kubeconfig."""
-
-    def __init__(self, args: list[str], kubeconfig: Path, log_dir: Path) -> None:
-        self.metrics_port = free_port()
-        args = [arg for arg in args if not arg.startswith("--metrics-bind-address=")]
-        self.argv = [
-            sys.executable,
-            "-m",
-            "controller",
-            *args,
-            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
-            f"--kubeconfig={kubeconfig}",
-        ]
-        self.log_path = log_dir / f"controller-{self.metrics_port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
-        except OSError:
-            return 0
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"controller did not stop within {STOP_TIMEOUT}s of SIGTERM:\n{self.log()}") from None
-        self._log.close()
-        return self.process.returncode
-
-
 @pytest.fixture
-def chart_controller(release: Release, tmp_path: Path) -> Iterator[ChartController]:
+def chart_controller(release: Release, tmp_path: Path) -> Iterator[ControllerProcess]:
+    """The Deployment's args as a local process with the ServiceAccount's kubeconfig."""
     kubeconfig = release.token_kubeconfig(tmp_path)
     whoami = subprocess.run(
         [str(release.plane.binaries["kubectl"]), f"--kubeconfig={kubeconfig}", "auth", "whoami", "-o", "json"],
@@ -297,7 +251,8 @@ def chart_controller(release: Release, tmp_path: Path) -> Iterator[ChartControll
     )
     assert whoami.returncode == 0, whoami.stderr
     assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == release.subject
-    process = ChartController(release.container_args(), kubeconfig, tmp_path)
+    env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+    process = ControllerProcess([*release.container_args(), f"--kubeconfig={kubeconfig}"], tmp_path, env)
     yield process
     code = process.stop()
     assert code == 0, f"controller exited with {code}:\n{process.log()}"
@@ -311,7 +266,9 @@ def _inside(cidr: str, cluster_cidr: str, mask: int) -> bool:
     return network.version == outer.version and network.prefixlen == mask and network.subnet_of(outer)  # type: ignore[arg-type]
 
 
-def test_controller_with_the_chart_args_and_token(release: Release, cluster: Cluster, chart_controller: ChartController) -> None:
+def test_controller_with_the_chart_args_and_token(
+    release: Release, cluster: Cluster, chart_controller: ControllerProcess
+) -> None:
     family = release.family
     args = chart_controller.argv
     assert f"--leader-elect-resource-namespace={release.namespace}" in args

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 
 STOP_TIMEOUT = 15.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -94,27 +97,42 @@ def cluster(control_plane: LocalControlPlane, core: client.CoreV1Api) -> Iterato
 
 
 class ControllerProcess:
-    """`nodeipam run` as its own process, the way it runs in a cluster."""
+    """`python -m controller ARGS` as its own process, the way it runs in a cluster.
 
-    def __init__(self, plane: LocalControlPlane, flags: list[str], log_dir: Path) -> None:
+    Its metrics endpoint is moved to a free loopback port; its output goes to a log file.
+    """
+
+    def __init__(self, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.metrics_port = free_port()
         self.log_path = log_dir / f"controller-{self.metrics_port}.log"
-        self.argv = [
-            sys.executable,
-            "-m",
-            "controller",
-            "run",
-            f"--kubeconfig={plane.kubeconfig}",
-            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
-            *flags,
-        ]
-        if not any(flag.startswith("--leader-elect") for flag in flags):
-            self.argv.append("--leader-elect=false")
+        args = [arg for arg in args if not arg.startswith("--metrics-bind-address=")]
+        self.argv = [sys.executable, "-m", "controller", *args, f"--metrics-bind-address=127.0.0.1:{self.metrics_port}"]
+        self.expected_codes: tuple[int, ...] = (0, -signal.SIGKILL)  # what the teardown accepts
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.process = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env if env is not None else os.environ.copy(), cwd=ROOT
+        )
+
+    @classmethod
+    def run(cls, plane: LocalControlPlane, flags: list[str], log_dir: Path) -> ControllerProcess:
+        """`nodeipam run FLAGS` against the local control plane; no leader election unless asked for."""
+        args = ["run", f"--kubeconfig={plane.kubeconfig}", *flags]
+        if not any(flag.startswith("--leader-elect") for flag in flags):
+            args.append("--leader-elect=false")
+        return cls(args, log_dir)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str) -> int:
+        """HTTP status of GET path on the metrics endpoint (0 when nothing answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -128,6 +146,7 @@ class ControllerProcess:
                 self.process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
                 raise AssertionError(f"controller did not stop within {STOP_TIMEOUT}s of SIGTERM:\n{self.log()}") from None
         self._log.close()
         return self.process.returncode
@@ -139,14 +158,14 @@ def start_controller(control_plane: LocalControlPlane) -> Iterator[Callable[...,
     log_dir = Path(tempfile.mkdtemp(prefix="nodeipam-test-logs-"))
 
     def start(*flags: str) -> ControllerProcess:
-        process = ControllerProcess(control_plane, list(flags), log_dir)
+        process = ControllerProcess.run(control_plane, list(flags), log_dir)
         started.append(process)
         return process
 
     yield start
     for process in started:
         code = process.stop()
-        assert code in (0, -signal.SIGKILL), f"controller exited with {code}:\n{process.log()}"
+        assert code in process.expected_codes, f"controller exited with {code}:\n{process.log()}"
 
 
 def no_duplicates(cidrs: dict[str, list[str]]) -> None:

@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -42,11 +40,7 @@ def holder(cluster: Cluster, lease: str) -> str:
 
 
 def ready(controller: ControllerProcess) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{controller.metrics_port}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError):
-        return False
+    return controller.get("/readyz") == 200
 
 
 def nodeipam(plane: LocalControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
@@ -139,3 +133,19 @@ def test_check_finds_duplicates_and_missing_ranges(cluster: Cluster, cluster_cid
     assert f"duplicate podCIDRs: node dup-a has {duplicate}, node dup-b has {duplicate}" in lines
     assert "node bare: has no podCIDR" in lines
     assert lines[-1] == "checked 3 nodes: 2 problem(s)"
+
+
+def test_losing_the_lease_stops_allocation_and_exits(cluster: Cluster, start_controller: Start) -> None:
+    lease = f"nodeipam-lost-{int(time.time())}"
+    leader = start_controller(*leader_flags("leader", lease))
+    wait_for(lambda: holder(cluster, lease) == "leader", what="the leader to hold the lease")
+    # Another holder takes the lease over (as after a partition): renewing fails from now on.
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    patch = json.dumps({"spec": {"holderIdentity": "intruder", "renewTime": now}})
+    cluster.plane.kubectl("patch", "lease", lease, "-n", "default", "--type=merge", "-p", patch)
+    wait_for(lambda: leader.process.poll() is not None, timeout=LEASE_SECONDS + 10, what="the leader to exit")
+    assert leader.process.returncode == 1
+    leader.expected_codes = (1,)
+    assert "leadership lost" in leader.log() and "lost the leader lease" in leader.log()
+    cluster.create_nodes(["after-loss"])
+    assert cluster.pod_cidrs()["after-loss"] == [], "nothing allocates once the lease is lost"
