@@ -7,6 +7,7 @@ Nodes as a kubelet would, and prints what an operator would check with kubectl.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,12 @@ WAIT_TIMEOUT = 60.0
 CIDR_COLUMNS = "custom-columns=NAME:.metadata.name,CIDR:.spec.podCIDR,CIDRS:.spec.podCIDRs"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(nodes: int, cluster_cidr: str, once: bool) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C: no stray etcd/apiserver
     print("starting etcd and kube-apiserver on loopback ...", flush=True)
     with LocalControlPlane() as plane:
         controller = subprocess.Popen(

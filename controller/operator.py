@@ -150,6 +150,7 @@ async def _lead(
 ) -> None:
     """Everything the leader does, from the rebuild to shutdown."""
     lost = asyncio.ensure_future(elector.hold())
+    lost.add_done_callback(lambda _: stop.set())  # also interrupts a rebuild or sweep in progress
     allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
     reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight)
     health.watch(reconciler.rebuilt)
