@@ -9,14 +9,12 @@ exactly the chart's RBAC.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ import yaml
 from controller.localcluster.binaries import ensure_binaries
 from controller.localcluster.cluster import LocalControlPlane
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
+from tests.integration.conftest import Cluster, ControllerProcess, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -260,12 +258,6 @@ def chart_controller(release: Release, tmp_path: Path) -> Iterator[ControllerPro
     assert lease is not None and not lease["spec"].get("holderIdentity"), "the lease is released on SIGTERM"
 
 
-def _inside(cidr: str, cluster_cidr: str, mask: int) -> bool:
-    network = ipaddress.ip_network(cidr)
-    outer = ipaddress.ip_network(cluster_cidr)
-    return network.version == outer.version and network.prefixlen == mask and network.subnet_of(outer)  # type: ignore[arg-type]
-
-
 def test_controller_with_the_chart_args_and_token(
     release: Release, cluster: Cluster, chart_controller: ControllerProcess
 ) -> None:
@@ -287,11 +279,7 @@ def test_controller_with_the_chart_args_and_token(
 
     names = [f"chart-node-{i}" for i in range(4)]
     cluster.create_nodes(names)
-    cidrs = cluster.wait_assigned(names)
-    no_duplicates(cidrs)
-    for name in names:
-        assert len(cidrs[name]) == 1
-        assert _inside(cidrs[name][0], family.cluster_cidr, family.node_mask), cidrs[name]
+    cluster.wait_single_ranges_inside(names, family.cluster_cidr, family.node_mask)
 
     cluster.create_nodes(["stray"], pod_cidrs=(family.out_of_range,))
     event = cluster.wait_event("stray", "InvalidPodCIDR")
@@ -302,14 +290,8 @@ def test_controller_with_the_chart_args_and_token(
     # The `nodeipam status` command NOTES.txt prints works with the ServiceAccount's rights too.
     notes_command = next(line for line in release.install_output.splitlines() if "nodeipam status" in line)
     status_args = shlex.split(notes_command.split(" -- nodeipam ", 1)[1])
-    kubeconfig = next(arg for arg in args if arg.startswith("--kubeconfig="))
-    status = subprocess.run(
-        [sys.executable, "-m", "controller", *status_args, kubeconfig, "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    kubeconfig = next(arg for arg in args if arg.startswith("--kubeconfig=")).removeprefix("--kubeconfig=")
+    status = run_cli(*status_args, "-o", "json", kubeconfig=kubeconfig)
     assert status.returncode == 0, status.stderr
     (usage,) = json.loads(status.stdout)["ranges"]
     assert (usage["cluster_cidr"], usage["allocated"]) == (family.cluster_cidr, len(names))
@@ -418,23 +400,11 @@ def test_upgrade_then_uninstall_leaves_nothing_behind(control_plane: LocalContro
 
 def test_status_and_check_read_the_ranges_from_the_deployment(release: Release) -> None:
     reference = f"--deployment={release.namespace}/{release.fullname}"
-    kubeconfig = f"--kubeconfig={release.plane.kubeconfig}"
-    status = subprocess.run(
-        [sys.executable, "-m", "controller", "status", reference, kubeconfig, "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    kubeconfig = release.plane.kubeconfig
+    status = run_cli("status", reference, "-o", "json", kubeconfig=kubeconfig)
     assert status.returncode == 0, status.stderr
     (usage,) = json.loads(status.stdout)["ranges"]
     assert (usage["cluster_cidr"], usage["node_mask_size"]) == (release.family.cluster_cidr, release.family.node_mask)
-    missing = subprocess.run(
-        [sys.executable, "-m", "controller", "check", f"--deployment={release.namespace}/no-such-deployment", kubeconfig],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    missing = run_cli("check", f"--deployment={release.namespace}/no-such-deployment", kubeconfig=kubeconfig)
     assert missing.returncode == 2
     assert "cannot read deployment" in missing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -61,6 +62,18 @@ class Cluster:
                 assert node.spec.pod_cidr == cidrs[0], f"{node.metadata.name}: podCIDR != podCIDRs[0]"
             result[node.metadata.name] = cidrs
         return result
+
+    def wait_single_ranges_inside(self, names: list[str], cluster_cidr: str, mask: int) -> dict[str, list[str]]:
+        """Wait until `names` are assigned; each must hold one range of `mask` inside `cluster_cidr`, none shared."""
+        cidrs = self.wait_assigned(names)
+        no_duplicates(cidrs)
+        outer = ipaddress.ip_network(cluster_cidr)
+        for name in names:
+            (cidr,) = cidrs[name]
+            inner = ipaddress.ip_network(cidr)
+            assert inner.version == outer.version and inner.prefixlen == mask, (name, cidr)
+            assert inner.subnet_of(outer), (name, cidr)  # type: ignore[arg-type]
+        return cidrs
 
     def wait_assigned(self, names: list[str], timeout: float = 60.0) -> dict[str, list[str]]:
         def assigned() -> dict[str, list[str]] | None:
@@ -166,6 +179,17 @@ def start_controller(control_plane: LocalControlPlane) -> Iterator[Callable[...,
     for process in started:
         code = process.stop()
         assert code in process.expected_codes, f"controller exited with {code}:\n{process.log()}"
+
+
+def run_cli(*args: str, kubeconfig: str) -> subprocess.CompletedProcess[str]:
+    """`nodeipam ARGS --kubeconfig=...` (status, check, or bad `run` flags), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "controller", *args, f"--kubeconfig={kubeconfig}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 def no_duplicates(cidrs: dict[str, list[str]]) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 
@@ -12,7 +10,7 @@ import pytest
 
 from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
+from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +26,12 @@ def _mask_flag(cluster_cidr: str, mask: int) -> str:
     return f"--node-cidr-mask-size={mask}"
 
 
-def _inside(cidr: str, cluster_cidr: str, mask: int) -> bool:
-    network = ipaddress.ip_network(cidr)
-    return network.prefixlen == mask and network.subnet_of(ipaddress.ip_network(cluster_cidr))  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(("cluster_cidr", "mask"), FAMILIES)
 def test_new_nodes_get_disjoint_ranges(cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int) -> None:
     start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
     names = [f"node-{i}" for i in range(6)]
     cluster.create_nodes(names)
-    cidrs = cluster.wait_assigned(names)
-    no_duplicates(cidrs)
-    for name in names:
-        assert len(cidrs[name]) == 1
-        assert _inside(cidrs[name][0], cluster_cidr, mask), cidrs[name]
+    cluster.wait_single_ranges_inside(names, cluster_cidr, mask)
 
 
 def test_nothing_but_the_pod_cidr_is_written_to_nodes(cluster: Cluster, start_controller: Start) -> None:
@@ -242,12 +231,7 @@ BAD_FLAGS = [
 @pytest.mark.parametrize(("flags", "named"), BAD_FLAGS)
 def test_bad_flags_fail_fast_naming_the_flag(flags: list[str], named: str) -> None:
     # The kubeconfig points at nothing: a failure must come before any connection.
-    result = subprocess.run(
-        [sys.executable, "-m", "controller", "run", "--kubeconfig=/nonexistent/kubeconfig", *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("run", *flags, kubeconfig="/nonexistent/kubeconfig")
     assert result.returncode == 2, result.stderr
     assert named in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

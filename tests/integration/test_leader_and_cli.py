@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
-from controller.localcluster.cluster import LocalControlPlane
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
+from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +40,6 @@ def ready(controller: ControllerProcess) -> bool:
     return controller.get("/readyz") == 200
 
 
-def nodeipam(plane: LocalControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controller", *args, f"--kubeconfig={plane.kubeconfig}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-{int(time.time())}"
     first = start_controller(*leader_flags("first", lease))
@@ -76,7 +64,7 @@ def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, 
     no_duplicates(cidrs)
     assert "allocated" in second.log()
     print(f"standby took over {took_over:.1f}s after the leader was killed (lease {LEASE_SECONDS}s)")
-    check = nodeipam(cluster.plane, "check", "--cluster-cidr=10.244.0.0/16")
+    check = run_cli("check", "--cluster-cidr=10.244.0.0/16", kubeconfig=cluster.plane.kubeconfig)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -105,14 +93,14 @@ def test_status_reports_usage_and_waiting_nodes(
     names = [f"st-{i}" for i in range(5)]
     cluster.create_nodes(names)
     wait_for(lambda: sum(1 for v in cluster.pod_cidrs().values() if v) == 4, what="four nodes assigned")
-    result = nodeipam(cluster.plane, "status", f"--cluster-cidr={cluster_cidr}", mask_flag, "-o", "json")
+    result = run_cli("status", f"--cluster-cidr={cluster_cidr}", mask_flag, "-o", "json", kubeconfig=cluster.plane.kubeconfig)
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     (usage,) = status["ranges"]
     assert (usage["size"], usage["allocated"], usage["free"], usage["percent_used"]) == (expected_size, 4, 0, 100.0)
     assert status["nodes"] == 5
     assert len(status["nodes_waiting"]) == 1
-    text = nodeipam(cluster.plane, "status", f"--cluster-cidr={cluster_cidr}", mask_flag).stdout
+    text = run_cli("status", f"--cluster-cidr={cluster_cidr}", mask_flag, kubeconfig=cluster.plane.kubeconfig).stdout
     assert "100.00%" in text and "waiting for a range: 1" in text
 
 
@@ -127,7 +115,7 @@ def test_check_finds_duplicates_and_missing_ranges(cluster: Cluster, cluster_cid
     cluster.create_nodes(["dup-a"], pod_cidrs=(duplicate,))
     cluster.create_nodes(["dup-b"], pod_cidrs=(duplicate,))
     cluster.create_nodes(["bare"])
-    result = nodeipam(cluster.plane, "check", f"--cluster-cidr={cluster_cidr}")
+    result = run_cli("check", f"--cluster-cidr={cluster_cidr}", kubeconfig=cluster.plane.kubeconfig)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert f"duplicate podCIDRs: node dup-a has {duplicate}, node dup-b has {duplicate}" in lines
