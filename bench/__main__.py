@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,14 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     rss_mb: float = 0.0
     note: str = ""
+    cpu_seconds: float = 0.0
+
+    @classmethod
+    def of(
+        cls, scenario: str, controller: Controller, seconds: float, latencies: list[float] | None = None, note: str = ""
+    ) -> Result:
+        """A result with the stopped controller's peak RSS and CPU time."""
+        return cls(scenario, controller.label, seconds, latencies or [], controller.peak_rss_mb, note, controller.cpu_seconds)
 
     def row(self) -> str:
         lat = sorted(self.latencies)
@@ -56,7 +65,7 @@ class Result:
         mean = f"{statistics.fmean(lat):.2f}" if lat else "-"
         return (
             f"| {self.scenario} | {self.controller} | {self.seconds:.1f} | {mean} | {pct(0.5)} | {pct(0.99)} | "
-            f"{(f'{lat[-1]:.2f}' if lat else '-')} | {self.rss_mb:.0f} | {self.note} |"
+            f"{(f'{lat[-1]:.2f}' if lat else '-')} | {self.rss_mb:.0f} | {self.cpu_seconds:.1f} | {self.note} |"
         )
 
 
@@ -99,6 +108,15 @@ class Controller:
         self.log = open(log_dir / f"{kind}-{int(time.time() * 1000)}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.peak_rss_mb = 0.0
+        self.cpu_seconds = 0.0
+
+    def sample_cpu(self) -> None:
+        """User + system CPU time the process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            self.cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
 
     def sample_rss(self) -> None:
         try:
@@ -110,6 +128,7 @@ class Controller:
 
     def stop(self) -> None:
         self.sample_rss()
+        self.sample_cpu()
         self.process.terminate()
         try:
             self.process.wait(timeout=20)
@@ -205,7 +224,7 @@ async def burst(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: st
     controller.stop()
     await watcher.stop()
     latencies = [watcher.assigned[name] - created[name] for name in names]
-    return Result(f"burst of {n}", controller.label, done - started, latencies, controller.peak_rss_mb)
+    return Result.of(f"burst of {n}", controller, done - started, latencies)
 
 
 async def startup(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int) -> Result:
@@ -220,7 +239,7 @@ async def startup(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: 
     done = await watcher.wait_all(names)
     controller.stop()
     await watcher.stop()
-    return Result(f"start with {n} waiting", controller.label, done - started, [], controller.peak_rss_mb)
+    return Result.of(f"start with {n} waiting", controller, done - started)
 
 
 async def restart(kube: KubeClient, plane: LocalControlPlane, logs: Path, kinds: list[str], n: int) -> list[Result]:
@@ -244,7 +263,7 @@ async def restart(kube: KubeClient, plane: LocalControlPlane, logs: Path, kinds:
         controller.stop()
         await watcher.stop()
         note = f"a Node created once the first was assigned waited {second_done - created[second]:.2f} s"
-        results.append(Result(f"restart with {n} assigned", controller.label, done - started, [], controller.peak_rss_mb, note))
+        results.append(Result.of(f"restart with {n} assigned", controller, done - started, note=note))
     return results
 
 
@@ -295,8 +314,8 @@ def main() -> None:
     args = parser.parse_args()
     args.only = set(args.only.split(","))
     results = asyncio.run(main_async(args))
-    print("| scenario | controller | total s | mean s | p50 s | p99 s | max s | peak RSS MB | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | controller | total s | mean s | p50 s | p99 s | max s | peak RSS MB | CPU s | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         print(result.row())
     print()
