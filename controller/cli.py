@@ -46,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_range_flags(run, required=False)
     _add_connection_flags(run)
-    run.add_argument("--allocate-node-cidrs", default="true", metavar="BOOL", help="accepted for compatibility; must be true")
+    run.add_argument(
+        "--allocate-node-cidrs",
+        nargs="?",
+        const="true",
+        default="true",
+        metavar="BOOL",
+        help="accepted for compatibility; must be true",
+    )
     run.add_argument(
         "--cidr-allocator-type", default=config.SUPPORTED_ALLOCATOR_TYPE, help="accepted for compatibility; RangeAllocator only"
     )
@@ -62,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-period", default="3m", help="how often to re-list Nodes and free ranges of vanished ones (default 3m)"
     )
     run.add_argument(
-        "--leader-elect", default="true", metavar="BOOL", help="use a Lease so only one replica allocates (default true)"
+        "--leader-elect",
+        nargs="?",
+        const="true",
+        default="true",
+        metavar="BOOL",
+        help="use a Lease so only one replica allocates (default true)",
     )
     run.add_argument("--leader-elect-lease-duration", default="15s", help="default 15s")
     run.add_argument("--leader-elect-renew-deadline", default="10s", help="default 10s")

@@ -157,3 +157,11 @@ def test_service_cidrs(text: str, expected: list[str]) -> None:
 def test_build_ranges_requires_a_cluster_cidr() -> None:
     with pytest.raises(ConfigError, match="--cluster-cidr: is required"):
         build_ranges(None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "leader"), [(["--leader-elect"], True), (["--leader-elect=false"], False), (["--leader-elect", "false"], False)]
+)
+def test_boolean_flags_may_be_bare_as_in_go(flags: list[str], leader: bool) -> None:
+    result = settings("--cluster-cidr=10.244.0.0/16", "--allocate-node-cidrs", *flags)
+    assert result.leader_election.enabled is leader
