@@ -56,8 +56,8 @@ def compute_status(
             node_mask_size=cidr_set.node_mask_size,
             size=cidr_set.max_cidrs,
             allocated=cidr_set.allocated,
-            free=cidr_set.max_cidrs - cidr_set.allocated,
-            percent_used=round(100.0 * cidr_set.allocated / cidr_set.max_cidrs, 2),
+            free=cidr_set.free,
+            percent_used=round(100.0 * cidr_set.usage, 2),
         )
         for cidr_set in allocations.sets
     )

@@ -160,7 +160,7 @@ class NodeAllocations:
         self._pinned: list[netaddr.IPNetwork] = []
         self._sequence = 0
         for cidr in service_cidrs:
-            cidr_set = self._set_for(cidr)
+            cidr_set = self.set_for(cidr)
             if cidr_set is not None and _overlaps(cidr, cidr_set.cluster_cidr):
                 self._pinned.append(cidr)
                 cidr_set.occupy(cidr)
@@ -171,10 +171,6 @@ class NodeAllocations:
     def sequence(self) -> int:
         """A counter that grows with every recorded holding (a logical clock)."""
         return self._sequence
-
-    @property
-    def pinned(self) -> tuple[netaddr.IPNetwork, ...]:
-        return tuple(self._pinned)
 
     def holding(self, name: str) -> tuple[netaddr.IPNetwork, ...]:
         held = self._holdings.get(name)
@@ -187,10 +183,11 @@ class NodeAllocations:
         """Nodes that found the range exhausted, oldest first."""
         return list(self._waiting.values())
 
-    def node_names(self) -> set[str]:
-        return set(self._holdings)
+    def waiting_count(self) -> int:
+        return len(self._waiting)
 
-    def _set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
+    def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
+        """The set of the CIDR's family, if this controller serves it."""
         for cidr_set in self.sets:
             if cidr_set.version == cidr.version:
                 return cidr_set
@@ -311,7 +308,7 @@ class NodeAllocations:
         as_written = node.pod_cidrs or tuple(str(cidr) for cidr in cidrs)
         self._holdings[node.name] = _Holding(node.uid, cidrs, self._sequence, as_written)
         for cidr in cidrs:
-            cidr_set = self._set_for(cidr)
+            cidr_set = self.set_for(cidr)
             if cidr_set is None:
                 continue
             try:
@@ -339,7 +336,7 @@ class NodeAllocations:
         return Release(name, tuple(released))
 
     def _release_cidr(self, cidr: netaddr.IPNetwork) -> None:
-        cidr_set = self._set_for(cidr)
+        cidr_set = self.set_for(cidr)
         if cidr_set is None:
             return
         try:

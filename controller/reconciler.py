@@ -52,6 +52,7 @@ class Reconciler:
         self.allocations = allocations
         self.metrics = metrics or Metrics()
         self.metrics.track_sets(allocations.sets)
+        self.metrics.nodes_waiting.set_function(allocations.waiting_count)
         self.rebuilt = asyncio.Event()
         self._capacity_freed = asyncio.Event()
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -109,7 +110,6 @@ class Reconciler:
             logger.info("node %s holds %s: occupied", node.name, _join(self.allocations.holding(node.name)))
         elif observation.outcome is Outcome.ALLOCATE:
             await self._assign(node)
-        self.metrics.nodes_waiting.set(len(self.allocations.waiting()))
 
     async def deleted(self, node: NodeInfo) -> None:
         """A DELETED watch event: the Node is really gone, so its ranges are free."""
@@ -274,10 +274,8 @@ class Reconciler:
     # -- helpers -------------------------------------------------------------------
 
     def _cluster_label(self, cidr: netaddr.IPNetwork) -> str:
-        for cidr_set in self.allocations.sets:
-            if cidr_set.version == cidr.version:
-                return str(cidr_set.cluster_cidr)
-        return ""
+        cidr_set = self.allocations.set_for(cidr)
+        return str(cidr_set.cluster_cidr) if cidr_set else ""
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -7,7 +7,6 @@ capacity and 40 images, like a real worker.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 IMAGE_COUNT = 40
@@ -109,7 +108,3 @@ def realistic_node(name: str, index: int = 0, pod_cidrs: tuple[str, ...] = ()) -
         node["spec"]["podCIDR"] = pod_cidrs[0]
         node["spec"]["podCIDRs"] = list(pod_cidrs)
     return node
-
-
-def body_size(node: dict[str, Any]) -> int:
-    return len(json.dumps(node))
