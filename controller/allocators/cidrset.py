@@ -165,6 +165,28 @@ class CIDRSet:
         with self._lock:
             return self._used.count_range(lo, hi) == hi - lo + 1
 
+    # -- slot-level access, for ClaimedSubnets ------------------------------------------------
+
+    def slot_range(self, cidr: CIDRLike) -> tuple[int, int]:
+        """The first and last slot (inclusive) of the node subnets ``cidr`` touches, clipped to the cluster CIDR."""
+        return self._slot_range(cidr)
+
+    def subnet(self, slot: int) -> netaddr.IPNetwork:
+        """The node subnet of one slot."""
+        if not 0 <= slot < self._used.size:
+            raise CIDRSetError(f"slot {slot} is outside 0..{self._used.size - 1}")
+        return self._slot_cidr(slot)
+
+    def occupy_slots(self, lo: int, hi: int) -> int:
+        """Mark slots ``lo..hi``; returns how many were free."""
+        with self._lock:
+            return self._used.set_range(lo, hi)
+
+    def release_slots(self, lo: int, hi: int) -> int:
+        """Free slots ``lo..hi``; returns how many were in use."""
+        with self._lock:
+            return self._used.clear_range(lo, hi)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _slot_cidr(self, slot: int) -> netaddr.IPNetwork:
