@@ -94,6 +94,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.background_failures = Counter(
+            "background_failures",
+            "Failures of background work, by loop: restarts of a loop, or one Node's handling ('node').",
+            ["loop"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+
     def track_sets(self, sets: Iterable[CIDRSet]) -> None:
         """Usage gauges computed at scrape time from the sets themselves."""
         for cidr_set in sets:

@@ -5,28 +5,43 @@ truth for which ranges are taken and by whom; the reconciler feeds it what it
 sees and carries out what it decides.
 
 Invariants kept here:
-- A range is marked in the sets iff a known Node holds it, a reservation for
-  a patch is in flight, or it is pinned (a service CIDR).
+- A node subnet is marked in the sets iff at least one claim covers it: a
+  Node's podCIDR (whole, part of a subnet, or several subnets), a reservation
+  for a patch, or a service range. It comes free only when its last claim goes.
+- Every holding and every reservation carries the Node's UID; nothing about
+  one incarnation of a name is ever done to another.
 - A Node that already has podCIDRs is only occupied, never changed.
-- A range held by two Nodes (bad data) stays marked until both are gone.
+- A reservation whose patch may have applied (the answer was lost) stays
+  reserved until a read of the Node shows what it holds.
+
+A reservation's life: RESERVED (ranges taken) -> PATCHING (the patch is sent)
+-> COMMITTED (the Node holds them), or RELEASED (refused, or the Node is gone),
+or UNKNOWN (the answer was lost) -> settled by a read: COMMITTED, RELEASED, or
+PATCHING again with the same ranges.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
+import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import netaddr
 
-from controller.allocators import CIDRSet, CIDRSetError, NoCIDRsRemainingError
+from controller.allocators import CIDRSet, CIDRSetError, ClaimedSubnets, NoCIDRsRemainingError
 from controller.config import FamilyRange
 
 #: Event reason for a podCIDR the controller cannot account for cleanly.
 REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
 #: Event reason for a podCIDR that another Node holds too.
 REASON_DUPLICATE_POD_CIDR = "DuplicatePodCIDR"
+
+#: UIDs of deleted Nodes remembered, so that late events about them are ignored.
+RETIRED_UIDS_KEPT = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,18 +88,67 @@ def _overlaps(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
     return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
 
 
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def _sloppy_ipv4(text: str) -> tuple[int, bool]:
+    """An IPv4 address as Go's pre-1.17 parser reads it: octets in decimal, leading zeros allowed.
+
+    Returns the address and whether any octet had a leading zero.
+    """
+    octets = text.split(".")
+    if len(octets) != 4 or not all(_DECIMAL.fullmatch(octet) and len(octet) <= 3 for octet in octets):
+        raise ValueError(f"{text!r} is not an IPv4 address")
+    values = [int(octet) for octet in octets]
+    if any(value > 255 for value in values):
+        raise ValueError(f"{text!r} has an octet above 255")
+    return int.from_bytes(bytes(values), "big"), any(len(octet) > 1 and octet[0] == "0" for octet in octets)
+
+
+def parse_cidr_sloppy(text: str) -> tuple[netaddr.IPNetwork, bool]:
+    """A CIDR read as kube-controller-manager's ParseCIDRSloppy reads it; and whether it had leading zeros.
+
+    Leading zeros in IPv4 octets (also in an IPv6 address's embedded IPv4
+    part) and in the prefix length are decimal, never octal: 10.244.01.0/24
+    is 10.244.1.0/24. Host bits are cleared, as Go's ParseCIDR does. Raises
+    ValueError for anything Go's parser would refuse.
+    """
+    address, slash, prefix = text.partition("/")
+    if not slash or not _DECIMAL.fullmatch(prefix) or len(prefix) > 3:
+        raise ValueError(f"{text!r} is not in CIDR notation")
+    sloppy = len(prefix) > 1 and prefix[0] == "0"
+    if ":" in address:
+        if "%" in address:
+            raise ValueError(f"{text!r} has a zone")
+        head, _, tail = address.rpartition(":")
+        if "." in tail:
+            embedded, zeros = _sloppy_ipv4(tail)
+            sloppy = sloppy or zeros
+            address = f"{head}:{ipaddress.IPv4Address(embedded)}"
+        value, version, bits = int(ipaddress.IPv6Address(address)), 6, 128
+    else:
+        value, zeros = _sloppy_ipv4(address)
+        sloppy, version, bits = sloppy or zeros, 4, 32
+    length = int(prefix)
+    if length > bits:
+        raise ValueError(f"{text!r} has a prefix longer than {bits} bits")
+    return netaddr.IPNetwork((value, length), version).cidr, sloppy
+
+
 def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) -> Classified:
     """Decide which of a Node's podCIDRs to occupy, and what to warn about.
 
     A podCIDR that overlaps a cluster CIDR is occupied even when its mask is
     wrong or it sticks out, so that no overlapping range is ever handed out.
+    Values are read as kube-controller-manager reads them (leading zeros as
+    decimal), so that both agree on which ranges are taken.
     """
     by_version = {family.version: family for family in ranges}
     usable: list[netaddr.IPNetwork] = []
     problems: list[Problem] = []
     for text in pod_cidrs:
         try:
-            cidr = netaddr.IPNetwork(text)
+            cidr, sloppy = parse_cidr_sloppy(text)
         except (netaddr.AddrFormatError, ValueError, TypeError):
             problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text!r} is not a CIDR; ignored"))
             continue
@@ -106,7 +170,15 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
                 )
             )
             continue
-        if cidr.prefixlen != family.node_mask_size or cidr.cidr not in family.cluster_cidr:
+        if sloppy:
+            problems.append(
+                Problem(
+                    REASON_INVALID_POD_CIDR,
+                    f"podCIDR {text} is not in canonical form (leading zeros); read as {cidr}, as kube-controller-manager"
+                    " reads it, and kept out of the pool",
+                )
+            )
+        if cidr.prefixlen != family.node_mask_size or cidr not in family.cluster_cidr:
             problems.append(
                 Problem(
                     REASON_INVALID_POD_CIDR,
@@ -118,11 +190,14 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
 
 
 class Outcome(enum.Enum):
-    """What the reconciler should do after `NodeAllocations.observe`."""
+    """What the reconciler should do after `NodeAllocations.observe` (or `settle`, `resolve`)."""
 
-    NOTHING = "nothing"  # already known, stale, or being handled elsewhere
+    NOTHING = "nothing"  # already known, stale, gone, or being handled elsewhere
     OCCUPIED = "occupied"  # the Node's own podCIDRs are now accounted for
     ALLOCATE = "allocate"  # the Node needs a range: call `reserve`
+    REREAD = "reread"  # the event names another UID than the one known: read the Node by name, then `settle`
+    RESUME = "resume"  # an unsettled reservation for this Node: patch again with the same ranges (`resume`)
+    COMMITTED = "committed"  # a read shows the Node holds the reserved ranges: the patch had applied
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +205,51 @@ class Observation:
     outcome: Outcome
     problems: tuple[Problem, ...] = ()
     why: str = ""
+    released: tuple[netaddr.IPNetwork, ...] = ()  # ranges that came free while deciding
+
+
+class ReservationState(enum.Enum):
+    RESERVED = "reserved"  # ranges taken, no patch sent yet
+    PATCHING = "patching"  # the patch is on its way
+    UNKNOWN = "unknown"  # the patch's answer was lost: it may have applied
+    COMMITTED = "committed"  # the Node holds the ranges
+    RELEASED = "released"  # refused, abandoned before sending, or the Node is gone
+
+
+_OPEN = (ReservationState.RESERVED, ReservationState.PATCHING, ReservationState.UNKNOWN)
+
+
+@dataclasses.dataclass(eq=False)
+class Reservation:
+    """Ranges taken for one Node incarnation (name and UID) while its patch is settled."""
+
+    name: str
+    uid: str
+    cidrs: tuple[netaddr.IPNetwork, ...]
+    since: int  # the logical clock when it was made
+    state: ReservationState = ReservationState.RESERVED
+    owned: bool = True  # a task is carrying it out; False: an UNKNOWN one left for the resync
+    node_gone: bool = False  # this incarnation was deleted meanwhile
+    maybe_applied: bool = False  # some attempt's answer was lost: a later refusal proves nothing about it
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in _OPEN
+
+
+class ReservationError(RuntimeError):
+    """A reservation call that does not apply to the state at hand."""
+
+
+class AlreadyInFlightError(ReservationError):
+    """The Node has a reservation already: one reservation per Node at a time."""
 
 
 @dataclasses.dataclass
 class _Holding:
     uid: str
     cidrs: tuple[netaddr.IPNetwork, ...]
-    sequence: int  # when it was recorded, to tell ranges older than a LIST apart
+    since: int  # when this incarnation was first recorded (the logical clock), to tell it from ones newer than a read
     as_written: tuple[str, ...]  # the podCIDRs as the API shows them, for a cheap "unchanged" test
 
 
@@ -147,37 +260,60 @@ class Release:
 
 
 class NodeAllocations:
-    """The sets (one CIDRSet per family, in flag order) and who holds what."""
+    """The sets (one CIDRSet per family, in flag order), the claims on them, and who holds what."""
 
     def __init__(self, ranges: Iterable[FamilyRange], service_cidrs: Iterable[netaddr.IPNetwork] = ()) -> None:
         self.ranges = tuple(ranges)
         self.sets = tuple(CIDRSet(family.cluster_cidr, family.node_mask_size) for family in self.ranges)
+        self._claims = tuple(ClaimedSubnets(cidr_set) for cidr_set in self.sets)
         self._holdings: dict[str, _Holding] = {}
         self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
-        self._in_flight: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
+        self._reservations: dict[str, Reservation] = {}
         self._waiting: dict[str, NodeInfo] = {}
-        self._gone: set[str] = set()  # deleted while a patch for them was in flight
-        self._pinned: list[netaddr.IPNetwork] = []
+        self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sequence = 0
+        self.service_cidrs: tuple[netaddr.IPNetwork, ...] = ()
+        kept = []
         for cidr in service_cidrs:
-            cidr_set = self.set_for(cidr)
-            if cidr_set is not None and _overlaps(cidr, cidr_set.cluster_cidr):
-                self._pinned.append(cidr)
-                cidr_set.occupy(cidr)
+            claims = self._claims_for(cidr)
+            if claims is not None and _overlaps(cidr, claims.cidr_set.cluster_cidr):
+                claims.claim(cidr)  # never unclaimed: the service range is never a Node's to free
+                kept.append(cidr)
+        self.service_cidrs = tuple(kept)
 
     # -- queries -------------------------------------------------------------
 
     @property
     def sequence(self) -> int:
-        """A counter that grows with every recorded holding (a logical clock)."""
+        """A logical clock: it grows with every holding or reservation made; take it before a read."""
         return self._sequence
 
     def holding(self, name: str) -> tuple[netaddr.IPNetwork, ...]:
         held = self._holdings.get(name)
         return held.cidrs if held else ()
 
+    def holder_uid(self, name: str) -> str | None:
+        """The UID of the incarnation whose ranges are recorded under `name`, if any."""
+        held = self._holdings.get(name)
+        return held.uid if held else None
+
+    def reservation(self, name: str) -> Reservation | None:
+        """The open reservation for a Node name, if any."""
+        return self._reservations.get(name)
+
     def is_in_flight(self, name: str) -> bool:
-        return name in self._in_flight
+        return name in self._reservations
+
+    def unsettled(self) -> list[Reservation]:
+        """UNKNOWN reservations no task is working on: the resync settles them."""
+        return [r for r in self._reservations.values() if not r.owned]
+
+    def knows(self, node: NodeInfo) -> bool:
+        """Whether `node` shows nothing new: its incarnation is deleted, or held exactly as written."""
+        if node.uid in self._retired:
+            return True
+        held = self._holdings.get(node.name)
+        return held is not None and held.uid == node.uid and held.as_written == node.pod_cidrs and node.pod_cidrs != ()
 
     def waiting(self) -> list[NodeInfo]:
         """Nodes that found the range exhausted, oldest first."""
@@ -188,23 +324,233 @@ class NodeAllocations:
 
     def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
         """The set of the CIDR's family, if this controller serves it."""
-        for cidr_set in self.sets:
-            if cidr_set.version == cidr.version:
-                return cidr_set
-        return None
+        claims = self._claims_for(cidr)
+        return claims.cidr_set if claims is not None else None
 
     # -- what the cluster shows ------------------------------------------------
 
     def observe(self, node: NodeInfo) -> Observation:
-        """Account for a Node as the API shows it (an event or a LIST entry)."""
-        if node.name in self._in_flight:
-            return Observation(Outcome.NOTHING, why="a patch for it is in flight")
+        """Account for a Node as an event or a LIST entry shows it (possibly late)."""
+        if node.uid in self._retired:
+            return Observation(Outcome.NOTHING, why=f"a late event about a deleted incarnation (UID {node.uid})")
+        reservation = self._reservations.get(node.name)
         held = self._holdings.get(node.name)
-        if held is not None and held.uid != node.uid:
-            # The Node was deleted and recreated under the same name while we
-            # were not looking: the old holder's ranges are free again.
-            self._drop_holding(node.name)
-            held = None
+        known = reservation.uid if reservation is not None else held.uid if held is not None else None
+        if known is not None and known != node.uid:
+            # Either the Node was replaced, or this event is a late one about a deleted
+            # incarnation: only a fresh read of the name can tell, so nothing is released here.
+            return Observation(Outcome.REREAD, why=f"it shows UID {node.uid}, but UID {known} is known under that name")
+        if reservation is not None:
+            if reservation.owned:
+                return Observation(Outcome.NOTHING, why="a patch for it is in flight")
+            return self._settle_reservation(reservation, node)
+        return self._account(node, held)
+
+    def settle(self, name: str, current: NodeInfo | None, read_after: int, seen_uids: Iterable[str] = ()) -> Observation:
+        """Account for a fresh read of a Node (GET or LIST entry; None: not found), issued after `read_after`.
+
+        Incarnations of the name recorded up to `read_after` that the read does
+        not show were deleted: their ranges are released. Ones recorded later
+        may be newer than the read and are left alone. `seen_uids` are UIDs of
+        the name seen before the read was issued (e.g. the event that asked for it).
+        """
+        released: list[netaddr.IPNetwork] = []
+        current_uid = current.uid if current is not None else None
+        for uid in seen_uids:
+            if uid != current_uid:
+                self._retire(name, uid)
+        held = self._holdings.get(name)
+        if held is not None and held.uid != current_uid and held.since <= read_after:
+            self._retire(name, held.uid)
+            released += self._drop_holding(name)
+        reservation = self._reservations.get(name)
+        if reservation is not None and reservation.uid != current_uid and reservation.since <= read_after:
+            self._retire(name, reservation.uid)
+            released += self._node_gone(reservation)
+        if current is None:
+            return Observation(Outcome.NOTHING, why="the Node is gone", released=tuple(released))
+        observation = self.observe(current)
+        return dataclasses.replace(observation, released=(*released, *observation.released))
+
+    def forget(self, name: str, uid: str) -> Release | None:
+        """A Node incarnation is gone (a DELETED event, or absent from a LIST): free what it held.
+
+        Acts only on state of that UID; None when nothing of that UID was known.
+        """
+        matched = False
+        released: list[netaddr.IPNetwork] = []
+        waiting = self._waiting.get(name)
+        if waiting is not None and waiting.uid == uid:
+            matched = True
+        reservation = self._reservations.get(name)
+        if reservation is not None and reservation.uid == uid:
+            matched = True
+            released += self._node_gone(reservation)
+        held = self._holdings.get(name)
+        if held is not None and held.uid == uid:
+            matched = True
+            released += self._drop_holding(name)
+        self._retire(name, uid)
+        return Release(name, tuple(released)) if matched else None
+
+    # -- allocation ------------------------------------------------------------
+
+    def reserve(self, node: NodeInfo) -> Reservation:
+        """Take one range per family, in flag order, for a patch about to be sent.
+
+        Raises AlreadyInFlightError when the Node name has a reservation
+        already, ReservationError when the incarnation is deleted or holds
+        ranges, and NoCIDRsRemainingError (nothing left reserved) when any
+        family is exhausted; the Node is then remembered as waiting for a release.
+        """
+        if node.name in self._reservations:
+            raise AlreadyInFlightError(f"node {node.name} has a reservation in flight already")
+        if node.uid in self._retired:
+            raise ReservationError(f"node {node.name} (UID {node.uid}) is deleted")
+        held = self._holdings.get(node.name)
+        if held is not None and held.cidrs:
+            raise ReservationError(f"node {node.name} holds {_join(held.cidrs)} already")
+        taken: list[netaddr.IPNetwork] = []
+        try:
+            for claims in self._claims:
+                taken.append(claims.allocate_next())
+        except NoCIDRsRemainingError:
+            for cidr in taken:
+                self._unclaim(cidr)
+            self._waiting[node.name] = node
+            raise
+        self._waiting.pop(node.name, None)
+        self._sequence += 1
+        reservation = Reservation(node.name, node.uid, tuple(taken), self._sequence)
+        self._reservations[node.name] = reservation
+        return reservation
+
+    def resume(self, node: NodeInfo) -> Reservation:
+        """Take over an UNKNOWN reservation left for the resync, to patch again with the same ranges."""
+        reservation = self._reservations.get(node.name)
+        if reservation is None or reservation.uid != node.uid:
+            raise ReservationError(f"node {node.name} (UID {node.uid}) has no unsettled reservation")
+        if reservation.owned:
+            raise AlreadyInFlightError(f"node {node.name} has a reservation in flight already")
+        reservation.owned = True
+        return reservation
+
+    def patching(self, reservation: Reservation) -> None:
+        """The patch with the reserved ranges is about to be sent."""
+        self._check_current(reservation)
+        reservation.state = ReservationState.PATCHING
+
+    def unknown(self, reservation: Reservation) -> None:
+        """The patch's answer was lost (or a 5xx): it may have applied, so the ranges stay reserved."""
+        self._check_current(reservation)
+        reservation.state = ReservationState.UNKNOWN
+        reservation.maybe_applied = True
+
+    def commit(self, reservation: Reservation) -> bool:
+        """The patch succeeded: the Node holds the reserved ranges now.
+
+        Returns False (and frees the ranges) when the Node was deleted while
+        the patch was in flight.
+        """
+        self._check_current(reservation)
+        if reservation.node_gone:
+            self._release_reservation(reservation)
+            return False
+        self._close_as_committed(reservation)
+        return True
+
+    def abort(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
+        """The patch was refused (nothing applied): give the reserved ranges back; returns the ranges freed.
+
+        Raises ReservationError when an earlier attempt may have applied: a
+        refusal of a later one does not show what the Node holds (`resolve` does).
+        """
+        self._check_current(reservation)
+        if reservation.maybe_applied:
+            raise ReservationError(f"an earlier patch of node {reservation.name} may have applied; a read must settle it")
+        return self._release_reservation(reservation)
+
+    def resolve(self, reservation: Reservation, current: NodeInfo | None, read_after: int) -> Observation:
+        """Settle an UNKNOWN reservation by a fresh read of its Node (None: not found), issued after `read_after`.
+
+        The read shows our ranges: COMMITTED. Other ranges: podCIDRs never
+        change once set, so ours can never land; they are released and the
+        Node's occupied (OCCUPIED). None: RESUME, patch again with the same
+        ranges. Another UID, or no Node: ours is gone, its ranges are released.
+        """
+        if self._reservations.get(reservation.name) is not reservation:
+            return Observation(Outcome.NOTHING, why="its reservation is settled already")
+        if current is None or current.uid != reservation.uid or reservation.node_gone:
+            self._retire(reservation.name, reservation.uid)
+            released = self._release_reservation(reservation)
+            if current is None or current.uid in self._retired:
+                return Observation(Outcome.NOTHING, why="the Node is gone", released=released)
+            observation = self.settle(reservation.name, current, read_after)
+            return dataclasses.replace(observation, released=(*released, *observation.released))
+        return self._settle_reservation(reservation, current)
+
+    def abandon(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
+        """The task carrying out `reservation` stops (done, failed, or cancelled); returns the ranges freed.
+
+        Never sent (RESERVED), or the Node is gone: released. Sent (PATCHING
+        or UNKNOWN): it may have applied, so it stays reserved as UNKNOWN
+        until a read settles it (the resync). No-op once settled.
+        """
+        if self._reservations.get(reservation.name) is not reservation:
+            return ()
+        if reservation.state is ReservationState.RESERVED or reservation.node_gone:
+            return self._release_reservation(reservation)
+        reservation.state = ReservationState.UNKNOWN
+        reservation.owned = False
+        return ()
+
+    # -- resync ------------------------------------------------------------------
+
+    def orphans(self, live: Mapping[str, str], listed_after: int) -> list[tuple[str, str]]:
+        """(name, UID) of incarnations absent from a LIST (name -> uid), recorded up to `listed_after`.
+
+        Holdings and unsettled reservations recorded after the LIST began may
+        belong to Nodes the LIST could not see yet, so they are left alone;
+        reservations a task is working on are left to it.
+        """
+        found = [
+            (name, held.uid) for name, held in self._holdings.items() if held.since <= listed_after and live.get(name) != held.uid
+        ]
+        found += [
+            (name, reservation.uid)
+            for name, reservation in self._reservations.items()
+            if not reservation.owned and reservation.since <= listed_after and live.get(name) != reservation.uid
+        ]
+        return found
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def _claims_for(self, cidr: netaddr.IPNetwork) -> ClaimedSubnets | None:
+        for claims in self._claims:
+            if claims.cidr_set.version == cidr.version:
+                return claims
+        return None
+
+    def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
+        claims = self._claims_for(cidr)
+        return claims.unclaim(cidr) if claims is not None else 0
+
+    def _check_current(self, reservation: Reservation) -> None:
+        if self._reservations.get(reservation.name) is not reservation:
+            raise ReservationError(f"the reservation of {_join(reservation.cidrs)} for node {reservation.name} is settled")
+
+    def _retire(self, name: str, uid: str) -> None:
+        """Remember a deleted incarnation, so that late events about it change nothing."""
+        waiting = self._waiting.get(name)
+        if waiting is not None and waiting.uid == uid:
+            del self._waiting[name]
+        self._retired[uid] = None
+        self._retired.move_to_end(uid)
+        while len(self._retired) > RETIRED_UIDS_KEPT:
+            self._retired.popitem(last=False)
+
+    def _account(self, node: NodeInfo, held: _Holding | None) -> Observation:
+        """Record what a Node (of the held UID, or a new name) shows."""
         if not node.pod_cidrs:
             if held is not None and held.cidrs:
                 return Observation(Outcome.NOTHING, why="stale event: its podCIDRs were already set")
@@ -215,9 +561,8 @@ class NodeAllocations:
         classified = classify_pod_cidrs(node.pod_cidrs, self.ranges)
         usable = classified.usable
         if held is not None and held.cidrs == usable:
+            held.as_written = node.pod_cidrs
             return Observation(Outcome.NOTHING, why="already accounted for")
-        if held is not None:
-            self._drop_holding(node.name)
         problems = list(classified.problems)
         for cidr in usable:
             others = sorted(self._holders_by_cidr.get(cidr, set()) - {node.name})
@@ -229,131 +574,83 @@ class NodeAllocations:
                         "it stays out of the pool until every holder is gone",
                     )
                 )
-        self._record(node, usable)
-        return Observation(Outcome.OCCUPIED, tuple(problems))
+        # The new claims go in before the old ones go out: a subnet both cover never looks free.
+        previous = self._holdings.get(node.name)
+        before = set(previous.cidrs) if previous is not None else set()
+        since = previous.since if previous is not None else self._tick()
+        self._holdings[node.name] = _Holding(node.uid, usable, since, node.pod_cidrs)
+        self._claim_all(node.name, [cidr for cidr in usable if cidr not in before])
+        released = self._unclaim_all(node.name, [cidr for cidr in before if cidr not in set(usable)])
+        return Observation(Outcome.OCCUPIED, tuple(problems), released=tuple(released))
 
-    def forget(self, name: str, uid: str | None = None) -> Release | None:
-        """A Node is gone (a DELETED event, or absent from a LIST): free its ranges."""
-        self._waiting.pop(name, None)
-        if name in self._in_flight:
-            self._gone.add(name)
-        held = self._holdings.get(name)
-        if held is None or (uid is not None and held.uid and held.uid != uid):
-            return None
-        return self._drop_holding(name)
+    def _settle_reservation(self, reservation: Reservation, node: NodeInfo) -> Observation:
+        """What a read of the same incarnation means for its UNKNOWN reservation."""
+        if not node.pod_cidrs:
+            return Observation(Outcome.RESUME, why="its patch may or may not have applied: patch again with the same ranges")
+        classified = classify_pod_cidrs(node.pod_cidrs, self.ranges)
+        if classified.usable == reservation.cidrs:
+            self._close_as_committed(reservation)
+            return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
+        # Another value is set, and podCIDRs never change once set: ours can never land.
+        released = self._release_reservation(reservation)
+        observation = self._account(node, self._holdings.get(node.name))
+        return dataclasses.replace(observation, released=(*released, *observation.released))
 
-    # -- allocation ------------------------------------------------------------
+    def _node_gone(self, reservation: Reservation) -> list[netaddr.IPNetwork]:
+        """The reservation's incarnation is deleted: free it now, or when its task is done with it."""
+        reservation.node_gone = True
+        return [] if reservation.owned else list(self._release_reservation(reservation))
 
-    def reserve(self, node: NodeInfo) -> tuple[netaddr.IPNetwork, ...]:
-        """Take one range per family, in flag order, for a patch about to be sent.
+    def _release_reservation(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
+        del self._reservations[reservation.name]
+        reservation.state = ReservationState.RELEASED
+        return tuple(cidr for cidr in reservation.cidrs if self._unclaim(cidr))
 
-        Raises NoCIDRsRemainingError (nothing left reserved) when any family is
-        exhausted; the Node is then remembered as waiting for a release.
-        """
-        taken: list[netaddr.IPNetwork] = []
-        try:
-            for cidr_set in self.sets:
-                taken.append(cidr_set.allocate_next())
-        except NoCIDRsRemainingError:
-            for cidr in taken:
-                self._release_cidr(cidr)
-            self._waiting[node.name] = node
-            raise
-        self._waiting.pop(node.name, None)
-        self._in_flight[node.name] = tuple(taken)
-        return tuple(taken)
+    def _close_as_committed(self, reservation: Reservation) -> None:
+        """The reservation's claims become the Node's holding (no claim moves)."""
+        del self._reservations[reservation.name]
+        reservation.state = ReservationState.COMMITTED
+        previous = self._holdings.pop(reservation.name, None)
+        if previous is not None:  # ranges it showed that were not usable, i.e. no claims; or none at all
+            self._unclaim_all(reservation.name, previous.cidrs)
+        as_written = tuple(str(cidr) for cidr in reservation.cidrs)
+        self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
+        for cidr in reservation.cidrs:
+            self._holders_by_cidr.setdefault(cidr, set()).add(reservation.name)
 
-    def commit(self, node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
-        """The patch with `cidrs` succeeded: the Node holds them now.
-
-        Returns False (and frees the ranges) when the Node was deleted while
-        the patch was in flight.
-        """
-        if node.name in self._gone:
-            self._gone.discard(node.name)
-            self.abort(node)
-            return False
-        self._in_flight.pop(node.name, None)
-        self._record(node, cidrs)
-        return True
-
-    def abort(self, node: NodeInfo) -> tuple[netaddr.IPNetwork, ...]:
-        """The patch failed: give the reserved ranges back."""
-        self._gone.discard(node.name)
-        cidrs = self._in_flight.pop(node.name, ())
-        for cidr in cidrs:
-            self._release_cidr(cidr)
-        return cidrs
-
-    # -- resync ------------------------------------------------------------------
-
-    def orphans(self, live: Mapping[str, str], listed_after: int) -> list[str]:
-        """Holders absent from a LIST (name -> uid) taken after `listed_after`.
-
-        Holdings recorded after the LIST began may belong to Nodes the LIST
-        could not see yet, so they are left alone.
-        """
-        return [
-            name
-            for name, held in self._holdings.items()
-            if held.sequence <= listed_after
-            and name not in self._in_flight
-            and (name not in live or (held.uid and live[name] != held.uid))
-        ]
-
-    # -- bookkeeping -------------------------------------------------------------
-
-    def _record(self, node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> None:
+    def _tick(self) -> int:
         self._sequence += 1
-        as_written = node.pod_cidrs or tuple(str(cidr) for cidr in cidrs)
-        self._holdings[node.name] = _Holding(node.uid, cidrs, self._sequence, as_written)
-        for cidr in cidrs:
-            cidr_set = self.set_for(cidr)
-            if cidr_set is None:
+        return self._sequence
+
+    def _claim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> None:
+        """One claim per distinct range a holder shows (a range listed twice is claimed once)."""
+        for cidr in dict.fromkeys(cidrs):
+            claims = self._claims_for(cidr)
+            if claims is None:
                 continue
             try:
-                cidr_set.occupy(cidr)
+                claims.claim(cidr)
             except CIDRSetError:
                 continue  # classify_pod_cidrs only passes overlapping ranges
-            self._holders_by_cidr.setdefault(cidr, set()).add(node.name)
-            if _is_irregular(cidr, cidr_set) and cidr not in self._pinned:
-                self._pinned.append(cidr)
+            self._holders_by_cidr.setdefault(cidr, set()).add(name)
 
-    def _drop_holding(self, name: str) -> Release:
-        held = self._holdings.pop(name)
+    def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:
         released = []
-        for cidr in held.cidrs:
+        for cidr in dict.fromkeys(cidrs):
             holders = self._holders_by_cidr.get(cidr)
-            if holders is not None:
-                holders.discard(name)
-                if holders:
-                    continue  # another Node still holds exactly this range
+            if holders is None or name not in holders:
+                continue
+            holders.discard(name)
+            if not holders:
                 del self._holders_by_cidr[cidr]
-            if cidr in self._pinned:
-                self._pinned.remove(cidr)
-            self._release_cidr(cidr)
-            released.append(cidr)
-        return Release(name, tuple(released))
+            if self._unclaim(cidr):
+                released.append(cidr)
+        return released
 
-    def _release_cidr(self, cidr: netaddr.IPNetwork) -> None:
-        cidr_set = self.set_for(cidr)
-        if cidr_set is None:
-            return
-        try:
-            cidr_set.release(cidr)
-        except CIDRSetError:
-            return
-        # Ranges that overlap without being equal (a wrong mask on a Node, a
-        # service CIDR) must stay marked after a neighbour is released.
-        for other in self._pinned:
-            if _overlaps(other, cidr):
-                cidr_set.occupy(other)
-        if _is_irregular(cidr, cidr_set):
-            for other in self._holders_by_cidr:
-                if _overlaps(other, cidr):
-                    cidr_set.occupy(other)
+    def _drop_holding(self, name: str) -> list[netaddr.IPNetwork]:
+        held = self._holdings.pop(name)
+        return self._unclaim_all(name, held.cidrs)
 
 
-def _is_irregular(cidr: netaddr.IPNetwork, cidr_set: CIDRSet) -> bool:
-    """A range that is not exactly one node subnet of the set."""
-    return cidr.prefixlen != cidr_set.node_mask_size or cidr not in cidr_set.cluster_cidr
+def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
+    return ",".join(str(cidr) for cidr in cidrs)

@@ -2,23 +2,29 @@
 
 No kopf here: operator.py feeds Node events in, and start-up, the resync and
 the exhaustion retries call the same `handle`. Every failure is contained to
-the one Node it concerns.
+the one Node it concerns, and the background loops restart themselves.
+
+A patch has three outcomes: applied, refused (a 4xx: nothing applied), or
+unknown (the answer was lost, or a 5xx). An unknown one keeps its ranges
+reserved until a read of the Node shows what it holds; only a refusal gives
+them back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Coroutine, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, Protocol
 
 import netaddr
 
 from controller.allocators import NoCIDRsRemainingError
-from controller.kube import ApiError, KubeClient
+from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, Outcome, Problem
+from controller.nodes import NodeAllocations, NodeInfo, Observation, Outcome, Problem, Reservation, ReservationError
 
 logger = logging.getLogger("nodeipam")
 
@@ -32,10 +38,40 @@ PATCH_BACKOFF = 0.1  # seconds, doubled per attempt
 EVENT_REPEAT_INTERVAL = 600.0  # the same warning about the same Node at most this often
 BRIDGE_LIMIT = 300.0  # seconds the start-up bridge watch may run at most
 FIRST_RESYNC_DELAY = 3.0  # seconds after kopf starts: its LIST has been issued by then
+REBUILD_BACKOFF = 0.5  # seconds before the start-up LIST is tried again, doubled per failure...
+REBUILD_BACKOFF_CAP = 30.0  # ...up to this
+LOOP_BACKOFF = 1.0  # seconds before a failed background loop restarts, doubled per failure in a row...
+LOOP_BACKOFF_CAP = 60.0  # ...up to this
+LOOP_FAILURES_UNHEALTHY = 3  # failures in a row after which `problem()` reports the loop
+
+#: Label values of the background-failures metric.
+LOOP_RESYNC = "resync"
+LOOP_SERVE_WAITING = "serve_waiting"
+LOOP_NODE = "node"  # one Node's handling failed unexpectedly (contained; nothing restarts)
+
+
+class NodeApi(Protocol):
+    """The calls the reconciler makes to the API server; `kube.KubeClient` is the real one."""
+
+    async def list_nodes(self) -> tuple[list[NodeInfo], str]: ...
+
+    def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]: ...
+
+    async def get_node(self, name: str) -> NodeInfo | None: ...
+
+    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> object: ...
+
+    async def post_node_event(self, node: NodeInfo, event_type: str, reason: str, message: str) -> bool: ...
 
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
     return ",".join(str(cidr) for cidr in cidrs)
+
+
+@dataclasses.dataclass
+class _LoopHealth:
+    failures_in_a_row: int = 0
+    last_error: str = ""
 
 
 class Reconciler:
@@ -43,32 +79,62 @@ class Reconciler:
 
     def __init__(
         self,
-        kube: KubeClient,
+        kube: NodeApi,
         allocations: NodeAllocations,
         metrics: Metrics | None = None,
         max_in_flight: int = 64,
+        may_allocate: Callable[[], bool] | None = None,
     ) -> None:
+        """`may_allocate`: asked before every reservation and every patch; once False, nothing new is sent."""
         self.kube = kube
         self.allocations = allocations
         self.metrics = metrics or Metrics()
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
         self.rebuilt = asyncio.Event()
+        self._may_allocate = may_allocate
+        self._fenced_logged = False
         self._capacity_freed = asyncio.Event()
         self._gate = asyncio.Semaphore(max_in_flight)
         self._warned: dict[tuple[str, str, str], float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._loops: dict[str, _LoopHealth] = {}
         self.listed_version = ""  # resourceVersion of the start-up LIST
+
+    # -- health --------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """None while healthy; else why not: a background loop that keeps failing."""
+        for name, health in self._loops.items():
+            if health.failures_in_a_row >= LOOP_FAILURES_UNHEALTHY:
+                return f"background loop {name} failed {health.failures_in_a_row} times in a row; last: {health.last_error}"
+        return None
 
     # -- start-up ----------------------------------------------------------------
 
     async def rebuild(self) -> list[NodeInfo]:
         """One LIST of all Nodes fills the sets; returns the Nodes still without a range.
 
-        No allocation may happen before this returns (kubernetes#29058).
+        No allocation may happen before this returns (kubernetes#29058). A
+        failed LIST is tried again with backoff, for as long as it takes: the
+        caller stays unready meanwhile, and may cancel.
         """
         started = time.monotonic()
-        nodes, self.listed_version = await self.kube.list_nodes()
+        delay = REBUILD_BACKOFF
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                nodes, self.listed_version = await self.kube.list_nodes()
+                break
+            except ApiError as error:
+                logger.warning(
+                    "listing nodes for the start-up rebuild failed (attempt %d), again in %.1fs: %s", attempt, delay, error
+                )
+            except Exception:
+                logger.exception("listing nodes for the start-up rebuild failed (attempt %d), again in %.1fs", attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REBUILD_BACKOFF_CAP)
         waiting = []
         for node in nodes:
             if not node.pod_cidrs:
@@ -88,103 +154,261 @@ class Reconciler:
         )
         return waiting
 
-    async def assign_all(self, nodes: Iterable[NodeInfo]) -> int:
-        """Handle many Nodes at once, bounded by the in-flight limit; returns how many."""
-        results = await asyncio.gather(*(self._gated(node) for node in nodes))
+    async def assign_all(self, nodes: Iterable[NodeInfo], read_after: int | None = None) -> int:
+        """Handle many Nodes at once, bounded by the in-flight limit; returns how many.
+
+        `read_after`: the Nodes come from a LIST issued after that point of
+        `allocations.sequence` (see `NodeAllocations.settle`).
+        """
+        results = await asyncio.gather(*(self._gated(node, read_after) for node in nodes))
         return len(results)
 
-    async def _gated(self, node: NodeInfo) -> None:
+    async def _gated(self, node: NodeInfo, read_after: int | None = None) -> None:
         async with self._gate:
-            await self.handle(node)
+            try:
+                await self.handle(node, read_after)
+            except Exception:
+                # Contained to this Node: per-Node state was released or left for the resync by `_assign`.
+                logger.exception("handling node %s failed", node.name)
+                self.metrics.background_failures.labels(LOOP_NODE).inc()
 
     # -- one Node ------------------------------------------------------------------
 
-    async def handle(self, node: NodeInfo) -> None:
-        """Account for a Node as seen by an event or a LIST; allocate if it has no range."""
+    async def handle(self, node: NodeInfo, read_after: int | None = None) -> None:
+        """Account for a Node as seen by an event or a LIST; allocate if it has no range.
+
+        `read_after` given: `node` is a fresh read (a LIST issued after that
+        point of the allocations' clock), which settles what it contradicts.
+        """
         if not self.rebuilt.is_set():
             await self.rebuilt.wait()
-        observation = self.allocations.observe(node)
-        if observation.problems:
-            await self._report(node, observation.problems)
-        if observation.outcome is Outcome.OCCUPIED and self.allocations.holding(node.name):
+        if read_after is None:
+            observation = self.allocations.observe(node)
+        else:
+            observation = self.allocations.settle(node.name, node, read_after)
+        await self._act(node, observation)
+
+    async def _act(self, node: NodeInfo, observation: Observation, may_reread: bool = True) -> None:
+        await self._note(node, observation)
+        outcome = observation.outcome
+        if outcome is Outcome.OCCUPIED and self.allocations.holding(node.name):
             logger.info("node %s holds %s: occupied", node.name, _join(self.allocations.holding(node.name)))
-        elif observation.outcome is Outcome.ALLOCATE:
+        elif outcome is Outcome.COMMITTED:
+            self._count_allocation(node, self.allocations.holding(node.name), attempts=None, seen_at=None)
+            logger.info("node %s holds %s: its patch had applied", node.name, _join(self.allocations.holding(node.name)))
+        elif outcome is Outcome.ALLOCATE:
             await self._assign(node)
+        elif outcome is Outcome.RESUME:
+            await self._assign(node, resume=True)
+        elif outcome is Outcome.REREAD and may_reread:
+            await self._reread_and_act(node)
+        elif outcome is Outcome.REREAD:
+            logger.info("node %s: %s; left to the resync", node.name, observation.why)
+
+    async def _reread_and_act(self, node: NodeInfo) -> None:
+        """The event named another UID than the one known: act on what the API shows now."""
+        mark = self.allocations.sequence
+        try:
+            current = await self.kube.get_node(node.name)
+        except ApiError as error:
+            logger.warning("re-reading node %s failed: %s; the resync will settle it", node.name, error)
+            return
+        observation = self.allocations.settle(node.name, current, read_after=mark, seen_uids=(node.uid,))
+        await self._act(current or node, observation, may_reread=False)
 
     async def deleted(self, node: NodeInfo) -> None:
-        """A DELETED watch event: the Node is really gone, so its ranges are free."""
+        """A DELETED watch event: that incarnation is really gone, so its ranges are free."""
         release = self.allocations.forget(node.name, node.uid)
         self._forget_warnings(node.name)
         if release is not None and release.cidrs:
             self._released(node.name, release.cidrs, "deleted")
 
-    def _released(self, name: str, cidrs: tuple[netaddr.IPNetwork, ...], why: str) -> None:
+    def _released(self, name: str, cidrs: Iterable[netaddr.IPNetwork], why: str) -> None:
+        cidrs = tuple(cidrs)
         logger.info("released %s from %s node %s", _join(cidrs), why, name)
         for cidr in cidrs:
             self.metrics.releases.labels(self._cluster_label(cidr)).inc()
         self._capacity_freed.set()
 
-    async def _assign(self, node: NodeInfo) -> None:
+    async def _note(self, node: NodeInfo, observation: Observation) -> None:
+        if observation.problems:
+            await self._report(node, observation.problems)
+        if observation.released:
+            self._released(node.name, observation.released, "settled")
+
+    # -- allocation ------------------------------------------------------------------
+
+    def _allowed(self, what: str, node: NodeInfo) -> bool:
+        """The leadership fence: nothing new is reserved or patched once `may_allocate` says no."""
+        if self._may_allocate is None or self._may_allocate():
+            return True
+        if not self._fenced_logged:
+            self._fenced_logged = True
+            logger.warning(
+                "no longer allowed to allocate (leadership in doubt): no %s for node %s nor any other", what, node.name
+            )
+        return False
+
+    async def _take(self, node: NodeInfo, resume: bool) -> Reservation | None:
+        """A reservation for `node` (a fresh one, or the unsettled one to resume), or None to stop."""
+        if not self._allowed("reservation", node):
+            return None
+        try:
+            return self.allocations.resume(node) if resume else self.allocations.reserve(node)
+        except NoCIDRsRemainingError as error:
+            logger.warning("node %s waits for a range: %s", node.name, error)
+            await self._warn(node, REASON_CIDR_NOT_AVAILABLE, f"no node CIDR available: {error}")
+        except ReservationError as error:
+            logger.info("node %s: not reserving: %s", node.name, error)
+        return None
+
+    async def _assign(self, node: NodeInfo, *, resume: bool = False) -> None:
         seen_at = time.monotonic()
         last_error: ApiError | None = None
-        for attempt in range(1, PATCH_ATTEMPTS + 1):
-            try:
-                cidrs = self.allocations.reserve(node)
-            except NoCIDRsRemainingError as error:
-                logger.warning("node %s waits for a range: %s", node.name, error)
-                await self._warn(node, REASON_CIDR_NOT_AVAILABLE, f"no node CIDR available: {error}")
-                return
-            try:
-                await self.kube.patch_pod_cidrs(node, cidrs)
-            except ApiError as error:
-                last_error = error
-                self.allocations.abort(node)
-                self.metrics.patch_failures.labels(str(error.status)).inc()
-                logger.warning("patching node %s with %s failed (attempt %d): %s", node.name, _join(cidrs), attempt, error)
-                current = await self._reread(node)
-                if current is None:
-                    logger.info("node %s is gone; nothing to assign", node.name)
-                    return
-                observation = self.allocations.observe(current)
-                if observation.problems:
-                    await self._report(current, observation.problems)
-                if observation.outcome is Outcome.OCCUPIED:
-                    logger.info("node %s now holds %s (set elsewhere); occupied", current.name, ",".join(current.pod_cidrs))
-                    return
-                if observation.outcome is Outcome.NOTHING:
-                    logger.info("node %s: stopping this attempt, %s", current.name, observation.why)
-                    return
-                node = current
-                await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
-                continue
-            if not self.allocations.commit(node, cidrs):
-                logger.info("node %s was deleted while its patch was in flight; %s freed", node.name, _join(cidrs))
-                self._capacity_freed.set()
-                return
-            for cidr in cidrs:
-                label = self._cluster_label(cidr)
-                self.metrics.allocations.labels(label).inc()
-                self.metrics.tries.labels(label).observe(attempt)
-            self.metrics.allocation_seconds.observe(time.monotonic() - seen_at)
-            logger.info("allocated %s to node %s", _join(cidrs), node.name)
-            return
-        await self._warn(
-            node,
-            REASON_CIDR_ASSIGNMENT_FAILED,
-            f"could not set podCIDRs after {PATCH_ATTEMPTS} attempts: {last_error}; the resync will try again",
-        )
-
-    async def _reread(self, node: NodeInfo) -> NodeInfo | None:
+        reservation: Reservation | None = None
         try:
-            return await self.kube.get_node(node.name)
-        except ApiError as error:
-            logger.warning("re-reading node %s failed: %s", node.name, error)
-            return node
+            for attempt in range(1, PATCH_ATTEMPTS + 1):
+                if reservation is None:
+                    reservation = await self._take(node, resume)
+                    resume = False
+                    if reservation is None:
+                        return
+                if not self._allowed("patch", node):
+                    return  # the finally clause gives back what was never sent
+                self.allocations.patching(reservation)
+                mark = self.allocations.sequence
+                try:
+                    await self.kube.patch_pod_cidrs(node, reservation.cidrs)
+                except ApiError as error:
+                    last_error = error
+                    self.metrics.patch_failures.labels(str(error.status)).inc()
+                    if error.may_have_applied or reservation.maybe_applied:
+                        # After a lost answer, even a refusal of a later attempt leaves the first one's fate open.
+                        observation, current = await self._after_unknown(node, reservation, attempt, error)
+                    else:
+                        observation, current = await self._after_refusal(node, reservation, attempt, error, mark)
+                    if observation is None:  # the read failed: try again
+                        await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
+                        continue
+                    if not reservation.is_open:
+                        reservation = None
+                    await self._note(current or node, observation)
+                    outcome = observation.outcome
+                    if outcome is Outcome.COMMITTED:
+                        self._count_allocation(node, self.allocations.holding(node.name), attempt, seen_at)
+                        logger.info(
+                            "allocated %s to node %s (its patch had applied)",
+                            _join(self.allocations.holding(node.name)),
+                            node.name,
+                        )
+                        return
+                    if outcome is Outcome.RESUME or (outcome is Outcome.ALLOCATE and current is not None):
+                        node = current or node
+                        await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
+                        continue
+                    if outcome is Outcome.OCCUPIED and current is not None:
+                        logger.info("node %s now holds %s (set elsewhere); occupied", node.name, ",".join(current.pod_cidrs))
+                    else:
+                        logger.info("node %s: stopping this attempt: %s", node.name, observation.why or outcome.value)
+                    return
+                cidrs = reservation.cidrs
+                committed = self.allocations.commit(reservation)
+                reservation = None
+                if not committed:
+                    logger.info("node %s was deleted while its patch was in flight; %s freed", node.name, _join(cidrs))
+                    self._capacity_freed.set()
+                    return
+                self._count_allocation(node, cidrs, attempt, seen_at)
+                logger.info("allocated %s to node %s", _join(cidrs), node.name)
+                return
+            kept = ""
+            if reservation is not None and reservation.is_open:
+                kept = f" ({_join(reservation.cidrs)} stay reserved until a read shows what the node holds)"
+            await self._warn(
+                node,
+                REASON_CIDR_ASSIGNMENT_FAILED,
+                f"could not set podCIDRs after {PATCH_ATTEMPTS} attempts: {last_error}; the resync will try again{kept}",
+            )
+        finally:
+            if reservation is not None:
+                freed = self.allocations.abandon(reservation)
+                if freed:
+                    self._capacity_freed.set()
+                elif reservation.is_open:
+                    logger.warning(
+                        "node %s: the patch with %s may have applied; kept reserved until the resync reads the node",
+                        node.name,
+                        _join(reservation.cidrs),
+                    )
+
+    async def _after_unknown(
+        self, node: NodeInfo, reservation: Reservation, attempt: int, error: ApiError
+    ) -> tuple[Observation | None, NodeInfo | None]:
+        """The patch's answer was lost: keep the ranges reserved and read what the Node holds.
+
+        Returns (None, None) when the read fails too: the caller patches again
+        with the same ranges (never a fresh reservation while this one exists).
+        """
+        self.allocations.unknown(reservation)
+        logger.warning(
+            "patching node %s with %s: outcome unknown (attempt %d): %s; kept reserved until a read shows what it holds",
+            node.name,
+            _join(reservation.cidrs),
+            attempt,
+            error,
+        )
+        mark = self.allocations.sequence
+        try:
+            current = await self.kube.get_node(node.name)
+        except ApiError as read_error:
+            logger.warning("re-reading node %s failed: %s", node.name, read_error)
+            return None, None
+        return self.allocations.resolve(reservation, current, read_after=mark), current
+
+    async def _after_refusal(
+        self, node: NodeInfo, reservation: Reservation, attempt: int, error: ApiError, mark: int
+    ) -> tuple[Observation | None, NodeInfo | None]:
+        """The patch was refused (nothing applied): give the ranges back, then read what the Node is now.
+
+        Returns (None, None) when the read fails: the caller reserves afresh.
+        """
+        freed = self.allocations.abort(reservation)
+        if freed:
+            self._capacity_freed.set()
+        logger.warning(
+            "patching node %s with %s was refused (attempt %d): %s", node.name, _join(reservation.cidrs), attempt, error
+        )
+        if error.status == 404:
+            # The answer itself says no Node has that name now: as good as a read.
+            return self.allocations.settle(node.name, None, read_after=mark, seen_uids=(node.uid,)), None
+        mark = self.allocations.sequence
+        try:
+            current = await self.kube.get_node(node.name)
+        except ApiError as read_error:
+            logger.warning("re-reading node %s failed: %s", node.name, read_error)
+            return None, None
+        return self.allocations.settle(node.name, current, read_after=mark, seen_uids=(node.uid,)), current
+
+    def _count_allocation(
+        self, node: NodeInfo, cidrs: Iterable[netaddr.IPNetwork], attempts: int | None, seen_at: float | None
+    ) -> None:
+        for cidr in cidrs:
+            label = self._cluster_label(cidr)
+            self.metrics.allocations.labels(label).inc()
+            if attempts is not None:
+                self.metrics.tries.labels(label).observe(attempts)
+        if seen_at is not None:
+            self.metrics.allocation_seconds.observe(time.monotonic() - seen_at)
 
     # -- waiting for a release ---------------------------------------------------
 
     async def serve_waiting(self) -> None:
-        """Retry Nodes that found the range exhausted as soon as a range is released."""
+        """Retry Nodes that found the range exhausted as soon as a range is released. Never returns."""
+        await self._supervise(LOOP_SERVE_WAITING, self._serve_waiting)
+
+    async def _serve_waiting(self, restarted: bool) -> None:
+        if restarted:
+            self._capacity_freed.set()  # a release may have come while the loop was down
         while True:
             await self._capacity_freed.wait()
             self._capacity_freed.clear()
@@ -192,6 +416,7 @@ class Reconciler:
             if waiting:
                 logger.info("a range was released; retrying %d waiting nodes", len(waiting))
                 await self.assign_all(waiting)
+            self._loop_ran(LOOP_SERVE_WAITING)
 
     # -- the start-up bridge -------------------------------------------------------
 
@@ -201,8 +426,8 @@ class Reconciler:
         kopf lists every Node again before it streams changes; on 20,000
         Nodes a Node registering meanwhile waited 12 s behind that listing.
         This watch starts where the rebuild's LIST ended, so such a Node is
-        served at once. Events seen twice are harmless: the in-flight and
-        stale guards of NodeAllocations are made for that.
+        served at once, and a Node created with podCIDRs is occupied at once.
+        Events seen twice are harmless: NodeAllocations' guards are made for that.
         """
         if not self.listed_version:
             return
@@ -213,42 +438,78 @@ class Reconciler:
                         break
                     if kind == "DELETED":
                         await self.deleted(node)
-                    elif not node.pod_cidrs and not self.allocations.holding(node.name):
+                    elif not self.allocations.knows(node):
                         self._spawn(self._gated(node))
         except (TimeoutError, ApiError) as error:
             logger.debug("start-up bridge watch ended: %r", error)
+        except Exception:
+            logger.exception("start-up bridge watch failed; kopf's watch and the resync cover what follows")
 
     # -- resync --------------------------------------------------------------------
 
     async def resync(self) -> None:
-        """List every Node: free ranges of Nodes gone unnoticed, catch Nodes missed.
+        """List every Node: free ranges of Nodes gone unnoticed, catch Nodes missed, settle unknown patches.
 
         kopf does not report deletions that happened while its watch re-listed.
         """
         mark = self.allocations.sequence
         nodes, _ = await self.kube.list_nodes()
         live = {node.name: node.uid for node in nodes}
-        for name in self.allocations.orphans(live, listed_after=mark):
-            release = self.allocations.forget(name)
-            self._forget_warnings(name)
+        for name, uid in self.allocations.orphans(live, listed_after=mark):
+            release = self.allocations.forget(name, uid)
+            if name not in live:
+                self._forget_warnings(name)
             if release is not None and release.cidrs:
                 self._released(name, release.cidrs, "vanished")
-        await self.assign_all(node for node in nodes if not self.allocations.is_in_flight(node.name))
+        await self.assign_all(nodes, read_after=mark)
 
     async def resync_forever(self, period: float, first_after: float = FIRST_RESYNC_DELAY) -> None:
-        """Resync soon after start, then every `period`.
+        """Resync soon after start, then every `period`. Never returns.
 
         The first one closes the gap between the start-up LIST and kopf's own:
         a Node deleted in between has no DELETED event coming.
         """
-        delay = min(first_after, period)
+
+        async def loop(restarted: bool) -> None:
+            delay = 0.0 if restarted else min(first_after, period)
+            while True:
+                await asyncio.sleep(delay)
+                delay = period
+                try:
+                    await self.resync()
+                except ApiError as error:
+                    logger.warning("resync failed, will try again in %.0fs: %s", period, error)
+                    continue
+                self._loop_ran(LOOP_RESYNC)
+
+        await self._supervise(LOOP_RESYNC, loop)
+
+    # -- supervision -----------------------------------------------------------------
+
+    async def _supervise(self, name: str, body: Callable[[bool], Awaitable[None]]) -> None:
+        """Run a background loop forever: log any failure with its traceback, count it, restart with backoff."""
+        health = self._loops.setdefault(name, _LoopHealth())
+        restarted = False
         while True:
-            await asyncio.sleep(delay)
-            delay = period
             try:
-                await self.resync()
-            except ApiError as error:
-                logger.warning("resync failed, will try again in %.0fs: %s", period, error)
+                await body(restarted)
+                raise RuntimeError(f"background loop {name} returned")
+            except Exception as error:
+                health.failures_in_a_row += 1
+                health.last_error = repr(error)
+                self.metrics.background_failures.labels(name).inc()
+                delay = min(LOOP_BACKOFF * 2 ** (health.failures_in_a_row - 1), LOOP_BACKOFF_CAP)
+                logger.exception(
+                    "background loop %s failed (%d in a row); restarting in %.1fs", name, health.failures_in_a_row, delay
+                )
+            await asyncio.sleep(delay)
+            restarted = True
+
+    def _loop_ran(self, name: str) -> None:
+        """A background loop completed a round: it is healthy again."""
+        health = self._loops.get(name)
+        if health is not None:
+            health.failures_in_a_row = 0
 
     # -- events --------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import netaddr
 import pytest
 
@@ -10,10 +12,14 @@ from controller.config import FamilyRange
 from controller.nodes import (
     REASON_DUPLICATE_POD_CIDR,
     REASON_INVALID_POD_CIDR,
+    AlreadyInFlightError,
     NodeAllocations,
     NodeInfo,
     Outcome,
+    Reservation,
+    ReservationState,
     classify_pod_cidrs,
+    parse_cidr_sloppy,
 )
 
 V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24)
@@ -27,7 +33,7 @@ def node(name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
 
 
 def test_node_info_from_body_prefers_pod_cidrs_and_falls_back_to_pod_cidr() -> None:
-    body = {"metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "spec": {"podCIDR": "10.0.0.0/24"}}
+    body: dict[str, Any] = {"metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "spec": {"podCIDR": "10.0.0.0/24"}}
     assert NodeInfo.from_body(body) == NodeInfo("a", "u", ("10.0.0.0/24",), "7", "10.0.0.0/24")
     body["spec"] = {"podCIDR": "10.0.0.0/24", "podCIDRs": ["10.0.0.0/24", "fd00::/64"]}
     assert NodeInfo.from_body(body).pod_cidrs == ("10.0.0.0/24", "fd00::/64")
@@ -79,9 +85,10 @@ def test_existing_cidr_is_occupied_and_new_node_gets_the_next(family: FamilyRang
     assert allocations.observe(node("old", held)).outcome is Outcome.OCCUPIED
     fresh = node("new")
     assert allocations.observe(fresh).outcome is Outcome.ALLOCATE
-    (cidr,) = allocations.reserve(fresh)
+    reservation = allocations.reserve(fresh)
+    (cidr,) = reservation.cidrs
     assert str(cidr) != held
-    assert allocations.commit(fresh, (cidr,))
+    assert allocations.commit(reservation)
     assert allocations.holding("new") == (cidr,)
     assert allocations.sets[0].allocated == 2
 
@@ -90,9 +97,9 @@ def test_existing_cidr_is_occupied_and_new_node_gets_the_next(family: FamilyRang
 def test_stale_event_without_cidrs_after_commit_allocates_nothing(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     fresh = node("a")
-    cidrs = allocations.reserve(fresh)
+    reservation = allocations.reserve(fresh)
     assert allocations.observe(fresh).outcome is Outcome.NOTHING  # in flight
-    allocations.commit(fresh, cidrs)
+    allocations.commit(reservation)
     observation = allocations.observe(fresh)  # the watch replays the pre-patch object
     assert observation.outcome is Outcome.NOTHING
     assert "stale" in observation.why
@@ -100,13 +107,19 @@ def test_stale_event_without_cidrs_after_commit_allocates_nothing(family: Family
 
 
 @pytest.mark.parametrize("family", [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")])
-def test_recreated_node_with_same_name_gets_a_range_again(family: FamilyRange) -> None:
+def test_recreated_node_with_same_name_is_reread_then_gets_a_range_again(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     first = node("a", uid="1")
-    allocations.commit(first, allocations.reserve(first))
+    allocations.commit(allocations.reserve(first))
     second = node("a", uid="2")
-    assert allocations.observe(second).outcome is Outcome.ALLOCATE
+    assert allocations.observe(second).outcome is Outcome.REREAD, "a UID mismatch alone releases nothing"
+    assert allocations.sets[0].allocated == 1
+    mark = allocations.sequence
+    settled = allocations.settle("a", second, read_after=mark)  # the read shows the new incarnation
+    assert settled.outcome is Outcome.ALLOCATE
+    assert len(settled.released) == 1
     assert allocations.sets[0].allocated == 0, "the old holder's range is free"
+    assert allocations.observe(first).outcome is Outcome.NOTHING, "late events about the old UID are ignored"
 
 
 @pytest.mark.parametrize(
@@ -131,10 +144,10 @@ def test_duplicate_cidr_stays_occupied_until_every_holder_is_gone(family: Family
     second = allocations.observe(node("b", cidr))
     assert [p.reason for p in second.problems] == [REASON_DUPLICATE_POD_CIDR]
     assert "node a" in second.problems[0].message
-    release = allocations.forget("a")
+    release = allocations.forget("a", "uid-a")
     assert release is not None and release.cidrs == ()
     assert allocations.sets[0].is_allocated(cidr)
-    allocations.forget("b")
+    allocations.forget("b", "uid-b")
     assert not allocations.sets[0].is_allocated(cidr)
 
 
@@ -149,10 +162,10 @@ def test_overlapping_ranges_survive_release_of_a_neighbour(family: FamilyRange, 
     allocations = NodeAllocations([family])
     allocations.observe(node("wide", wide))
     allocations.observe(node("inside", inside))
-    allocations.forget("inside")
+    allocations.forget("inside", "uid-inside")
     assert allocations.sets[0].is_allocated(wide), "the /23 still covers the released subnet"
     allocations.observe(node("inside2", inside))
-    allocations.forget("wide")
+    allocations.forget("wide", "uid-wide")
     assert allocations.sets[0].is_allocated(inside), "the subnet is still held by inside2"
 
 
@@ -162,10 +175,11 @@ def test_overlapping_ranges_survive_release_of_a_neighbour(family: FamilyRange, 
 def test_service_cidr_is_pinned(family: FamilyRange, service: str) -> None:
     allocations = NodeAllocations([family], [netaddr.IPNetwork(service)])
     fresh = node("a")
-    (cidr,) = allocations.reserve(fresh)
+    reservation = allocations.reserve(fresh)
+    (cidr,) = reservation.cidrs
     assert cidr.cidr != netaddr.IPNetwork(service)
-    allocations.commit(fresh, (cidr,))
-    allocations.forget("a")
+    allocations.commit(reservation)
+    allocations.forget("a", "uid-a")
     assert allocations.sets[0].is_allocated(service)
     assert allocations.sets[0].allocated == 1
 
@@ -173,24 +187,24 @@ def test_service_cidr_is_pinned(family: FamilyRange, service: str) -> None:
 def test_dual_stack_reserves_one_per_family_in_flag_order_and_rolls_back_on_exhaustion() -> None:
     allocations = NodeAllocations([SMALL_V6, V4])
     first = node("a")
-    cidrs = allocations.reserve(first)
-    assert [c.version for c in cidrs] == [6, 4]
-    allocations.commit(first, cidrs)
-    allocations.commit(node("b"), allocations.reserve(node("b")))
+    reservation = allocations.reserve(first)
+    assert [c.version for c in reservation.cidrs] == [6, 4]
+    allocations.commit(reservation)
+    allocations.commit(allocations.reserve(node("b")))
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("c"))
     assert allocations.sets[1].allocated == 2, "the IPv4 range taken before the IPv6 failure is given back"
     assert [n.name for n in allocations.waiting()] == ["c"]
-    allocations.forget("a")
-    assert allocations.reserve(node("c"))
+    allocations.forget("a", "uid-a")
+    assert allocations.reserve(node("c")).cidrs
 
 
 @pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
 def test_abort_gives_the_reservation_back(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     fresh = node("a")
-    cidrs = allocations.reserve(fresh)
-    assert allocations.abort(fresh) == cidrs
+    reservation = allocations.reserve(fresh)
+    assert allocations.abort(reservation) == reservation.cidrs
     assert allocations.sets[0].allocated == 0
     assert not allocations.is_in_flight("a")
 
@@ -199,9 +213,9 @@ def test_abort_gives_the_reservation_back(family: FamilyRange) -> None:
 def test_node_deleted_while_its_patch_was_in_flight_frees_the_range_on_commit(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     fresh = node("a")
-    cidrs = allocations.reserve(fresh)
+    reservation = allocations.reserve(fresh)
     allocations.forget("a", fresh.uid)
-    assert allocations.commit(fresh, cidrs) is False
+    assert allocations.commit(reservation) is False
     assert allocations.sets[0].allocated == 0
     assert allocations.holding("a") == ()
 
@@ -214,7 +228,248 @@ def test_orphans_skip_holdings_newer_than_the_list(family: FamilyRange, cidr: st
     allocations.observe(node("gone", cidr))
     mark = allocations.sequence
     late = node("late")
-    allocations.commit(late, allocations.reserve(late))  # recorded after the LIST began
-    assert allocations.orphans({}, listed_after=mark) == ["gone"]
+    allocations.commit(allocations.reserve(late))  # recorded after the LIST began
+    assert allocations.orphans({}, listed_after=mark) == [("gone", "uid-gone")]
     assert allocations.orphans({"gone": "uid-gone"}, listed_after=mark) == []
-    assert allocations.orphans({"gone": "someone-else"}, listed_after=mark) == ["gone"]
+    assert allocations.orphans({"gone": "someone-else"}, listed_after=mark) == [("gone", "uid-gone")]
+
+
+# -- counted claims: a node subnet is free only when its last claim goes -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cluster", "mask", "subnet", "part_mask"),
+    [pytest.param("10.0.0.0/22", 24, "10.0.0.0/24", 26, id="ipv4"), pytest.param("fd00::/62", 64, "fd00::/64", 66, id="ipv6")],
+)
+def test_subnet_split_among_longer_masks_stays_taken_until_its_last_part_goes(
+    cluster: str, mask: int, subnet: str, part_mask: int
+) -> None:
+    allocations = NodeAllocations([FamilyRange(netaddr.IPNetwork(cluster), mask)])
+    parts = list(netaddr.IPNetwork(subnet).subnet(part_mask))
+    for index, part in enumerate(parts):
+        allocations.observe(node(f"part-{index}", str(part)))
+    for index in range(len(parts) - 1):
+        allocations.forget(f"part-{index}", f"uid-part-{index}")
+        assert allocations.sets[0].is_allocated(subnet), f"{len(parts) - index - 1} parts still hold it"
+        handed_out = [allocations.reserve(node(f"new-{index}-{n}")).cidrs[0] for n in range(3)]
+        assert netaddr.IPNetwork(subnet) not in handed_out
+        for n in range(3):
+            reservation = allocations.reservation(f"new-{index}-{n}")
+            assert reservation is not None
+            allocations.abort(reservation)
+    allocations.forget(f"part-{len(parts) - 1}", f"uid-part-{len(parts) - 1}")
+    assert not allocations.sets[0].is_allocated(subnet)
+    assert allocations.sets[0].allocated == 0
+
+
+@pytest.mark.parametrize(
+    ("cluster", "mask", "service"),
+    [pytest.param("10.0.0.0/24", 26, "10.0.0.0/25", id="ipv4"), pytest.param("fd00::/62", 64, "fd00::/63", id="ipv6")],
+)
+def test_service_range_stays_out_after_a_node_holding_exactly_it_is_deleted(cluster: str, mask: int, service: str) -> None:
+    allocations = NodeAllocations([FamilyRange(netaddr.IPNetwork(cluster), mask)], [netaddr.IPNetwork(service)])
+    allocations.observe(node("holds-service", service))
+    allocations.forget("holds-service", "uid-holds-service")
+    assert allocations.sets[0].is_allocated(service)
+    handed_out = [allocations.reserve(node(f"n{index}")).cidrs[0] for index in range(2)]
+    assert all(
+        not (cidr.first <= netaddr.IPNetwork(service).last and netaddr.IPNetwork(service).first <= cidr.last)
+        for cidr in handed_out
+    )
+    with pytest.raises(NoCIDRsRemainingError):
+        allocations.reserve(node("n2"))
+
+
+@pytest.mark.parametrize(
+    ("cluster", "mask", "wide"),
+    [
+        pytest.param("10.0.0.0/8", 24, "10.0.0.0/8", id="ipv4-whole-cluster"),
+        pytest.param("fd00::/8", 64, "fd00::/8", id="ipv6-2**56-subnets"),
+    ],
+)
+def test_a_node_holding_a_huge_range_costs_no_per_subnet_state(cluster: str, mask: int, wide: str) -> None:
+    allocations = NodeAllocations([FamilyRange(netaddr.IPNetwork(cluster), mask)])
+    inside = next(netaddr.IPNetwork(wide).subnet(mask))
+    allocations.observe(node("small", str(inside)))
+    allocations.observe(node("wide", wide))
+    cidr_set = allocations.sets[0]
+    assert cidr_set.free == 0
+    allocations.forget("wide", "uid-wide")
+    assert cidr_set.allocated == 1 and cidr_set.is_allocated(inside)
+    allocations.forget("small", "uid-small")
+    assert cidr_set.allocated == 0
+
+
+# -- UIDs: nothing about one incarnation of a name is done to another ----------------------------------------
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_forget_of_an_old_uid_leaves_the_new_incarnations_reservation_alone(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    allocations.observe(node("a", uid="old"))
+    reservation = allocations.reserve(node("a", uid="new"))
+    assert allocations.forget("a", "old") is None
+    assert allocations.commit(reservation), "the new Node's patch landed: it holds the range"
+    assert allocations.holding("a") == reservation.cidrs
+    assert allocations.sets[0].is_allocated(reservation.cidrs[0])
+
+
+@pytest.mark.parametrize(
+    ("family", "cidr"), [pytest.param(SMALL_V4, "10.0.0.0/24", id="ipv4"), pytest.param(SMALL_V6, "fd00::/64", id="ipv6")]
+)
+def test_a_late_event_about_an_old_uid_releases_nothing(family: FamilyRange, cidr: str) -> None:
+    allocations = NodeAllocations([family])
+    allocations.observe(node("a", cidr, uid="new"))
+    observation = allocations.observe(node("a", uid="old"))  # e.g. a resync LIST taken before the re-creation
+    assert observation.outcome is Outcome.REREAD
+    assert allocations.sets[0].is_allocated(cidr)
+    mark = allocations.sequence
+    settled = allocations.settle("a", node("a", cidr, uid="new"), read_after=mark, seen_uids=["old"])
+    assert settled.outcome is Outcome.NOTHING and settled.released == ()
+    assert allocations.holding("a") == (netaddr.IPNetwork(cidr),)
+    assert allocations.observe(node("a", uid="old")).outcome is Outcome.NOTHING, "the old UID is known to be gone now"
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_a_read_older_than_a_holding_releases_nothing(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    mark = allocations.sequence  # the read is issued...
+    allocations.commit(allocations.reserve(node("a", uid="newer")))  # ...a newer incarnation is recorded meanwhile
+    settled = allocations.settle("a", node("a", uid="older"), read_after=mark)
+    assert settled.outcome is Outcome.REREAD
+    assert allocations.sets[0].allocated == 1
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_reserve_refuses_a_node_already_in_flight(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    allocations.reserve(node("a"))
+    with pytest.raises(AlreadyInFlightError):
+        allocations.reserve(node("a"))
+    with pytest.raises(AlreadyInFlightError):
+        allocations.reserve(node("a", uid="another"))
+    assert allocations.sets[0].allocated == 1
+
+
+# -- a patch's three outcomes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_unknown_reservation_survives_its_task_and_is_never_handed_out_again(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    reservation = allocations.reserve(node("a"))
+    allocations.patching(reservation)
+    allocations.unknown(reservation)
+    assert allocations.abandon(reservation) == ()
+    assert reservation.state is ReservationState.UNKNOWN and not reservation.owned
+    assert allocations.unsettled() == [reservation]
+    other = allocations.reserve(node("b")).cidrs
+    assert other != reservation.cidrs
+    with pytest.raises(NoCIDRsRemainingError):
+        allocations.reserve(node("c"))
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_abandon_before_sending_gives_the_ranges_back(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    reservation = allocations.reserve(node("a"))
+    assert allocations.abandon(reservation) == reservation.cidrs
+    assert allocations.sets[0].allocated == 0 and not allocations.is_in_flight("a")
+
+
+def _unknown(allocations: NodeAllocations, name: str) -> Reservation:
+    reservation = allocations.reserve(node(name))
+    allocations.patching(reservation)
+    allocations.unknown(reservation)
+    return reservation
+
+
+@pytest.mark.parametrize(
+    ("family", "theirs"), [pytest.param(SMALL_V4, "10.0.1.0/24", id="ipv4"), pytest.param(SMALL_V6, "fd00:0:0:1::/64", id="ipv6")]
+)
+def test_resolve_by_a_read(family: FamilyRange, theirs: str) -> None:
+    allocations = NodeAllocations([family])
+    ours = _unknown(allocations, "a")
+    shown = node("a", *(str(c) for c in ours.cidrs))
+    assert allocations.resolve(ours, shown, allocations.sequence).outcome is Outcome.COMMITTED
+    assert allocations.holding("a") == ours.cidrs
+
+    allocations = NodeAllocations([family])
+    ours = _unknown(allocations, "a")
+    assert allocations.resolve(ours, node("a"), allocations.sequence).outcome is Outcome.RESUME
+    assert allocations.is_in_flight("a") and allocations.sets[0].allocated == 1, "kept: patch again with the same ranges"
+
+    other = node("a", theirs)  # e.g. set by another controller: ours can never land
+    resolved = allocations.resolve(ours, other, allocations.sequence)
+    assert resolved.outcome is Outcome.OCCUPIED and resolved.released == ours.cidrs
+    assert allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+
+    allocations = NodeAllocations([family])
+    ours = _unknown(allocations, "a")
+    gone = allocations.resolve(ours, None, allocations.sequence)
+    assert gone.outcome is Outcome.NOTHING and gone.released == ours.cidrs
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_an_unsettled_reservation_is_settled_by_an_event_or_resumed(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    ours = _unknown(allocations, "a")
+    allocations.abandon(ours)
+    assert allocations.observe(node("a")).outcome is Outcome.RESUME
+    resumed = allocations.resume(node("a"))
+    assert resumed is ours and resumed.owned
+    with pytest.raises(AlreadyInFlightError):
+        allocations.resume(node("a"))
+    allocations.abandon(resumed)
+    assert allocations.observe(node("a", *(str(c) for c in ours.cidrs))).outcome is Outcome.COMMITTED
+    assert not allocations.is_in_flight("a") and allocations.holding("a") == ours.cidrs
+
+
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_orphans_include_unsettled_reservations_of_vanished_nodes(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    ours = _unknown(allocations, "a")
+    mark = allocations.sequence
+    assert allocations.orphans({}, listed_after=mark) == [], "a task is still working on it"
+    allocations.abandon(ours)
+    assert allocations.orphans({}, listed_after=mark) == [("a", "uid-a")]
+    release = allocations.forget("a", "uid-a")
+    assert release is not None and release.cidrs == ours.cidrs
+    assert allocations.sets[0].allocated == 0
+
+
+# -- stored values read as kube-controller-manager reads them ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "means", "sloppy"),
+    [
+        pytest.param("10.244.1.0/24", "10.244.1.0/24", False, id="ipv4-canonical"),
+        pytest.param("10.244.01.0/24", "10.244.1.0/24", True, id="ipv4-leading-zero-is-decimal"),
+        pytest.param("010.244.010.000/24", "10.244.10.0/24", True, id="ipv4-never-octal"),
+        pytest.param("10.244.1.0/024", "10.244.1.0/24", True, id="ipv4-leading-zero-in-prefix"),
+        pytest.param("10.244.1.7/24", "10.244.1.0/24", False, id="ipv4-host-bits-cleared"),
+        pytest.param("fd00:10:244:0001::/64", "fd00:10:244:1::/64", False, id="ipv6-zero-padded-group"),
+        pytest.param("::ffff:10.0.01.0/120", "::ffff:10.0.1.0/120", True, id="ipv6-embedded-ipv4-leading-zero"),
+    ],
+)
+def test_parse_cidr_sloppy(text: str, means: str, sloppy: bool) -> None:
+    assert parse_cidr_sloppy(text) == (netaddr.IPNetwork(means), sloppy)
+
+
+@pytest.mark.parametrize(
+    "text", ["10.0.0.0", "10/8", "10.0.0.256/24", "10.0.0.0/33", "fd00::/129", "fd00::%eth0/64", "0x0a.0.0.0/8", "1.2.3/24", ""]
+)
+def test_parse_cidr_sloppy_refuses_what_go_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_cidr_sloppy(text)
+
+
+@pytest.mark.parametrize(("family", "stored", "means"), [pytest.param(V4, "10.244.01.0/24", "10.244.1.0/24", id="ipv4")])
+def test_stored_value_with_leading_zeros_keeps_its_range_taken_and_warns(family: FamilyRange, stored: str, means: str) -> None:
+    allocations = NodeAllocations([family])
+    observation = allocations.observe(node("sloppy", stored))
+    assert observation.outcome is Outcome.OCCUPIED
+    assert allocations.sets[0].is_allocated(means)
+    assert [p.reason for p in observation.problems] == [REASON_INVALID_POD_CIDR]
+    assert stored in observation.problems[0].message and "leading zeros" in observation.problems[0].message

@@ -1,13 +1,16 @@
-"""The patch / release-and-reread / retry logic, with a scripted stand-in for the API.
+"""The reconciler's decisions carried out against an in-process fake of the API (a unit of logic only).
 
-A unit of logic only: the behaviour against the real API server is covered by
-tests/integration. The stand-in records calls and answers from a script.
+The behaviour against the real API server is covered by tests/integration.
+The fake keeps Nodes, applies merge patches as the API server does (UID
+precondition, podCIDRs immutable once set) and fails on a script.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import netaddr
 import pytest
@@ -15,110 +18,527 @@ import pytest
 from controller import reconciler as reconciler_module
 from controller.config import FamilyRange
 from controller.kube import ApiError
-from controller.nodes import NodeAllocations, NodeInfo
-from controller.reconciler import Reconciler
+from controller.metrics import Metrics
+from controller.nodes import NodeAllocations, NodeInfo, ReservationState
+from controller.reconciler import NodeApi, Reconciler
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/22"), 24)
 V6 = FamilyRange(netaddr.IPNetwork("fd00::/62"), 64)
+FAMILIES = [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")]
+
+T = TypeVar("T")
+
+APPLY = "apply"  # a patch outcome: applied and answered
+LOST = "lost"  # applied, then the answer is lost (status 0)
 
 
-class ScriptedKube:
-    """Answers patch_pod_cidrs from a list of outcomes (None = success, ApiError = failure)."""
+@dataclasses.dataclass
+class FakeApi:
+    """Nodes by name; patch outcomes and read failures from scripts (an ApiError raised before applying = refusal)."""
 
-    def __init__(self, patch_outcomes: Sequence[ApiError | None], reread: NodeInfo | None) -> None:
-        self.patch_outcomes = list(patch_outcomes)
-        self.reread = reread
-        self.patched: list[tuple[str, list[str]]] = []
-        self.events: list[tuple[str, str]] = []
+    nodes: dict[str, NodeInfo] = dataclasses.field(default_factory=dict)
+    patch_script: list[str | ApiError] = dataclasses.field(default_factory=list)
+    get_script: list[ApiError | None] = dataclasses.field(default_factory=list)
+    list_script: list[BaseException | None] = dataclasses.field(default_factory=list)
+    watch_events: list[tuple[str, NodeInfo]] = dataclasses.field(default_factory=list)
+    patched: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
+    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    read_gate: asyncio.Event | None = None  # get_node waits for it when set
 
-    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> None:
-        self.patched.append((node.name, [str(c) for c in cidrs]))
-        outcome = self.patch_outcomes.pop(0) if self.patch_outcomes else None
-        if outcome is not None:
-            raise outcome
+    def add(self, name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
+        node = NodeInfo(name, uid or f"uid-{name}", tuple(cidrs))
+        self.nodes[name] = node
+        return node
+
+    async def list_nodes(self) -> tuple[list[NodeInfo], str]:
+        failure = self.list_script.pop(0) if self.list_script else None
+        if failure is not None:
+            raise failure
+        return list(self.nodes.values()), "100"
+
+    async def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]:
+        for event in self.watch_events:
+            yield event
+            await asyncio.sleep(0)
 
     async def get_node(self, name: str) -> NodeInfo | None:
-        return self.reread
+        if self.read_gate is not None:
+            await self.read_gate.wait()
+        failure = self.get_script.pop(0) if self.get_script else None
+        if failure is not None:
+            raise failure
+        return self.nodes.get(name)
+
+    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> NodeInfo:
+        values = tuple(str(cidr) for cidr in cidrs)
+        self.patched.append((node.name, list(values)))
+        outcome = self.patch_script.pop(0) if self.patch_script else APPLY
+        if isinstance(outcome, ApiError):
+            raise outcome
+        current = self.nodes.get(node.name)
+        if current is None:
+            raise ApiError(404, "NotFound", f"nodes {node.name} not found")
+        if current.uid != node.uid:
+            raise ApiError(409, "Conflict", "Precondition failed: UID in precondition does not match")
+        if current.pod_cidrs and current.pod_cidrs != values:
+            raise ApiError(
+                422, "Invalid", 'spec.podCIDRs: Forbidden: node updates may not change podCIDR except from "" to valid'
+            )
+        self.nodes[node.name] = dataclasses.replace(current, pod_cidrs=values, pod_cidr=values[0])
+        if outcome == LOST:
+            raise ApiError(0, "ConnectionError", "PATCH: connection reset")
+        return self.nodes[node.name]
 
     async def post_node_event(self, node: NodeInfo, event_type: str, reason: str, message: str) -> bool:
-        self.events.append((reason, message))
+        self.events.append((node.name, reason, message))
         return True
 
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events]
 
-def run(family: FamilyRange, kube: ScriptedKube, node: NodeInfo) -> Reconciler:
-    async def go() -> Reconciler:
-        reconciler = Reconciler(kube, NodeAllocations([family]))  # type: ignore[arg-type]
-        reconciler.rebuilt.set()
-        await reconciler.handle(node)
-        return reconciler
+
+def reconciler_for(family: FamilyRange, api: NodeApi, may_allocate: Callable[[], bool] | None = None) -> Reconciler:
+    reconciler = Reconciler(api, NodeAllocations([family]), Metrics(), may_allocate=may_allocate)
+    reconciler.rebuilt.set()
+    return reconciler
+
+
+def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
+    async def go() -> T:
+        return await coroutine_factory()
 
     return asyncio.run(go())
 
 
+def handled(family: FamilyRange, api: FakeApi, *nodes: NodeInfo) -> Reconciler:
+    async def go() -> Reconciler:
+        reconciler = reconciler_for(family, api)
+        for node in nodes:
+            await reconciler.handle(node)
+        return reconciler
+
+    return run(go)
+
+
 @pytest.fixture(autouse=True)
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconciler_module, "PATCH_BACKOFF", 0.0)
+def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PATCH_BACKOFF", "REBUILD_BACKOFF", "LOOP_BACKOFF"):
+        monkeypatch.setattr(reconciler_module, name, 0.0)
 
 
-@pytest.mark.parametrize(
-    ("family", "theirs"), [pytest.param(V4, "10.0.3.0/24", id="ipv4"), pytest.param(V6, "fd00:0:0:3::/64", id="ipv6")]
-)
-def test_422_because_someone_else_set_it_releases_ours_and_occupies_theirs(family: FamilyRange, theirs: str) -> None:
-    node = NodeInfo("a", "uid-a")
-    kube = ScriptedKube([ApiError(422, "Invalid", "may not change podCIDR")], reread=NodeInfo("a", "uid-a", (theirs,)))
-    reconciler = run(family, kube, node)
-    assert len(kube.patched) == 1
+def holders(api: FakeApi) -> dict[str, tuple[str, ...]]:
+    return {name: node.pod_cidrs for name, node in api.nodes.items() if node.pod_cidrs}
+
+
+def assert_disjoint(api: FakeApi) -> None:
+    seen: dict[netaddr.IPNetwork, str] = {}
+    for name, cidrs in holders(api).items():
+        for cidr in cidrs:
+            assert netaddr.IPNetwork(cidr) not in seen, f"{cidr} held by {name} and {seen.get(netaddr.IPNetwork(cidr))}"
+            seen[netaddr.IPNetwork(cidr)] = name
+
+
+# -- refused: nothing applied, the reservation goes back ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_422_because_someone_else_set_it_releases_ours_and_occupies_theirs(family: FamilyRange) -> None:
+    api = FakeApi()
+    node = api.add("a")
+    theirs = str(list(family.cluster_cidr.subnet(family.node_mask_size))[3])
+    api.patch_script = [ApiError(422, "Invalid", "may not change podCIDR")]
+    api.nodes["a"] = dataclasses.replace(node, pod_cidrs=(theirs,))  # set by someone else meanwhile
+    reconciler = handled(family, api, node)
     cidr_set = reconciler.allocations.sets[0]
-    assert cidr_set.allocated == 1
-    assert cidr_set.is_allocated(theirs)
-    assert not cidr_set.is_allocated(kube.patched[0][1][0]), "our reservation is given back"
-    assert kube.events == []
+    assert len(api.patched) == 1
+    assert cidr_set.allocated == 1 and cidr_set.is_allocated(theirs)
+    assert not cidr_set.is_allocated(api.patched[0][1][0]), "our reservation is given back"
+    assert api.events == []
 
 
-@pytest.mark.parametrize("family", [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_conflict_then_success_retries_with_a_fresh_reservation(family: FamilyRange) -> None:
-    node = NodeInfo("a", "uid-a")
-    kube = ScriptedKube([ApiError(409, "Conflict", "try again"), None], reread=node)
-    reconciler = run(family, kube, node)
-    assert len(kube.patched) == 2
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(kube.patched[1][1][0]),)
+    api = FakeApi(patch_script=[ApiError(409, "Conflict", "try again")])
+    reconciler = handled(family, api, api.add("a"))
+    assert len(api.patched) == 2
+    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.patched[1][1][0]),)
     assert reconciler.allocations.sets[0].allocated == 1
 
 
-@pytest.mark.parametrize("family", [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")])
-def test_persistent_failure_gives_cidr_assignment_failed_and_leaks_nothing(family: FamilyRange) -> None:
-    node = NodeInfo("a", "uid-a")
-    failures = [ApiError(500, "InternalError", "etcd is sad")] * reconciler_module.PATCH_ATTEMPTS
-    kube = ScriptedKube(failures, reread=node)
-    reconciler = run(family, kube, node)
-    assert len(kube.patched) == reconciler_module.PATCH_ATTEMPTS
-    assert [reason for reason, _ in kube.events] == ["CIDRAssignmentFailed"]
-    assert "etcd is sad" in kube.events[0][1]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_persistent_refusal_gives_cidr_assignment_failed_and_leaks_nothing(family: FamilyRange) -> None:
+    api = FakeApi(patch_script=[ApiError(403, "Forbidden", "no podCIDR for you")] * reconciler_module.PATCH_ATTEMPTS)
+    reconciler = handled(family, api, api.add("a"))
+    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS
+    assert api.reasons() == ["CIDRAssignmentFailed"]
+    assert "no podCIDR for you" in api.events[0][2]
     assert reconciler.allocations.sets[0].allocated == 0
     assert not reconciler.allocations.is_in_flight("a")
 
 
-@pytest.mark.parametrize("family", [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_node_gone_during_patch_frees_the_reservation(family: FamilyRange) -> None:
-    kube = ScriptedKube([ApiError(404, "NotFound", "nodes a not found")], reread=None)
-    reconciler = run(family, kube, NodeInfo("a", "uid-a"))
+    api = FakeApi()
+    node = api.add("a")
+    del api.nodes["a"]
+    reconciler = handled(family, api, node)
     assert reconciler.allocations.sets[0].allocated == 0
-    assert kube.events == []
+    assert api.events == []
 
 
-@pytest.mark.parametrize("family", [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_name_reused_while_the_patch_was_in_flight_serves_the_new_incarnation(family: FamilyRange) -> None:
+    api = FakeApi()
+    old = api.add("a", uid="old")
+    api.add("a", uid="new")  # deleted and re-created: the UID precondition refuses the patch (409)
+    reconciler = handled(family, api, old)
+    assert reconciler.allocations.holder_uid("a") == "new"
+    assert api.nodes["a"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
+
+
+# -- unknown: the answer was lost, the ranges stay reserved until a read settles it ---------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_applied_but_answer_lost_never_gives_the_range_to_another_node(family: FamilyRange) -> None:
+    async def go() -> tuple[Reconciler, FakeApi]:
+        api = FakeApi(patch_script=[LOST], read_gate=asyncio.Event())
+        reconciler = reconciler_for(family, api)
+        first = asyncio.ensure_future(reconciler.handle(api.add("a")))
+        while not api.patched:
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)  # the answer is lost, the re-read is stalled: a newcomer registers now
+        await reconciler.handle(api.add("b"))
+        assert api.read_gate is not None
+        api.read_gate.set()
+        await first
+        return reconciler, api
+
+    reconciler, api = run(go)
+    assert_disjoint(api)
+    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
+    assert [name for name, _ in api.patched] == ["a", "b"], "a read showed the patch had applied: no second patch"
+    assert reconciler.allocations.sets[0].allocated == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answer_lost_and_read_failed_patches_again_with_the_same_ranges(family: FamilyRange) -> None:
+    lost_before_applying = ApiError(503, "ServiceUnavailable", "etcd leader changed")
+    api = FakeApi(patch_script=[lost_before_applying, LOST], get_script=[ApiError(0, "ConnectionError", "reset")])
+    reconciler = handled(family, api, api.add("a"))
+    assert len(api.patched) == 2 and api.patched[0] == api.patched[1], "never a fresh reservation while one exists"
+    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.patched[0][1][0]),)
+    assert reconciler.allocations.sets[0].allocated == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_persistent_unknown_keeps_the_ranges_reserved_for_the_resync(family: FamilyRange) -> None:
+    failures: list[str | ApiError] = [ApiError(500, "InternalError", "etcd is sad")] * reconciler_module.PATCH_ATTEMPTS
+    api = FakeApi(patch_script=failures)
+    reconciler = handled(family, api, api.add("a"))
+    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS
+    assert len({tuple(cidrs) for _, cidrs in api.patched}) == 1, "every attempt with the same ranges"
+    assert api.reasons() == ["CIDRAssignmentFailed"] and "etcd is sad" in api.events[0][2]
+    (unsettled,) = reconciler.allocations.unsettled()
+    assert unsettled.state is ReservationState.UNKNOWN and reconciler.allocations.sets[0].allocated == 1
+
+
+def left_unknown(family: FamilyRange, api: FakeApi) -> Reconciler:
+    """A reconciler whose patch for Node a was left UNKNOWN (the answer lost, every read failed)."""
+    api.patch_script = [ApiError(0, "ConnectionError", "reset")] * reconciler_module.PATCH_ATTEMPTS
+    api.get_script = [ApiError(0, "ConnectionError", "reset")] * reconciler_module.PATCH_ATTEMPTS
+    reconciler = handled(family, api, api.add("a"))
+    assert len(reconciler.allocations.unsettled()) == 1
+    return reconciler
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resync_commits_an_unknown_patch_that_had_applied(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = left_unknown(family, api)
+    (reserved,) = reconciler.allocations.unsettled()
+    api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
+    run(reconciler.resync)
+    assert reconciler.allocations.unsettled() == [] and reconciler.allocations.holding("a") == reserved.cidrs
+    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS, "no further patch"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resync_patches_again_with_the_same_ranges_when_the_node_shows_none(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = left_unknown(family, api)
+    (reserved,) = reconciler.allocations.unsettled()
+    run(reconciler.resync)
+    assert api.patched[-1] == ("a", [str(c) for c in reserved.cidrs])
+    assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in reserved.cidrs)
+    assert reconciler.allocations.holding("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resync_releases_an_unknown_reservation_when_the_node_holds_others_or_is_gone(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = left_unknown(family, api)
+    theirs = str(list(family.cluster_cidr.subnet(family.node_mask_size))[3])
+    api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=(theirs,))
+    run(reconciler.resync)
+    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.unsettled() == []
+
+    api = FakeApi()
+    reconciler = left_unknown(family, api)
+    del api.nodes["a"]
+    run(reconciler.resync)
+    assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.unsettled() == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unexpected_exception_leaves_no_node_in_flight_forever(family: FamilyRange) -> None:
+    class BrokenOnce(FakeApi):
+        broken = True
+
+        async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> NodeInfo:
+            if self.broken:
+                self.broken = False
+                raise RuntimeError("a bug")
+            return await super().patch_pod_cidrs(node, cidrs)
+
+    api = BrokenOnce()
+    reconciler = reconciler_for(family, api)
+    node = api.add("a")
+    with pytest.raises(RuntimeError):
+        run(lambda: reconciler.handle(node))
+    (unsettled,) = reconciler.allocations.unsettled()  # sent, so it may have applied: kept, but no task holds it
+    assert not unsettled.owned and unsettled.state is ReservationState.UNKNOWN
+    run(reconciler.resync)  # the Node shows none: patched again with the same ranges
+    assert reconciler.allocations.unsettled() == []
+    assert reconciler.allocations.holding("a") == unsettled.cidrs
+    assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in unsettled.cidrs)
+
+
+# -- the leadership fence --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_reservation_and_no_patch_once_leadership_is_in_doubt(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = reconciler_for(family, api, may_allocate=lambda: False)
+    run(lambda: reconciler.handle(api.add("a")))
+    assert api.patched == [] and reconciler.allocations.sets[0].allocated == 0
+
+    answers = iter([True, False])  # leading at the reservation, in doubt before the patch
+    reconciler = reconciler_for(family, api, may_allocate=lambda: next(answers, False))
+    run(lambda: reconciler.handle(api.nodes["a"]))
+    assert api.patched == [] and reconciler.allocations.sets[0].allocated == 0
+    assert not reconciler.allocations.is_in_flight("a")
+
+
+# -- a Node seen under another UID -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_late_event_about_an_old_uid_is_reread_and_releases_nothing(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = handled(family, api, api.add("a", uid="new"))
+    held = reconciler.allocations.holding("a")
+    run(lambda: reconciler.handle(NodeInfo("a", "old")))
+    assert reconciler.allocations.holding("a") == held and reconciler.allocations.sets[0].allocated == 1
+    assert len(api.patched) == 1
+
+
+# -- exhaustion --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_node_retried_while_the_range_is_still_exhausted_is_warned_once(family: FamilyRange) -> None:
-    async def go() -> tuple[list[tuple[str, str]], list[str]]:
-        kube = ScriptedKube([], reread=None)
-        reconciler = Reconciler(kube, NodeAllocations([family]))  # type: ignore[arg-type]
-        reconciler.rebuilt.set()
-        for index in range(4):  # fill the four subnets
-            await reconciler.handle(NodeInfo(f"n{index}", f"uid-{index}"))
-        waiting = NodeInfo("late", "uid-late")
-        await reconciler.handle(waiting)
-        await reconciler.handle(waiting)  # e.g. a release elsewhere woke the waiters
-        return kube.events, [node.name for node in reconciler.allocations.waiting()]
+    api = FakeApi()
+    nodes = [api.add(f"n{index}") for index in range(4)]  # fill the four subnets
+    late = api.add("late")
+    reconciler = handled(family, api, *nodes, late, late)  # e.g. a release elsewhere woke the waiters
+    assert api.reasons() == ["CIDRNotAvailable"]
+    assert [node.name for node in reconciler.allocations.waiting()] == ["late"]
 
-    events, waiting = asyncio.run(go())
-    assert [reason for reason, _ in events] == ["CIDRNotAvailable"]
-    assert waiting == ["late"]
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_serve_waiting_assigns_a_waiting_node_once_a_range_is_released(family: FamilyRange) -> None:
+    async def go() -> FakeApi:
+        api = FakeApi()
+        reconciler = reconciler_for(family, api)
+        for index in range(4):
+            await reconciler.handle(api.add(f"n{index}"))
+        await reconciler.handle(api.add("late"))
+        server = asyncio.ensure_future(reconciler.serve_waiting())
+        gone = api.nodes.pop("n0")
+        await reconciler.deleted(gone)
+        await wait_until(lambda: bool(api.nodes["late"].pod_cidrs))
+        server.cancel()
+        return api
+
+    api = run(go)
+    assert api.nodes["late"].pod_cidrs
+    assert_disjoint(api)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+# -- start-up, the bridge, and the background loops -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rebuild_retries_a_failed_list_until_it_succeeds(family: FamilyRange) -> None:
+    api = FakeApi()
+    api.add("held", str(next(family.cluster_cidr.subnet(family.node_mask_size))))
+    api.add("fresh")
+    api.list_script = [
+        ApiError(410, "Expired", "continue token too old"),
+        ApiError(503, "", ""),
+        ApiError(0, "ConnectionError", "refused"),
+    ]
+
+    async def go() -> tuple[list[str], Reconciler]:
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        waiting = await reconciler.rebuild()
+        return [node.name for node in waiting], reconciler
+
+    waiting, reconciler = run(go)
+    assert waiting == ["fresh"]
+    assert api.list_script == [] and reconciler.rebuilt.is_set()
+    assert reconciler.allocations.sets[0].allocated == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rebuild_can_be_cancelled_while_the_api_keeps_failing(family: FamilyRange) -> None:
+    api = FakeApi(list_script=[ApiError(500, "", "")] * 10_000)
+
+    async def go() -> Reconciler:
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        task = asyncio.ensure_future(reconciler.rebuild())
+        await wait_until(lambda: len(api.list_script) < 9_990)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return reconciler
+
+    assert not run(go).rebuilt.is_set()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bridge_serves_new_nodes_occupies_preset_ones_and_frees_deleted_ones(family: FamilyRange) -> None:
+    subnets = [str(s) for s in list(family.cluster_cidr.subnet(family.node_mask_size))[:2]]
+    api = FakeApi()
+    gone = api.add("gone", subnets[0])
+    preset = NodeInfo("preset", "uid-preset", (subnets[1],))
+    fresh = api.add("fresh")
+
+    async def go() -> Reconciler:
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.rebuild()
+        api.nodes.pop("gone")
+        api.nodes["preset"] = preset
+        api.watch_events = [("DELETED", gone), ("ADDED", preset), ("ADDED", fresh)]
+        await reconciler.bridge(asyncio.Event())
+        await wait_until(lambda: bool(api.nodes["fresh"].pod_cidrs))
+        return reconciler
+
+    reconciler = run(go)
+    assert reconciler.allocations.holding("preset") == (netaddr.IPNetwork(subnets[1]),)
+    assert reconciler.allocations.holding("gone") == ()
+    assert api.nodes["fresh"].pod_cidrs[0] not in subnets[1:]
+    assert_disjoint(api)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resync_frees_vanished_nodes_and_serves_missed_ones(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = handled(family, api, api.add("vanishes"))
+    api.nodes.pop("vanishes")  # its DELETED event was missed
+    api.add("missed")  # its ADDED event was missed
+    run(reconciler.resync)
+    assert reconciler.allocations.holding("vanishes") == ()
+    assert api.nodes["missed"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
+
+
+class Flaky:
+    """Raises an unexpected exception the first `failures` times it is called; then succeeds once `healed` is set."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.healed = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"a bug, call {self.calls}")
+        await self.healed.wait()
+
+
+def failures_metric(reconciler: Reconciler, loop: str) -> float:
+    value = reconciler.metrics.registry.get_sample_value("node_ipam_controller_background_failures_total", {"loop": loop})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_problem(family: FamilyRange) -> None:
+    async def go() -> tuple[list[str | None], float, int]:
+        reconciler = reconciler_for(family, FakeApi())
+        flaky = Flaky(failures=reconciler_module.LOOP_FAILURES_UNHEALTHY)
+        reconciler.resync = flaky  # type: ignore[method-assign]
+        problems: list[str | None] = []
+        loop = asyncio.ensure_future(reconciler.resync_forever(period=0.001, first_after=0.0))
+        await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY)
+        problems.append(reconciler.problem())
+        flaky.healed.set()
+        await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY + 1)
+        problems.append(reconciler.problem())
+        loop.cancel()
+        return problems, failures_metric(reconciler, "resync"), flaky.calls
+
+    problems, counted, calls = run(go)
+    assert problems[0] is not None and "resync" in problems[0] and "a bug" in problems[0]
+    assert problems[1] is None, "healthy again after a round that succeeded"
+    assert counted == reconciler_module.LOOP_FAILURES_UNHEALTHY
+    assert calls > reconciler_module.LOOP_FAILURES_UNHEALTHY
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_serve_waiting_survives_an_unexpected_exception(family: FamilyRange) -> None:
+    async def go() -> tuple[FakeApi, float]:
+        api = FakeApi()
+        reconciler = reconciler_for(family, api)
+        for index in range(4):
+            await reconciler.handle(api.add(f"n{index}"))
+        await reconciler.handle(api.add("late"))
+        original = reconciler.allocations.waiting
+        broken = iter([True])
+
+        def waiting() -> list[NodeInfo]:
+            if next(broken, False):
+                raise RuntimeError("a bug")
+            return original()
+
+        reconciler.allocations.waiting = waiting  # type: ignore[method-assign]
+        server = asyncio.ensure_future(reconciler.serve_waiting())
+        await reconciler.deleted(api.nodes.pop("n0"))
+        await wait_until(lambda: bool(api.nodes["late"].pod_cidrs))
+        server.cancel()
+        return api, failures_metric(reconciler, "serve_waiting")
+
+    api, counted = run(go)
+    assert api.nodes["late"].pod_cidrs and counted == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_refusal_after_a_lost_answer_does_not_release_what_may_have_applied(family: FamilyRange) -> None:
+    api = FakeApi(
+        patch_script=[LOST, ApiError(429, "TooManyRequests", "slow down")],
+        get_script=[ApiError(0, "ConnectionError", "reset")],  # the first re-read fails: patch again
+    )
+    reconciler = handled(family, api, api.add("a"))
+    assert len(api.patched) == 2
+    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
+    assert reconciler.allocations.sets[0].allocated == 1 and not reconciler.allocations.is_in_flight("a")
