@@ -10,6 +10,7 @@ Retries of transient failures and the client-side rate limit live here.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import dataclasses
 import datetime
 import json
@@ -19,7 +20,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -37,6 +38,8 @@ LIST_PAGE_SIZE = 500
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ATTEMPTS = 4
 TRANSIENT_BACKOFF = 0.2
+RETRY_AFTER_STATUSES = frozenset({429, 503})  # answers whose Retry-After header says how long to wait
+RETRY_AFTER_CAP = 30.0  # seconds: never wait longer on the server's word
 WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute)
 
 
@@ -97,6 +100,24 @@ class ApiError(Exception):
         self.reason = reason
         self.message = message
 
+    @property
+    def may_have_applied(self) -> bool:
+        """Whether a write that ended in this error may have been applied all the same.
+
+        A lost answer (status 0: connection cut, timeout) or a server error
+        (5xx: the request may have been processed before the failure) leaves
+        the outcome unknown. Any other 4xx, 429 included, is a refusal: the
+        API server applied nothing.
+        """
+        return self.status == 0 or self.status >= 500
+
+
+class CredentialsError(Exception):
+    """No usable credentials; the message says which source, what is wrong and how to fix it, on one line."""
+
+
+DEFAULT_KUBECONFIG = "~/.kube/config"
+
 
 @dataclasses.dataclass(frozen=True)
 class Credentials:
@@ -112,26 +133,43 @@ class Credentials:
 
     @classmethod
     def load(cls, kubeconfig: str | None = None, master: str | None = None) -> Credentials:
-        """`--kubeconfig`, else in-cluster, else $KUBECONFIG / ~/.kube/config (like kube-controller-manager)."""
+        """`--kubeconfig`, else in-cluster, else $KUBECONFIG / ~/.kube/config; `--master` overrides the server.
+
+        With `--master` and no kubeconfig anywhere, the API server is called
+        without credentials, as kube-controller-manager does. Raises
+        CredentialsError for anything missing or unreadable.
+        """
         from kubernetes import client, config  # the official client only loads credentials
 
         configuration = client.Configuration()
         token_file = None
+        source: str | None
         if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            source = f"--kubeconfig={kubeconfig}"
+            if not os.path.exists(os.path.expanduser(kubeconfig)):
+                raise CredentialsError(f"{source}: no such file; pass the path of a kubeconfig file, e.g. {DEFAULT_KUBECONFIG}")
+            _load_kubeconfig(configuration, os.path.expanduser(kubeconfig), source)
         else:
             try:
                 config.load_incluster_config(client_configuration=configuration)
                 token_file = IN_CLUSTER_TOKEN_FILE
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)
+                source = "the in-cluster service account"
+            except config.ConfigException as not_in_cluster:
+                found = _default_kubeconfig(master, str(not_in_cluster))
+                source = found[1] if found else None
+                if found:
+                    _load_kubeconfig(configuration, *found)
         api_key = configuration.api_key or {}
         authorization = str(api_key.get("BearerToken") or api_key.get("authorization") or "")
         token = authorization.split(" ", 1)[1] if authorization.lower().startswith("bearer ") else authorization or None
-        server = master or configuration.host
+        server = master or (configuration.host if source else "")  # a blank Configuration says http://localhost
+        if not server:
+            raise CredentialsError(
+                f"{source}: the current context's cluster has no server; set clusters[].cluster.server or pass --master=URL"
+            )
         if "://" not in server:
             server = "https://" + server
-        return cls(
+        credentials = cls(
             server=server.rstrip("/"),
             token=token,
             token_file=token_file,
@@ -140,6 +178,15 @@ class Credentials:
             key_file=configuration.key_file,
             insecure=not configuration.verify_ssl,
         )
+        try:
+            credentials.ssl_context()  # fail now, not at the first request, on unreadable TLS files
+        except (OSError, ssl.SSLError, ValueError) as error:
+            named = (("certificate authority", credentials.ca_file), ("client certificate", credentials.cert_file))
+            files = ", ".join(f"{label} {path}" for label, path in named if path)
+            raise CredentialsError(
+                f"{source}: cannot use its TLS files ({files}): {_one_line(error)}; fix the paths or the *-data fields"
+            ) from None
+        return credentials
 
     def current_token(self) -> str | None:
         """The bearer token; in-cluster tokens are rotated on disk, so re-read them."""
@@ -165,14 +212,83 @@ class Credentials:
         return context
 
 
+def _default_kubeconfig(master: str | None, not_in_cluster: str) -> tuple[str, str] | None:
+    """(path(s), how to name them) of the kubeconfig kubectl would use, or None for --master alone.
+
+    That is $KUBECONFIG (kubectl merges the files it lists, skipping missing
+    ones), else ~/.kube/config.
+    """
+    listed = os.environ.get("KUBECONFIG", "")
+    paths = [os.path.expanduser(path) for path in listed.split(os.pathsep) if path] or [os.path.expanduser(DEFAULT_KUBECONFIG)]
+    existing = [path for path in paths if os.path.exists(path)]
+    if existing:
+        return os.pathsep.join(existing), f"$KUBECONFIG={listed}" if listed else DEFAULT_KUBECONFIG
+    if master:
+        return None
+    where = f"$KUBECONFIG={listed} names no existing file"
+    if not listed:
+        where = f"$KUBECONFIG is unset and {DEFAULT_KUBECONFIG} does not exist"
+    raise CredentialsError(
+        f"no kubeconfig found: not in a cluster ({not_in_cluster.rstrip('.')}) and {where};"
+        " pass --kubeconfig=PATH, set $KUBECONFIG, or run in a Pod with a service account"
+    )
+
+
+def _load_kubeconfig(configuration: Any, path: str, source: str) -> None:
+    """Load a kubeconfig into `configuration`, turning the loader's many failures into one CredentialsError."""
+    import yaml
+    from kubernetes import config
+
+    try:
+        for one_path in path.split(os.pathsep):
+            with open(one_path) as handle:
+                document = yaml.safe_load(handle)
+            if document is not None and not isinstance(document, dict):
+                raise CredentialsError(
+                    f"{source}: not a kubeconfig (the top level of {one_path} is a {type(document).__name__}, not a mapping);"
+                    " expected a Config with clusters, users, contexts and current-context"
+                )
+        config.load_kube_config(config_file=path, client_configuration=configuration)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or _one_line(error)
+        raise CredentialsError(f"{source}: not valid YAML{where} ({problem}); fix the file or use another") from None
+    except config.ConfigException as error:
+        raise CredentialsError(f"{source}: not a usable kubeconfig ({_one_line(error)}); fix the file or use another") from None
+    except OSError as error:
+        raise CredentialsError(f"{source}: cannot read it ({error.strerror or error}); pass a readable kubeconfig file") from None
+    except binascii.Error as error:
+        raise CredentialsError(f"{source}: a *-data field is not valid base64 ({error}); fix the field") from None
+    # The loader assumes a well-formed document: any other shape surfaces as one of these.
+    except (TypeError, AttributeError, KeyError, ValueError) as error:
+        raise CredentialsError(
+            f"{source}: not a usable kubeconfig ({type(error).__name__}: {_one_line(error)}); expected a Config with"
+            " clusters, users, contexts and current-context"
+        ) from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 class RateLimiter:
     """A token bucket: `qps` requests per second on average, `burst` at once. qps <= 0: unlimited."""
 
-    def __init__(self, qps: float, burst: int) -> None:
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.qps = qps
         self.burst = max(burst, 1)
+        self._clock = clock
+        self._sleep = sleep
         self._tokens = float(self.burst)
-        self._updated = time.monotonic()
+        self._updated = clock()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
@@ -180,13 +296,13 @@ class RateLimiter:
             return
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.qps)
                 self._updated = now
                 if self._tokens >= 1:
                     self._tokens -= 1
                     return
-                await asyncio.sleep((1 - self._tokens) / self.qps)
+                await self._sleep((1 - self._tokens) / self.qps)
 
 
 def _now() -> str:
@@ -200,11 +316,26 @@ def _now_micro() -> str:
 class KubeClient:
     """Nodes, Events and Leases over one pooled aiohttp session."""
 
-    def __init__(self, credentials: Credentials, qps: float = 0.0, burst: int = 0, max_in_flight: int = 64) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        qps: float = 0.0,
+        burst: int = 0,
+        max_in_flight: int = 64,
+        *,
+        transient_attempts: int = TRANSIENT_ATTEMPTS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """`transient_attempts`: tries per request before a transient failure is raised (1: no retries).
+
+        `sleep` waits between those tries; tests pass one that only records.
+        """
         self.credentials = credentials
         self._limiter = RateLimiter(qps, burst)
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._max_in_flight = max_in_flight
+        self._attempts = max(transient_attempts, 1)
+        self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
@@ -265,22 +396,26 @@ class KubeClient:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
         url = self.credentials.server + path
-        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+        for attempt in range(1, self._attempts + 1):
             await self._limiter.acquire()
+            backoff = TRANSIENT_BACKOFF * 2 ** (attempt - 1)
             try:
                 session = self._get_session()
                 async with self._in_flight, session.request(method, url, data=data, headers=headers, params=params) as response:
                     payload = await response.read()
                     status = response.status
+                    retry_after = response.headers.get("Retry-After")
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
-                if attempt == TRANSIENT_ATTEMPTS:
+                if attempt == self._attempts:
                     raise ApiError(0, "ConnectionError", f"{method} {path}: {error!r}") from error
-                await asyncio.sleep(TRANSIENT_BACKOFF * 2 ** (attempt - 1))
+                await self._sleep(backoff)
                 continue
             if status < 400:
                 return payload
-            if status in TRANSIENT_STATUSES and attempt < TRANSIENT_ATTEMPTS:
-                await asyncio.sleep(TRANSIENT_BACKOFF * 2 ** (attempt - 1))
+            if status in TRANSIENT_STATUSES and attempt < self._attempts:
+                if status in RETRY_AFTER_STATUSES:
+                    backoff = _retry_after_seconds(retry_after, backoff)
+                await self._sleep(backoff)
                 continue
             raise _api_error(status, payload)
         raise AssertionError("unreachable")
@@ -422,6 +557,19 @@ def _api_error(status: int, payload: bytes) -> ApiError:
         return ApiError(status, str(status_body.get("reason", "")), str(status_body.get("message", "")))
     except (ValueError, AttributeError):
         return ApiError(status, "", payload[:500].decode(errors="replace"))
+
+
+def _retry_after_seconds(header: str | None, otherwise: float) -> float:
+    """The wait a Retry-After header asks for (whole seconds, as the API server sends it), capped; else `otherwise`."""
+    if header is None:
+        return otherwise
+    try:
+        seconds = float(header.strip())
+    except ValueError:  # an HTTP date: the API server never sends one
+        return otherwise
+    if not 0 <= seconds < float("inf"):
+        return otherwise
+    return min(seconds, RETRY_AFTER_CAP)
 
 
 _CONTINUE = re.compile(rb'"continue":"([^"]+)"')

@@ -3,6 +3,13 @@
 Only the leader watches and allocates. Expiry is judged by this process's own
 clock from when it last saw the lease change, never by comparing timestamps
 written by another machine, so clock skew cannot hand the lease to two.
+
+Two processes must never both believe they lead. A standby takes the lease
+only after `lease_duration` without seeing it change; the leader counts its
+leadership from the moment it *sent* its last successful renewal (any change
+others saw came after that) and gives it up once that is `renew_deadline`
+old, which is less than `lease_duration`. Every acquire or renew attempt is
+cut off at that deadline, so a hanging request cannot stretch it.
 """
 
 from __future__ import annotations
@@ -12,12 +19,23 @@ import logging
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from controller.config import LeaderElection
-from controller.kube import ApiError, KubeClient, lease_time
+from controller.kube import ApiError, lease_time
 
 logger = logging.getLogger("nodeipam.leader")
+
+
+class LeaseApi(Protocol):
+    """The Lease calls of KubeClient; a client of its own, so that Node traffic never delays a renewal."""
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def replace_lease(self, namespace: str, name: str, lease: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 def default_identity() -> str:
@@ -26,14 +44,33 @@ def default_identity() -> str:
 
 
 class LeaderElector:
-    """Acquire, hold and release one Lease."""
+    """Acquire, hold and release one Lease; `is_leading()` says whether allocating is safe right now."""
 
-    def __init__(self, kube: KubeClient, config: LeaderElection) -> None:
+    def __init__(self, kube: LeaseApi, config: LeaderElection, clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.config = config
         self.identity = config.identity or default_identity()
+        self._clock = clock
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
+        self._renew_sent_at: float | None = None  # when the last successful acquire or renewal was sent
+        self._lost = False
+        self._lost_because = ""
+
+    def is_leading(self) -> bool:
+        """True only while leadership is certain; once False after leading, False for good.
+
+        Certain means: the last successful renewal was sent less than
+        `renew_deadline` ago. That holds even while the next renewal hangs,
+        and it turns False on time without waiting for that request.
+        """
+        if not self.config.enabled:
+            return True
+        if self._lost or self._renew_sent_at is None:
+            return False
+        if self._clock() - self._renew_sent_at >= self.config.renew_deadline:
+            self._lost, self._lost_because = True, f"was not renewed within {self.config.renew_deadline:g}s"
+        return not self._lost
 
     async def acquire(self) -> bool:
         """Block until this process holds the lease (at once when election is off)."""
@@ -45,37 +82,65 @@ class LeaderElector:
             self.config.resource_name,
             self.identity,
         )
-        while not await self._try_acquire_or_renew():
+        while not await self.try_once():
             await asyncio.sleep(self.config.retry_period)
         logger.info("became the leader (%s)", self.identity)
         return True
 
     async def hold(self) -> None:
-        """Renew until a renewal fails for longer than the renew deadline; then return."""
+        """Renew every retry period; return as soon as leadership is no longer certain."""
         if not self.config.enabled:
             await asyncio.Event().wait()
-        last_renewed = time.monotonic()
-        while True:
-            await asyncio.sleep(self.config.retry_period)
-            if await self._try_acquire_or_renew():
-                last_renewed = time.monotonic()
-            elif time.monotonic() - last_renewed > self.config.renew_deadline:
-                logger.error("failed to renew the lease within %.0fs; leadership lost", self.config.renew_deadline)
-                return
+        while self.is_leading():
+            await asyncio.sleep(min(self.config.retry_period, self._time_left()))
+            if self.is_leading():
+                await self.try_once()
+        logger.error(
+            "leadership lost: the lease %s/%s %s", self.config.resource_namespace, self.config.resource_name, self._lost_because
+        )
+
+    async def try_once(self) -> bool:
+        """One acquire-or-renew attempt, cut off when it could no longer give certain leadership."""
+        sent_at = self._clock()
+        # A standby's attempt gets the whole renew deadline; a leader's only what is left of its own.
+        limit = self._time_left() if self._renew_sent_at is not None else self.config.renew_deadline
+        try:
+            async with asyncio.timeout(max(limit, 0.0)):
+                acquired = await self._try_acquire_or_renew()
+        except TimeoutError:
+            # The write may still land; leadership is counted only from answered renewals.
+            logger.warning(
+                "lease %s/%s: no answer within %.1fs", self.config.resource_namespace, self.config.resource_name, limit
+            )
+            return False
+        except Exception:  # a malformed answer must not end the renewals: the deadline decides
+            logger.exception("lease %s/%s: unexpected failure", self.config.resource_namespace, self.config.resource_name)
+            return False
+        if acquired and not self._lost:
+            self._renew_sent_at = sent_at
+        return acquired
+
+    def _time_left(self) -> float:
+        """Seconds until the renew deadline of the last successful renewal."""
+        if self._renew_sent_at is None:
+            return 0.0
+        return max(self._renew_sent_at + self.config.renew_deadline - self._clock(), 0.0)
 
     async def release(self) -> None:
         """Hand the lease back on a clean shutdown, so a standby takes over at once."""
         if not self.config.enabled:
             return
         try:
-            lease = await self.kube.get_lease(self.config.resource_namespace, self.config.resource_name)
-            if lease is None or lease.get("spec", {}).get("holderIdentity") != self.identity:
-                return
-            lease["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": lease_time()})
-            await self.kube.replace_lease(self.config.resource_namespace, self.config.resource_name, lease)
+            async with asyncio.timeout(self.config.renew_deadline):
+                lease = await self.kube.get_lease(self.config.resource_namespace, self.config.resource_name)
+                if lease is None or lease.get("spec", {}).get("holderIdentity") != self.identity:
+                    return
+                # The PUT carries the resourceVersion read: it fails if anyone changed the lease meanwhile.
+                lease["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": lease_time()})
+                await self.kube.replace_lease(self.config.resource_namespace, self.config.resource_name, lease)
             logger.info("released the lease")
-        except ApiError as error:
-            logger.warning("could not release the lease: %s", error)
+        except (ApiError, TimeoutError) as error:
+            logger.warning("could not release the lease: %r", error)
 
     async def _try_acquire_or_renew(self) -> bool:
         namespace, name = self.config.resource_namespace, self.config.resource_name
@@ -89,10 +154,13 @@ class LeaderElector:
             holder = spec.get("holderIdentity") or ""
             record = (holder, str(spec.get("renewTime", "")))
             if record != self._observed:
-                self._observed, self._observed_at = record, time.monotonic()
+                self._observed, self._observed_at = record, self._clock()
             duration = float(spec.get("leaseDurationSeconds") or self.config.lease_duration)
-            expired = time.monotonic() > self._observed_at + duration
+            expired = self._clock() > self._observed_at + duration
             if holder and holder != self.identity and not expired:
+                if self._renew_sent_at is not None and not self._lost:
+                    # Someone else holds a valid lease: not leading, whatever our clock says.
+                    self._lost, self._lost_because = True, f"is now held by {holder}"
                 return False
             if holder != self.identity:
                 spec["acquireTime"] = now
@@ -102,6 +170,7 @@ class LeaderElector:
                 leaseDurationSeconds=int(self.config.lease_duration),
                 renewTime=now,
             )
+            # A PUT with the resourceVersion just read: if another candidate wrote first, this is a 409.
             await self.kube.replace_lease(namespace, name, lease)
             return True
         except ApiError as error:

@@ -27,6 +27,7 @@ from controller.server import HealthServer
 logger = logging.getLogger("nodeipam")
 
 WATCH_PAGE_SIZE = 500
+LEASE_CONNECTIONS = 2  # a renewal and a release can overlap at most
 
 
 class NoProgressStorage(kopf.ProgressStorage):
@@ -127,10 +128,19 @@ async def run(settings: Settings, credentials: Credentials | None = None) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     metrics = Metrics()
-    async with KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube:
-        health = HealthServer(settings.metrics_bind_address, metrics.registry)
+    # Leases get a client of their own: no rate limit, their own connections, and no retries of their own
+    # (each attempt is cut off at the renew deadline and the elector tries again), so that a queue of Node
+    # patches can never delay a renewal.
+    async with (
+        KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube,
+        KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1) as lease_kube,
+        # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
+        # patches nor take a connection a Lease renewal needs.
+        KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
+    ):
+        health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
         await health.start()
-        elector = LeaderElector(kube, settings.leader_election)
+        elector = LeaderElector(lease_kube, settings.leader_election)
         try:
             if await _until_stopped(elector.acquire(), stop) is not None:
                 await _lead(settings, credentials, kube, metrics, health, elector, stop)
@@ -148,12 +158,18 @@ async def _lead(
     elector: LeaderElector,
     stop: asyncio.Event,
 ) -> None:
-    """Everything the leader does, from the rebuild to shutdown."""
+    """Everything the leader does, from the rebuild to shutdown.
+
+    No range is reserved once `elector.is_leading()` turns False, which is
+    before any standby may take the lease; stopping kopf and the process
+    follows as soon as `hold()` notices.
+    """
     lost = asyncio.ensure_future(elector.hold())
-    lost.add_done_callback(lambda _: stop.set())  # also interrupts a rebuild or sweep in progress
+    lost.add_done_callback(lambda _: stop.set())  # also interrupts a rebuild (and its retries) or a sweep in progress
     allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
-    reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight)
+    reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight, may_allocate=elector.is_leading)
     health.watch(reconciler.rebuilt)
+    health.set_liveness(reconciler.problem)
     try:
         waiting = await _until_stopped(reconciler.rebuild(), stop)
         # Nodes found waiting are assigned before kopf starts its own LIST:
@@ -189,6 +205,7 @@ async def _lead(
             operator.result()  # re-raises what stopped kopf, if anything
     finally:
         if lost.done() and not lost.cancelled():
+            logger.error("leaderelection lost")
             raise LeadershipLost("lost the leader lease; exiting so that a fresh process can compete again")
         lost.cancel()
         await elector.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from controller.kube import RateLimiter, _peek_continue
@@ -28,13 +30,49 @@ def test_peek_continue_reads_only_the_list_metadata(raw: bytes, token: str | Non
     assert _peek_continue(raw) == token
 
 
-def test_rate_limiter_off_by_default_never_waits() -> None:
-    import asyncio
+class FakeClock:
+    """Monotonic time that moves only when the limiter sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_rate_limiter_gives_the_burst_at_once_then_qps() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(qps=4, burst=3, clock=clock, sleep=clock.sleep)
+
+    async def acquire_all(count: int) -> list[float]:
+        granted = []
+        for _ in range(count):
+            await limiter.acquire()
+            granted.append(clock.now - 100.0)
+        return granted
+
+    granted = asyncio.run(acquire_all(7))
+    assert granted == pytest.approx([0, 0, 0, 0.25, 0.5, 0.75, 1.0])
+    clock.now += 10  # idle: the bucket refills to the burst, not beyond
+    waits_before = len(clock.waits)
+    asyncio.run(acquire_all(3))
+    assert len(clock.waits) == waits_before
+    asyncio.run(acquire_all(1))
+    assert clock.waits[waits_before:] == [pytest.approx(0.25)]
+
+
+def test_rate_limiter_off_never_waits() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(qps=0, burst=0, clock=clock, sleep=clock.sleep)
 
     async def go() -> None:
-        limiter = RateLimiter(qps=0, burst=0)
         for _ in range(10_000):
             await limiter.acquire()
-        assert limiter._tokens == 1.0  # untouched: no bucket when qps <= 0
 
     asyncio.run(go())
+    assert clock.waits == []
