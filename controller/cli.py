@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Sequence
 
+import netaddr
+
 from controller import config
-from controller.config import ConfigError, LeaderElection, Settings
+from controller.config import ConfigError, FamilyRange, Settings
+from controller.kube import Credentials, CredentialsError
+from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS, ServingOptions, parse_always_allow_paths
 
 
 def _add_range_flags(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -35,6 +40,29 @@ def _add_range_flags(parser: argparse.ArgumentParser, required: bool) -> None:
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig file (else in-cluster config, else $KUBECONFIG / ~/.kube/config)")
     parser.add_argument("--master", help="API server address, overriding the kubeconfig's (e.g. https://10.0.0.1:6443)")
+
+
+def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
+    """kube-controller-manager's secure-serving flags, for the metrics port."""
+    parser.add_argument("--tls-cert-file", default=None, help="PEM certificate for https (default: self-signed at start-up)")
+    parser.add_argument("--tls-private-key-file", default=None, help="PEM key of --tls-cert-file")
+    parser.add_argument(
+        "--authorization-always-allow-paths",
+        default=",".join(DEFAULT_ALWAYS_ALLOW_PATHS),
+        help="paths served without a token (default /healthz,/readyz,/livez); others need a token allowed to get them",
+    )
+
+
+def serving_options(args: argparse.Namespace) -> ServingOptions:
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        raise ConfigError("--tls-cert-file", "is given without --tls-private-key-file or the reverse", "give both or neither")
+    try:
+        paths = parse_always_allow_paths(args.authorization_always_allow_paths)
+    except ValueError as error:
+        raise ConfigError(
+            "--authorization-always-allow-paths", str(error), "give absolute paths, e.g. /healthz,/readyz"
+        ) from error
+    return ServingOptions(args.tls_cert_file, args.tls_private_key_file, paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--kube-api-qps",
         type=float,
         default=0.0,
-        help="client-side rate limit in requests/s; 0 (default) leaves it to the API server's priority and fairness",
+        help=f"client-side rate limit in requests/s: 0 (default) leaves it to the API server's priority and fairness,"
+        f" else at least {config.MIN_KUBE_API_QPS:g}",
     )
-    run.add_argument("--kube-api-burst", type=int, default=0, help="burst for --kube-api-qps")
+    run.add_argument(
+        "--kube-api-burst",
+        type=int,
+        default=None,
+        help="requests allowed at once above --kube-api-qps, at least 1 when given with it (not given: 1)",
+    )
     run.add_argument("--max-requests-in-flight", type=int, default=64, help="concurrent API requests (default 64)")
     run.add_argument(
-        "--resync-period", default="3m", help="how often to re-list Nodes and free ranges of vanished ones (default 3m)"
+        "--resync-period",
+        default="3m",
+        help="how often to re-list Nodes and free ranges of vanished ones, a Go duration of at least 1s (default 3m)",
     )
     run.add_argument(
         "--leader-elect",
@@ -76,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BOOL",
         help="use a Lease so only one replica allocates (default true)",
     )
-    run.add_argument("--leader-elect-lease-duration", default="15s", help="default 15s")
-    run.add_argument("--leader-elect-renew-deadline", default="10s", help="default 10s")
-    run.add_argument("--leader-elect-retry-period", default="2s", help="default 2s")
+    run.add_argument("--leader-elect-lease-duration", default="15s", help="whole seconds, at least 1s (default 15s)")
+    run.add_argument(
+        "--leader-elect-renew-deadline", default="10s", help="below the lease duration, above 1.2 x retry period (default 10s)"
+    )
+    run.add_argument("--leader-elect-retry-period", default="2s", help="at least 100ms (default 2s)")
     run.add_argument("--leader-elect-resource-name", default="nodeipam", help="Lease name (default nodeipam)")
     run.add_argument("--leader-elect-resource-namespace", default="kube-system", help="Lease namespace (default kube-system)")
     run.add_argument("--leader-elect-identity", default="", help="holder identity (default hostname_uuid)")
@@ -88,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port for /metrics, /healthz, /readyz; 0 disables (default 0.0.0.0:9254)",
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_serving_flags(run)
 
     demo = commands.add_parser(
         "demo", help="start a local control plane, run the controller, register Nodes, show their podCIDRs"
@@ -120,90 +159,139 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             f"{args.cidr_allocator_type!r} is not supported",
             f"use {config.SUPPORTED_ALLOCATOR_TYPE} (or drop the flag)",
         )
-    for flag, value in (("--kube-api-qps", args.kube_api_qps), ("--kube-api-burst", args.kube_api_burst)):
-        if value < 0:
-            raise ConfigError(flag, f"{value} is negative", "use 0 for no client-side limit, or a positive number")
+    config.check_rate_limit(args.kube_api_qps, args.kube_api_burst)
     if args.max_requests_in_flight < 1:
         raise ConfigError("--max-requests-in-flight", f"{args.max_requests_in_flight} is below 1", "use at least 1")
     ranges = config.build_ranges(
         args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
     )
-    leader = LeaderElection(
+    leader = config.build_leader_election(
         enabled=config.parse_bool("--leader-elect", args.leader_elect),
-        lease_duration=config.parse_duration("--leader-elect-lease-duration", args.leader_elect_lease_duration),
-        renew_deadline=config.parse_duration("--leader-elect-renew-deadline", args.leader_elect_renew_deadline),
-        retry_period=config.parse_duration("--leader-elect-retry-period", args.leader_elect_retry_period),
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
         resource_name=args.leader_elect_resource_name,
         resource_namespace=args.leader_elect_resource_namespace,
         identity=args.leader_elect_identity,
     )
-    if leader.enabled and not leader.lease_duration > leader.renew_deadline > leader.retry_period > 0:
-        raise ConfigError(
-            "--leader-elect-renew-deadline",
-            "leader election needs lease duration > renew deadline > retry period > 0",
-            "e.g. --leader-elect-lease-duration=15s --leader-elect-renew-deadline=10s --leader-elect-retry-period=2s",
-        )
-    resync = config.parse_duration("--resync-period", args.resync_period)
-    if resync <= 0:
-        raise ConfigError("--resync-period", "must be positive", "e.g. --resync-period=3m")
-    bind = args.metrics_bind_address
-    if bind not in ("", "0") and not bind.rpartition(":")[2].isdigit():
-        raise ConfigError("--metrics-bind-address", f"{bind!r} has no port", "write it as host:port, :port or 0 to disable")
+    resync = config.parse_resync_period(args.resync_period)
+    config.check_master(args.master)
+    config.check_bind_address("--metrics-bind-address", args.metrics_bind_address)
     return Settings(
         ranges=ranges,
         service_cidrs=config.build_service_cidrs(args.service_cluster_ip_range),
         kubeconfig=args.kubeconfig,
         master=args.master,
         kube_api_qps=args.kube_api_qps,
-        kube_api_burst=args.kube_api_burst,
+        kube_api_burst=args.kube_api_burst or 0,
         max_in_flight=args.max_requests_in_flight,
         resync_period=resync,
         leader_election=leader,
-        metrics_bind_address=bind,
+        metrics_bind_address=args.metrics_bind_address,
+        serving=serving_options(args),
         log_level=args.log_level,
     )
 
 
-def _fail(command: str, error: Exception) -> int:
+def check_can_listen(flag: str, address: str) -> None:
+    """Bind `address` once and let go, so that a port in use or a foreign address fails now, with the flag named.
+
+    The port is free again for the server a moment later (SO_REUSEADDR, as
+    the server sets it); a process that takes it in between fails at start.
+    """
+    if address in ("", "0"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        found = socket.getaddrinfo(host.strip("[]") or "0.0.0.0", int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, protocol, _, where in found:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+    except OSError as error:
+        raise ConfigError(
+            flag,
+            f"cannot listen on {address} ({error.strerror or error})",
+            "use a free port on an address of this machine, e.g. 127.0.0.1:9254, or 0 to turn it off",
+        ) from None
+
+
+def _fail(command: str, error: Exception, status: int = 2) -> int:
     print(f"nodeipam {command}: error: {error}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0 on success; 2 for bad input (a flag, a kubeconfig); 1 when the cluster cannot be reached or refuses."""
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        try:
-            settings = settings_from_args(args)
-        except ConfigError as error:
-            return _fail("run", error)
-        from controller import operator
-
-        operator.configure_logging(settings.log_level)
-        try:
-            asyncio.run(operator.run(settings))
-        except operator.LeadershipLost as error:
-            print(f"nodeipam run: {error}", file=sys.stderr)
-            return 1
-        return 0
+        return _run(args)
     if args.command == "demo":
         from controller import demo
 
+        try:
+            demo.check_args(args.nodes, args.cluster_cidr)
+        except ConfigError as error:
+            return _fail("demo", error)
         return demo.main(nodes=args.nodes, cluster_cidr=args.cluster_cidr, once=args.once)
+    return _inspect(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Everything that can be wrong with the input is found before the controller starts."""
+    try:
+        settings = settings_from_args(args)
+        check_can_listen("--metrics-bind-address", settings.metrics_bind_address)
+        credentials = Credentials.load(settings.kubeconfig, settings.master)
+    except (ConfigError, CredentialsError) as error:
+        return _fail("run", error)
+    from controller import operator
+
+    operator.configure_logging(settings.log_level)
+    try:
+        asyncio.run(operator.run(settings, credentials))
+    except operator.LeadershipLost as error:
+        print(f"nodeipam run: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """`status` and `check`: flags first, then credentials, then the cluster."""
     from controller import inspect
 
     try:
-        flags = args
-        if args.deployment and not args.cluster_cidr:
-            flags = build_parser().parse_args(inspect.args_of_deployment(args.deployment, args.kubeconfig, args.master))
-        ranges = config.build_ranges(
-            flags.cluster_cidr, flags.node_cidr_mask_size, flags.node_cidr_mask_size_ipv4, flags.node_cidr_mask_size_ipv6
-        )
-        service_cidrs = config.build_service_cidrs(flags.service_cluster_ip_range)
-    except (ConfigError, inspect.InspectError) as error:
+        config.check_master(args.master)
+        from_deployment = bool(args.deployment) and not args.cluster_cidr
+        if from_deployment:
+            inspect.split_deployment_reference(args.deployment)
+        else:
+            ranges, service_cidrs = _inspected_ranges(args)
+        credentials = Credentials.load(args.kubeconfig, args.master)
+        if from_deployment:
+            deployment_args = inspect.args_of_deployment(args.deployment, credentials)
+            ranges, service_cidrs = _inspected_ranges(build_parser().parse_args(deployment_args))
+        if args.command == "status":
+            return inspect.status_command(ranges, service_cidrs, credentials, args.output)
+        return inspect.check_command(ranges, credentials)
+    except (ConfigError, CredentialsError, inspect.InspectError) as error:
         return _fail(args.command, error)
-    if args.command == "status":
-        return inspect.status_command(ranges, service_cidrs, args.kubeconfig, args.master, args.output)
-    return inspect.check_command(ranges, args.kubeconfig, args.master)
+    except inspect.ClusterError as error:
+        return _fail(args.command, error, status=1)
+
+
+def _inspected_ranges(flags: argparse.Namespace) -> tuple[tuple[FamilyRange, ...], tuple[netaddr.IPNetwork, ...]]:
+    if not flags.cluster_cidr:
+        raise ConfigError(
+            "--cluster-cidr",
+            "is required",
+            "pass the pod network, e.g. --cluster-cidr=10.244.0.0/16, or read it from the controller's Deployment"
+            " with --deployment=kube-system/nodeipam",
+        )
+    ranges = config.build_ranges(
+        flags.cluster_cidr, flags.node_cidr_mask_size, flags.node_cidr_mask_size_ipv4, flags.node_cidr_mask_size_ipv6
+    )
+    return ranges, config.build_service_cidrs(flags.service_cluster_ip_range)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,31 @@ Every error names the flag and the fix.
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import ipaddress
+import math
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import netaddr
+
+from controller.secure_serving import ServingOptions
 
 DEFAULT_NODE_MASK_IPV4 = 24
 DEFAULT_NODE_MASK_IPV6 = 64
 MAX_CLUSTER_CIDRS = 2
 MAX_SERVICE_CIDRS = 2
 SUPPORTED_ALLOCATOR_TYPE = "RangeAllocator"
+
+# Floors below which a value would stall or hammer the controller rather than tune it.
+MIN_KUBE_API_QPS = 1.0  # fewer than one request a second cannot keep up with Lease renewals and Node patches
+MIN_RESYNC_PERIOD = 1.0  # seconds; every resync re-lists all Nodes
+MIN_RETRY_PERIOD = 0.1  # seconds; every retry is a request for the Lease
+# client-go's leader election jitters each retry by up to this factor and requires
+# RenewDeadline > JitterFactor * RetryPeriod, or a renewal could never fit in the deadline.
+LEADER_ELECTION_JITTER_FACTOR = 1.2
+MAX_LEASE_DURATION_SECONDS = 2**31 - 1  # the Lease API stores leaseDurationSeconds as an int32
 
 
 class ConfigError(ValueError):
@@ -70,22 +85,60 @@ class Settings:
     resync_period: float = 180.0
     leader_election: LeaderElection = dataclasses.field(default_factory=LeaderElection)
     metrics_bind_address: str = "0.0.0.0:9254"
+    serving: ServingOptions = dataclasses.field(default_factory=ServingOptions)  # TLS, paths served without a token
     log_level: str = "info"
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS_NS = {
+    "ns": 1,
+    "us": 10**3,
+    "\u00b5s": 10**3,  # micro sign, as Go accepts
+    "\u03bcs": 10**3,  # Greek mu, as Go accepts
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+_DURATION_PART = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
+_MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration is an int64 of nanoseconds
+_DURATION_EXAMPLES = "write it like 15s, 1m30s, .5s or 1.5h (units ns, us, ms, s, m, h)"
 
 
 def parse_duration(flag: str, text: str) -> float:
-    """Parse a Go-style duration ("15s", "2m30s", "500ms") into seconds."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(value + unit for value, unit in parts) != text:
-        raise ConfigError(flag, f"{text!r} is not a duration", "write it like 15s, 2m or 1h30m")
-    return sum(float(value) * _DURATION_UNITS[unit] for value, unit in parts)
+    """Seconds from a Go duration, by the rules of Go's time.ParseDuration.
+
+    "15s", "1m30s", ".5s", "1.5h" and "0" are accepted; a bare number other
+    than 0 is refused, as Go refuses it (is "15" seconds or minutes?). A
+    negative duration is valid Go but means nothing for these flags: refused.
+    """
+    body = text[1:] if text[:1] in ("+", "-") else text
+    negative = text.startswith("-")
+    if body == "0":
+        return 0.0
+    if not body:
+        raise ConfigError(flag, f"{text!r} is not a duration", _DURATION_EXAMPLES)
+    total = fractions.Fraction(0)
+    position = 0
+    while position < len(body):
+        match = _DURATION_PART.match(body, position)
+        assert match is not None  # every group may be empty
+        whole, fraction, unit = match.groups()
+        if not whole and not fraction:
+            raise ConfigError(flag, f"{text!r} is not a duration", _DURATION_EXAMPLES)
+        if not unit:
+            fix = f"Go durations need one: {body}s, {body}m or {body}h" if match.end() == len(body) == len(match[0]) else ""
+            raise ConfigError(flag, f"{text!r} has a number without a unit", fix or _DURATION_EXAMPLES)
+        if unit not in _DURATION_UNITS_NS:
+            raise ConfigError(flag, f"{text!r} has an unknown unit {unit!r}", _DURATION_EXAMPLES)
+        number = fractions.Fraction(f"{whole or 0}.{fraction or 0}")
+        total += number * _DURATION_UNITS_NS[unit]
+        position = match.end()
+    nanoseconds = math.floor(total)  # Go drops what is below a nanosecond
+    if nanoseconds > _MAX_DURATION_NS:
+        raise ConfigError(flag, f"{text!r} is longer than Go's longest duration (about 292 years)", "use a shorter one")
+    if negative and nanoseconds:
+        raise ConfigError(flag, f"{text!r} is negative", "use a positive duration, e.g. 15s")
+    return nanoseconds / 1e9
 
 
 def parse_bool(flag: str, text: str | bool) -> bool:
@@ -98,6 +151,212 @@ def parse_bool(flag: str, text: str | bool) -> bool:
     if lowered in ("0", "f", "false"):
         return False
     raise ConfigError(flag, f"{text!r} is not a boolean", "use true or false")
+
+
+def check_rate_limit(qps: float, burst: int | None) -> None:
+    """--kube-api-qps: 0 (no client-side limit) or a finite rate of at least MIN_KUBE_API_QPS.
+
+    --kube-api-burst: not negative, and at least 1 when given with a rate, as
+    client-go requires; not given, requests are spread evenly (bursts of 1).
+    """
+    no_limit = "use 0 for no client-side limit (the default)"
+    if not math.isfinite(qps):
+        raise ConfigError("--kube-api-qps", f"{qps!r} is not a finite number", f"{no_limit}, or a rate such as 20")
+    if qps < 0:
+        raise ConfigError("--kube-api-qps", f"{qps!r} is negative", f"{no_limit}, or a rate such as 20")
+    if 0 < qps < MIN_KUBE_API_QPS:
+        raise ConfigError(
+            "--kube-api-qps",
+            f"{qps!r} requests/s would stall the controller",
+            f"{no_limit}, or at least {MIN_KUBE_API_QPS:g}",
+        )
+    if burst is not None and burst < 0:
+        raise ConfigError("--kube-api-burst", f"{burst} is negative", "use at least 1, e.g. 30")
+    if burst is not None and burst < 1 and qps > 0:
+        raise ConfigError(
+            "--kube-api-burst",
+            f"{burst} is below 1 while --kube-api-qps={qps:g} limits the rate",
+            "use at least 1, e.g. 30 (or drop the flag)",
+        )
+
+
+def parse_resync_period(text: str) -> float:
+    """--resync-period in seconds, at least MIN_RESYNC_PERIOD: each resync re-lists every Node."""
+    seconds = parse_duration("--resync-period", text)
+    if seconds < MIN_RESYNC_PERIOD:
+        raise ConfigError(
+            "--resync-period",
+            f"{text!r} is below {MIN_RESYNC_PERIOD:g}s (every resync lists all Nodes)",
+            "use e.g. 3m (the default) or at least 1s",
+        )
+    return seconds
+
+
+def build_leader_election(
+    enabled: bool,
+    lease_duration: str,
+    renew_deadline: str,
+    retry_period: str,
+    resource_name: str,
+    resource_namespace: str,
+    identity: str,
+) -> LeaderElection:
+    """The --leader-elect-* flags, by client-go's rules (checked only when leader election is on, as upstream does).
+
+    Durations must always parse. With leader election on: the lease duration
+    is a whole number of seconds (the Lease stores seconds) from 1s up to what
+    an int32 holds; lease duration > renew deadline > 1.2 x retry period; the
+    retry period is at least MIN_RETRY_PERIOD; the Lease's namespace is a DNS
+    label and its name a DNS subdomain.
+    """
+    durations = {
+        "--leader-elect-lease-duration": parse_duration("--leader-elect-lease-duration", lease_duration),
+        "--leader-elect-renew-deadline": parse_duration("--leader-elect-renew-deadline", renew_deadline),
+        "--leader-elect-retry-period": parse_duration("--leader-elect-retry-period", retry_period),
+    }
+    lease, renew, retry = durations.values()
+    election = LeaderElection(
+        enabled=enabled,
+        lease_duration=lease,
+        renew_deadline=renew,
+        retry_period=retry,
+        resource_name=resource_name,
+        resource_namespace=resource_namespace,
+        identity=identity,
+    )
+    if not enabled:
+        return election
+    example = "e.g. --leader-elect-lease-duration=15s --leader-elect-renew-deadline=10s --leader-elect-retry-period=2s"
+    if lease < 1 or lease != int(lease):
+        raise ConfigError(
+            "--leader-elect-lease-duration",
+            f"{lease_duration!r} is not a whole number of seconds of at least 1s (a Lease stores whole seconds)",
+            "use e.g. 15s",
+        )
+    if lease > MAX_LEASE_DURATION_SECONDS:
+        raise ConfigError(
+            "--leader-elect-lease-duration",
+            f"{lease_duration!r} is longer than a Lease can hold ({MAX_LEASE_DURATION_SECONDS}s)",
+            "use e.g. 15s",
+        )
+    if retry < MIN_RETRY_PERIOD:
+        raise ConfigError(
+            "--leader-elect-retry-period",
+            f"{retry_period!r} is below {MIN_RETRY_PERIOD:g}s (every retry is a request to the API server)",
+            example,
+        )
+    if not renew < lease:
+        raise ConfigError(
+            "--leader-elect-renew-deadline",
+            f"{renew_deadline!r} is not shorter than --leader-elect-lease-duration={lease_duration}",
+            example,
+        )
+    if not renew > LEADER_ELECTION_JITTER_FACTOR * retry:
+        raise ConfigError(
+            "--leader-elect-renew-deadline",
+            f"{renew_deadline!r} is not above {LEADER_ELECTION_JITTER_FACTOR} x --leader-elect-retry-period={retry_period}"
+            " (client-go's rule: retries are jittered by up to 20%)",
+            example,
+        )
+    if not is_dns_label(resource_namespace):
+        raise ConfigError(
+            "--leader-elect-resource-namespace",
+            f"{resource_namespace!r} is not a namespace name (an RFC 1123 label)",
+            "use lower-case letters, digits and '-', at most 63, e.g. kube-system",
+        )
+    if not is_dns_subdomain(resource_name):
+        raise ConfigError(
+            "--leader-elect-resource-name",
+            f"{resource_name!r} is not a Lease name (an RFC 1123 subdomain)",
+            "use lower-case letters, digits, '-' and '.', at most 253, e.g. nodeipam",
+        )
+    return election
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_HOST_LABEL = re.compile(r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?", re.IGNORECASE)
+
+
+def is_dns_label(text: str) -> bool:
+    """An RFC 1123 label as Kubernetes checks it (namespace names)."""
+    return len(text) <= 63 and _DNS_LABEL.fullmatch(text) is not None
+
+
+def is_dns_subdomain(text: str) -> bool:
+    """An RFC 1123 subdomain as Kubernetes checks it (most object names)."""
+    return 0 < len(text) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in text.split("."))
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` (an IP address or a host name, IPv6 in brackets) cannot be one, or None."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+        return None
+    if ":" in host:
+        return f"{host} is an IPv6 address without brackets" if _is_ipv6(host) else f"{host} is not a host"
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host} is not an IPv4 address"
+        return None
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(len(label) <= 63 and _HOST_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is not a host name"
+    return None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_master(master: str | None) -> None:
+    """--master: an http(s) URL of the API server, or host[:port] (https is assumed), as client-go takes it."""
+    if not master:
+        return
+    url = master if "://" in master else "https://" + master
+    fix = "write it like https://10.0.0.1:6443, https://[fd00::1]:6443 or https://api.example.com"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as error:
+        bare_ipv6 = _is_ipv6(url.partition("://")[2].rstrip("/"))
+        problem = "is an IPv6 address without brackets" if bare_ipv6 else f"is not a URL ({error})"
+        raise ConfigError("--master", f"{master!r} {problem}", fix) from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError("--master", f"{master!r} has scheme {parts.scheme!r}", f"use https (or http); {fix}")
+    if not parts.hostname:
+        raise ConfigError("--master", f"{master!r} has no host", fix)
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ConfigError(
+            "--master", f"{master!r} has a user, query or fragment", f"give only scheme, host, port and path; {fix}"
+        )
+    # urlsplit has already checked an address in brackets; hostname drops the brackets.
+    host_problem = None if ":" in parts.hostname else _host_problem(parts.hostname)
+    if host_problem:
+        raise ConfigError("--master", f"{master!r}: {host_problem}", fix)
+
+
+def check_bind_address(flag: str, address: str) -> None:
+    """host:port to listen on (host: an IP address, [IPv6], a name, or empty for all); "0" or "" turns it off."""
+    if address in ("", "0"):
+        return
+    fix = "write it as host:port, :port, [::]:port, or 0 to turn it off (e.g. 127.0.0.1:9254)"
+    host, colon, port = address.rpartition(":")
+    if not colon:
+        raise ConfigError(flag, f"{address!r} has no port", fix)
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(flag, f"port {port!r} of {address!r} is not a number from 0 to 65535", fix)
+    problem = _host_problem(host) if host else None
+    if problem:
+        raise ConfigError(flag, f"{address!r}: {problem}", fix)
 
 
 def _parse_cidr_list(flag: str, text: str, limit: int) -> list[netaddr.IPNetwork]:

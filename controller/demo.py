@@ -12,10 +12,17 @@ import subprocess
 import sys
 import time
 
+import netaddr
+
+from controller import config
+from controller.config import ConfigError
+from controller.localcluster.binaries import BinariesError
 from controller.localcluster.cluster import LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 
 WAIT_TIMEOUT = 60.0
+MAX_NODES = 1000  # each is a realistic ~10 KB Node created in one request; more would outlast WAIT_TIMEOUT
+SERVICE_CIDR = "10.96.0.0/12"
 CIDR_COLUMNS = "custom-columns=NAME:.metadata.name,CIDR:.spec.podCIDR,CIDRS:.spec.podCIDRs"
 
 
@@ -23,47 +30,85 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def check_args(nodes: int, cluster_cidr: str) -> None:
+    """Refuse, before anything starts, what cannot end with every Node assigned."""
+    if not 1 <= nodes <= MAX_NODES:
+        raise ConfigError("--nodes", f"{nodes} is not between 1 and {MAX_NODES}", "use e.g. --nodes=5 (the default)")
+    ranges = config.build_ranges(cluster_cidr)
+    service = netaddr.IPNetwork(SERVICE_CIDR)
+    for family in ranges:
+        if (
+            family.version == service.version
+            and family.cluster_cidr.first <= service.last
+            and service.first <= family.cluster_cidr.last
+        ):
+            raise ConfigError(
+                "--cluster-cidr", f"{family.cluster_cidr} overlaps the demo's service range {service}", "use e.g. 10.244.0.0/16"
+            )
+        subnets = 2 ** (family.node_mask_size - family.cluster_cidr.prefixlen)
+        if nodes > subnets:
+            raise ConfigError(
+                "--nodes",
+                f"{nodes} Nodes do not fit: {family.cluster_cidr} holds {subnets} node subnets of /{family.node_mask_size}",
+                f"use --nodes={subnets} or fewer, or a larger --cluster-cidr",
+            )
+
+
 def main(nodes: int, cluster_cidr: str, once: bool) -> int:
+    """Exit status 0 once the Nodes are shown (or on Ctrl-C), 1 when the control plane or the controller fails."""
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C: no stray etcd/apiserver
     print("starting etcd and kube-apiserver on loopback ...", flush=True)
-    with LocalControlPlane() as plane:
-        controller = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controller",
-                "run",
-                f"--kubeconfig={plane.kubeconfig}",
-                f"--cluster-cidr={cluster_cidr}",
-                f"--service-cluster-ip-range={plane.service_cidr}",
-                "--leader-elect=false",
-                "--metrics-bind-address=127.0.0.1:0",
-            ]
-        )
-        try:
-            names = [f"worker-{index}" for index in range(1, nodes + 1)]
-            items = [realistic_node(name, index) for index, name in enumerate(names, start=1)]
-            plane.kubectl("create", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-            print(f"registered {nodes} Nodes; waiting for their podCIDRs ...", flush=True)
-            deadline = time.monotonic() + WAIT_TIMEOUT
-            while time.monotonic() < deadline and controller.poll() is None:
-                listed = json.loads(plane.kubectl("get", "nodes", "-o", "json"))["items"]
-                if all(item["spec"].get("podCIDR") for item in listed):
-                    break
-                time.sleep(0.2)
-            print()
-            print(f"$ kubectl get nodes -o {CIDR_COLUMNS}")
-            print(plane.kubectl("get", "nodes", "-o", CIDR_COLUMNS), flush=True)
-            if once:
-                return 0 if controller.poll() is None else 1
-            print(f"The controller keeps running. Try:\n  export KUBECONFIG={plane.kubeconfig}")
-            print(f"  {plane.binaries['kubectl']} get nodes -o {CIDR_COLUMNS}")
-            print("Ctrl-C stops everything.", flush=True)
-            controller.wait()
-            return controller.returncode
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            if controller.poll() is None:
-                controller.terminate()
-                controller.wait(timeout=15)
+    try:
+        plane = LocalControlPlane(service_cidr=SERVICE_CIDR)
+        plane.start()
+    except (BinariesError, RuntimeError) as error:
+        print(f"nodeipam demo: error: the local control plane did not start: {error}", file=sys.stderr)
+        return 1
+    try:
+        return _show(plane, nodes, cluster_cidr, once)
+    finally:
+        plane.stop()
+
+
+def _show(plane: LocalControlPlane, nodes: int, cluster_cidr: str, once: bool) -> int:
+    """Run the controller against `plane`, register the Nodes and print their podCIDRs."""
+    controller = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "run",
+            f"--kubeconfig={plane.kubeconfig}",
+            f"--cluster-cidr={cluster_cidr}",
+            f"--service-cluster-ip-range={plane.service_cidr}",
+            "--leader-elect=false",
+            "--metrics-bind-address=127.0.0.1:0",
+        ]
+    )
+    try:
+        names = [f"worker-{index}" for index in range(1, nodes + 1)]
+        items = [realistic_node(name, index) for index, name in enumerate(names, start=1)]
+        plane.kubectl("create", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        print(f"registered {nodes} Nodes; waiting for their podCIDRs ...", flush=True)
+        deadline = time.monotonic() + WAIT_TIMEOUT
+        while time.monotonic() < deadline and controller.poll() is None:
+            listed = json.loads(plane.kubectl("get", "nodes", "-o", "json"))["items"]
+            if all(item["spec"].get("podCIDR") for item in listed):
+                break
+            time.sleep(0.2)
+        print()
+        print(f"$ kubectl get nodes -o {CIDR_COLUMNS}")
+        print(plane.kubectl("get", "nodes", "-o", CIDR_COLUMNS), flush=True)
+        if once:
+            return 0 if controller.poll() is None else 1
+        print(f"The controller keeps running. Try:\n  export KUBECONFIG={plane.kubeconfig}")
+        print(f"  {plane.binaries['kubectl']} get nodes -o {CIDR_COLUMNS}")
+        print("Ctrl-C stops everything.", flush=True)
+        controller.wait()
+        return controller.returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if controller.poll() is None:
+            controller.terminate()
+            controller.wait(timeout=15)

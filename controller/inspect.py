@@ -15,7 +15,7 @@ from typing import Any
 
 import netaddr
 
-from controller.config import FamilyRange
+from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.kube import ApiError, Credentials, KubeClient
 from controller.nodes import NodeAllocations, NodeInfo, classify_pod_cidrs
 
@@ -101,44 +101,77 @@ def find_problems(nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange]) -> l
 
 
 class InspectError(RuntimeError):
-    """The cluster could not tell what `status` or `check` needs."""
+    """Bad input for `status` or `check` (exit status 2); the message names the flag and the fix."""
 
 
-def args_of_deployment(reference: str, kubeconfig: str | None, master: str | None) -> list[str]:
+class ClusterError(RuntimeError):
+    """The API server could not be reached or refused (exit status 1); the message says what to check."""
+
+
+def explain_api_error(error: ApiError, credentials: Credentials, request: str) -> str:
+    """One line for an API error: unreachable, unauthenticated, forbidden (naming the permission), or other."""
+    server = credentials.server
+    if error.status == 0:
+        cause = " ".join(str(error.__cause__ or error.message).split())
+        return f"cannot reach the API server at {server}: {cause}; check --kubeconfig/--master and that the API server is up"
+    if error.status == 401:
+        return f"the API server at {server} does not accept these credentials (401 Unauthorized); check the kubeconfig's user"
+    if error.status == 403:
+        return f"the API server at {server} forbids {request} (403 Forbidden: {error.message}); grant it to this user"
+    return f"the API server at {server} answered {request} with {error}"
+
+
+def args_of_deployment(reference: str, credentials: Credentials) -> list[str]:
     """The `run ...` args of a nodeipam Deployment ("NAMESPACE/NAME"), so its own flags describe the ranges."""
-    namespace, _, name = reference.rpartition("/")
-    if not namespace or not name:
-        raise InspectError(f"--deployment: {reference!r} is not NAMESPACE/NAME; e.g. --deployment=kube-system/nodeipam")
+    namespace, name = split_deployment_reference(reference)
 
     async def fetch() -> Any:
-        async with KubeClient(Credentials.load(kubeconfig, master)) as kube:
+        async with KubeClient(credentials) as kube:
             return await kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
 
     try:
         deployment = asyncio.run(fetch())
     except ApiError as error:
-        raise InspectError(f"--deployment: cannot read deployment {reference}: {error}") from None
+        if error.status == 404:
+            raise InspectError(
+                f"--deployment: there is no deployment {name} in namespace {namespace};"
+                " give the controller's NAMESPACE/NAME (kubectl get deployments -A lists them)"
+            ) from None
+        raise ClusterError(explain_api_error(error, credentials, f"get on deployments.apps in namespace {namespace}")) from None
     for container in deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
         argv = [*container.get("command", []), *container.get("args", [])]
         if "run" in argv:
             return argv[argv.index("run") :]
-    raise InspectError(f"--deployment: no container of {reference} runs `nodeipam run`")
+    raise InspectError(f"--deployment: no container of {reference} runs `nodeipam run`; give the controller's Deployment")
 
 
-async def _list_nodes(kubeconfig: str | None, master: str | None) -> list[NodeInfo]:
-    async with KubeClient(Credentials.load(kubeconfig, master)) as kube:
-        nodes, _ = await kube.list_nodes()
-        return nodes
+def split_deployment_reference(reference: str) -> tuple[str, str]:
+    """ "NAMESPACE/NAME" -> (namespace, name), each a valid Kubernetes name."""
+    namespace, _, name = reference.rpartition("/")
+    if not is_dns_label(namespace) or not is_dns_subdomain(name):
+        raise InspectError(f"--deployment: {reference!r} is not NAMESPACE/NAME; e.g. --deployment=kube-system/nodeipam")
+    return namespace, name
+
+
+def _list_nodes(credentials: Credentials) -> list[NodeInfo]:
+    async def fetch() -> list[NodeInfo]:
+        async with KubeClient(credentials) as kube:
+            nodes, _ = await kube.list_nodes()
+            return nodes
+
+    try:
+        return asyncio.run(fetch())
+    except ApiError as error:
+        raise ClusterError(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
 
 
 def status_command(
     ranges: Sequence[FamilyRange],
     service_cidrs: Sequence[netaddr.IPNetwork],
-    kubeconfig: str | None,
-    master: str | None,
+    credentials: Credentials,
     output: str,
 ) -> int:
-    status = compute_status(asyncio.run(_list_nodes(kubeconfig, master)), ranges, service_cidrs)
+    status = compute_status(_list_nodes(credentials), ranges, service_cidrs)
     if output == "json":
         print(json.dumps(dataclasses.asdict(status), indent=2))
     else:
@@ -146,8 +179,8 @@ def status_command(
     return 0
 
 
-def check_command(ranges: Sequence[FamilyRange], kubeconfig: str | None, master: str | None) -> int:
-    nodes = asyncio.run(_list_nodes(kubeconfig, master))
+def check_command(ranges: Sequence[FamilyRange], credentials: Credentials) -> int:
+    nodes = _list_nodes(credentials)
     findings = find_problems(nodes, ranges)
     for finding in findings:
         print(finding)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from controller.cli import build_parser, settings_from_args
-from controller.config import ConfigError, build_ranges, build_service_cidrs, parse_bool, parse_duration
+from controller.config import ConfigError, Settings, build_ranges, build_service_cidrs, parse_bool, parse_duration
 
 
 def settings(*flags: str):  # type: ignore[no-untyped-def]
@@ -102,7 +104,7 @@ def test_valid_ranges(flags: list[str], expected: list[tuple[str, int]]) -> None
         pytest.param(
             ["--cluster-cidr=10.0.0.0/16", "--leader-elect-renew-deadline=20s"],
             "--leader-elect-renew-deadline",
-            "lease duration > renew deadline",
+            "not shorter than --leader-elect-lease-duration=15s",
             id="lease-order",
         ),
         pytest.param(
@@ -133,9 +135,60 @@ def test_defaults_follow_kube_controller_manager_but_do_not_throttle() -> None:
     assert result.resync_period == 180.0
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("15s", 15.0), ("2m30s", 150.0), ("500ms", 0.5), ("1h", 3600.0), ("30", 30.0)])
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration("--x", text) == seconds
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("15s", 15.0),
+        ("2m30s", 150.0),
+        ("500ms", 0.5),
+        ("1h", 3600.0),
+        (".5s", 0.5),
+        ("1.5h", 5400.0),
+        ("5.s", 5.0),
+        ("1h30m", 5400.0),
+        ("30m1h", 5400.0),  # Go adds the parts in any order
+        ("1h0m0s", 3600.0),
+        ("1\u00b5s", 1e-6),  # micro sign
+        ("1\u03bcs", 1e-6),  # Greek mu
+        ("1us", 1e-6),
+        ("1ns", 1e-9),
+        ("+3s", 3.0),
+        ("0", 0.0),  # the one number Go takes without a unit
+        ("-0", 0.0),
+        ("0s", 0.0),
+        ("0.0000000001s", 0.0),  # below a nanosecond: dropped, as Go does
+        ("2562047h47m16.854775807s", 9223372036.854775807),  # Go's longest duration
+    ],
+)
+def test_parse_duration_accepts_what_go_accepts(text: str, seconds: float) -> None:
+    assert parse_duration("--x", text) == pytest.approx(seconds, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "not a duration"),
+        ("15", "without a unit; Go durations need one: 15s, 15m or 15h"),
+        ("2.5", "without a unit"),
+        ("1s5", "without a unit"),
+        ("1.2.3s", "without a unit"),
+        (".s", "not a duration"),
+        ("s", "not a duration"),
+        ("1d", "unknown unit 'd'"),
+        ("1S", "unknown unit 'S'"),
+        (" 15s", "not a duration"),  # Go does not trim spaces either
+        ("15s ", "unknown unit 's '"),
+        ("-1s", "negative"),
+        ("-.5s", "negative"),
+        ("2562047h47m16.854775808s", "longest duration"),
+        ("99999999999h", "longest duration"),
+    ],
+)
+def test_parse_duration_refuses_what_go_refuses_and_negatives(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_duration("--x", text)
+    assert str(caught.value).startswith("--x: ")
+    assert fragment in str(caught.value)
 
 
 @pytest.mark.parametrize(("text", "value"), [("true", True), ("1", True), ("T", True), ("false", False), ("0", False)])
@@ -165,3 +218,152 @@ def test_build_ranges_requires_a_cluster_cidr() -> None:
 def test_boolean_flags_may_be_bare_as_in_go(flags: list[str], leader: bool) -> None:
     result = settings("--cluster-cidr=10.244.0.0/16", "--allocate-node-cidrs", *flags)
     assert result.leader_election.enabled is leader
+
+
+RUN = "--cluster-cidr=10.0.0.0/16"
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag", "fragment"),
+    [
+        # --kube-api-qps: 0 (off) or a finite rate of at least 1 request/s.
+        pytest.param(["--kube-api-qps=nan"], "--kube-api-qps", "not a finite number", id="qps-nan"),
+        pytest.param(["--kube-api-qps=inf"], "--kube-api-qps", "not a finite number", id="qps-inf"),
+        pytest.param(["--kube-api-qps=-inf"], "--kube-api-qps", "not a finite number", id="qps-minus-inf"),
+        pytest.param(["--kube-api-qps=1e-300"], "--kube-api-qps", "would stall", id="qps-tiny"),
+        pytest.param(["--kube-api-qps=0.5"], "--kube-api-qps", "at least 1", id="qps-below-floor"),
+        pytest.param(["--kube-api-qps=-0.5"], "--kube-api-qps", "negative", id="qps-negative"),
+        # --kube-api-burst: at least 1 with a rate, as client-go requires.
+        pytest.param(["--kube-api-qps=20", "--kube-api-burst=0"], "--kube-api-burst", "below 1", id="burst-zero-with-qps"),
+        pytest.param(["--kube-api-burst=-1"], "--kube-api-burst", "negative", id="burst-negative"),
+        # --resync-period: a Go duration of at least 1s.
+        pytest.param(["--resync-period=1ns"], "--resync-period", "below 1s", id="resync-1ns"),
+        pytest.param(["--resync-period=999ms"], "--resync-period", "below 1s", id="resync-999ms"),
+        pytest.param(["--resync-period=0"], "--resync-period", "below 1s", id="resync-zero"),
+        pytest.param(["--resync-period=15"], "--resync-period", "without a unit", id="resync-unitless"),
+        pytest.param(["--resync-period=-3m"], "--resync-period", "negative", id="resync-negative"),
+        # Leader election, by client-go's rules and the Lease API's.
+        pytest.param(["--leader-elect-lease-duration=0"], "--leader-elect-lease-duration", "at least 1s", id="lease-zero"),
+        pytest.param(["--leader-elect-lease-duration=500ms"], "--leader-elect-lease-duration", "whole", id="lease-sub-second"),
+        pytest.param(["--leader-elect-lease-duration=15500ms"], "--leader-elect-lease-duration", "whole", id="lease-fraction"),
+        pytest.param(
+            ["--leader-elect-lease-duration=2147483648s"],
+            "--leader-elect-lease-duration",
+            "longer than a Lease",
+            id="lease-int32",
+        ),
+        pytest.param(
+            ["--leader-elect-lease-duration=15"], "--leader-elect-lease-duration", "without a unit", id="lease-unitless"
+        ),
+        pytest.param(
+            ["--leader-elect-renew-deadline=15s"], "--leader-elect-renew-deadline", "not shorter than", id="renew-equals-lease"
+        ),
+        pytest.param(
+            ["--leader-elect-renew-deadline=2400ms"], "--leader-elect-renew-deadline", "not above 1.2 x", id="renew-1.2x-retry"
+        ),
+        pytest.param(
+            ["--leader-elect-renew-deadline=2s"], "--leader-elect-renew-deadline", "not above 1.2 x", id="renew-equals-retry"
+        ),
+        pytest.param(["--leader-elect-retry-period=0"], "--leader-elect-retry-period", "below 0.1s", id="retry-zero"),
+        pytest.param(["--leader-elect-retry-period=1ns"], "--leader-elect-retry-period", "below 0.1s", id="retry-1ns"),
+        pytest.param(["--leader-elect-retry-period=-2s"], "--leader-elect-retry-period", "negative", id="retry-negative"),
+        pytest.param(
+            ["--leader-elect-resource-namespace=Kube_System"], "--leader-elect-resource-namespace", "RFC 1123", id="ns-upper"
+        ),
+        pytest.param(
+            ["--leader-elect-resource-namespace=kube.system"], "--leader-elect-resource-namespace", "label", id="ns-dot"
+        ),
+        pytest.param(["--leader-elect-resource-namespace="], "--leader-elect-resource-namespace", "label", id="ns-empty"),
+        pytest.param(["--leader-elect-resource-namespace=" + "a" * 64], "--leader-elect-resource-namespace", "63", id="ns-long"),
+        pytest.param(["--leader-elect-resource-name=-x"], "--leader-elect-resource-name", "subdomain", id="name-dash"),
+        pytest.param(["--leader-elect-resource-name=NodeIPAM"], "--leader-elect-resource-name", "subdomain", id="name-upper"),
+        pytest.param(["--leader-elect-resource-name="], "--leader-elect-resource-name", "subdomain", id="name-empty"),
+        pytest.param(["--leader-elect-resource-name=a..b"], "--leader-elect-resource-name", "subdomain", id="name-empty-label"),
+        pytest.param(["--leader-elect-resource-name=" + "a" * 254], "--leader-elect-resource-name", "253", id="name-long"),
+        # Durations must parse even with leader election off: a typo is a typo.
+        pytest.param(
+            ["--leader-elect=false", "--leader-elect-retry-period=2"], "--leader-elect-retry-period", "unit", id="off-but-bad"
+        ),
+        # --master: an http(s) URL, or host:port.
+        pytest.param(["--master=::::"], "--master", "not a URL", id="master-colons"),
+        pytest.param(["--master=https://10.0.0.1:99999"], "--master", "not a URL", id="master-ipv4-port-range"),
+        pytest.param(["--master=https://[fd00::1]:99999"], "--master", "not a URL", id="master-ipv6-port-range"),
+        pytest.param(["--master=https://999.0.0.1"], "--master", "not an IPv4 address", id="master-ipv4-bad"),
+        pytest.param(["--master=https://fd00::1"], "--master", "without brackets", id="master-ipv6-no-brackets"),
+        pytest.param(["--master=https://[fd00::zz]"], "--master", "not a URL", id="master-ipv6-bad"),
+        pytest.param(["--master=ftp://10.0.0.1"], "--master", "scheme 'ftp'", id="master-scheme"),
+        pytest.param(["--master=https://"], "--master", "no host", id="master-no-host"),
+        pytest.param(["--master=https://api example"], "--master", "not a host name", id="master-space"),
+        pytest.param(["--master=https://user@10.0.0.1"], "--master", "user, query or fragment", id="master-user"),
+        # --metrics-bind-address: host:port with a port from 0 to 65535, IPv6 in brackets.
+        pytest.param(["--metrics-bind-address=:99999"], "--metrics-bind-address", "0 to 65535", id="bind-port-range"),
+        pytest.param(["--metrics-bind-address=:-1"], "--metrics-bind-address", "0 to 65535", id="bind-port-negative"),
+        pytest.param(["--metrics-bind-address=:http"], "--metrics-bind-address", "0 to 65535", id="bind-port-name"),
+        pytest.param(["--metrics-bind-address=999.0.0.1:9254"], "--metrics-bind-address", "not an IPv4", id="bind-ipv4-bad"),
+        pytest.param(["--metrics-bind-address=::1:9254"], "--metrics-bind-address", "without brackets", id="bind-ipv6-bare"),
+        pytest.param(["--metrics-bind-address=[fd00::zz]:9254"], "--metrics-bind-address", "not an IPv6", id="bind-ipv6-bad"),
+        pytest.param(["--metrics-bind-address=a b:9254"], "--metrics-bind-address", "not a host name", id="bind-host-space"),
+    ],
+)
+def test_run_refuses_values_that_cannot_work(flags: list[str], flag: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(RUN, *flags)
+    assert caught.value.flag == flag
+    assert str(caught.value).startswith(flag + ":")
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "check"),
+    [
+        pytest.param(["--kube-api-qps=0", "--kube-api-burst=0"], lambda s: s.kube_api_qps == 0, id="qps-off"),
+        pytest.param(["--kube-api-qps=1"], lambda s: (s.kube_api_qps, s.kube_api_burst) == (1.0, 0), id="qps-floor"),
+        pytest.param(["--kube-api-qps=20.5", "--kube-api-burst=1"], lambda s: s.kube_api_burst == 1, id="qps-burst-1"),
+        pytest.param(["--kube-api-qps=1e9", "--kube-api-burst=1000000"], lambda s: s.kube_api_qps == 1e9, id="qps-huge"),
+        pytest.param(["--resync-period=1s"], lambda s: s.resync_period == 1.0, id="resync-floor"),
+        pytest.param(["--resync-period=.5m"], lambda s: s.resync_period == 30.0, id="resync-go-fraction"),
+        pytest.param(["--resync-period=1.5h"], lambda s: s.resync_period == 5400.0, id="resync-hours"),
+        pytest.param(
+            ["--leader-elect-lease-duration=1s", "--leader-elect-renew-deadline=900ms", "--leader-elect-retry-period=500ms"],
+            lambda s: (s.leader_election.lease_duration, s.leader_election.retry_period) == (1.0, 0.5),
+            id="leader-smallest",
+        ),
+        pytest.param(
+            ["--leader-elect-renew-deadline=2401ms"], lambda s: s.leader_election.renew_deadline == 2.401, id="renew-above-1.2x"
+        ),
+        pytest.param(["--leader-elect-retry-period=100ms"], lambda s: s.leader_election.retry_period == 0.1, id="retry-floor"),
+        pytest.param(
+            ["--leader-elect-lease-duration=2147483647s", "--leader-elect-renew-deadline=1h"],
+            lambda s: s.leader_election.lease_duration == 2147483647.0,
+            id="lease-int32-max",
+        ),
+        pytest.param(
+            ["--leader-elect-lease-duration=1m"], lambda s: s.leader_election.lease_duration == 60.0, id="lease-minutes"
+        ),
+        pytest.param(
+            ["--leader-elect-resource-name=nodeipam.example.com", "--leader-elect-resource-namespace=ipam-1"],
+            lambda s: s.leader_election.resource_name == "nodeipam.example.com",
+            id="lease-dotted-name",
+        ),
+        # With leader election off, only the syntax of its flags matters (as upstream).
+        pytest.param(
+            ["--leader-elect=false", "--leader-elect-lease-duration=1s", "--leader-elect-resource-namespace=X"],
+            lambda s: not s.leader_election.enabled,
+            id="leader-off",
+        ),
+        pytest.param(["--master=https://10.0.0.1:6443"], lambda s: s.master == "https://10.0.0.1:6443", id="master-ipv4"),
+        pytest.param(["--master=https://[fd00::1]:6443"], lambda s: s.master == "https://[fd00::1]:6443", id="master-ipv6"),
+        pytest.param(["--master=10.0.0.1:6443"], lambda s: s.master == "10.0.0.1:6443", id="master-no-scheme"),
+        pytest.param(["--master=http://127.0.0.1:8080"], lambda s: s.master is not None, id="master-http"),
+        pytest.param(["--master=https://api.example.com/k8s/clusters/c-1"], lambda s: s.master is not None, id="master-path"),
+        pytest.param(["--metrics-bind-address=0"], lambda s: s.metrics_bind_address == "0", id="bind-off"),
+        pytest.param(["--metrics-bind-address="], lambda s: s.metrics_bind_address == "", id="bind-off-empty"),
+        pytest.param(["--metrics-bind-address=:9254"], lambda s: s.metrics_bind_address == ":9254", id="bind-all"),
+        pytest.param(["--metrics-bind-address=127.0.0.1:0"], lambda s: s.metrics_bind_address == "127.0.0.1:0", id="bind-ipv4"),
+        pytest.param(["--metrics-bind-address=[::1]:65535"], lambda s: s.metrics_bind_address == "[::1]:65535", id="bind-ipv6"),
+        pytest.param(["--metrics-bind-address=localhost:9254"], lambda s: s.metrics_bind_address is not None, id="bind-name"),
+    ],
+)
+def test_run_accepts_values_that_work(flags: list[str], check: Callable[[Settings], bool]) -> None:
+    assert check(settings(RUN, *flags))
