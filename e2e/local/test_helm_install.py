@@ -155,9 +155,15 @@ def remove(release: Release) -> None:
 @pytest.fixture(scope="module", params=FAMILIES)
 def release(request: pytest.FixtureRequest, control_plane: LocalControlPlane) -> Iterator[Release]:
     suffix = uuid.uuid4().hex[:6]
-    installed = install(control_plane, f"ipam-{suffix}", f"nodeipam-e2e-{suffix}", request.param)
+    namespace = f"nodeipam-e2e-{suffix}"
+    reader = f"metrics.readers[0].kind=ServiceAccount,metrics.readers[0].name={SCRAPER},metrics.readers[0].namespace={namespace}"
+    installed = install(control_plane, f"ipam-{suffix}", namespace, request.param, "--set", reader)
     yield installed
     remove(installed)
+
+
+#: The ServiceAccount the release lets scrape /metrics (metrics.readers), as Prometheus's would be.
+SCRAPER = "scraper"
 
 
 def can(plane: LocalControlPlane, subject: str, *args: str) -> bool:
@@ -204,7 +210,8 @@ def test_service_account_has_exactly_the_minimal_rights(release: Release) -> Non
         ("watch", "nodes"),
         ("patch", "nodes"),
         ("create", "events", "-n", "default"),
-        ("patch", "events", "-n", "default"),
+        ("create", "tokenreviews.authentication.k8s.io"),
+        ("create", "subjectaccessreviews.authorization.k8s.io"),
         ("create", "leases.coordination.k8s.io", "-n", namespace),
         ("get", f"leases.coordination.k8s.io/{lease}", "-n", namespace),
         ("update", f"leases.coordination.k8s.io/{lease}", "-n", namespace),
@@ -228,6 +235,11 @@ def test_service_account_has_exactly_the_minimal_rights(release: Release) -> Non
         ("delete", f"leases.coordination.k8s.io/{lease}", "-n", namespace),
         ("create", "events.events.k8s.io", "-n", "default"),
         ("delete", "events", "-n", "default"),
+        ("patch", "events", "-n", "default"),
+        ("create", "events", "-n", namespace),
+        ("create", "events", "-n", "kube-system"),
+        ("create", "localsubjectaccessreviews.authorization.k8s.io", "-n", namespace),
+        ("get", "/metrics"),
     ]
     wrong = [" ".join(check) for check in allowed if not can(plane, who, *check)]
     wrong += ["NOT " + " ".join(check) for check in denied if can(plane, who, *check)]
@@ -274,8 +286,17 @@ def test_controller_with_the_chart_args_and_token(
     identity = wait_for(holder, timeout=30, what=f"the lease {release.namespace}/{release.fullname} to be held")
     assert re.fullmatch(r".+_[0-9a-f-]{36}", identity), identity
     wait_for(lambda: chart_controller.get("/readyz") == 200, timeout=30, what="/readyz to answer 200 (the readinessProbe)")
-    assert chart_controller.get("/healthz") == 200
-    assert chart_controller.get("/metrics") == 200
+    # /metrics over https, reviewed by the API server with the chart ServiceAccount's rights.
+    plane, namespace = release.plane, release.namespace
+    plane.kubectl("create", "serviceaccount", SCRAPER, "-n", namespace, check=False)
+    plane.kubectl("create", "serviceaccount", "outsider", "-n", namespace, check=False)
+    scraper_token = plane.kubectl("create", "token", SCRAPER, "-n", namespace, "--duration=1h").strip()
+    outsider_token = plane.kubectl("create", "token", "outsider", "-n", namespace, "--duration=1h").strip()
+    assert can(plane, f"system:serviceaccount:{namespace}:{SCRAPER}", "get", "/metrics")
+    assert chart_controller.get("/healthz", token=None) == 200
+    assert chart_controller.get("/metrics", token=None) == 401
+    assert chart_controller.get("/metrics", token=outsider_token) == 403
+    assert chart_controller.get("/metrics", token=scraper_token) == 200
 
     names = [f"chart-node-{i}" for i in range(4)]
     cluster.create_nodes(names)
@@ -407,4 +428,4 @@ def test_status_and_check_read_the_ranges_from_the_deployment(release: Release) 
     assert (usage["cluster_cidr"], usage["node_mask_size"]) == (release.family.cluster_cidr, release.family.node_mask)
     missing = run_cli("check", f"--deployment={release.namespace}/no-such-deployment", kubeconfig=kubeconfig)
     assert missing.returncode == 2
-    assert "cannot read deployment" in missing.stderr
+    assert "no-such-deployment" in missing.stderr and "Traceback" not in missing.stderr

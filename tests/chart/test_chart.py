@@ -29,6 +29,8 @@ KUBE_VERSION = "1.29.0"
 RELEASE = "ipam"
 NAMESPACE = "ipam-system"
 FULLNAME = "ipam-nodeipam"
+EVENTS_ROLE = f"{FULLNAME}-events"
+METRICS_READER = f"{FULLNAME}-metrics-reader"
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 RANGE_FLAGS = ("--cluster-cidr=", "--node-cidr-mask-size", "--service-cluster-ip-range=")
 SCHEMA_ERROR = "values don't meet the specifications of the schema"
@@ -117,6 +119,9 @@ def test_default_objects_are_namespaced_and_labelled() -> None:
             ("ClusterRoleBinding", FULLNAME),
             ("Role", FULLNAME),
             ("RoleBinding", FULLNAME),
+            ("Role", EVENTS_ROLE),
+            ("RoleBinding", EVENTS_ROLE),
+            ("ClusterRole", METRICS_READER),
             ("Service", FULLNAME),
             ("Deployment", FULLNAME),
         ]
@@ -125,6 +130,8 @@ def test_default_objects_are_namespaced_and_labelled() -> None:
         metadata = obj["metadata"]
         if kind in CLUSTER_SCOPED:
             assert "namespace" not in metadata, f"{kind}/{name} is cluster-scoped"
+        elif name == EVENTS_ROLE:
+            assert metadata.get("namespace") == "default", "Events about Nodes go to namespace default"
         else:
             assert metadata.get("namespace") == NAMESPACE, f"{kind}/{name} has no namespace for kubectl apply"
         labels = metadata["labels"]
@@ -146,7 +153,7 @@ def test_default_objects_are_namespaced_and_labelled() -> None:
 )
 def test_names_follow_the_release_and_overrides(release: str, values: Values, fullname: str) -> None:
     objects = render(with_cidr(**values), release=release)
-    assert {name for _, name in objects} == {fullname}
+    assert {name for _, name in objects} == {fullname, f"{fullname}-events", f"{fullname}-metrics-reader"}
     assert flag(args(objects, fullname), "leader-elect-resource-name") == fullname
     if "nameOverride" in values:
         assert deployment(objects, fullname)["metadata"]["labels"]["app.kubernetes.io/name"] == values["nameOverride"]
@@ -265,8 +272,8 @@ def test_metrics_port_is_bound_probed_and_served(cluster_cidr: str, values: Valu
     assert flag(args(objects), "metrics-bind-address") == bind
     assert controller_settings(args(objects)).metrics_bind_address == bind
     assert the_container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
-    assert the_container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert the_container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert the_container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}
+    assert the_container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics", "scheme": "HTTPS"}
     service = objects[("Service", FULLNAME)]["spec"]
     assert service["type"] == "ClusterIP"
     assert service["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
@@ -474,11 +481,12 @@ def test_image_and_pod_metadata() -> None:
 # -- RBAC: exactly the minimal set ------------------------------------------------------------------
 
 
-def test_cluster_role_is_exactly_nodes_and_events() -> None:
+def test_cluster_role_is_exactly_nodes_and_the_reviews_of_metrics_tokens() -> None:
     objects = render(with_cidr())
     assert objects[("ClusterRole", FULLNAME)]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]
     binding = objects[("ClusterRoleBinding", FULLNAME)]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
@@ -497,12 +505,46 @@ def test_role_is_exactly_the_lease() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
 
 
+def test_events_are_created_in_default_only() -> None:
+    objects = render(with_cidr())
+    assert objects[("Role", EVENTS_ROLE)]["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    binding = objects[("RoleBinding", EVENTS_ROLE)]
+    assert binding["metadata"]["namespace"] == "default"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": EVENTS_ROLE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+
+
+def test_metrics_reader_is_get_on_metrics_bound_to_the_readers_given() -> None:
+    objects = render(with_cidr())
+    assert objects[("ClusterRole", METRICS_READER)]["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert ("ClusterRoleBinding", METRICS_READER) not in objects
+    readers = [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"},
+        {"kind": "Group", "name": "scrapers", "apiGroup": "rbac.authorization.k8s.io"},
+    ]
+    binding = render(with_cidr(metrics={"readers": readers}))[("ClusterRoleBinding", METRICS_READER)]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": METRICS_READER}
+    assert binding["subjects"] == readers
+
+
+def test_tls_secret_is_mounted_and_passed_to_the_controller() -> None:
+    objects = render(with_cidr())
+    assert flag(args(objects), "tls-cert-file") is None  # self-signed at start-up
+    objects = render(with_cidr(metrics={"tlsSecret": "nodeipam-serving"}))
+    settings = controller_settings(args(objects))
+    assert settings.serving.tls_cert_file == "/etc/nodeipam/tls/tls.crt"
+    assert settings.serving.tls_private_key_file == "/etc/nodeipam/tls/tls.key"
+    assert {"name": "serving-cert", "secret": {"secretName": "nodeipam-serving"}} in pod_spec(objects)["volumes"]
+    mounts = container(objects)["volumeMounts"]
+    assert {"name": "serving-cert", "mountPath": "/etc/nodeipam/tls", "readOnly": True} in mounts
+
+
 def test_an_existing_service_account_is_bound_instead() -> None:
     objects = render(with_cidr(serviceAccount={"create": False, "name": "ipam-sa"}))
     assert ("ServiceAccount", FULLNAME) not in objects
     assert pod_spec(objects)["serviceAccountName"] == "ipam-sa"
-    for kind in ("ClusterRoleBinding", "RoleBinding"):
-        assert objects[(kind, FULLNAME)]["subjects"] == [{"kind": "ServiceAccount", "name": "ipam-sa", "namespace": NAMESPACE}]
+    for kind, name in (("ClusterRoleBinding", FULLNAME), ("RoleBinding", FULLNAME), ("RoleBinding", EVENTS_ROLE)):
+        assert objects[(kind, name)]["subjects"] == [{"kind": "ServiceAccount", "name": "ipam-sa", "namespace": NAMESPACE}]
 
 
 # -- optional objects -------------------------------------------------------------------------------
@@ -530,7 +572,20 @@ def test_optional_objects() -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"] == {"matchLabels": selector}
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {
+            "port": "metrics",
+            "path": "/metrics",
+            "scheme": "https",
+            "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "tlsConfig": {"insecureSkipVerify": True},
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+        }
+    ]
+    ca = {"ca": {"secret": {"name": "nodeipam-ca", "key": "ca.crt"}}, "serverName": "nodeipam"}
+    monitor = render(with_cidr(serviceMonitor={"enabled": True, "tlsConfig": ca}))[("ServiceMonitor", FULLNAME)]
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"] == ca
     objects = render(with_cidr(service={"enabled": False}))
     assert ("Service", FULLNAME) not in objects
     assert "needs service.enabled" in render_fails(with_cidr(service={"enabled": False}, serviceMonitor={"enabled": True}))
@@ -567,6 +622,8 @@ def test_optional_objects() -> None:
         pytest.param(with_cidr(extraArgs=["resync-period=5m"]), "extraArgs", id="extra-arg-without-dashes"),
         pytest.param(with_cidr(kubeAPIQPS=-1), "kubeAPIQPS", id="negative-qps"),
         pytest.param(with_cidr(metrics={"port": 0}), "port", id="metrics-port-0"),
+        pytest.param(with_cidr(metrics={"readers": [{"name": "prometheus"}]}), "kind", id="metrics-reader-without-kind"),
+        pytest.param(with_cidr(metrics={"tlsSecret": "Not_A_Name"}), "tlsSecret", id="tls-secret-not-a-name"),
     ],
 )
 def test_schema_rejects_bad_values(values: Values, field: str) -> None:
@@ -661,10 +718,15 @@ def test_rendered_manifest_works_with_kubectl_apply() -> None:
     objects = [doc for doc in yaml.safe_load_all(RENDERED.read_text()) if doc]
     kinds = sorted(obj["kind"] for obj in objects)
     assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"]
+        [
+            *("ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding"),
+            *("Role", "Role", "RoleBinding", "RoleBinding", "Service", "Deployment"),
+        ]
     )
     for obj in objects:
-        if obj["kind"] not in CLUSTER_SCOPED:
+        if obj["metadata"]["name"].endswith("-events"):
+            assert obj["metadata"]["namespace"] == "default", obj["metadata"]
+        elif obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"].get("namespace") == "kube-system", obj["metadata"]
     the_deployment = next(obj for obj in objects if obj["kind"] == "Deployment")
     arguments = the_deployment["spec"]["template"]["spec"]["containers"][0]["args"]

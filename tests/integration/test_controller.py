@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -193,13 +192,16 @@ def test_sigterm_stops_promptly(cluster: Cluster, start_controller: Start) -> No
     assert "allocated" in controller.log() and "stopped" in controller.log()
 
 
-def test_metrics_and_readiness(cluster: Cluster, start_controller: Start) -> None:
+def test_metrics_need_a_token_health_does_not(cluster: Cluster, start_controller: Start) -> None:
     controller = start_controller("--cluster-cidr=10.244.0.0/16")
     cluster.create_nodes(["m1", "m2"])
     cluster.wait_assigned(["m1", "m2"])
-    base = f"http://127.0.0.1:{controller.metrics_port}"
-    wait_for(lambda: urllib.request.urlopen(base + "/readyz", timeout=5).status == 200, what="readyz")
-    metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    wait_for(lambda: controller.get("/readyz", token=None) == 200, what="readyz")
+    assert controller.get("/healthz", token=None) == 200
+    assert controller.get("/livez", token=None) == 200
+    assert controller.get("/metrics", token=None) == 401
+    assert controller.get("/metrics", token="not-a-token") == 401
+    metrics = controller.read("/metrics")  # the admin token: authenticated and authorized by the API server
     assert 'node_ipam_controller_cidrset_cidrs_allocations_total{clusterCIDR="10.244.0.0/16"} 2.0' in metrics
     assert 'node_ipam_controller_cidrset_max_cidrs{clusterCIDR="10.244.0.0/16"} 256.0' in metrics
 

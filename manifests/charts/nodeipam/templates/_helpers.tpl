@@ -110,6 +110,10 @@ run
 --leader-elect-renew-deadline={{ .Values.leaderElection.renewDeadline }}
 --leader-elect-retry-period={{ .Values.leaderElection.retryPeriod }}
 --metrics-bind-address={{ include "nodeipam.metricsBindAddress" . }}
+{{- if .Values.metrics.tlsSecret }}
+--tls-cert-file=/etc/nodeipam/tls/tls.crt
+--tls-private-key-file=/etc/nodeipam/tls/tls.key
+{{- end }}
 {{- with .Values.apiServer }}
 --master={{ . }}
 {{- end }}
