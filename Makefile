@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup binaries lint test demo bench manifests clean
+.PHONY: setup binaries lint test chaos demo bench manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 ## test: set up, build or find the control plane, lint, run every test against a real API server
 test: binaries lint
 	$(BIN)/pytest -rs
+
+## chaos: the chaos suite at full size (2,000-Node bursts, 5,000 create/delete cycles, 200 stateful steps); see RELIABILITY.md
+chaos: binaries
+	NODEIPAM_CHAOS=full $(BIN)/pytest -rs e2e/chaos
 
 ## demo: start a local control plane, run the controller, register Nodes, show their podCIDRs (Ctrl-C stops)
 demo: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -51,6 +52,8 @@ class LocalControlPlane:
         self.kubeconfig = str(self.workdir / "kubeconfig")
         self._processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
+        self._argv: dict[str, list[str]] = {}  # name -> command line, to restart in place
+        self._by_name: dict[str, subprocess.Popen[bytes]] = {}
 
     def __enter__(self) -> LocalControlPlane:
         self.start()
@@ -105,13 +108,39 @@ class LocalControlPlane:
         """An environment whose KUBECONFIG points here."""
         return dict(os.environ, KUBECONFIG=self.kubeconfig)
 
+    def restart_apiserver(self, kill: bool = False) -> None:
+        """Stop kube-apiserver (SIGTERM, or SIGKILL) and start it again: same port, flags and certificates."""
+        self._restart("kube-apiserver", kill)
+
+    def restart_etcd(self, kill: bool = False) -> None:
+        """Stop etcd (SIGTERM, or SIGKILL) and start it again on the same ports and data; waits until the API serves."""
+        self._restart("etcd", kill)
+
+    def _restart(self, name: str, kill: bool) -> None:
+        process = self._by_name[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        index = self._processes.index(process)
+        self._processes.remove(process)
+        restarted = self._spawn(name, self._argv[name])
+        self._processes.remove(restarted)
+        self._processes.insert(index, restarted)  # stop() ends them in reverse start order
+        self._wait_ready()
+
     # -- pieces ------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop(); appended to on a restart
         self._logs.append(log)
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._processes.append(process)
+        self._argv[name] = argv
+        self._by_name[name] = process
         return process
 
     def _start_etcd(self) -> None:

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from controller.localcluster.cluster import LocalControlPlane, free_port
+from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
 from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 
@@ -109,6 +110,21 @@ def cluster(control_plane: LocalControlPlane, core: client.CoreV1Api) -> Iterato
     the_cluster.delete_all_nodes()
 
 
+def fetch(url: str, token: str | None) -> tuple[int, str]:
+    """(status, body) of an https GET with an optional bearer token, not verifying the self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode(errors="replace")
+    except OSError:
+        return 0, ""
+
+
 class ControllerProcess:
     """`python -m controller ARGS` as its own process, the way it runs in a cluster.
 
@@ -137,15 +153,18 @@ class ControllerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def get(self, path: str) -> int:
-        """HTTP status of GET path on the metrics endpoint (0 when nothing answers)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
-        except OSError:
-            return 0
+    def get(self, path: str, token: str | None = ADMIN_TOKEN) -> int:
+        """HTTPS status of GET path on the metrics endpoint (0 when nothing answers).
+
+        The local control plane's admin token is sent unless `token` is None; the health paths need none.
+        """
+        return fetch(f"https://127.0.0.1:{self.metrics_port}{path}", token)[0]
+
+    def read(self, path: str, token: str | None = ADMIN_TOKEN) -> str:
+        """The body of GET path on the metrics endpoint (e.g. the /metrics text); fails on anything but 200."""
+        status, body = fetch(f"https://127.0.0.1:{self.metrics_port}{path}", token)
+        assert status == 200, f"GET {path}: {status} {body}"
+        return body
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -176,9 +195,12 @@ def start_controller(control_plane: LocalControlPlane) -> Iterator[Callable[...,
         return process
 
     yield start
-    for process in started:
+    failures = []
+    for process in started:  # stop every one before judging, so a bad exit leaks no process
         code = process.stop()
-        assert code in process.expected_codes, f"controller exited with {code}:\n{process.log()}"
+        if code not in process.expected_codes:
+            failures.append(f"controller exited with {code}:\n{process.log()}")
+    assert not failures, "\n\n".join(failures)
 
 
 def run_cli(*args: str, kubeconfig: str) -> subprocess.CompletedProcess[str]:

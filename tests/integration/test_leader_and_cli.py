@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 Start = Callable[..., ControllerProcess]
 
 LEASE_SECONDS = 4
+INTRUDER_SECONDS = 10  # long enough that a Node can be created while no one leads
 
 
 def leader_flags(identity: str, lease: str) -> list[str]:
@@ -127,13 +128,27 @@ def test_losing_the_lease_stops_allocation_and_exits(cluster: Cluster, start_con
     lease = f"nodeipam-lost-{int(time.time())}"
     leader = start_controller(*leader_flags("leader", lease))
     wait_for(lambda: holder(cluster, lease) == "leader", what="the leader to hold the lease")
-    # Another holder takes the lease over (as after a partition): renewing fails from now on.
+    standby = start_controller(*leader_flags("standby", lease))
+    wait_for(lambda: "waiting for the lease" in standby.log(), what="the standby to wait")
+    # Another holder takes the lease over (as after a partition) for longer than our lease: renewing fails from
+    # now on, and the standby has to wait for that lease to run out.
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-    patch = json.dumps({"spec": {"holderIdentity": "intruder", "renewTime": now}})
+    patch = json.dumps({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": INTRUDER_SECONDS}})
     cluster.plane.kubectl("patch", "lease", lease, "-n", "default", "--type=merge", "-p", patch)
     wait_for(lambda: leader.process.poll() is not None, timeout=LEASE_SECONDS + 10, what="the leader to exit")
     assert leader.process.returncode == 1
     leader.expected_codes = (1,)
     assert "leadership lost" in leader.log() and "lost the leader lease" in leader.log()
+
+    # A Node registering now finds a controller alive that does not lead: it must wait for a leader.
+    assert standby.process.poll() is None and holder(cluster, lease) == "intruder"
     cluster.create_nodes(["after-loss"])
-    assert cluster.pod_cidrs()["after-loss"] == [], "nothing allocates once the lease is lost"
+
+    def holder_when_assigned() -> str | None:
+        if not cluster.pod_cidrs()["after-loss"]:
+            return None
+        return holder(cluster, lease)  # read after the range appeared: who held the lease by then
+
+    holder_then = wait_for(holder_when_assigned, timeout=INTRUDER_SECONDS + 10, what="after-loss to be assigned")
+    assert holder_then == "standby", f"after-loss got a range while {holder_then!r} held the lease"
+    assert "after-loss" in standby.log() and "after-loss" not in leader.log()

@@ -1,0 +1,368 @@
+"""The controller against the real API server through the fault proxy: lost answers, errors, cut watches, stalls.
+
+Each controller talks to the API server only through its own FaultProxy
+(`--master http://127.0.0.1:PORT`); the tests arrange Nodes directly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from kubernetes import client
+
+from controller import config
+from controller.inspect import compute_status, find_problems
+from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
+from controller.localcluster.nodebodies import realistic_node
+from controller.nodes import NodeInfo
+from tests.conftest import wait_for
+from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_watch
+from tests.integration.conftest import Cluster, ControllerProcess, fetch, no_duplicates
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., ControllerProcess]
+NODE_PATCH = r"^/api/v1/nodes/[^/]+$"
+NODE_WATCH = r"^/api/v1/nodes$"
+ALLOCATED_METRIC = re.compile(r'^node_ipam_controller_cidrset_allocated_cidrs\{clusterCIDR="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
+# -- helpers shared with the chaos suite ---------------------------------------------------------------
+
+
+class Proxied:
+    """Controllers started each behind its own FaultProxy; the proxies outlive them."""
+
+    def __init__(self, plane: LocalControlPlane, start: Start) -> None:
+        self.plane = plane
+        self.start = start
+        self.started: list[tuple[FaultProxy, ControllerProcess]] = []
+
+    def __call__(self, *flags: str, seed: int = 0, proxy: FaultProxy | None = None) -> tuple[FaultProxy, ControllerProcess]:
+        """`nodeipam run FLAGS --master=<proxy>`; a new proxy unless one is given."""
+        proxy = proxy or FaultProxy(self.plane.server, seed=seed).start()
+        controller = self.start(*flags, f"--master={proxy.url}")
+        self.started.append((proxy, controller))
+        return proxy, controller
+
+    def close(self) -> None:
+        """Release stalls first, so the controllers can stop cleanly; then the proxies."""
+        for proxy, _ in self.started:
+            proxy.clear()
+        failures = []
+        for _, controller in self.started:  # every one is stopped, whatever the others did
+            code = controller.stop()
+            if code not in controller.expected_codes:
+                failures.append(f"controller exited with {code}:\n{controller.log()}")
+        for proxy in {id(proxy): proxy for proxy, _ in self.started}.values():
+            proxy.stop()
+        assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def proxied(control_plane: LocalControlPlane, start_controller: Start) -> Iterator[Proxied]:
+    started = Proxied(control_plane, start_controller)
+    yield started
+    started.close()
+
+
+def node_infos(core: client.CoreV1Api) -> list[NodeInfo]:
+    """Every Node as the controller reads it (raw JSON, as kube.py sees it)."""
+    response = core.list_node(_preload_content=False)
+    return [NodeInfo.from_body(item) for item in json.loads(response.data)["items"]]
+
+
+def allocated_metric(controller: ControllerProcess) -> dict[str, int] | None:
+    """node_ipam_controller_cidrset_allocated_cidrs per cluster CIDR, from the controller's /metrics (None: no answer)."""
+    status, text = fetch(f"https://127.0.0.1:{controller.metrics_port}/metrics", ADMIN_TOKEN)
+    if status != 200:
+        return None
+    return {cidr: int(float(value)) for cidr, value in ALLOCATED_METRIC.findall(text)}
+
+
+def expected_allocated(
+    core: client.CoreV1Api, ranges: Sequence[config.FamilyRange], service: str | None = None
+) -> dict[str, int]:
+    """What a controller rebuilt from the live Nodes would count: no leak, nothing missing."""
+    status = compute_status(node_infos(core), ranges, config.build_service_cidrs(service))
+    return {usage.cluster_cidr: usage.allocated for usage in status.ranges}
+
+
+def wait_no_leak(
+    core: client.CoreV1Api,
+    controller: ControllerProcess,
+    ranges: Sequence[config.FamilyRange],
+    service: str | None = None,
+    timeout: float = 60.0,
+) -> dict[str, int]:
+    """Wait until the controller's allocated count equals the live Nodes' ranges; returns it."""
+    last: list[object] = []
+
+    def settled() -> dict[str, int] | None:
+        seen, expected = allocated_metric(controller), expected_allocated(core, ranges, service)
+        last[:] = [seen, expected]
+        return expected if seen == expected else None
+
+    try:
+        return wait_for(settled, timeout=timeout, what="the allocated count to match the live Nodes")
+    except AssertionError:
+        raise AssertionError(f"allocated count (controller, live Nodes): {last}") from None
+
+
+def create_nodes_parallel(core: client.CoreV1Api, names: Sequence[str], workers: int = 8, first_index: int = 0) -> None:
+    """Register Nodes as kubelets do: realistic bodies, many at once."""
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda item: core.create_node(realistic_node(item[1], item[0])), enumerate(names, first_index)))
+
+
+def lease_acquired_at(plane: LocalControlPlane, lease: str) -> tuple[str, float]:
+    """(holder, acquireTime as a Unix time) of a Lease in `default`."""
+    out = plane.kubectl("get", "lease", lease, "-n", "default", "-o", "json")
+    spec = json.loads(out)["spec"]
+    acquired = datetime.datetime.strptime(spec["acquireTime"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
+    return spec.get("holderIdentity", ""), acquired.timestamp()
+
+
+def node_lists(proxy: FaultProxy) -> list[Forwarded]:
+    """LISTs of all Nodes (not watches) that went through the proxy."""
+    return [entry for entry in proxy.forwarded("GET", NODE_WATCH) if "watch=" not in entry.query]
+
+
+def poll_until(condition: Callable[[], object], timeout: float) -> bool:
+    """Like wait_for, but says whether it happened instead of failing."""
+    try:
+        wait_for(condition, timeout=timeout)
+    except AssertionError:
+        return False
+    return True
+
+
+# -- hole 1: a podCIDR patch applied, its answer lost ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
+)
+def test_patch_applied_but_answer_lost_never_gives_the_range_to_another_node(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10m")
+    slots = [str(subnet) for subnet in ipaddress.ip_network(cluster_cidr).subnets(new_prefix=mask)]
+    cluster.create_nodes(["a0", "a1", "a2"])
+    assert sorted(value[0] for value in cluster.wait_assigned(["a0", "a1", "a2"]).values()) == sorted(slots[:3])
+
+    # Every answer to the victim's patch is lost, though the API server applies it; its re-read is slow.
+    cut = proxy.add(Rule(Action.CUT_AFTER, path="^/api/v1/nodes/victim$", methods=frozenset({"PATCH"}), name="cut"))
+    slow = proxy.add(Rule(Action.LATENCY, path="^/api/v1/nodes/victim$", methods=frozenset({"GET"}), delay=4.0, name="slow"))
+    cluster.create_nodes(["victim"])
+    wait_for(lambda: cut.fired, timeout=30, what="the victim's patch to be cut")
+    assert cluster.pod_cidrs()["victim"] == [slots[3]], "the patch was applied"
+    # The next registration lands while the victim's outcome is unknown (its re-read in flight, if it re-reads).
+    poll_until(lambda: slow.fired, timeout=20)
+    cluster.core.create_node(realistic_node("second", 9))
+
+    def second_settled() -> bool:
+        if cluster.pod_cidrs().get("second"):
+            return True
+        events = cluster.core.list_namespaced_event("default", field_selector="involvedObject.name=second").items
+        return any(event.reason == "CIDRNotAvailable" for event in events)
+
+    wait_for(second_settled, timeout=30, what="the second node to get a range or wait for one")
+    cidrs = cluster.pod_cidrs()
+    no_duplicates(cidrs)
+    assert cidrs["victim"] == [slots[3]], "the victim keeps the range it got"
+    assert cidrs["second"] == [], f"only {slots[3]} was free, and the victim holds it"
+    proxy.clear()
+    assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 4}
+    print(f"injected: {proxy.injected()}")
+
+
+# -- a flaky API during a burst ------------------------------------------------------------------------
+
+
+def flaky_rules(cut: float = 0.2, errors: float = 0.1) -> list[Rule]:
+    """`cut` of podCIDR patch answers lost after the patch applied; `errors` of all requests 500/503/429."""
+    third = errors / 3
+    return [
+        Rule(Action.STATUS, status=500, probability=third, name="500"),
+        Rule(Action.STATUS, status=503, probability=third / (1 - third), name="503"),
+        Rule(Action.STATUS, status=429, retry_after=1, probability=third / (1 - 2 * third), name="429"),
+        Rule(Action.CUT_AFTER, path=NODE_PATCH, methods=frozenset({"PATCH"}), probability=cut, name="cut-patch"),
+    ]
+
+
+def test_flaky_api_during_a_burst_assigns_every_node_once(proxied: Proxied, cluster: Cluster) -> None:
+    cluster_cidr, names = "10.240.0.0/16", [f"flaky-{i}" for i in range(100)]
+    ranges = config.build_ranges(cluster_cidr, 24)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=10s", seed=11)
+    wait_for(lambda: controller.get("/readyz") == 200, what="the controller to be ready")
+    for rule in flaky_rules():
+        proxy.add(rule)
+    create_nodes_parallel(cluster.core, names)
+    cluster.wait_assigned(names, timeout=180)
+    cidrs = cluster.wait_single_ranges_inside(names, cluster_cidr, 24)
+    injected = proxy.injected()
+    proxy.clear()
+    assert not find_problems(node_infos(cluster.core), ranges)
+    assert wait_no_leak(cluster.core, controller, ranges) == {cluster_cidr: len(names)}
+    assert controller.process.poll() is None
+    assert injected["cut-patch"] > 0 and injected["500"] + injected["503"] + injected["429"] > 0, injected
+    print(f"{len(cidrs)} nodes, injected: {injected}")
+
+
+# -- a watch cut while Nodes are deleted -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
+)
+def test_watch_cut_while_nodes_are_deleted_resync_frees_their_ranges(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=5s")
+    first = [f"w{i}" for i in range(4)]
+    cluster.create_nodes(first)
+    held = cluster.wait_assigned(first)
+    # Past the first resync (soon after start-up), so that only the periodic one can free what follows:
+    # the rebuild's LIST, kopf's LIST and the first resync's LIST.
+    wait_for(lambda: len(node_lists(proxy)) >= 3, timeout=30, what="the first resync")
+    # The open Node watch ends, and every resumed watch is told its version is gone: no DELETED event gets through.
+    proxy.add(Rule(Action.CLOSE_WATCH, path=NODE_WATCH, query=is_watch, after_seconds=0, name="close"))
+    gone = proxy.add(Rule(Action.GONE, path=NODE_WATCH, query=is_watch, name="gone"))
+    # A refused resume shows the watch that was open has ended (one watch of Nodes at a time) and none can start.
+    wait_for(lambda: gone.fired, timeout=30, what="the node watch to be cut and refused")
+    for name in ("w1", "w2"):
+        cluster.delete_node(name)
+    later = ["x1", "x2"]
+    cluster.create_nodes(later)
+    cidrs = cluster.wait_assigned(later, timeout=60)
+    no_duplicates(cidrs)
+    assert sorted(cidrs[name][0] for name in later) == sorted(held[name][0] for name in ("w1", "w2"))
+    proxy.clear()
+    assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 4}
+    print(f"injected: {proxy.injected()}")
+
+
+# -- an API server refusing everything for 30 s ----------------------------------------------------------
+
+
+def test_api_refusing_everything_for_30s_controller_waits_and_recovers(proxied: Proxied, cluster: Cluster) -> None:
+    cluster_cidr = "10.244.0.0/16"
+    ranges = config.build_ranges(cluster_cidr, 24)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=10s")
+    cluster.create_nodes(["before-0", "before-1"])
+    cluster.wait_assigned(["before-0", "before-1"])
+    outage = proxy.add(Rule(Action.STATUS, status=503, duration=30.0, name="outage"))
+    during = [f"during-{i}" for i in range(3)]
+    cluster.create_nodes(during)
+    wait_for(lambda: not outage.active, timeout=45, what="the outage to end")
+    assert controller.process.poll() is None, f"the controller exited during the outage:\n{controller.log()}"
+    assert "503" in controller.log(), "the outage is logged"
+    cluster.wait_assigned(during, timeout=90)
+    after = ["after-0", "after-1"]
+    cluster.create_nodes(after)
+    no_duplicates(cluster.wait_assigned(after, timeout=30))
+    assert wait_no_leak(cluster.core, controller, ranges) == {cluster_cidr: 7}
+    assert controller.process.poll() is None
+    print(f"injected: {proxy.injected()}")
+
+
+# -- hole 6: a leader whose Lease renewals stall ----------------------------------------------------------
+
+LEASE_SECONDS = 4
+# The old leader may exit on losing the lease (1), as kube-controller-manager does; the teardown's SIGTERM can
+# also land while it is exiting, after its signal handlers are gone (-15).
+OLD_LEADER_EXIT_CODES = (0, 1, -9, -15)
+
+
+def leader_flags(identity: str, lease: str) -> list[str]:
+    return [
+        "--cluster-cidr=10.244.0.0/16",
+        "--node-cidr-mask-size=24",
+        "--resync-period=10m",
+        "--leader-elect=true",
+        f"--leader-elect-identity={identity}",
+        f"--leader-elect-resource-name={lease}",
+        "--leader-elect-resource-namespace=default",
+        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
+        "--leader-elect-renew-deadline=3s",
+        "--leader-elect-retry-period=1s",
+    ]
+
+
+def lease_holder(plane: LocalControlPlane, lease: str) -> str:
+    out = plane.kubectl("get", "lease", lease, "-n", "default", "-o", "jsonpath={.spec.holderIdentity}", check=False)
+    return out.strip()
+
+
+class Registrations:
+    """Nodes registering one after another in a thread, until stopped."""
+
+    def __init__(self, core: client.CoreV1Api, prefix: str, interval: float = 0.1, limit: int = 250) -> None:
+        self.names: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(core, prefix, interval, limit), daemon=True)
+
+    def __enter__(self) -> Registrations:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self, core: client.CoreV1Api, prefix: str, interval: float, limit: int) -> None:
+        for index in range(limit):
+            if self._stop.wait(interval):
+                return
+            name = f"{prefix}-{index}"
+            core.create_node(realistic_node(name, index))
+            self.names.append(name)
+
+
+def patched_by(proxy: FaultProxy) -> list[float]:
+    """When each successful podCIDR patch went through this proxy (Unix times)."""
+    return [entry.at for entry in proxy.forwarded("PATCH", NODE_PATCH) if 200 <= entry.status < 300]
+
+
+def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(proxied: Proxied, cluster: Cluster) -> None:
+    lease = f"nodeipam-stall-{int(time.time())}"
+    lease_path = f"^/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}$"
+    first_proxy, first = proxied(*leader_flags("first", lease))
+    first.expected_codes = OLD_LEADER_EXIT_CODES
+    wait_for(lambda: lease_holder(cluster.plane, lease) == "first", what="first to hold the lease")
+    second_proxy, second = proxied(*leader_flags("second", lease))
+    wait_for(lambda: "waiting for the lease" in second.log(), what="second to stand by")
+    with Registrations(cluster.core, "reg") as registrations:
+        wait_for(lambda: len(patched_by(first_proxy)) >= 5, what="the leader to allocate")
+        stall = first_proxy.add(Rule(Action.STALL, path=lease_path, methods=frozenset({"GET", "PUT"}), name="stall-lease"))
+        wait_for(lambda: lease_holder(cluster.plane, lease) == "second", timeout=30, what="second to take the lease")
+        took_over = time.time()
+        # Keep registering while the old leader may still believe it leads.
+        wait_for(
+            lambda: len(patched_by(second_proxy)) >= 20 and time.time() - took_over > 3 * LEASE_SECONDS,
+            timeout=60,
+            what="the new leader to allocate for a while",
+        )
+    holder, acquired = lease_acquired_at(cluster.plane, lease)
+    assert holder == "second"
+    first_proxy.remove(stall)
+    no_duplicates(cluster.wait_assigned(registrations.names, timeout=60))
+    late = [at for at in patched_by(first_proxy) if at >= acquired]
+    assert not late, (
+        f"the old leader patched {len(late)} nodes after the new leader acquired the lease, "
+        f"the last {max(late) - acquired:.1f}s after"
+    )
+    assert patched_by(second_proxy), "the new leader allocates"
