@@ -24,7 +24,7 @@ from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from tests.conftest import wait_for
-from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_watch
+from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_watch, not_watch
 from tests.integration.conftest import Cluster, ControllerProcess, fetch, no_duplicates
 
 pytestmark = pytest.mark.integration
@@ -252,6 +252,41 @@ def test_watch_cut_while_nodes_are_deleted_resync_frees_their_ranges(
     assert sorted(cidrs[name][0] for name in later) == sorted(held[name][0] for name in ("w1", "w2"))
     proxy.clear()
     assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 4}
+    print(f"injected: {proxy.injected()}")
+
+
+# -- a start-up LIST that fails part-way -------------------------------------------------------------------
+
+PAGED_NODES = 520  # more than one LIST page (500), so the rebuild needs a continue token
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "preset"),
+    [
+        pytest.param("10.0.0.0/8", 24, lambda i: f"10.{i // 256}.{i % 256}.0/24", id="ipv4"),
+        pytest.param("fd00:10::/48", 64, lambda i: f"fd00:10:0:{i:x}::/64", id="ipv6"),
+    ],
+)
+def test_startup_list_failing_part_way_is_retried_not_a_crash(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int, preset: Callable[[int], str]
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: cluster.core.create_node(realistic_node(f"held-{i}", i, (preset(i),))), range(PAGED_NODES)))
+    cluster.create_nodes(["waiting-0", "waiting-1"])
+    proxy = FaultProxy(cluster.plane.server).start()
+    gone = proxy.add(Rule(Action.GONE, path=NODE_WATCH, query=is_list_continue, count=2, name="gone-on-continue"))
+    refused = proxy.add(Rule(Action.STATUS, status=503, path=NODE_WATCH, query=not_watch, duration=6.0, name="list-503"))
+    _, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10m", proxy=proxy)
+    wait_for(lambda: refused.fired > 0, timeout=30, what="the start-up LIST to be refused")
+    assert controller.get("/readyz") != 200, "not ready before the rebuild"
+    cidrs = cluster.wait_assigned(["waiting-0", "waiting-1"], timeout=120)
+    assert gone.fired == 2, "the rebuild met 410 on its continue token, and retried"
+    assert controller.process.poll() is None, f"the controller exited:\n{controller.log()}"
+    no_duplicates(cidrs)
+    held = {preset(i) for i in range(PAGED_NODES)}
+    assert not held & {cidrs["waiting-0"][0], cidrs["waiting-1"][0]}, "a held range was handed out again"
+    assert wait_no_leak(cluster.core, controller, ranges) == {cluster_cidr: PAGED_NODES + 2}
     print(f"injected: {proxy.injected()}")
 
 
