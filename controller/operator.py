@@ -18,7 +18,7 @@ import kopf
 
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
-from controller.leader import LeaderElector
+from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations, NodeInfo
 from controller.reconciler import Reconciler
@@ -128,19 +128,20 @@ async def run(settings: Settings, credentials: Credentials | None = None) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     metrics = Metrics()
-    # Leases get a client of their own: no rate limit, their own connections, and no retries of their own
-    # (each attempt is cut off at the renew deadline and the elector tries again), so that a queue of Node
-    # patches can never delay a renewal.
+    # Leases get a client of their own, on a thread and event loop of their own: no rate limit, their own
+    # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector
+    # tries again), so that neither queued Node patches nor a busy main loop can delay a renewal.
     async with (
         KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube,
-        KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1) as lease_kube,
+        LeaseKeeper(
+            lambda: KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1), settings.leader_election
+        ) as elector,
         # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
         # patches nor take a connection a Lease renewal needs.
         KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
     ):
         health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
         await health.start()
-        elector = LeaderElector(lease_kube, settings.leader_election)
         try:
             if await _until_stopped(elector.acquire(), stop) is not None:
                 await _lead(settings, credentials, kube, metrics, health, elector, stop)
@@ -155,7 +156,7 @@ async def _lead(
     kube: KubeClient,
     metrics: Metrics,
     health: HealthServer,
-    elector: LeaderElector,
+    elector: LeaseKeeper,
     stop: asyncio.Event,
 ) -> None:
     """Everything the leader does, from the rebuild to shutdown.
