@@ -218,3 +218,20 @@ def no_duplicates(cidrs: dict[str, list[str]]) -> None:
     flat = [cidr for values in cidrs.values() for cidr in values]
     duplicates = sorted({cidr for cidr in flat if flat.count(cidr) > 1})
     assert not duplicates, f"duplicate podCIDRs: {duplicates}\n{json.dumps(cidrs, indent=1)}"
+
+
+LEASE_SECONDS = 4  # short, so that a take-over happens within a test
+
+
+def leader_flags(identity: str, lease: str, *flags: str) -> list[str]:
+    """`flags` plus leader election as `identity` on Lease default/`lease`: 4 s lease, 3 s renew deadline, 1 s retry."""
+    return [
+        *flags,
+        "--leader-elect=true",
+        f"--leader-elect-identity={identity}",
+        f"--leader-elect-resource-name={lease}",
+        "--leader-elect-resource-namespace=default",
+        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
+        "--leader-elect-renew-deadline=3s",
+        "--leader-elect-retry-period=1s",
+    ]

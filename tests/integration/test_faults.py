@@ -25,7 +25,7 @@ from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_watch, not_watch
-from tests.integration.conftest import Cluster, ControllerProcess, fetch, no_duplicates
+from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, fetch, leader_flags, no_duplicates
 
 pytestmark = pytest.mark.integration
 
@@ -316,25 +316,10 @@ def test_api_refusing_everything_for_30s_controller_waits_and_recovers(proxied: 
 
 # -- hole 6: a leader whose Lease renewals stall ----------------------------------------------------------
 
-LEASE_SECONDS = 4
+CLUSTER_FLAGS = ("--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=24", "--resync-period=10m")
 # The old leader may exit on losing the lease (1), as kube-controller-manager does; the teardown's SIGTERM can
 # also land while it is exiting, after its signal handlers are gone (-15).
 OLD_LEADER_EXIT_CODES = (0, 1, -9, -15)
-
-
-def leader_flags(identity: str, lease: str) -> list[str]:
-    return [
-        "--cluster-cidr=10.244.0.0/16",
-        "--node-cidr-mask-size=24",
-        "--resync-period=10m",
-        "--leader-elect=true",
-        f"--leader-elect-identity={identity}",
-        f"--leader-elect-resource-name={lease}",
-        "--leader-elect-resource-namespace=default",
-        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
-        "--leader-elect-renew-deadline=3s",
-        "--leader-elect-retry-period=1s",
-    ]
 
 
 def lease_holder(plane: LocalControlPlane, lease: str) -> str:
@@ -375,10 +360,10 @@ def patched_by(proxy: FaultProxy) -> list[float]:
 def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(proxied: Proxied, cluster: Cluster) -> None:
     lease = f"nodeipam-stall-{int(time.time())}"
     lease_path = f"^/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}$"
-    first_proxy, first = proxied(*leader_flags("first", lease))
+    first_proxy, first = proxied(*leader_flags("first", lease, *CLUSTER_FLAGS))
     first.expected_codes = OLD_LEADER_EXIT_CODES
     wait_for(lambda: lease_holder(cluster.plane, lease) == "first", what="first to hold the lease")
-    second_proxy, second = proxied(*leader_flags("second", lease))
+    second_proxy, second = proxied(*leader_flags("second", lease, *CLUSTER_FLAGS))
     wait_for(lambda: "waiting for the lease" in second.log(), what="second to stand by")
     with Registrations(cluster.core, "reg") as registrations:
         wait_for(lambda: len(patched_by(first_proxy)) >= 5, what="the leader to allocate")

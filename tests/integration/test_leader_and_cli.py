@@ -9,27 +9,14 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
+from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, leader_flags, no_duplicates, run_cli
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., ControllerProcess]
 
-LEASE_SECONDS = 4
 INTRUDER_SECONDS = 10  # long enough that a Node can be created while no one leads
-
-
-def leader_flags(identity: str, lease: str) -> list[str]:
-    return [
-        "--cluster-cidr=10.244.0.0/16",
-        "--leader-elect=true",
-        f"--leader-elect-identity={identity}",
-        f"--leader-elect-resource-name={lease}",
-        "--leader-elect-resource-namespace=default",
-        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
-        "--leader-elect-renew-deadline=3s",
-        "--leader-elect-retry-period=1s",
-    ]
+CLUSTER_FLAG = "--cluster-cidr=10.244.0.0/16"
 
 
 def holder(cluster: Cluster, lease: str) -> str:
@@ -43,9 +30,9 @@ def ready(controller: ControllerProcess) -> bool:
 
 def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-{int(time.time())}"
-    first = start_controller(*leader_flags("first", lease))
+    first = start_controller(*leader_flags("first", lease, CLUSTER_FLAG))
     wait_for(lambda: holder(cluster, lease) == "first", what="first to hold the lease")
-    second = start_controller(*leader_flags("second", lease))
+    second = start_controller(*leader_flags("second", lease, CLUSTER_FLAG))
     names = [f"le-{i}" for i in range(10)]
     cluster.create_nodes(names)
     cluster.wait_assigned(names)
@@ -71,9 +58,9 @@ def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, 
 
 def test_clean_shutdown_hands_the_lease_over_at_once(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-handover-{int(time.time())}"
-    first = start_controller(*leader_flags("first", lease))
+    first = start_controller(*leader_flags("first", lease, CLUSTER_FLAG))
     wait_for(lambda: holder(cluster, lease) == "first", what="first to hold the lease")
-    second = start_controller(*leader_flags("second", lease))
+    second = start_controller(*leader_flags("second", lease, CLUSTER_FLAG))
     wait_for(lambda: "waiting for the lease" in second.log(), what="second to wait")
     assert first.stop() == 0
     assert holder(cluster, lease) in ("", "second"), "the lease is released on SIGTERM"
@@ -126,9 +113,9 @@ def test_check_finds_duplicates_and_missing_ranges(cluster: Cluster, cluster_cid
 
 def test_losing_the_lease_stops_allocation_and_exits(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-lost-{int(time.time())}"
-    leader = start_controller(*leader_flags("leader", lease))
+    leader = start_controller(*leader_flags("leader", lease, CLUSTER_FLAG))
     wait_for(lambda: holder(cluster, lease) == "leader", what="the leader to hold the lease")
-    standby = start_controller(*leader_flags("standby", lease))
+    standby = start_controller(*leader_flags("standby", lease, CLUSTER_FLAG))
     wait_for(lambda: "waiting for the lease" in standby.log(), what="the standby to wait")
     # Another holder takes the lease over (as after a partition) for longer than our lease: renewing fails from
     # now on, and the standby has to wait for that lease to run out.
