@@ -196,9 +196,13 @@ async def _lead(
             )
         )
         lost.add_done_callback(lambda _: operator.cancel())
+        # A SIGTERM that arrived before kopf took the signal over set only our flag: kopf must hear of it too.
+        stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(lambda _: operator.cancel())
         try:
             await asyncio.wait({operator})
         finally:
+            stopped.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, leader_flags, no_duplicates, run_cli
 
@@ -65,6 +67,21 @@ def test_clean_shutdown_hands_the_lease_over_at_once(cluster: Cluster, start_con
     assert first.stop() == 0
     assert holder(cluster, lease) in ("", "second"), "the lease is released on SIGTERM"
     wait_for(lambda: holder(cluster, lease) == "second", timeout=LEASE_SECONDS, what="second to take the released lease")
+
+
+def test_sigterm_at_any_moment_of_kopfs_start_stops_the_leader(cluster: Cluster, start_controller: Start) -> None:
+    """SIGTERM swept across the moments after the rebuild, as kopf starts: every run exits 0 within the stop timeout.
+
+    A signal that landed after the rebuild but before kopf took SIGTERM over once left kopf running for good.
+    """
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: cluster.core.create_node(realistic_node(f"held-{i}", i, (f"10.244.{i}.0/24",))), range(250)))
+    for step in range(8):
+        lease = f"nodeipam-sigterm-{step}-{int(time.time())}"
+        controller = start_controller(*leader_flags("leader", lease, CLUSTER_FLAG))
+        wait_for(lambda controller=controller: "rebuilt the sets" in controller.log(), interval=0.002, what="the rebuild")  # type: ignore[misc]
+        time.sleep(step * 0.015)  # the stimulus: when the signal lands, not a wait for a condition
+        assert controller.stop() == 0, controller.log()
 
 
 @pytest.mark.parametrize(
