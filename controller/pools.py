@@ -20,6 +20,7 @@ from typing import Any
 
 import netaddr
 
+from controller.allocators import CIDRSet
 from controller.config import FamilyRange
 
 #: The pool made of the --cluster-cidr and mask flags; not a valid object name, so no NodeCIDRPool can take it.
@@ -390,3 +391,130 @@ def _first_clash(pool: PoolSpec, earlier: Iterable[PoolSpec]) -> str | None:
                     if _overlap(entry.cidr, their_entry.cidr):
                         return f"{entry.cidr} overlaps {their_entry.cidr} of pool {other.name}"
     return None
+
+
+# -- usage -----------------------------------------------------------------------------------------
+
+#: How many Nodes status.blockingNodes names at most.
+BLOCKING_NODES_SHOWN = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class CIDRUsage:
+    cidr: str
+    capacity: int  # Node ranges it holds, reserved ones excluded
+    allocated: int  # Node ranges held by Nodes
+    draining: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyUsage:
+    node_mask_size: int
+    capacity: int
+    allocated: int
+    free: int  # ranges a new Node could get: draining CIDRs have none
+    per_cidr: tuple[CIDRUsage, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolUsage:
+    """A pool's usage as its status and `nodeipam status` show it."""
+
+    name: str
+    priority: int
+    selector: str
+    disabled: bool
+    families: tuple[FamilyUsage, ...]  # spec.families order: IPv4 first
+    nodes: int
+    blocking_nodes: tuple[str, ...]
+    refused: str = ""  # why the pool serves no Node (it overlaps an earlier pool or a service range)
+
+    @property
+    def summary(self) -> str:
+        """Node ranges in use of all there are, e.g. "37/256 (14%)"; dual-stack: the fuller family."""
+        fullest = max(self.families, key=lambda f: (f.allocated / f.capacity) if f.capacity else 1.0)
+        percent = 100 * fullest.allocated // fullest.capacity if fullest.capacity else 100
+        return f"{fullest.allocated}/{fullest.capacity} ({percent}%)"
+
+
+class _CIDRTally:
+    """Distinct Node ranges of one pool CIDR: reserved ones first, then what Nodes hold."""
+
+    def __init__(self, entry: PoolCIDR, mask: int, reserved: Iterable[netaddr.IPNetwork]) -> None:
+        self.entry = entry
+        self.set = CIDRSet(entry.cidr, mask)
+        for cidr in reserved:
+            if _overlap(cidr, entry.cidr):
+                self.set.occupy(cidr)
+        self.reserved = self.set.allocated
+
+    def usage(self) -> CIDRUsage:
+        capacity = self.set.max_cidrs - self.reserved
+        return CIDRUsage(str(self.entry.cidr), capacity, self.set.allocated - self.reserved, self.entry.draining)
+
+
+def compute_usage(
+    pools: Sequence[PoolSpec],
+    holdings: Iterable[tuple[str, Sequence[netaddr.IPNetwork]]],
+    service_cidrs: Iterable[netaddr.IPNetwork] = (),
+) -> tuple[list[PoolUsage], list[tuple[str, netaddr.IPNetwork]]]:
+    """Usage of every pool from what Nodes hold ((name, podCIDRs) pairs); and the ranges no pool holds.
+
+    A range counts for the pool whose CIDRs contain it (`holder`), whatever
+    the Node's labels say now. A refused pool holds nothing: its ranges count
+    for the earlier pool they overlap, or for none. The service ranges are
+    reserved in the default pool, as the controller keeps them out of it.
+    """
+    services = tuple(service_cidrs)
+    refused = overlaps(pools, services)
+    accepted = [pool for pool in pools if pool.name not in refused]
+    tallies: dict[str, list[list[_CIDRTally]]] = {}
+    for pool in pools:
+        reserved = (*pool.reserved, *(services if pool.is_default else ()))
+        tallies[pool.name] = [
+            [_CIDRTally(entry, family.node_mask_size, reserved) for entry in family.cidrs] for family in pool.families
+        ]
+    holders: dict[str, set[str]] = {pool.name: set() for pool in pools}
+    blocking: dict[str, set[str]] = {pool.name: set() for pool in pools}
+    outside: list[tuple[str, netaddr.IPNetwork]] = []
+    for node, cidrs in holdings:
+        for cidr in cidrs:
+            owner = holder(cidr, accepted)
+            if owner is None:
+                outside.append((node, cidr))
+                continue
+            holders[owner.name].add(node)
+            for family_tallies in tallies[owner.name]:
+                for tally in family_tallies:
+                    if cidr in tally.entry.cidr:
+                        tally.set.occupy(cidr)
+                        if tally.entry.draining:
+                            blocking[owner.name].add(node)
+    usages = []
+    for pool in pools:
+        families = []
+        for family, family_tallies in zip(pool.families, tallies[pool.name], strict=True):
+            per_cidr = tuple(tally.usage() for tally in family_tallies)
+            free = sum(usage.capacity - usage.allocated for usage in per_cidr if not usage.draining)
+            families.append(
+                FamilyUsage(
+                    family.node_mask_size,
+                    sum(usage.capacity for usage in per_cidr),
+                    sum(usage.allocated for usage in per_cidr),
+                    free,
+                    per_cidr,
+                )
+            )
+        usages.append(
+            PoolUsage(
+                name=pool.name,
+                priority=pool.priority,
+                selector=str(pool.selector),
+                disabled=pool.disabled,
+                families=tuple(families),
+                nodes=len(holders[pool.name]),
+                blocking_nodes=tuple(sorted(blocking[pool.name])[:BLOCKING_NODES_SHOWN]),
+                refused=refused.get(pool.name, ""),
+            )
+        )
+    return usages, outside

@@ -1,7 +1,9 @@
-"""The NodeCIDRPool CRD from the chart's crds/ against the real API server: what CEL refuses, with its message."""
+"""The NodeCIDRPool CRD from the chart's crds/ against the real API server: what CEL refuses, with its message;
+and `nodeipam status` reading pools."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +12,7 @@ import pytest
 import yaml
 
 from controller.localcluster.cluster import LocalControlPlane
+from tests.integration.conftest import Cluster, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +207,66 @@ def test_growing_and_draining_are_allowed(plane: LocalControlPlane, before: dict
     assert apply(plane, "changing", before).returncode == 0
     result = apply(plane, "changing", after)
     assert result.returncode == 0, result.stderr
+
+
+# -- nodeipam status with pools -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "pool_family", "in_pool", "in_draining", "in_default", "in_none"),
+    [
+        pytest.param(
+            "10.244.0.0/22",
+            24,
+            {"ipv4": with_cidrs("ipv4", 24, ("10.245.0.0/23", False), ("10.246.0.0/24", True))["ipv4"]},
+            "10.245.1.0/24",
+            "10.246.0.0/24",
+            "10.244.2.0/24",
+            "10.99.0.0/24",
+            id="ipv4",
+        ),
+        pytest.param(
+            "fd00:10::/62",
+            64,
+            {"ipv6": with_cidrs("ipv6", 64, ("fd00:20::/63", False), ("fd00:21::/64", True))["ipv6"]},
+            "fd00:20:0:1::/64",
+            "fd00:21::/64",
+            "fd00:10:0:2::/64",
+            "fd00:99::/64",
+            id="ipv6",
+        ),
+    ],
+)
+def test_status_shows_usage_per_pool_by_containment(
+    plane: LocalControlPlane,
+    cluster: Cluster,
+    cluster_cidr: str,
+    mask: int,
+    pool_family: dict[str, Any],
+    in_pool: str,
+    in_draining: str,
+    in_default: str,
+    in_none: str,
+) -> None:
+    gpu = {**pool_family, "priority": 10, "nodeSelector": selector({"key": "gpu", "operator": "In", "values": ["true"]})}
+    assert apply(plane, "gpu", gpu).returncode == 0
+    # Labels play no part: the range decides which pool a Node's range counts for.
+    for name, cidr in (("in-pool", in_pool), ("in-draining", in_draining), ("in-default", in_default), ("in-none", in_none)):
+        cluster.create_nodes([name], (cidr,))
+    result = run_cli(
+        "status", f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "-o", "json", kubeconfig=plane.kubeconfig
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    gpu_row, default_row = status["pools"]
+    assert (gpu_row["name"], gpu_row["priority"], gpu_row["nodes"], gpu_row["summary"]) == ("gpu", 10, 2, "2/3 (66%)")
+    assert gpu_row["selector"] == "gpu in (true)" and gpu_row["blocking_nodes"] == ["in-draining"]
+    (family_row,) = gpu_row["families"]
+    assert (family_row["capacity"], family_row["allocated"], family_row["free"]) == (3, 2, 1)
+    assert family_row["cidrs"][1].endswith("(draining)")
+    assert (default_row["name"], default_row["nodes"], default_row["summary"]) == ("(default)", 1, "1/4 (25%)")
+    assert status["pool_problems"] == [f"node in-none: podCIDR {in_none} lies in no pool"]
+    text = run_cli(
+        "status", f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", kubeconfig=plane.kubeconfig
+    ).stdout
+    assert "POOL" in text and "blocking: in-draining" in text and "2/3 (66%)" in text

@@ -17,6 +17,7 @@ from controller.pools import (
     PoolSpecError,
     Requirement,
     choose,
+    compute_usage,
     holder,
     overlaps,
     rank,
@@ -392,3 +393,80 @@ def test_the_later_of_two_overlapping_pools_is_refused(
     assert set(found) == set(refused)
     for name, message in refused.items():
         assert message in found[name]
+
+
+# -- usage -------------------------------------------------------------------------------------------
+
+
+def nets(*cidrs: str) -> list[netaddr.IPNetwork]:
+    return [netaddr.IPNetwork(cidr) for cidr in cidrs]
+
+
+@pytest.mark.parametrize(
+    ("pool_family", "default_range", "services", "holdings", "expected"),
+    [
+        (
+            {"ipv4": family(24, "10.245.0.0/23", "10.246.0.0/24", draining=("10.246.0.0/24",)), "reserved": ["10.245.0.0/24"]},
+            ("10.244.0.0/22", 24),
+            ["10.244.3.0/24"],
+            [
+                ("a", nets("10.245.1.0/24")),
+                ("b", nets("10.246.0.0/24")),
+                ("c", nets("10.244.0.0/24")),
+                ("d", nets("10.99.0.0/24")),
+            ],
+            {
+                # pool: 10.245.0.0/23 has 2 ranges, 1 reserved; the draining /24 has 1 (held by b)
+                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
+                # default: 4 ranges, the service range takes one
+                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
+            },
+        ),
+        (
+            {"ipv6": family(64, "fd00:20::/63", "fd00:21::/64", draining=("fd00:21::/64",)), "reserved": ["fd00:20::/64"]},
+            ("fd00:10::/62", 64),
+            ["fd00:10:0:3::/64"],
+            [
+                ("a", nets("fd00:20:0:1::/64")),
+                ("b", nets("fd00:21::/64")),
+                ("c", nets("fd00:10::/64")),
+                ("d", nets("fd00:99::/64")),
+            ],
+            {
+                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
+                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
+            },
+        ),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_usage_counts_ranges_by_containment_and_names_blocking_nodes(
+    pool_family: dict[str, Any],
+    default_range: tuple[str, int],
+    services: list[str],
+    holdings: list[tuple[str, list[netaddr.IPNetwork]]],
+    expected: dict[str, tuple[list[tuple[int, int, bool]], int, int, list[str], str]],
+) -> None:
+    pools = [
+        PoolSpec.from_body(body("pool", {**pool_family, "nodeSelector": selector(GPU)})),
+        PoolSpec.default([FamilyRange(netaddr.IPNetwork(default_range[0]), default_range[1])]),
+    ]
+    usages, outside = compute_usage(pools, holdings, nets(*services))
+    assert [(node, str(cidr)) for node, cidr in outside] == [("d", str(holdings[3][1][0]))]
+    for usage in usages:
+        per_cidr, nodes, free, blocking, summary = expected[usage.name]
+        (family_usage,) = usage.families
+        assert [(c.capacity, c.allocated, c.draining) for c in family_usage.per_cidr] == per_cidr
+        assert (usage.nodes, family_usage.free, list(usage.blocking_nodes), usage.summary) == (nodes, free, blocking, summary)
+
+
+def test_usage_of_a_refused_pool_is_empty_and_its_ranges_count_for_the_earlier_one() -> None:
+    default = PoolSpec.default(
+        [FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24), FamilyRange(netaddr.IPNetwork("fd00:10::/56"), 64)]
+    )
+    later = PoolSpec.from_body(body("later", {"ipv4": family(24, "10.244.0.0/20"), "ipv6": family(64, "fd00:10::/60")}))
+    usages, outside = compute_usage([later, default], [("a", nets("10.244.1.0/24", "fd00:10:0:1::/64"))])
+    by_name = {usage.name: usage for usage in usages}
+    assert by_name["later"].refused and by_name["later"].nodes == 0
+    assert [f.allocated for f in by_name[DEFAULT_POOL].families] == [1, 1] and outside == []
+    assert by_name["later"].summary == "0/16 (0%)"
