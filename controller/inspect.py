@@ -19,7 +19,7 @@ import netaddr
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.kube import ApiError, Credentials, KubeClient
 from controller.nodes import NodeAllocations, NodeInfo, classify_pod_cidrs, parse_cidr_sloppy
-from controller.pools import PoolSpec, PoolSpecError, PoolUsage, compute_usage
+from controller.pools import PoolSpec, PoolSpecError, PoolUsage, compute_usage, overlaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +182,16 @@ def format_status(status: Status) -> str:
     return "\n".join(lines)
 
 
-def find_problems(nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange]) -> list[str]:
-    """Every finding on one line naming the Nodes, like `calicoctl ipam check`."""
+def find_problems(
+    nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+    """Every finding on one line naming the Nodes (or pools), like `calicoctl ipam check`.
+
+    With NodeCIDRPools, a podCIDR is judged against the pool CIDR it lies in;
+    pools that cannot be used, or that overlap an earlier pool, are findings too.
+    """
     findings: list[str] = []
+    ranges = [*ranges, *_pool_ranges(ranges, pool_bodies, findings)]
     claimed: list[tuple[netaddr.IPNetwork, str]] = []
     for node in sorted(nodes, key=lambda n: n.name):
         if not node.pod_cidrs:
@@ -203,6 +210,27 @@ def find_problems(nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange]) -> l
             kind = "duplicate" if other == cidr else "overlapping"
             findings.append(f"{kind} podCIDRs: node {name} has {cidr}, node {other_name} has {other}")
     return findings
+
+
+def _pool_ranges(
+    ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]], findings: list[str]
+) -> list[FamilyRange]:
+    """The CIDRs of the usable NodeCIDRPools as ranges; what makes a pool unusable goes into `findings`."""
+    specs = []
+    for body in pool_bodies:
+        try:
+            specs.append(PoolSpec.from_body(body))
+        except PoolSpecError as error:
+            findings.append(str(error))
+    refused = overlaps([*specs, PoolSpec.default(ranges)])
+    findings.extend(f"NodeCIDRPool {name}: refused: {why}" for name, why in sorted(refused.items()))
+    return [
+        FamilyRange(entry.cidr, family.node_mask_size)
+        for spec in specs
+        if spec.name not in refused
+        for family in spec.families
+        for entry in family.cidrs
+    ]
 
 
 class InspectError(RuntimeError):
@@ -305,7 +333,7 @@ def status_command(
 
 def check_command(ranges: Sequence[FamilyRange], credentials: Credentials) -> int:
     nodes = _list_nodes(credentials)
-    findings = find_problems(nodes, ranges)
+    findings = find_problems(nodes, ranges, _list_pools(credentials))
     for finding in findings:
         print(finding)
     print(f"checked {len(nodes)} nodes: {len(findings)} problem(s)")

@@ -270,3 +270,35 @@ def test_status_shows_usage_per_pool_by_containment(
         "status", f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", kubeconfig=plane.kubeconfig
     ).stdout
     assert "POOL" in text and "blocking: in-draining" in text and "2/3 (66%)" in text
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "pool_family", "in_pool", "in_none"),
+    [
+        pytest.param(
+            "10.244.0.0/22", 24, with_cidrs("ipv4", 24, ("10.245.0.0/23", False)), "10.245.1.0/24", "10.99.0.0/24", id="ipv4"
+        ),
+        pytest.param(
+            "fd00:10::/62", 64, with_cidrs("ipv6", 64, ("fd00:20::/63", False)), "fd00:20:0:1::/64", "fd00:99::/64", id="ipv6"
+        ),
+    ],
+)
+def test_check_accepts_ranges_in_pools_and_reports_the_rest(
+    plane: LocalControlPlane,
+    cluster: Cluster,
+    cluster_cidr: str,
+    mask: int,
+    pool_family: dict[str, Any],
+    in_pool: str,
+    in_none: str,
+) -> None:
+    assert apply(plane, "gpu", pool_family).returncode == 0
+    cluster.create_nodes(["in-pool"], (in_pool,))
+    flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}")
+    clean = run_cli("check", *flags, kubeconfig=plane.kubeconfig)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    cluster.create_nodes(["in-none"], (in_none,))
+    dirty = run_cli("check", *flags, kubeconfig=plane.kubeconfig)
+    assert dirty.returncode == 1
+    assert f"node in-none: podCIDR {in_none} is outside every pool CIDR" in dirty.stdout
+    assert "in-pool" not in dirty.stdout
