@@ -518,3 +518,96 @@ def compute_usage(
             )
         )
     return usages, outside
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+CONDITION_READY = "Ready"
+CONDITION_EXHAUSTED = "Exhausted"
+CONDITION_OVERLAPPING = "Overlapping"
+CONDITION_DRAINING = "Draining"
+
+
+def _condition(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message}
+
+
+def status_body(
+    spec: PoolSpec,
+    usage: PoolUsage,
+    now: str,
+    previous: Sequence[Mapping[str, Any]] = (),
+    deleting: bool = False,
+) -> dict[str, Any]:
+    """The NodeCIDRPool status for this usage: conditions, usage per family, and what `kubectl get` shows.
+
+    A condition keeps its lastTransitionTime from `previous` while its status
+    does not change. `deleting`: the pool waits for its Nodes to go (Draining).
+    """
+    exhausted = [f"IPv{family.version}" for family, counts in zip(spec.families, usage.families, strict=True) if counts.free <= 0]
+    draining_cidrs = [str(entry.cidr) for family in spec.families for entry in family.cidrs if entry.draining]
+    if usage.refused:
+        ready = _condition(CONDITION_READY, False, "Overlapping", f"serves no Node: {usage.refused}")
+    elif spec.disabled:
+        ready = _condition(CONDITION_READY, False, "Disabled", "spec.disabled: serves no new Node")
+    elif deleting:
+        ready = _condition(CONDITION_READY, False, "Deleting", "being deleted: serves no new Node")
+    else:
+        ready = _condition(CONDITION_READY, True, "Serving", "serves the Nodes its selector matches")
+    if deleting:
+        draining = _condition(CONDITION_DRAINING, True, "Deleting", f"waits for {usage.nodes} Node(s) holding ranges in it")
+    elif draining_cidrs:
+        held = (
+            f"{len(usage.blocking_nodes)} Node(s) still hold ranges in them"
+            if usage.blocking_nodes
+            else "no Node holds a range in them"
+        )
+        draining = _condition(CONDITION_DRAINING, True, "CIDRsDraining", f"{', '.join(draining_cidrs)}: {held}")
+    else:
+        draining = _condition(CONDITION_DRAINING, False, "NothingDraining", "no CIDR is draining")
+    conditions = [
+        ready,
+        _condition(
+            CONDITION_EXHAUSTED,
+            bool(exhausted),
+            "NoFreeRange" if exhausted else "RangesFree",
+            f"no free range in {' and '.join(exhausted)}" if exhausted else "every family has free ranges",
+        ),
+        _condition(
+            CONDITION_OVERLAPPING,
+            bool(usage.refused),
+            "OverlapsEarlierRange" if usage.refused else "NoOverlap",
+            usage.refused or "overlaps no other pool nor the service range",
+        ),
+        draining,
+    ]
+    before = {str(condition.get("type")): condition for condition in previous}
+    for condition in conditions:
+        old = before.get(condition["type"])
+        same = old is not None and old.get("status") == condition["status"]
+        condition["lastTransitionTime"] = str(old.get("lastTransitionTime")) if same and old is not None else now
+        condition["observedGeneration"] = spec.generation
+    body: dict[str, Any] = {
+        "observedGeneration": spec.generation,
+        "conditions": conditions,
+        "nodes": usage.nodes,
+        "summary": usage.summary,
+        "blockingNodes": list(usage.blocking_nodes),
+        "columns": {
+            "mask": ",".join(f"/{family.node_mask_size}" for family in spec.families),
+            "selector": str(spec.selector),
+        },
+    }
+    for family, counts in zip(spec.families, usage.families, strict=True):
+        key = f"ipv{family.version}"
+        body[key] = {
+            "capacity": counts.capacity,
+            "allocated": counts.allocated,
+            "free": counts.free,
+            "perCIDR": [
+                {"cidr": c.cidr, "capacity": c.capacity, "allocated": c.allocated, "draining": c.draining}
+                for c in counts.per_cidr
+            ],
+        }
+        body["columns"][key] = ",".join(f"{c.cidr}(draining)" if c.draining else c.cidr for c in counts.per_cidr)
+    return body

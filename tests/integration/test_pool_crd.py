@@ -4,14 +4,17 @@ and `nodeipam status` reading pools."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import netaddr
 import pytest
 import yaml
 
 from controller.localcluster.cluster import LocalControlPlane
+from controller.pools import PoolSpec, compute_usage, status_body
 from tests.integration.conftest import Cluster, run_cli
 
 pytestmark = pytest.mark.integration
@@ -302,3 +305,46 @@ def test_check_accepts_ranges_in_pools_and_reports_the_rest(
     assert dirty.returncode == 1
     assert f"node in-none: podCIDR {in_none} is outside every pool CIDR" in dirty.stdout
     assert "in-pool" not in dirty.stdout
+
+
+@pytest.mark.parametrize(
+    ("pool_family", "holdings", "row"),
+    [
+        pytest.param(
+            with_cidrs("ipv4", 26, ("10.245.0.0/24", False), ("10.246.0.0/24", True)),
+            [("a", "10.245.0.64/26"), ("b", "10.246.0.0/26")],
+            {"IPV4": "10.245.0.0/24,10.246.0.0/24(draining)", "IPV6": "", "MASK": "/26", "USED": "2/8 (25%)"},
+            id="ipv4",
+        ),
+        pytest.param(
+            with_cidrs("ipv6", 64, ("fd00:20::/63", False)),
+            [("a", "fd00:20::/64")],
+            {"IPV4": "", "IPV6": "fd00:20::/63", "MASK": "/64", "USED": "1/2 (50%)"},
+            id="ipv6",
+        ),
+    ],
+)
+def test_status_fits_the_schema_and_fills_the_columns(
+    plane: LocalControlPlane, pool_family: dict[str, Any], holdings: list[tuple[str, str]], row: dict[str, str]
+) -> None:
+    spec = {**pool_family, "priority": 10, "nodeSelector": selector({"key": "gpu", "operator": "In", "values": ["true"]})}
+    assert apply(plane, "gpu", spec).returncode == 0
+    pool = PoolSpec.from_body(yaml.safe_load(plane.kubectl("get", "nodecidrpool", "gpu", "-o", "yaml")))
+    (usage,), _ = compute_usage([pool], [(node, [netaddr.IPNetwork(cidr)]) for node, cidr in holdings])
+    status = status_body(pool, usage, now="2026-11-28T10:00:00Z")
+    plane.kubectl("patch", "nodecidrpool", "gpu", "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+    stored = yaml.safe_load(plane.kubectl("get", "nodecidrpool", "gpu", "-o", "yaml"))["status"]
+    assert stored == status  # nothing pruned: every field is in the schema
+    shown = table(plane.kubectl("get", "nodecidrpools", "-o", "wide"))
+    assert shown == [
+        {"NAME": "gpu", **row, "READY": "True", "AGE": shown[0]["AGE"], "PRIORITY": "10", "SELECTOR": "gpu in (true)"}
+    ]
+
+
+def table(output: str) -> list[dict[str, str]]:
+    """kubectl's table output as rows of header -> cell, cut at the header's column starts (cells may be empty)."""
+    header, *lines = output.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    names = header.split()
+    bounds = [*starts[1:], None]
+    return [{name: line[start:end].strip() for name, start, end in zip(names, starts, bounds, strict=True)} for line in lines]

@@ -21,6 +21,7 @@ from controller.pools import (
     holder,
     overlaps,
     rank,
+    status_body,
 )
 
 
@@ -470,3 +471,78 @@ def test_usage_of_a_refused_pool_is_empty_and_its_ranges_count_for_the_earlier_o
     assert by_name["later"].refused and by_name["later"].nodes == 0
     assert [f.allocated for f in by_name[DEFAULT_POOL].families] == [1, 1] and outside == []
     assert by_name["later"].summary == "0/16 (0%)"
+
+
+# -- status --------------------------------------------------------------------------------------------
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("pool_spec", "holdings", "key", "columns", "summary", "exhausted"),
+    [
+        (
+            {"ipv4": family(26, "10.245.0.0/24", "10.246.0.0/24", draining=("10.246.0.0/24",)), "reserved": ["10.245.0.0/26"]},
+            [("a", nets("10.245.0.64/26")), ("b", nets("10.246.0.0/26"))],
+            "ipv4",
+            {"ipv4": "10.245.0.0/24,10.246.0.0/24(draining)", "mask": "/26", "selector": "gpu in (true)"},
+            "2/7 (28%)",
+            False,
+        ),
+        (
+            {"ipv6": family(64, "fd00:20::/63", "fd00:21::/64", draining=("fd00:21::/64",))},
+            [("a", nets("fd00:20::/64")), ("c", nets("fd00:20:0:1::/64")), ("b", nets("fd00:21::/64"))],
+            "ipv6",
+            {"ipv6": "fd00:20::/63,fd00:21::/64(draining)", "mask": "/64", "selector": "gpu in (true)"},
+            "3/3 (100%)",
+            True,
+        ),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_status_body_shows_usage_conditions_and_columns(
+    pool_spec: dict[str, Any],
+    holdings: list[tuple[str, list[netaddr.IPNetwork]]],
+    key: str,
+    columns: dict[str, str],
+    summary: str,
+    exhausted: bool,
+) -> None:
+    spec = PoolSpec.from_body(body("gpu", {**pool_spec, "nodeSelector": selector(GPU)}, generation=4))
+    (usage,), _ = compute_usage([spec], holdings)
+    status = status_body(spec, usage, now="2026-11-28T10:00:00Z")
+    assert status["observedGeneration"] == 4 and status["columns"] == columns and status["summary"] == summary
+    assert status["blockingNodes"] == ["b"] and status[key]["perCIDR"][1]["draining"] is True
+    assert conditions_of(status) == {
+        "Ready": ("True", "Serving"),
+        "Exhausted": ("True", "NoFreeRange") if exhausted else ("False", "RangesFree"),
+        "Overlapping": ("False", "NoOverlap"),
+        "Draining": ("True", "CIDRsDraining"),
+    }
+    # A later status keeps the transition time of conditions that did not change.
+    later = status_body(spec, usage, now="2026-11-28T11:00:00Z", previous=status["conditions"], deleting=True)
+    times = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
+    assert times["Ready"] == "2026-11-28T11:00:00Z" and times["Draining"] == "2026-11-28T10:00:00Z"
+    assert conditions_of(later)["Ready"] == ("False", "Deleting")
+
+
+@pytest.mark.parametrize(
+    ("pool_spec", "refused", "ready"),
+    [
+        ({"ipv4": family(24, "10.244.0.0/20")}, True, ("False", "Overlapping")),
+        ({"ipv6": family(64, "fd00:10::/60")}, True, ("False", "Overlapping")),
+        ({"ipv4": family(24, "10.245.0.0/20"), "disabled": True}, False, ("False", "Disabled")),
+        ({"ipv6": family(64, "fd00:20::/60"), "disabled": True}, False, ("False", "Disabled")),
+    ],
+)
+def test_status_body_of_a_refused_or_disabled_pool_is_not_ready(
+    pool_spec: dict[str, Any], refused: bool, ready: tuple[str, str]
+) -> None:
+    spec = PoolSpec.from_body(body("p", pool_spec))
+    default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
+    usages, _ = compute_usage([spec, default], [])
+    status = status_body(spec, usages[0], now="2026-11-28T10:00:00Z")
+    assert conditions_of(status)["Ready"] == ready
+    assert conditions_of(status)["Overlapping"][0] == ("True" if refused else "False")
