@@ -10,22 +10,31 @@ leadership from the moment it *sent* its last successful renewal (any change
 others saw came after that) and gives it up once that is `renew_deadline`
 old, which is less than `lease_duration`. Every acquire or renew attempt is
 cut off at that deadline, so a hanging request cannot stretch it.
+
+`LeaseKeeper` runs the elector on an event loop of its own, in a thread of its
+own: the Node work can keep the main loop busy for seconds (hundreds of
+patches in flight on a loaded machine), and a renewal queued behind that would
+miss its deadline and end a healthy leadership.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
 from controller.config import LeaderElection
 from controller.kube import ApiError, lease_time
 
 logger = logging.getLogger("nodeipam.leader")
+T = TypeVar("T")
 
 
 class LeaseApi(Protocol):
@@ -191,3 +200,89 @@ class LeaderElector:
                 "leaseTransitions": 0,
             },
         }
+
+
+class LeaseKeeper:
+    """A LeaderElector on its own thread and event loop; the calls are awaited from the main loop.
+
+    `open_api` is entered on the keeper's loop (an HTTP client must live on the
+    loop that uses it) and exited there by `close()`. `is_leading()` is read
+    from any thread: it only compares the clock with the last sent renewal.
+    """
+
+    def __init__(
+        self,
+        open_api: Callable[[], contextlib.AbstractAsyncContextManager[LeaseApi]],
+        config: LeaderElection,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._open_api = open_api
+        self._config = config
+        self._clock = clock
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lease", daemon=True)
+        self._stack = contextlib.AsyncExitStack()
+        self._elector: LeaderElector | None = None
+        self._renewing: asyncio.Future[None] | None = None  # the elector's hold(), on the keeper's loop
+
+    async def __aenter__(self) -> LeaseKeeper:
+        self._thread.start()
+        await self._run(self._open())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def elector(self) -> LeaderElector:
+        assert self._elector is not None, "use LeaseKeeper as an async context manager"
+        return self._elector
+
+    @property
+    def identity(self) -> str:
+        return self.elector.identity
+
+    def is_leading(self) -> bool:
+        return self.elector.is_leading()
+
+    async def acquire(self) -> bool:
+        """Block until this process leads; renewals start at once on the keeper's loop."""
+        return await self._run(self._acquire_then_renew())
+
+    async def hold(self) -> None:
+        """Return as soon as leadership is no longer certain; cancelling it stops the renewals."""
+        await self._run(self._renewals())
+
+    async def _acquire_then_renew(self) -> bool:
+        acquired = await self.elector.acquire()
+        # Started here, not by the caller: a busy main loop must not delay the first renewal either.
+        self._renewing = asyncio.ensure_future(self.elector.hold())
+        return acquired
+
+    async def _renewals(self) -> None:
+        assert self._renewing is not None, "hold() after acquire()"
+        await self._renewing
+
+    async def release(self) -> None:
+        await self._run(self.elector.release())
+
+    async def close(self) -> None:
+        """Stop renewing, close the client on the keeper's loop, then stop the loop and the thread."""
+        if not self._thread.is_alive():
+            return
+        if self._renewing is not None:
+            self._loop.call_soon_threadsafe(self._renewing.cancel)
+        with contextlib.suppress(Exception):
+            await self._run(self._stack.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self._loop.close()
+
+    async def _open(self) -> None:
+        api = await self._stack.enter_async_context(self._open_api())
+        self._elector = LeaderElector(api, self._config, clock=self._clock)
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """Run `work` on the keeper's loop; cancelling the returned awaitable cancels it there."""
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(work, self._loop)
+        return asyncio.wrap_future(future)

@@ -17,7 +17,7 @@ from typing import Any
 from controller import handlers
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
-from controller.leader import LeaderElector
+from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations
 from controller.reconciler import Reconciler
@@ -46,19 +46,20 @@ async def run(settings: Settings, credentials: Credentials | None = None) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     metrics = Metrics()
-    # Leases get a client of their own: no rate limit, their own connections, and no retries of their own
-    # (each attempt is cut off at the renew deadline and the elector tries again), so that a queue of Node
-    # patches can never delay a renewal.
+    # Leases get a client of their own, on a thread and event loop of their own: no rate limit, their own
+    # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector
+    # tries again), so that neither queued Node patches nor a busy main loop can delay a renewal.
     async with (
         KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube,
-        KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1) as lease_kube,
+        LeaseKeeper(
+            lambda: KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1), settings.leader_election
+        ) as elector,
         # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
         # patches nor take a connection a Lease renewal needs.
         KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
     ):
         health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
         await health.start()
-        elector = LeaderElector(lease_kube, settings.leader_election)
         try:
             if await _until_stopped(elector.acquire(), stop) is not None:
                 await _lead(settings, credentials, kube, metrics, health, elector, stop)
@@ -73,7 +74,7 @@ async def _lead(
     kube: KubeClient,
     metrics: Metrics,
     health: HealthServer,
-    elector: LeaderElector,
+    elector: LeaseKeeper,
     stop: asyncio.Event,
 ) -> None:
     """Everything the leader does, from the rebuild to shutdown.
@@ -104,9 +105,13 @@ async def _lead(
         # kopf handles SIGTERM itself once started; losing the lease cancels it at once.
         operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_live))
         lost.add_done_callback(lambda _: operator.cancel())
+        # A SIGTERM that arrived before kopf took the signal over set only our flag: kopf must hear of it too.
+        stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(lambda _: operator.cancel())
         try:
             await asyncio.wait({operator})
         finally:
+            stopped.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

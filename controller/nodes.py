@@ -337,6 +337,10 @@ class NodeAllocations:
         if node.uid in self._retired:
             return Observation(Outcome.NOTHING, why=f"a late event about a deleted incarnation (UID {node.uid})")
         reservation = self._reservations.get(node.name)
+        if reservation is not None and reservation.node_gone:
+            # Its incarnation is deleted and its task will end it; the name belongs to whoever shows up now,
+            # whose ranges must be claimed at once, not once that task is done.
+            reservation = None
         held = self._holdings.get(node.name)
         known = reservation.uid if reservation is not None else held.uid if held is not None else None
         if known is not None and known != node.uid:
@@ -344,9 +348,13 @@ class NodeAllocations:
             # incarnation: only a fresh read of the name can tell, so nothing is released here.
             return Observation(Outcome.REREAD, why=f"it shows UID {node.uid}, but UID {known} is known under that name")
         if reservation is not None:
-            if reservation.owned:
-                return Observation(Outcome.NOTHING, why="a patch for it is in flight")
-            return self._settle_reservation(reservation, node)
+            if not reservation.owned:
+                return self._settle_reservation(reservation, node)
+            if node.pod_cidrs and classify_pod_cidrs(node.pod_cidrs, self.ranges).usable != reservation.cidrs:
+                # Someone else set other ranges while our patch is in flight (it will be refused): the
+                # Node holds them now, so they are claimed now, beside the reservation until it ends.
+                return self._account(node, held)
+            return Observation(Outcome.NOTHING, why="a patch for it is in flight")
         return self._account(node, held)
 
     def settle(self, name: str, current: NodeInfo | None, read_after: int, seen_uids: Iterable[str] = ()) -> Observation:

@@ -162,8 +162,10 @@ def audit(
     results: list[AuditResult] = []
 
     def clean() -> bool:
-        assert controller.process.poll() is None, f"the controller exited with {controller.process.returncode}"
         results[:] = [audit_once(api, controller, ranges, service, foreign)]
+        if controller.process.poll() is not None:
+            results[0].findings.append(f"the audited controller exited with {controller.process.returncode}")
+            return True  # nothing will change now: stop waiting
         return results[0].clean
 
     with contextlib.suppress(AssertionError):

@@ -345,6 +345,11 @@ def test_strategy_rolls_one_pod_at_a_time_without_surge() -> None:
             "ipam-ctl",
             id="override-and-durations",
         ),
+        pytest.param(
+            {"leaderElection": {"leaseDuration": "1m", "renewDeadline": "40.s", "retryPeriod": ".5s"}},
+            FULLNAME,
+            id="go-duration-syntax",
+        ),
     ],
 )
 def test_leader_election_uses_a_lease_in_the_release_namespace(values: Values, lease_name: str) -> None:
@@ -643,6 +648,7 @@ def test_optional_objects() -> None:
         pytest.param(with_cidr(logLevel="trace"), "logLevel", id="log-level"),
         pytest.param(with_cidr(extraArgs=["resync-period=5m"]), "extraArgs", id="extra-arg-without-dashes"),
         pytest.param(with_cidr(kubeAPIQPS=-1), "kubeAPIQPS", id="negative-qps"),
+        pytest.param(with_cidr(kubeAPIQPS=20, kubeAPIBurst=0), "kubeAPIBurst", id="burst-0"),
         pytest.param(with_cidr(metrics={"port": 0}), "port", id="metrics-port-0"),
         pytest.param(with_cidr(metrics={"readers": [{"name": "prometheus"}]}), "kind", id="metrics-reader-without-kind"),
         pytest.param(with_cidr(metrics={"tlsSecret": "Not_A_Name"}), "tlsSecret", id="tls-secret-not-a-name"),

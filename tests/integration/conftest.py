@@ -229,3 +229,23 @@ def no_duplicates(cidrs: dict[str, list[str]]) -> None:
     flat = [cidr for values in cidrs.values() for cidr in values]
     duplicates = sorted({cidr for cidr in flat if flat.count(cidr) > 1})
     assert not duplicates, f"duplicate podCIDRs: {duplicates}\n{json.dumps(cidrs, indent=1)}"
+
+
+LEASE_SECONDS = 4  # short, so that a take-over happens within a test
+
+
+def leader_flags(identity: str, lease: str, *flags: str, lease_seconds: int = LEASE_SECONDS) -> list[str]:
+    """`flags` plus leader election as `identity` on Lease default/`lease`.
+
+    The renew deadline is a second below the lease duration (3 s for the default 4 s), the retry period 1 s.
+    """
+    return [
+        *flags,
+        "--leader-elect=true",
+        f"--leader-elect-identity={identity}",
+        f"--leader-elect-resource-name={lease}",
+        "--leader-elect-resource-namespace=default",
+        f"--leader-elect-lease-duration={lease_seconds}s",
+        f"--leader-elect-renew-deadline={lease_seconds - 1}s",
+        "--leader-elect-retry-period=1s",
+    ]

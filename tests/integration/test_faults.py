@@ -24,8 +24,8 @@ from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from tests.conftest import wait_for
-from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_watch
-from tests.integration.conftest import Cluster, ControllerProcess, fetch, no_duplicates
+from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_watch, not_watch
+from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, fetch, leader_flags, no_duplicates
 
 pytestmark = pytest.mark.integration
 
@@ -255,6 +255,41 @@ def test_watch_cut_while_nodes_are_deleted_resync_frees_their_ranges(
     print(f"injected: {proxy.injected()}")
 
 
+# -- a start-up LIST that fails part-way -------------------------------------------------------------------
+
+PAGED_NODES = 520  # more than one LIST page (500), so the rebuild needs a continue token
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "preset"),
+    [
+        pytest.param("10.0.0.0/8", 24, lambda i: f"10.{i // 256}.{i % 256}.0/24", id="ipv4"),
+        pytest.param("fd00:10::/48", 64, lambda i: f"fd00:10:0:{i:x}::/64", id="ipv6"),
+    ],
+)
+def test_startup_list_failing_part_way_is_retried_not_a_crash(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int, preset: Callable[[int], str]
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: cluster.core.create_node(realistic_node(f"held-{i}", i, (preset(i),))), range(PAGED_NODES)))
+    cluster.create_nodes(["waiting-0", "waiting-1"])
+    proxy = FaultProxy(cluster.plane.server).start()
+    gone = proxy.add(Rule(Action.GONE, path=NODE_WATCH, query=is_list_continue, count=2, name="gone-on-continue"))
+    refused = proxy.add(Rule(Action.STATUS, status=503, path=NODE_WATCH, query=not_watch, duration=6.0, name="list-503"))
+    _, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10m", proxy=proxy)
+    wait_for(lambda: refused.fired > 0, timeout=30, what="the start-up LIST to be refused")
+    assert controller.get("/readyz") != 200, "not ready before the rebuild"
+    cidrs = cluster.wait_assigned(["waiting-0", "waiting-1"], timeout=120)
+    assert gone.fired == 2, "the rebuild met 410 on its continue token, and retried"
+    assert controller.process.poll() is None, f"the controller exited:\n{controller.log()}"
+    no_duplicates(cidrs)
+    held = {preset(i) for i in range(PAGED_NODES)}
+    assert not held & {cidrs["waiting-0"][0], cidrs["waiting-1"][0]}, "a held range was handed out again"
+    assert wait_no_leak(cluster.core, controller, ranges) == {cluster_cidr: PAGED_NODES + 2}
+    print(f"injected: {proxy.injected()}")
+
+
 # -- an API server refusing everything for 30 s ----------------------------------------------------------
 
 
@@ -281,25 +316,10 @@ def test_api_refusing_everything_for_30s_controller_waits_and_recovers(proxied: 
 
 # -- hole 6: a leader whose Lease renewals stall ----------------------------------------------------------
 
-LEASE_SECONDS = 4
+CLUSTER_FLAGS = ("--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=24", "--resync-period=10m")
 # The old leader may exit on losing the lease (1), as kube-controller-manager does; the teardown's SIGTERM can
 # also land while it is exiting, after its signal handlers are gone (-15).
 OLD_LEADER_EXIT_CODES = (0, 1, -9, -15)
-
-
-def leader_flags(identity: str, lease: str) -> list[str]:
-    return [
-        "--cluster-cidr=10.244.0.0/16",
-        "--node-cidr-mask-size=24",
-        "--resync-period=10m",
-        "--leader-elect=true",
-        f"--leader-elect-identity={identity}",
-        f"--leader-elect-resource-name={lease}",
-        "--leader-elect-resource-namespace=default",
-        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
-        "--leader-elect-renew-deadline=3s",
-        "--leader-elect-retry-period=1s",
-    ]
 
 
 def lease_holder(plane: LocalControlPlane, lease: str) -> str:
@@ -340,10 +360,10 @@ def patched_by(proxy: FaultProxy) -> list[float]:
 def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(proxied: Proxied, cluster: Cluster) -> None:
     lease = f"nodeipam-stall-{int(time.time())}"
     lease_path = f"^/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}$"
-    first_proxy, first = proxied(*leader_flags("first", lease))
+    first_proxy, first = proxied(*leader_flags("first", lease, *CLUSTER_FLAGS))
     first.expected_codes = OLD_LEADER_EXIT_CODES
     wait_for(lambda: lease_holder(cluster.plane, lease) == "first", what="first to hold the lease")
-    second_proxy, second = proxied(*leader_flags("second", lease))
+    second_proxy, second = proxied(*leader_flags("second", lease, *CLUSTER_FLAGS))
     wait_for(lambda: "waiting for the lease" in second.log(), what="second to stand by")
     with Registrations(cluster.core, "reg") as registrations:
         wait_for(lambda: len(patched_by(first_proxy)) >= 5, what="the leader to allocate")

@@ -5,31 +5,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
+from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, leader_flags, no_duplicates, run_cli
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., ControllerProcess]
 
-LEASE_SECONDS = 4
 INTRUDER_SECONDS = 10  # long enough that a Node can be created while no one leads
-
-
-def leader_flags(identity: str, lease: str) -> list[str]:
-    return [
-        "--cluster-cidr=10.244.0.0/16",
-        "--leader-elect=true",
-        f"--leader-elect-identity={identity}",
-        f"--leader-elect-resource-name={lease}",
-        "--leader-elect-resource-namespace=default",
-        f"--leader-elect-lease-duration={LEASE_SECONDS}s",
-        "--leader-elect-renew-deadline=3s",
-        "--leader-elect-retry-period=1s",
-    ]
+CLUSTER_FLAG = "--cluster-cidr=10.244.0.0/16"
 
 
 def holder(cluster: Cluster, lease: str) -> str:
@@ -43,9 +32,9 @@ def ready(controller: ControllerProcess) -> bool:
 
 def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-{int(time.time())}"
-    first = start_controller(*leader_flags("first", lease))
+    first = start_controller(*leader_flags("first", lease, CLUSTER_FLAG))
     wait_for(lambda: holder(cluster, lease) == "first", what="first to hold the lease")
-    second = start_controller(*leader_flags("second", lease))
+    second = start_controller(*leader_flags("second", lease, CLUSTER_FLAG))
     names = [f"le-{i}" for i in range(10)]
     cluster.create_nodes(names)
     cluster.wait_assigned(names)
@@ -71,13 +60,28 @@ def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, 
 
 def test_clean_shutdown_hands_the_lease_over_at_once(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-handover-{int(time.time())}"
-    first = start_controller(*leader_flags("first", lease))
+    first = start_controller(*leader_flags("first", lease, CLUSTER_FLAG))
     wait_for(lambda: holder(cluster, lease) == "first", what="first to hold the lease")
-    second = start_controller(*leader_flags("second", lease))
+    second = start_controller(*leader_flags("second", lease, CLUSTER_FLAG))
     wait_for(lambda: "waiting for the lease" in second.log(), what="second to wait")
     assert first.stop() == 0
     assert holder(cluster, lease) in ("", "second"), "the lease is released on SIGTERM"
     wait_for(lambda: holder(cluster, lease) == "second", timeout=LEASE_SECONDS, what="second to take the released lease")
+
+
+def test_sigterm_at_any_moment_of_kopfs_start_stops_the_leader(cluster: Cluster, start_controller: Start) -> None:
+    """SIGTERM swept across the moments after the rebuild, as kopf starts: every run exits 0 within the stop timeout.
+
+    A signal that landed after the rebuild but before kopf took SIGTERM over once left kopf running for good.
+    """
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: cluster.core.create_node(realistic_node(f"held-{i}", i, (f"10.244.{i}.0/24",))), range(250)))
+    for step in range(8):
+        lease = f"nodeipam-sigterm-{step}-{int(time.time())}"
+        controller = start_controller(*leader_flags("leader", lease, CLUSTER_FLAG))
+        wait_for(lambda controller=controller: "rebuilt the sets" in controller.log(), interval=0.002, what="the rebuild")  # type: ignore[misc]
+        time.sleep(step * 0.015)  # the stimulus: when the signal lands, not a wait for a condition
+        assert controller.stop() == 0, controller.log()
 
 
 @pytest.mark.parametrize(
@@ -126,9 +130,9 @@ def test_check_finds_duplicates_and_missing_ranges(cluster: Cluster, cluster_cid
 
 def test_losing_the_lease_stops_allocation_and_exits(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-lost-{int(time.time())}"
-    leader = start_controller(*leader_flags("leader", lease))
+    leader = start_controller(*leader_flags("leader", lease, CLUSTER_FLAG))
     wait_for(lambda: holder(cluster, lease) == "leader", what="the leader to hold the lease")
-    standby = start_controller(*leader_flags("standby", lease))
+    standby = start_controller(*leader_flags("standby", lease, CLUSTER_FLAG))
     wait_for(lambda: "waiting for the lease" in standby.log(), what="the standby to wait")
     # Another holder takes the lease over (as after a partition) for longer than our lease: renewing fails from
     # now on, and the standby has to wait for that lease to run out.

@@ -9,16 +9,18 @@ and a standby waits `lease_duration` after it last saw the lease change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 
 from controller.config import LeaderElection
 from controller.kube import ApiError, KubeClient
-from controller.leader import LeaderElector
+from controller.leader import LeaderElector, LeaseKeeper
 from tests.fakeapi import FakeApi, held, reply, status
 
 NAMESPACE, NAME = "default", "nodeipam"
@@ -285,5 +287,70 @@ def test_over_http_the_lease_is_created_and_a_hanging_renewal_is_cut_off() -> No
             puts = api.requests_to("PUT", f"{leases_path}/{NAME}")
             assert puts, "renewals were sent"
             assert all(json.loads(put.body)["metadata"]["resourceVersion"] == "1" for put in puts)
+
+    asyncio.run(go())
+
+
+# -- LeaseKeeper: the elector on its own thread and loop ------------------------------------------------------------
+
+FAST = LeaderElection(lease_duration=2.0, renew_deadline=1.0, retry_period=0.1, resource_name=NAME, resource_namespace=NAMESPACE)
+
+
+@contextlib.asynccontextmanager
+async def in_memory(leases: FakeLeases) -> AsyncIterator[FakeLeases]:
+    yield leases
+
+
+def test_the_keeper_renews_while_the_main_loop_is_blocked() -> None:
+    """A main loop busy for three renew deadlines does not end the leadership: renewals run on their own loop."""
+    leases = FakeLeases()
+
+    async def go() -> None:
+        async with LeaseKeeper(lambda: in_memory(leases), FAST) as keeper:
+            assert await keeper.acquire()
+            holding = asyncio.ensure_future(keeper.hold())
+            renewed = leases.version
+            time.sleep(3 * FAST.renew_deadline)  # blocks the main loop, as a burst of Node work can
+            assert keeper.is_leading()
+            assert leases.version >= renewed + 10, "renewed every retry period meanwhile"
+            assert not holding.done()
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+            await keeper.release()
+        assert leases.holder() == ""
+
+    asyncio.run(go())
+
+
+def test_the_keeper_reports_a_lost_lease_to_the_main_loop() -> None:
+    leases = FakeLeases()
+
+    async def go() -> None:
+        async with LeaseKeeper(lambda: in_memory(leases), FAST) as keeper:
+            assert await keeper.acquire()
+            holding = asyncio.ensure_future(keeper.hold())
+            leases.renew_as("intruder", "2030-01-01T00:00:00.000000Z")
+            await asyncio.wait_for(holding, timeout=10)
+            assert not keeper.is_leading()
+
+    asyncio.run(go())
+
+
+def test_cancelling_acquire_on_the_main_loop_stops_it_on_the_keepers_loop() -> None:
+    leases = FakeLeases()
+    leases.lease = {"metadata": {"resourceVersion": "1"}, "spec": {"holderIdentity": "other", "renewTime": "x"}}
+
+    async def go() -> None:
+        async with LeaseKeeper(lambda: in_memory(leases), FAST) as keeper:
+            acquiring = asyncio.ensure_future(keeper.acquire())
+            await asyncio.sleep(0.3)
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+            calls = leases.calls
+            await asyncio.sleep(0.3)
+            assert leases.calls == calls, "no attempts after the cancel"
+            assert not keeper.is_leading()
 
     asyncio.run(go())

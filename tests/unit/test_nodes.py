@@ -351,6 +351,39 @@ def test_reserve_refuses_a_node_already_in_flight(family: FamilyRange) -> None:
     assert allocations.sets[0].allocated == 1
 
 
+@pytest.mark.parametrize(
+    ("family", "theirs"), [pytest.param(SMALL_V4, "10.0.1.0/24", id="ipv4"), pytest.param(SMALL_V6, "fd00:0:0:1::/64", id="ipv6")]
+)
+def test_ranges_someone_else_sets_while_our_patch_is_in_flight_are_claimed_at_once(family: FamilyRange, theirs: str) -> None:
+    allocations = NodeAllocations([family])
+    reservation = allocations.reserve(node("a"))
+    allocations.patching(reservation)
+    assert str(reservation.cidrs[0]) != theirs
+    allocations.observe(node("a", theirs))  # e.g. a resync LIST; our patch will be refused (422)
+    with pytest.raises(NoCIDRsRemainingError):
+        allocations.reserve(node("b"))
+    allocations.abort(reservation)
+    assert allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.sets[0].allocated == 1
+
+
+@pytest.mark.parametrize(
+    ("family", "cidr"), [pytest.param(SMALL_V4, "10.0.1.0/24", id="ipv4"), pytest.param(SMALL_V6, "fd00:0:0:1::/64", id="ipv6")]
+)
+def test_a_reused_name_is_claimed_at_once_while_the_old_incarnations_patch_is_in_flight(family: FamilyRange, cidr: str) -> None:
+    allocations = NodeAllocations([family])
+    old = allocations.reserve(node("a", uid="old"))
+    allocations.patching(old)
+    assert str(old.cidrs[0]) != cidr
+    mark = allocations.sequence
+    allocations.settle("a", node("a", cidr, uid="new"), read_after=mark, seen_uids=["new"])  # the old one was deleted
+    with pytest.raises(NoCIDRsRemainingError):
+        allocations.reserve(node("b"))
+    allocations.abort(old)  # its patch: 409, the UID precondition
+    assert allocations.holding("a") == (netaddr.IPNetwork(cidr),)
+    assert allocations.sets[0].allocated == 1
+
+
 # -- a patch's three outcomes -------------------------------------------------------------------------------
 
 
