@@ -245,12 +245,12 @@ def _run(args: argparse.Namespace) -> int:
         credentials = Credentials.load(settings.kubeconfig, settings.master)
     except (ConfigError, CredentialsError) as error:
         return _fail("run", error)
-    from controller import operator
+    from controller import lifecycle
 
-    operator.configure_logging(settings.log_level)
+    lifecycle.configure_logging(settings.log_level)
     try:
-        asyncio.run(operator.run(settings, credentials))
-    except operator.LeadershipLost as error:
+        asyncio.run(lifecycle.run(settings, credentials))
+    except lifecycle.LeadershipLost as error:
         print(f"nodeipam run: {error}", file=sys.stderr)
         return 1
     return 0

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import netaddr
 
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.kube import ApiError, Credentials, KubeClient
-from controller.nodes import NodeAllocations, NodeInfo, classify_pod_cidrs
+from controller.nodes import NodeAllocations, NodeInfo, classify_pod_cidrs, parse_cidr_sloppy
+from controller.pools import PoolSpec, PoolSpecError, PoolUsage, compute_usage, overlaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,19 +33,50 @@ class RangeUsage:
 
 
 @dataclasses.dataclass(frozen=True)
+class PoolFamilyRow:
+    version: int
+    node_mask_size: int
+    cidrs: tuple[str, ...]  # draining ones marked "(draining)"
+    capacity: int
+    allocated: int
+    free: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRow:
+    """One pool in `nodeipam status`: the default pool (the flags) or a NodeCIDRPool."""
+
+    name: str
+    priority: int
+    selector: str
+    disabled: bool
+    refused: str
+    nodes: int
+    summary: str
+    blocking_nodes: tuple[str, ...]
+    families: tuple[PoolFamilyRow, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Status:
     ranges: tuple[RangeUsage, ...]
     nodes: int
     nodes_waiting: tuple[str, ...]
+    pools: tuple[PoolRow, ...] = ()  # only when NodeCIDRPools exist; the default pool last
+    pool_problems: tuple[str, ...] = ()  # NodeCIDRPools that cannot be used, and ranges in no pool
 
 
 def compute_status(
-    nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange], service_cidrs: Sequence[netaddr.IPNetwork] = ()
+    nodes: Iterable[NodeInfo],
+    ranges: Sequence[FamilyRange],
+    service_cidrs: Sequence[netaddr.IPNetwork] = (),
+    pool_bodies: Sequence[Mapping[str, Any]] = (),
 ) -> Status:
-    """Usage per cluster CIDR as the controller would see it after a rebuild."""
+    """Usage per cluster CIDR as the controller would see it after a rebuild; and per pool, when there are NodeCIDRPools."""
     allocations = NodeAllocations(ranges, service_cidrs)
     waiting = []
     count = 0
+    nodes = list(nodes)
     for node in nodes:
         count += 1
         if node.pod_cidrs:
@@ -61,7 +94,63 @@ def compute_status(
         )
         for cidr_set in allocations.sets
     )
-    return Status(usage, count, tuple(sorted(waiting)))
+    pools, problems = _pool_rows(nodes, ranges, service_cidrs, pool_bodies) if pool_bodies else ((), ())
+    return Status(usage, count, tuple(sorted(waiting)), pools, problems)
+
+
+def _pool_rows(
+    nodes: Sequence[NodeInfo],
+    ranges: Sequence[FamilyRange],
+    service_cidrs: Sequence[netaddr.IPNetwork],
+    pool_bodies: Sequence[Mapping[str, Any]],
+) -> tuple[tuple[PoolRow, ...], tuple[str, ...]]:
+    problems: list[str] = []
+    specs: list[PoolSpec] = []
+    for body in pool_bodies:
+        try:
+            specs.append(PoolSpec.from_body(body))
+        except PoolSpecError as error:
+            problems.append(str(error))
+    specs.sort(key=lambda spec: (-spec.priority, spec.name))
+    specs.append(PoolSpec.default(ranges))
+    holdings = []
+    for node in nodes:
+        cidrs = []
+        for text in node.pod_cidrs:
+            try:
+                cidrs.append(parse_cidr_sloppy(text)[0])
+            except ValueError:
+                continue  # `nodeipam check` reports it
+        holdings.append((node.name, cidrs))
+    usages, outside = compute_usage(specs, holdings, service_cidrs)
+    problems.extend(f"node {name}: podCIDR {cidr} lies in no pool" for name, cidr in outside)
+    rows = tuple(_pool_row(spec, usage) for spec, usage in zip(specs, usages, strict=True))
+    return rows, tuple(problems)
+
+
+def _pool_row(spec: PoolSpec, usage: PoolUsage) -> PoolRow:
+    families = tuple(
+        PoolFamilyRow(
+            version=family.version,
+            node_mask_size=family.node_mask_size,
+            cidrs=tuple(f"{entry.cidr}(draining)" if entry.draining else str(entry.cidr) for entry in family.cidrs),
+            capacity=counts.capacity,
+            allocated=counts.allocated,
+            free=counts.free,
+        )
+        for family, counts in zip(spec.families, usage.families, strict=True)
+    )
+    return PoolRow(
+        name=usage.name,
+        priority=usage.priority,
+        selector=usage.selector,
+        disabled=usage.disabled,
+        refused=usage.refused,
+        nodes=usage.nodes,
+        summary=usage.summary,
+        blocking_nodes=usage.blocking_nodes,
+        families=families,
+    )
 
 
 def format_status(status: Status) -> str:
@@ -74,12 +163,35 @@ def format_status(status: Status) -> str:
         )
     lines.append(f"nodes: {status.nodes}, waiting for a range: {len(status.nodes_waiting)}")
     lines.extend(f"  waiting: {name}" for name in status.nodes_waiting)
+    if status.pools:
+        lines.append("")
+        lines.append(f"{'POOL':<20} {'PRIORITY':>8} {'CIDRS':<44} {'MASK':>5} {'USED':>16} {'FREE':>12} {'NODES':>6}  STATE")
+        for pool in status.pools:
+            state = "refused: " + pool.refused if pool.refused else "disabled" if pool.disabled else "usable"
+            for index, family in enumerate(pool.families):
+                head = (
+                    (pool.name, str(pool.priority), pool.summary, str(pool.nodes), state) if index == 0 else ("", "", "", "", "")
+                )
+                lines.append(
+                    f"{head[0]:<20} {head[1]:>8} {','.join(family.cidrs):<44} {'/' + str(family.node_mask_size):>5}"
+                    f" {head[2]:>16} {family.free:>12} {head[3]:>6}  {head[4]}".rstrip()
+                )
+            lines.append(f"{'':<20} {'':>8} selector: {pool.selector}")
+            lines.extend(f"{'':<20} {'':>8} blocking: {name}" for name in pool.blocking_nodes)
+        lines.extend(f"problem: {problem}" for problem in status.pool_problems)
     return "\n".join(lines)
 
 
-def find_problems(nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange]) -> list[str]:
-    """Every finding on one line naming the Nodes, like `calicoctl ipam check`."""
+def find_problems(
+    nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+    """Every finding on one line naming the Nodes (or pools), like `calicoctl ipam check`.
+
+    With NodeCIDRPools, a podCIDR is judged against the pool CIDR it lies in;
+    pools that cannot be used, or that overlap an earlier pool, are findings too.
+    """
     findings: list[str] = []
+    ranges = [*ranges, *_pool_ranges(ranges, pool_bodies, findings)]
     claimed: list[tuple[netaddr.IPNetwork, str]] = []
     for node in sorted(nodes, key=lambda n: n.name):
         if not node.pod_cidrs:
@@ -98,6 +210,27 @@ def find_problems(nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange]) -> l
             kind = "duplicate" if other == cidr else "overlapping"
             findings.append(f"{kind} podCIDRs: node {name} has {cidr}, node {other_name} has {other}")
     return findings
+
+
+def _pool_ranges(
+    ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]], findings: list[str]
+) -> list[FamilyRange]:
+    """The CIDRs of the usable NodeCIDRPools as ranges; what makes a pool unusable goes into `findings`."""
+    specs = []
+    for body in pool_bodies:
+        try:
+            specs.append(PoolSpec.from_body(body))
+        except PoolSpecError as error:
+            findings.append(str(error))
+    refused = overlaps([*specs, PoolSpec.default(ranges)])
+    findings.extend(f"NodeCIDRPool {name}: refused: {why}" for name, why in sorted(refused.items()))
+    return [
+        FamilyRange(entry.cidr, family.node_mask_size)
+        for spec in specs
+        if spec.name not in refused
+        for family in spec.families
+        for entry in family.cidrs
+    ]
 
 
 class InspectError(RuntimeError):
@@ -165,13 +298,32 @@ def _list_nodes(credentials: Credentials) -> list[NodeInfo]:
         raise ClusterError(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
 
 
+def _list_pools(credentials: Credentials) -> list[dict[str, Any]]:
+    """Every NodeCIDRPool; none when the CRD is not installed."""
+
+    async def fetch() -> list[dict[str, Any]] | None:
+        async with KubeClient(credentials) as kube:
+            return await kube.list_pools()
+
+    try:
+        return asyncio.run(fetch()) or []
+    except ApiError as error:
+        if error.status == 403:  # status of the ranges from the flags needs only Nodes: show those
+            print(
+                f"note: pools not shown: {explain_api_error(error, credentials, 'list on nodecidrpools.nodeipam.io')}",
+                file=sys.stderr,
+            )
+            return []
+        raise ClusterError(explain_api_error(error, credentials, "list on nodecidrpools.nodeipam.io")) from None
+
+
 def status_command(
     ranges: Sequence[FamilyRange],
     service_cidrs: Sequence[netaddr.IPNetwork],
     credentials: Credentials,
     output: str,
 ) -> int:
-    status = compute_status(_list_nodes(credentials), ranges, service_cidrs)
+    status = compute_status(_list_nodes(credentials), ranges, service_cidrs, _list_pools(credentials))
     if output == "json":
         print(json.dumps(dataclasses.asdict(status), indent=2))
     else:
@@ -181,7 +333,7 @@ def status_command(
 
 def check_command(ranges: Sequence[FamilyRange], credentials: Credentials) -> int:
     nodes = _list_nodes(credentials)
-    findings = find_problems(nodes, ranges)
+    findings = find_problems(nodes, ranges, _list_pools(credentials))
     for finding in findings:
         print(finding)
     print(f"checked {len(nodes)} nodes: {len(findings)} problem(s)")

@@ -43,6 +43,10 @@ RETRY_AFTER_CAP = 30.0  # seconds: never wait longer on the server's word
 WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute)
 
 
+#: The NodeCIDRPool collection (cluster-scoped CRD in the chart's crds/).
+POOLS_PATH = "/apis/nodeipam.io/v1alpha1/nodecidrpools"
+
+
 class _NodeMetadata(msgspec.Struct, frozen=True):
     name: str = ""
     uid: str = ""
@@ -487,6 +491,16 @@ class KubeClient:
             if error.status == 404:
                 return None
             raise
+
+    async def list_pools(self) -> list[dict[str, Any]] | None:
+        """Every NodeCIDRPool as the API returns it; None when the CRD is not installed (404)."""
+        try:
+            listed = await self.request("GET", POOLS_PATH)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return list(listed.get("items") or [])
 
     async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> NodeInfo:
         """Set spec.podCIDR(s) in one merge patch, only on the Node with this UID."""

@@ -138,12 +138,14 @@ def parse_cidr_sloppy(text: str) -> tuple[netaddr.IPNetwork, bool]:
 def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) -> Classified:
     """Decide which of a Node's podCIDRs to occupy, and what to warn about.
 
-    A podCIDR that overlaps a cluster CIDR is occupied even when its mask is
-    wrong or it sticks out, so that no overlapping range is ever handed out.
-    Values are read as kube-controller-manager reads them (leading zeros as
-    decimal), so that both agree on which ranges are taken.
+    `ranges` are the cluster CIDRs, or every CIDR of every pool (several per
+    family): a podCIDR is judged against the one it overlaps. A podCIDR that
+    overlaps one is occupied even when its mask is wrong or it sticks out, so
+    that no overlapping range is ever handed out. Values are read as
+    kube-controller-manager reads them (leading zeros as decimal), so that
+    both agree on which ranges are taken.
     """
-    by_version = {family.version: family for family in ranges}
+    served = tuple(ranges)
     usable: list[netaddr.IPNetwork] = []
     problems: list[Problem] = []
     for text in pod_cidrs:
@@ -152,23 +154,24 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
         except (netaddr.AddrFormatError, ValueError, TypeError):
             problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text!r} is not a CIDR; ignored"))
             continue
-        family = by_version.get(cidr.version)
-        if family is None:
-            served = ", ".join(str(f.cluster_cidr) for f in by_version.values())
+        same_family = [family for family in served if family.version == cidr.version]
+        if not same_family:
+            listed = ", ".join(str(f.cluster_cidr) for f in served)
             problems.append(
                 Problem(
                     REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} is IPv{cidr.version}, but this controller serves only {served}; ignored",
+                    f"podCIDR {text} is IPv{cidr.version}, but this controller serves only {listed}; ignored",
                 )
             )
             continue
-        if not _overlaps(cidr, family.cluster_cidr):
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} is outside the cluster CIDR {family.cluster_cidr}; ignored",
-                )
+        family = next((f for f in same_family if _overlaps(cidr, f.cluster_cidr)), None)
+        if family is None:
+            where = (
+                f"the cluster CIDR {same_family[0].cluster_cidr}"
+                if len(same_family) == 1
+                else "every pool CIDR (" + ", ".join(str(f.cluster_cidr) for f in same_family) + ")"
             )
+            problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text} is outside {where}; ignored"))
             continue
         if sloppy:
             problems.append(

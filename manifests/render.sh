@@ -15,7 +15,7 @@ HELM="$("$PYTHON" -c 'from controller.localcluster.binaries import ensure_binari
 # The values of the rendered file, also written verbatim into its header. --kube-version pins the
 # version `helm template` checks the chart's kubeVersion against (the chart's minimum); otherwise it
 # is whatever the helm binary was built with (v1.20.0 for a plain `go install` build).
-ARGS=(template nodeipam manifests/charts/nodeipam --namespace kube-system --kube-version 1.29.0
+ARGS=(template nodeipam manifests/charts/nodeipam --namespace kube-system --kube-version 1.31.0 --include-crds
   --set clusterCIDR=10.244.0.0/16)
 OUT=manifests/nodeipam.yaml
 

@@ -25,13 +25,13 @@ CHART = ROOT / "manifests" / "charts" / "nodeipam"
 RENDERED = ROOT / "manifests" / "nodeipam.yaml"
 RENDER_SCRIPT = "manifests/render.sh"
 #: `helm template` checks the chart's kubeVersion against this instead of the helm build's default.
-KUBE_VERSION = "1.29.0"
+KUBE_VERSION = "1.31.0"
 RELEASE = "ipam"
 NAMESPACE = "ipam-system"
 FULLNAME = "ipam-nodeipam"
 EVENTS_ROLE = f"{FULLNAME}-events"
 METRICS_READER = f"{FULLNAME}-metrics-reader"
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 RANGE_FLAGS = ("--cluster-cidr=", "--node-cidr-mask-size", "--service-cluster-ip-range=")
 SCHEMA_ERROR = "values don't meet the specifications of the schema"
 
@@ -483,13 +483,35 @@ def test_image_and_pod_metadata() -> None:
     assert "team" not in deployment(objects)["spec"]["selector"]["matchLabels"]
 
 
+# -- the NodeCIDRPool CRD ------------------------------------------------------------------------------
+
+
+def test_pool_crd_is_in_crds_and_cluster_scoped_in_a_group_of_our_own() -> None:
+    """Helm installs crds/ before the templates; `--include-crds` renders it, as manifests/nodeipam.yaml does."""
+    assert [path.name for path in sorted((CHART / "crds").iterdir())] == ["nodecidrpools.yaml"]
+    crd = render(with_cidr(), "--include-crds")[("CustomResourceDefinition", "nodecidrpools.nodeipam.io")]
+    assert crd["spec"]["group"] == "nodeipam.io" and not crd["spec"]["group"].endswith(".k8s.io")
+    assert crd["spec"]["scope"] == "Cluster"
+    assert [version["name"] for version in crd["spec"]["versions"]] == ["v1alpha1"]
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    columns = [(column["name"].upper(), column.get("priority", 0)) for column in version["additionalPrinterColumns"]]
+    assert columns == [
+        *(("IPV4", 0), ("IPV6", 0), ("MASK", 0), ("USED", 0), ("READY", 0), ("AGE", 0)),
+        *(("PRIORITY", 1), ("SELECTOR", 1)),
+    ]
+    assert ("CustomResourceDefinition", "nodecidrpools.nodeipam.io") not in render(with_cidr())
+
+
 # -- RBAC: exactly the minimal set ------------------------------------------------------------------
 
 
-def test_cluster_role_is_exactly_nodes_and_the_reviews_of_metrics_tokens() -> None:
+def test_cluster_role_is_exactly_nodes_pools_and_the_reviews_of_metrics_tokens() -> None:
     objects = render(with_cidr())
     assert objects[("ClusterRole", FULLNAME)]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["nodeipam.io"], "resources": ["nodecidrpools"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["nodeipam.io"], "resources": ["nodecidrpools/status"], "verbs": ["patch"]},
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]
@@ -673,7 +695,7 @@ def test_template_rejects_what_the_controller_would_refuse(values: Values, messa
 
 
 def test_kube_version_below_the_minimum_is_rejected() -> None:
-    result = run_helm("template", RELEASE, str(CHART), "--kube-version", "1.28.0", values=with_cidr())
+    result = run_helm("template", RELEASE, str(CHART), "--kube-version", "1.30.0", values=with_cidr())
     assert result.returncode != 0
     assert "kubeVersion" in result.stderr
 
@@ -725,7 +747,7 @@ def test_rendered_manifest_works_with_kubectl_apply() -> None:
     kinds = sorted(obj["kind"] for obj in objects)
     assert kinds == sorted(
         [
-            *("ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding"),
+            *("CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding"),
             *("Role", "Role", "RoleBinding", "RoleBinding", "Service", "Deployment"),
         ]
     )

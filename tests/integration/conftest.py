@@ -25,12 +25,23 @@ from tests.conftest import wait_for
 
 STOP_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[2]
+#: The NodeCIDRPool CRD, from its one source: the chart's crds/ directory.
+POOL_CRD = ROOT / "manifests" / "charts" / "nodeipam" / "crds" / "nodecidrpools.yaml"
 
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[LocalControlPlane]:
     with LocalControlPlane() as plane:
         yield plane
+
+
+@pytest.fixture(scope="session")
+def pool_crd(control_plane: LocalControlPlane) -> str:
+    """The chart's NodeCIDRPool CRD installed and established; returns its name."""
+    control_plane.kubectl("apply", "-f", str(POOL_CRD))
+    name = "nodecidrpools.nodeipam.io"
+    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return name
 
 
 @pytest.fixture(scope="session")

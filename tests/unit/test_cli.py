@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from controller import cli, demo, operator
+from controller import cli, demo, lifecycle
 from controller.config import Settings
 from controller.kube import Credentials, CredentialsError
 
@@ -61,7 +61,7 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     def demo_main(nodes: int, cluster_cidr: str, once: bool) -> int:
         raise AssertionError("the demo started")
 
-    monkeypatch.setattr(operator, "run", run)
+    monkeypatch.setattr(lifecycle, "run", run)
     monkeypatch.setattr(demo, "main", demo_main)
 
 
@@ -238,8 +238,8 @@ def test_run_loads_credentials_then_starts_with_them(
     async def run(settings: Settings, credentials: Credentials | None = None) -> None:
         started.append((settings, credentials))
 
-    monkeypatch.setattr(operator, "run", run)
-    monkeypatch.setattr(operator, "configure_logging", lambda level: None)
+    monkeypatch.setattr(lifecycle, "run", run)
+    monkeypatch.setattr(lifecycle, "configure_logging", lambda level: None)
     path = write(tmp_path / "kubeconfig", kubeconfig(server))
     code, stderr = call(capsys, "run", CIDR, f"--kubeconfig={path}", "--metrics-bind-address=0")
     assert (code, stderr) == (0, "")

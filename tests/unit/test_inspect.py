@@ -78,3 +78,67 @@ def test_status_counts_the_service_range_as_used(family: FamilyRange, service: s
 )
 def test_check_findings(family: FamilyRange, nodes: list[NodeInfo], expected: list[str]) -> None:
     assert find_problems(nodes, [family]) == expected
+
+
+def pool_body(name: str, spec: dict[str, object], created: str = "2026-01-01T00:00:00Z") -> dict[str, object]:
+    return {"metadata": {"name": name, "creationTimestamp": created}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("family", "pool_family", "nodes", "expected"),
+    [
+        pytest.param(
+            V4,
+            {"ipv4": {"nodeMaskSize": 24, "cidrs": [{"cidr": "10.245.0.0/16"}]}},
+            [node("a", "10.245.7.0/24"), node("b", "10.244.1.0/24"), node("c", "10.245.7.0/24"), node("d", "10.99.0.0/24")],
+            [
+                "node d: podCIDR 10.99.0.0/24 is outside every pool CIDR (10.244.0.0/22, 10.245.0.0/16); ignored",
+                "duplicate podCIDRs: node a has 10.245.7.0/24, node c has 10.245.7.0/24",
+            ],
+            id="ipv4",
+        ),
+        pytest.param(
+            V6,
+            {"ipv6": {"nodeMaskSize": 64, "cidrs": [{"cidr": "fd00:20::/56"}]}},
+            [node("a", "fd00:20:0:7::/64"), node("b", "fd00::/64"), node("c", "fd00:20::/63"), node("d", "fd00:99::/64")],
+            [
+                "node c: podCIDR fd00:20::/63 does not match the node subnets of fd00:20::/56(/64 per node); "
+                "the ranges it covers are kept out of the pool",
+                "node d: podCIDR fd00:99::/64 is outside every pool CIDR (fd00::/62, fd00:20::/56); ignored",
+            ],
+            id="ipv6",
+        ),
+    ],
+)
+def test_check_judges_ranges_against_the_pool_they_lie_in(
+    family: FamilyRange, pool_family: dict[str, object], nodes: list[NodeInfo], expected: list[str]
+) -> None:
+    assert find_problems(nodes, [family], [pool_body("gpu", pool_family)]) == expected
+
+
+@pytest.mark.parametrize(
+    ("family", "bad_pool", "overlapping_pool", "finding"),
+    [
+        pytest.param(
+            V4,
+            {"ipv4": {"nodeMaskSize": 24, "cidrs": [{"cidr": "10.245.1.0/16"}]}},
+            {"ipv4": {"nodeMaskSize": 24, "cidrs": [{"cidr": "10.244.2.0/23"}]}},
+            "NodeCIDRPool late: refused: 10.244.2.0/23 overlaps 10.244.0.0/22 of pool (default)",
+            id="ipv4",
+        ),
+        pytest.param(
+            V6,
+            {"ipv6": {"nodeMaskSize": 64, "cidrs": [{"cidr": "fd00:20::1/56"}]}},
+            {"ipv6": {"nodeMaskSize": 64, "cidrs": [{"cidr": "fd00::/63"}]}},
+            "NodeCIDRPool late: refused: fd00::/63 overlaps fd00::/62 of pool (default)",
+            id="ipv6",
+        ),
+    ],
+)
+def test_check_reports_unusable_and_overlapping_pools(
+    family: FamilyRange, bad_pool: dict[str, object], overlapping_pool: dict[str, object], finding: str
+) -> None:
+    findings = find_problems([], [family], [pool_body("broken", bad_pool), pool_body("late", overlapping_pool)])
+    assert len(findings) == 2
+    assert findings[0].startswith("NodeCIDRPool broken: ") and "canonical form" in findings[0]
+    assert findings[1] == finding

@@ -1,0 +1,548 @@
+"""Pools as values: parsing, node selectors as the scheduler reads them, ranking, containment, overlap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import netaddr
+import pytest
+
+from controller.config import FamilyRange
+from controller.pools import (
+    DEFAULT_POOL,
+    Candidate,
+    NodeSelector,
+    Operator,
+    PoolSpec,
+    PoolSpecError,
+    Requirement,
+    choose,
+    compute_usage,
+    holder,
+    overlaps,
+    rank,
+    status_body,
+)
+
+
+def body(name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z", generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": name, "creationTimestamp": created, "generation": generation}, "spec": spec}
+
+
+def family(mask: int, *cidrs: str, draining: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"nodeMaskSize": mask, "cidrs": [{"cidr": cidr, "draining": cidr in draining} for cidr in cidrs]}
+
+
+def expression(key: str, operator: str, *values: str) -> dict[str, Any]:
+    return {"key": key, "operator": operator, "values": list(values)} if values else {"key": key, "operator": operator}
+
+
+def selector(*terms: list[dict[str, Any]], fields: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    built = [{"matchExpressions": term} for term in terms]
+    if fields is not None:
+        built.append({"matchFields": fields})
+    return {"nodeSelectorTerms": built}
+
+
+V4 = family(24, "10.245.0.0/16")
+V6 = family(64, "fd00:20::/56")
+
+
+# -- one requirement ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "label", "matches"),
+    [
+        (Operator.IN, ("a", "b"), "a", True),
+        (Operator.IN, ("a", "b"), "c", False),
+        (Operator.IN, ("a",), None, False),
+        (Operator.NOT_IN, ("a", "b"), "a", False),
+        (Operator.NOT_IN, ("a", "b"), "c", True),
+        (Operator.NOT_IN, ("a",), None, True),  # an absent label is not in the set, as labels.Selector has it
+        (Operator.EXISTS, (), "", True),
+        (Operator.EXISTS, (), None, False),
+        (Operator.DOES_NOT_EXIST, (), "x", False),
+        (Operator.DOES_NOT_EXIST, (), None, True),
+        (Operator.GT, ("8",), "16", True),
+        (Operator.GT, ("8",), "8", False),
+        (Operator.GT, ("8",), "+9", True),  # strconv.ParseInt takes a sign
+        (Operator.GT, ("-1",), "0", True),
+        (Operator.GT, ("8",), "many", False),  # not an integer: no match
+        (Operator.GT, ("8",), "9223372036854775808", False),  # beyond int64: no match
+        (Operator.GT, ("8",), None, False),
+        (Operator.LT, ("8",), "7", True),
+        (Operator.LT, ("8",), "8", False),
+        (Operator.LT, ("8",), "1.5", False),
+        (Operator.LT, ("8",), None, False),
+    ],
+)
+def test_requirement_matches_as_the_scheduler(
+    operator: Operator, values: tuple[str, ...], label: str | None, matches: bool
+) -> None:
+    assert Requirement("key", operator, values).matches(label) is matches
+
+
+@pytest.mark.parametrize(
+    ("operator", "values"),
+    [
+        (Operator.IN, ()),
+        (Operator.NOT_IN, ()),
+        (Operator.EXISTS, ("x",)),
+        (Operator.DOES_NOT_EXIST, ("x",)),
+        (Operator.GT, ()),
+        (Operator.GT, ("1", "2")),
+        (Operator.LT, ("one",)),
+    ],
+)
+def test_requirement_refuses_values_its_operator_cannot_take(operator: Operator, values: tuple[str, ...]) -> None:
+    with pytest.raises(PoolSpecError):
+        Requirement("key", operator, values)
+
+
+# -- selectors -----------------------------------------------------------------------------------------
+
+GPU = [expression("gpu", "In", "true")]
+BIG = [expression("cores", "Gt", "32")]
+GPU_AND_BIG = [*GPU, *BIG]
+
+
+@pytest.mark.parametrize(
+    ("spec", "labels", "name", "specificity"),
+    [
+        (None, {}, "n1", 0),  # omitted: every Node
+        (selector(GPU), {"gpu": "true"}, "n1", 1),
+        (selector(GPU), {"gpu": "false"}, "n1", None),
+        (selector(GPU_AND_BIG), {"gpu": "true", "cores": "64"}, "n1", 2),  # expressions ANDed
+        (selector(GPU_AND_BIG), {"gpu": "true", "cores": "16"}, "n1", None),
+        (selector(GPU, BIG), {"cores": "64"}, "n1", 1),  # terms ORed
+        (selector(GPU, GPU_AND_BIG), {"gpu": "true", "cores": "64"}, "n1", 2),  # the most specific matching term counts
+        (selector(GPU, GPU_AND_BIG), {"gpu": "true"}, "n1", 1),
+        (selector([]), {"gpu": "true"}, "n1", None),  # an empty term matches nothing
+        (selector(fields=[expression("metadata.name", "In", "n1")]), {}, "n1", 1),
+        (selector(fields=[expression("metadata.name", "In", "n1")]), {}, "n2", None),
+        (selector(fields=[expression("metadata.name", "NotIn", "n1")]), {}, "n2", 1),
+        (selector(fields=[expression("metadata.name", "NotIn", "n1")]), {}, "n1", None),
+        (
+            {"nodeSelectorTerms": [{"matchExpressions": GPU, "matchFields": [expression("metadata.name", "In", "n1")]}]},
+            {"gpu": "true"},
+            "n2",
+            None,  # expressions and fields of one term are ANDed
+        ),
+        (
+            {"nodeSelectorTerms": [{"matchExpressions": GPU, "matchFields": [expression("metadata.name", "In", "n1")]}]},
+            {"gpu": "true"},
+            "n1",
+            2,
+        ),
+        (selector([expression("zone", "NotIn", "a"), expression("spot", "DoesNotExist")]), {"zone": "b"}, "n1", 2),
+        (selector([expression("zone", "NotIn", "a"), expression("spot", "DoesNotExist")]), {"spot": ""}, "n1", None),
+        (selector([expression("zone", "Exists"), expression("cores", "Lt", "8")]), {"zone": "a", "cores": "4"}, "n1", 2),
+    ],
+)
+def test_selector_terms_are_ored_and_requirements_anded(
+    spec: dict[str, Any] | None, labels: dict[str, str], name: str, specificity: int | None
+) -> None:
+    parsed = NodeSelector.from_body(spec)
+    assert parsed.specificity(labels, name) == specificity
+    assert parsed.matches(labels, name) is (specificity is not None)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"nodeSelectorTerms": []},
+        selector([expression("gpu", "Near", "x")]),
+        selector(fields=[expression("metadata.uid", "In", "x")]),
+        selector(fields=[expression("metadata.name", "Exists")]),
+        selector(fields=[expression("metadata.name", "In", "a", "b")]),
+    ],
+)
+def test_selector_refuses_what_the_scheduler_refuses(spec: dict[str, Any]) -> None:
+    with pytest.raises(PoolSpecError):
+        NodeSelector.from_body(spec)
+
+
+# -- parsing a pool ---------------------------------------------------------------------------------
+
+
+def test_pool_spec_is_parsed_with_every_field() -> None:
+    pool = PoolSpec.from_body(
+        body(
+            "gpu",
+            {
+                "priority": 10,
+                "disabled": True,
+                "nodeSelector": selector(GPU),
+                "ipv6": V6,
+                "ipv4": family(24, "10.245.0.0/16", "10.246.0.0/16", draining=("10.246.0.0/16",)),
+                "reserved": ["10.245.0.0/24", "fd00:20::/64"],
+            },
+            generation=3,
+        )
+    )
+    assert (pool.name, pool.priority, pool.disabled, pool.generation) == ("gpu", 10, True, 3)
+    assert pool.versions == (4, 6)
+    ipv4 = pool.family(4)
+    assert ipv4 is not None and ipv4.node_mask_size == 24
+    assert [(str(entry.cidr), entry.draining) for entry in ipv4.cidrs] == [("10.245.0.0/16", False), ("10.246.0.0/16", True)]
+    assert [str(cidr) for cidr in pool.reserved] == ["10.245.0.0/24", "fd00:20::/64"]
+    assert str(pool.selector) == "gpu in (true)"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({}, "neither ipv4 nor ipv6"),
+        ({"ipv4": family(24, "10.245.0.0")}, "not a CIDR"),
+        ({"ipv4": family(24, "10.245.1.0/16")}, "canonical form"),
+        ({"ipv6": family(64, "fd00:20::1/56")}, "canonical form"),
+        ({"ipv4": family(24, "fd00:20::/56")}, "is not IPv4"),
+        ({"ipv6": family(64, "10.245.0.0/16")}, "is not IPv6"),
+        ({"ipv4": family(16, "10.245.0.0/20")}, "does not fit"),
+        ({"ipv6": family(48, "fd00:20::/56")}, "does not fit"),
+        ({"ipv4": family(24, "10.245.0.0/16", "10.245.128.0/17")}, "overlap"),
+        ({"ipv6": family(64, "fd00:20::/48", "fd00:20:0:100::/56")}, "overlap"),
+        ({"ipv4": V4, "reserved": ["10.9.0.0/24"]}, "outside the pool"),
+        ({"ipv6": V6, "reserved": ["fd00:99::/64"]}, "outside the pool"),
+        ({"ipv4": {"cidrs": []}}, "malformed"),
+    ],
+)
+def test_a_pool_the_crd_should_have_refused_is_refused_by_name(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(PoolSpecError, match="NodeCIDRPool bad: .*" + message):
+        PoolSpec.from_body(body("bad", spec))
+
+
+def test_default_pool_is_the_flags() -> None:
+    ranges = (FamilyRange(netaddr.IPNetwork("fd00:10::/56"), 64), FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24))
+    pool = PoolSpec.default(ranges)
+    assert pool.name == DEFAULT_POOL and pool.is_default and pool.versions == (4, 6)
+    assert pool.selector.matches({}, "any")
+
+
+# -- ranking ---------------------------------------------------------------------------------------
+
+
+def candidate(
+    name: str, free: tuple[int, ...], priority: int = 0, spec: dict[str, Any] | None = None, **fields: Any
+) -> Candidate:
+    base: dict[str, Any] = {"priority": priority, **fields}
+    if spec is not None:
+        base["nodeSelector"] = spec
+    return Candidate(PoolSpec.from_body(body(name, base)), free)
+
+
+def default_candidate(free: tuple[int, ...], *ranges: tuple[str, int]) -> Candidate:
+    return Candidate(PoolSpec.default([FamilyRange(netaddr.IPNetwork(cidr), mask) for cidr, mask in ranges]), free)
+
+
+V4_DEFAULT = ("10.244.0.0/16", 24)
+V6_DEFAULT = ("fd00:10::/56", 64)
+
+
+@pytest.mark.parametrize(
+    ("family_spec", "versions", "default_range"),
+    [({"ipv4": V4}, (4,), V4_DEFAULT), ({"ipv6": V6}, (6,), V6_DEFAULT)],
+    ids=["ipv4", "ipv6"],
+)
+@pytest.mark.parametrize(
+    ("pools", "labels", "expected"),
+    [
+        # priority first, whatever else
+        ([("low", 5, 0, None), ("high", 500, 1, None)], {}, ["high", "low"]),
+        # then the more specific selector
+        (
+            [("any", 5, 0, None), ("gpu", 500, 0, selector(GPU)), ("gpu-big", 500, 0, selector(GPU_AND_BIG))],
+            {"gpu": "true", "cores": "64"},
+            ["gpu-big", "gpu", "any"],
+        ),
+        # then the smaller free capacity
+        ([("roomy", 500, 0, None), ("tight", 5, 0, None)], {}, ["tight", "roomy"]),
+        # then the name
+        ([("b", 5, 0, None), ("a", 5, 0, None)], {}, ["a", "b"]),
+        # a selector that does not match leaves the pool out
+        ([("gpu", 5, 0, selector(GPU)), ("any", 5, 0, None)], {"gpu": "false"}, ["any"]),
+        # negative priority still comes before the default pool
+        ([("last-resort", 5, -100, None)], {}, ["last-resort"]),
+    ],
+)
+def test_rank_orders_priority_then_specificity_then_free_then_name_default_last(
+    family_spec: dict[str, Any],
+    versions: tuple[int, ...],
+    default_range: tuple[str, int],
+    pools: list[tuple[str, int, int, dict[str, Any] | None]],
+    labels: dict[str, str],
+    expected: list[str],
+) -> None:
+    candidates = [candidate(name, (free,), priority, spec, **family_spec) for name, free, priority, spec in pools]
+    candidates.insert(0, default_candidate((1,), default_range))
+    ranked = rank(candidates, labels, "n1", versions)
+    assert [c.name for c in ranked] == [*expected, DEFAULT_POOL]
+
+
+@pytest.mark.parametrize(
+    ("pool_spec", "versions"),
+    [
+        ({"ipv4": V4, "disabled": True}, (4,)),
+        ({"ipv6": V6, "disabled": True}, (6,)),
+        ({"ipv4": V4}, (6,)),  # serves another family than the cluster
+        ({"ipv6": V6}, (4,)),
+        ({"ipv4": V4}, (4, 6)),  # single-stack pool in a dual-stack cluster
+        ({"ipv4": V4, "ipv6": V6}, (4,)),
+    ],
+)
+def test_rank_leaves_out_disabled_pools_and_pools_of_other_families(pool_spec: dict[str, Any], versions: tuple[int, ...]) -> None:
+    assert rank([Candidate(PoolSpec.from_body(body("p", pool_spec)), (9,) * len(versions))], {}, "n1", versions) == []
+
+
+def test_choose_skips_full_pools_and_dual_stack_is_all_or_nothing() -> None:
+    dual = {"ipv4": V4, "ipv6": V6}
+    v6_full = candidate("v6-full", (10, 0), 9, **dual)
+    v4_full = candidate("v4-full", (0, 10), 8, **dual)
+    room = candidate("room", (1, 1), 1, **dual)
+    ranked = rank([room, v4_full, v6_full], {}, "n1", (4, 6))
+    assert [c.name for c in ranked] == ["v6-full", "v4-full", "room"]
+    chosen = choose(ranked)
+    assert chosen is not None and chosen.name == "room"
+    assert choose(ranked[:2]) is None
+
+
+# -- which pool holds a range ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cidr", "expected"),
+    [
+        ("10.245.3.0/24", "gpu"),
+        ("10.246.7.0/24", "gpu"),  # a draining CIDR still holds its ranges
+        ("10.244.1.0/24", DEFAULT_POOL),
+        ("10.99.0.0/24", None),
+        ("fd00:20:0:1::/64", "gpu"),
+        ("fd00:10:0:1::/64", DEFAULT_POOL),
+        ("fd00:99::/64", None),
+    ],
+)
+def test_holder_is_decided_by_containment_of_the_range(cidr: str, expected: str | None) -> None:
+    gpu = PoolSpec.from_body(
+        body(
+            "gpu",
+            {
+                "nodeSelector": selector(GPU),
+                "ipv4": family(24, "10.245.0.0/16", "10.246.0.0/16", draining=("10.246.0.0/16",)),
+                "ipv6": V6,
+            },
+        )
+    )
+    default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
+    found = holder(netaddr.IPNetwork(cidr), [gpu, default])
+    assert (found.name if found else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("later", "earlier", "services", "refused"),
+    [
+        (
+            {"ipv4": family(24, "10.244.128.0/17")},
+            {"ipv4": family(24, "10.245.0.0/16")},
+            [],
+            {"later": "overlaps 10.244.0.0/16 of pool (default)"},
+        ),
+        (
+            {"ipv6": family(64, "fd00:10::/60")},
+            {"ipv6": family(64, "fd00:20::/56")},
+            [],
+            {"later": "overlaps fd00:10::/56 of pool (default)"},
+        ),
+        (
+            {"ipv4": family(24, "10.245.128.0/17")},
+            {"ipv4": family(24, "10.245.0.0/16")},
+            [],
+            {"later": "overlaps 10.245.0.0/16 of pool earlier"},
+        ),
+        (
+            {"ipv6": family(64, "fd00:20::/60")},
+            {"ipv6": family(64, "fd00:20::/56")},
+            [],
+            {"later": "overlaps fd00:20::/56 of pool earlier"},
+        ),
+        (
+            {"ipv4": family(24, "10.96.0.0/16")},
+            {"ipv4": family(24, "10.245.0.0/16")},
+            ["10.96.0.0/12"],
+            {"later": "overlaps the service range"},
+        ),
+        (
+            {"ipv6": family(64, "fd00:96::/56")},
+            {"ipv6": family(64, "fd00:20::/56")},
+            ["fd00:96::/108"],
+            {"later": "overlaps the service range"},
+        ),
+        ({"ipv4": family(24, "10.250.0.0/16")}, {"ipv4": family(24, "10.245.0.0/16")}, [], {}),
+        ({"ipv6": family(64, "fd00:30::/56")}, {"ipv6": family(64, "fd00:20::/56")}, [], {}),
+    ],
+)
+def test_the_later_of_two_overlapping_pools_is_refused(
+    later: dict[str, Any], earlier: dict[str, Any], services: list[str], refused: dict[str, str]
+) -> None:
+    default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
+    pools = [
+        PoolSpec.from_body(body("later", later, created="2026-02-01T00:00:00Z")),
+        PoolSpec.from_body(body("earlier", earlier, created="2026-01-01T00:00:00Z")),
+        default,
+    ]
+    found = overlaps(pools, [netaddr.IPNetwork(s) for s in services])
+    assert set(found) == set(refused)
+    for name, message in refused.items():
+        assert message in found[name]
+
+
+# -- usage -------------------------------------------------------------------------------------------
+
+
+def nets(*cidrs: str) -> list[netaddr.IPNetwork]:
+    return [netaddr.IPNetwork(cidr) for cidr in cidrs]
+
+
+@pytest.mark.parametrize(
+    ("pool_family", "default_range", "services", "holdings", "expected"),
+    [
+        (
+            {"ipv4": family(24, "10.245.0.0/23", "10.246.0.0/24", draining=("10.246.0.0/24",)), "reserved": ["10.245.0.0/24"]},
+            ("10.244.0.0/22", 24),
+            ["10.244.3.0/24"],
+            [
+                ("a", nets("10.245.1.0/24")),
+                ("b", nets("10.246.0.0/24")),
+                ("c", nets("10.244.0.0/24")),
+                ("d", nets("10.99.0.0/24")),
+            ],
+            {
+                # pool: 10.245.0.0/23 has 2 ranges, 1 reserved; the draining /24 has 1 (held by b)
+                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
+                # default: 4 ranges, the service range takes one
+                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
+            },
+        ),
+        (
+            {"ipv6": family(64, "fd00:20::/63", "fd00:21::/64", draining=("fd00:21::/64",)), "reserved": ["fd00:20::/64"]},
+            ("fd00:10::/62", 64),
+            ["fd00:10:0:3::/64"],
+            [
+                ("a", nets("fd00:20:0:1::/64")),
+                ("b", nets("fd00:21::/64")),
+                ("c", nets("fd00:10::/64")),
+                ("d", nets("fd00:99::/64")),
+            ],
+            {
+                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
+                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
+            },
+        ),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_usage_counts_ranges_by_containment_and_names_blocking_nodes(
+    pool_family: dict[str, Any],
+    default_range: tuple[str, int],
+    services: list[str],
+    holdings: list[tuple[str, list[netaddr.IPNetwork]]],
+    expected: dict[str, tuple[list[tuple[int, int, bool]], int, int, list[str], str]],
+) -> None:
+    pools = [
+        PoolSpec.from_body(body("pool", {**pool_family, "nodeSelector": selector(GPU)})),
+        PoolSpec.default([FamilyRange(netaddr.IPNetwork(default_range[0]), default_range[1])]),
+    ]
+    usages, outside = compute_usage(pools, holdings, nets(*services))
+    assert [(node, str(cidr)) for node, cidr in outside] == [("d", str(holdings[3][1][0]))]
+    for usage in usages:
+        per_cidr, nodes, free, blocking, summary = expected[usage.name]
+        (family_usage,) = usage.families
+        assert [(c.capacity, c.allocated, c.draining) for c in family_usage.per_cidr] == per_cidr
+        assert (usage.nodes, family_usage.free, list(usage.blocking_nodes), usage.summary) == (nodes, free, blocking, summary)
+
+
+def test_usage_of_a_refused_pool_is_empty_and_its_ranges_count_for_the_earlier_one() -> None:
+    default = PoolSpec.default(
+        [FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24), FamilyRange(netaddr.IPNetwork("fd00:10::/56"), 64)]
+    )
+    later = PoolSpec.from_body(body("later", {"ipv4": family(24, "10.244.0.0/20"), "ipv6": family(64, "fd00:10::/60")}))
+    usages, outside = compute_usage([later, default], [("a", nets("10.244.1.0/24", "fd00:10:0:1::/64"))])
+    by_name = {usage.name: usage for usage in usages}
+    assert by_name["later"].refused and by_name["later"].nodes == 0
+    assert [f.allocated for f in by_name[DEFAULT_POOL].families] == [1, 1] and outside == []
+    assert by_name["later"].summary == "0/16 (0%)"
+
+
+# -- status --------------------------------------------------------------------------------------------
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("pool_spec", "holdings", "key", "columns", "summary", "exhausted"),
+    [
+        (
+            {"ipv4": family(26, "10.245.0.0/24", "10.246.0.0/24", draining=("10.246.0.0/24",)), "reserved": ["10.245.0.0/26"]},
+            [("a", nets("10.245.0.64/26")), ("b", nets("10.246.0.0/26"))],
+            "ipv4",
+            {"ipv4": "10.245.0.0/24,10.246.0.0/24(draining)", "mask": "/26", "selector": "gpu in (true)"},
+            "2/7 (28%)",
+            False,
+        ),
+        (
+            {"ipv6": family(64, "fd00:20::/63", "fd00:21::/64", draining=("fd00:21::/64",))},
+            [("a", nets("fd00:20::/64")), ("c", nets("fd00:20:0:1::/64")), ("b", nets("fd00:21::/64"))],
+            "ipv6",
+            {"ipv6": "fd00:20::/63,fd00:21::/64(draining)", "mask": "/64", "selector": "gpu in (true)"},
+            "3/3 (100%)",
+            True,
+        ),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_status_body_shows_usage_conditions_and_columns(
+    pool_spec: dict[str, Any],
+    holdings: list[tuple[str, list[netaddr.IPNetwork]]],
+    key: str,
+    columns: dict[str, str],
+    summary: str,
+    exhausted: bool,
+) -> None:
+    spec = PoolSpec.from_body(body("gpu", {**pool_spec, "nodeSelector": selector(GPU)}, generation=4))
+    (usage,), _ = compute_usage([spec], holdings)
+    status = status_body(spec, usage, now="2026-11-28T10:00:00Z")
+    assert status["observedGeneration"] == 4 and status["columns"] == columns and status["summary"] == summary
+    assert status["blockingNodes"] == ["b"] and status[key]["perCIDR"][1]["draining"] is True
+    assert conditions_of(status) == {
+        "Ready": ("True", "Serving"),
+        "Exhausted": ("True", "NoFreeRange") if exhausted else ("False", "RangesFree"),
+        "Overlapping": ("False", "NoOverlap"),
+        "Draining": ("True", "CIDRsDraining"),
+    }
+    # A later status keeps the transition time of conditions that did not change.
+    later = status_body(spec, usage, now="2026-11-28T11:00:00Z", previous=status["conditions"], deleting=True)
+    times = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
+    assert times["Ready"] == "2026-11-28T11:00:00Z" and times["Draining"] == "2026-11-28T10:00:00Z"
+    assert conditions_of(later)["Ready"] == ("False", "Deleting")
+
+
+@pytest.mark.parametrize(
+    ("pool_spec", "refused", "ready"),
+    [
+        ({"ipv4": family(24, "10.244.0.0/20")}, True, ("False", "Overlapping")),
+        ({"ipv6": family(64, "fd00:10::/60")}, True, ("False", "Overlapping")),
+        ({"ipv4": family(24, "10.245.0.0/20"), "disabled": True}, False, ("False", "Disabled")),
+        ({"ipv6": family(64, "fd00:20::/60"), "disabled": True}, False, ("False", "Disabled")),
+    ],
+)
+def test_status_body_of_a_refused_or_disabled_pool_is_not_ready(
+    pool_spec: dict[str, Any], refused: bool, ready: tuple[str, str]
+) -> None:
+    spec = PoolSpec.from_body(body("p", pool_spec))
+    default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
+    usages, _ = compute_usage([spec, default], [])
+    status = status_body(spec, usages[0], now="2026-11-28T10:00:00Z")
+    assert conditions_of(status)["Ready"] == ready
+    assert conditions_of(status)["Overlapping"][0] == ("True" if refused else "False")
