@@ -36,6 +36,9 @@ SERVICE_CIDR = "10.96.0.0/12"
 CNI_NETWORK = "cbr0"
 #: Links the CNI plugins and flannel make outside our directory (and flannel's FLANNEL-* iptables chains).
 HOST_LINKS = ("cni0", "flannel.1")
+#: Fixed paths the programs use whatever their flags say: containerd's shim sockets, dockerd's plugin
+#: sockets, libcni's result cache, the kubelet's device-plugin socket. Removed if a run created them.
+HOST_PATHS = (Path("/run/containerd"), Path("/run/docker"), Path("/var/lib/cni"), Path("/var/lib/kubelet"))
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane:NoSchedule"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
@@ -113,6 +116,7 @@ class RealNode:
         self.kubelet_root = self.dir / "kubelet"
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
+        self._host_paths_before = [path for path in HOST_PATHS if path.exists()]
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -148,6 +152,9 @@ class RealNode:
         self.plane.stop()
         clean_host()
         remove_pod_cgroups()
+        for path in HOST_PATHS:
+            if path not in self._host_paths_before:
+                shutil.rmtree(path, ignore_errors=True)
         for point in mounts_under(self.dir):
             subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -270,6 +277,7 @@ class RealNode:
             (self.cni_bin_dir / plugin.name).symlink_to(plugin)
         (self.cni_bin_dir / "flannel").symlink_to(assets.flannel_cni_plugin())
         state = self.dir / "containerd"
+        state.mkdir()
         default = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
         replacements = {
             'root = "/var/lib/containerd"': f'root = "{state / "root"}"',
@@ -288,6 +296,7 @@ class RealNode:
                 raise RuntimeError(f"containerd's default config has no {old!r}: another containerd version?")
             config = config.replace(old, new, 1)
         config = _set_sandbox_image(config, assets.PAUSE_IMAGE)
+        config = _set_runc_root(config, state / "runc")
         (state / "config.toml").write_text(config)
         self._spawn("containerd", ["containerd", f"--config={state / 'config.toml'}"])
         wait_until(self.socket.exists, 30, "containerd's socket")
@@ -330,6 +339,7 @@ class RealNode:
                 f"--config={path}",
                 f"--kubeconfig={self.plane.kubeconfig}",
                 f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.kubelet_root / 'pki'}",
                 f"--hostname-override={self.node_name}",
                 f"--register-with-taints={CONTROL_PLANE_TAINT}",
             ],
@@ -363,6 +373,13 @@ class RealNode:
             for container in self.ctr("containers", "ls", "-q").split():
                 with contextlib.suppress(RuntimeError):
                     self.ctr("containers", "delete", container)
+
+
+def _set_runc_root(config: str, root: Path) -> str:
+    """runc's state for the CRI's containers goes with ours instead of /run/containerd/runc."""
+    section = config.index('[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]')
+    at = config.index('Root = ""', section)
+    return config[:at] + f'Root = "{root}"' + config[at + len('Root = ""') :]
 
 
 def _set_sandbox_image(config: str, image: str) -> str:
