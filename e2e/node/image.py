@@ -112,6 +112,11 @@ class Docker:
             raise RuntimeError(f"docker {' '.join(args[:2])} failed:\n{output[-4000:]}")
         return result.stdout.decode(errors="replace")
 
+    def status(self, *args: str) -> tuple[int, str]:
+        """Run a docker command that may fail; its exit status and output."""
+        result = subprocess.run([self.client, *args], capture_output=True, text=True, env=self.env, timeout=300)
+        return result.returncode, result.stdout + result.stderr
+
     def stop(self) -> None:
         if self._daemon is None:
             for image in reversed(self.images):

@@ -43,6 +43,7 @@ class Story:
         self.plane = node.plane
         self.helm_binary = str(ensure_binaries(("helm",))["helm"])
         self.helm_home = Path(tempfile.mkdtemp(prefix="nodeipam-helm-", dir=node.dir))
+        self.image_demo: tuple[int, str] = (0, "")
 
     # -- kubectl / helm --------------------------------------------------------------------------------
 
@@ -80,6 +81,11 @@ class Story:
             archive = self.node.dir / "nodeipam-images.tar"
             names = build_images(docker, archive, TAGS)
             say(f"built {', '.join(names)} from the Dockerfile (docker build, base from Debian's packages)")
+            # As the chart runs it: non-root, read-only root filesystem, no capabilities, and without the demo.
+            self.image_demo = docker.status(
+                "run", "--rm", "--network=none", "--read-only", "--user=65532:65532", "--cap-drop=ALL", names[0], "demo"
+            )
+            say(f"docker run {names[0]} demo (read-only, non-root) -> exit {self.image_demo[0]}: {self.image_demo[1].strip()}")
         finally:
             docker.stop()
         self.node.ctr("images", "import", str(archive))

@@ -58,10 +58,17 @@ def test_1_bootstrap_the_controller_pod_on_a_not_ready_node(story: Story) -> Non
     say(f"Node {node} is NotReady (no CNI config yet) and has no podCIDR")
 
     story.build_and_load_image()
+    code, output = story.image_demo
+    assert (code, output.strip()) == (1, "nodeipam demo: error: not in this installation: run it from a checkout (make demo)"), (
+        "the image ships the demo or its local control plane"
+    )
     story.install(TAGS[0])
     pod = story.ready_controller(tag=TAGS[0])
     assert pod["spec"]["nodeName"] == node
     assert pod["spec"]["hostNetwork"] is True
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
     say(f"controller Pod {pod['metadata']['name']} scheduled onto {node}, probes passed (Ready)")
     assert not story.node_ready(), "the Node turned Ready before flannel ran: the test would prove nothing"
     say(f"... while {node} is still NotReady: the chart's tolerations and hostNetwork made that possible")
