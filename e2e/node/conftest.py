@@ -25,4 +25,6 @@ def story() -> Iterator[Story]:
         yield Story(node)
     finally:
         node.stop()
+        leftovers = node.leftovers()
+        assert not leftovers, f"the teardown left: {leftovers}"
         say("stopped; processes, mounts, links, iptables chains and temporary directories removed")

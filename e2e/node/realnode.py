@@ -123,6 +123,8 @@ class RealNode:
     def start(self) -> None:
         """Everything up to a registered, labelled, still NotReady Node (no CNI config yet)."""
         try:
+            # A run killed before its teardown leaves cni0 and flannel's chains; their old addresses would break this one.
+            clean_host()
             self.plane.start()
             self._start_scheduler()
             self._start_controller_manager()
@@ -158,6 +160,17 @@ class RealNode:
         for point in mounts_under(self.dir):
             subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """What a stopped run left behind; empty when the teardown did its job."""
+        found = [f"process {name}" for name, process in self._processes.items() if process.poll() is None]
+        found += [f"link {link}" for link in HOST_LINKS if Path("/sys/class/net", link).exists()]
+        chains = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        found += [f"iptables chain {line.split()[0][1:]}" for line in chains.splitlines() if line.startswith(":FLANNEL")]
+        found += [f"path {path}" for path in HOST_PATHS if path.exists() and path not in self._host_paths_before]
+        found += [f"process {pid} (a shim)" for pid in processes_mentioning(str(self.socket))]
+        found += [f"directory {directory}" for directory in (self.dir, self.plane.workdir) if directory.exists()]
+        return found
 
     def log(self, name: str, lines: int = 40) -> str:
         path = self.dir / f"{name}.log"

@@ -132,6 +132,23 @@ def test_3_api_only_nodes_get_disjoint_ranges_beside_the_real_one(story: Story) 
     assert (usage["allocated"], usage["size"]) == (API_ONLY_NODES + 1, POOL_SIZE), usage
     say(f"nodeipam status: {usage['allocated']} of {usage['size']} ranges allocated in {usage['cluster_cidr']}")
 
+    # As the chart's NOTES say, from inside the Pod, with its ServiceAccount (no kube-proxy here: --master).
+    inside_pod = story.kubectl(
+        "exec",
+        "-n",
+        NAMESPACE,
+        f"deploy/{RELEASE}",
+        "--",
+        "nodeipam",
+        "status",
+        f"--cluster-cidr={CLUSTER_CIDR}",
+        f"--node-cidr-mask-size={NODE_MASK}",
+        f"--master={story.plane.server}",
+        "--output=json",
+    )
+    assert json.loads(inside_pod)["nodes"] == API_ONLY_NODES + 1, inside_pod
+    say(f"kubectl exec deploy/{RELEASE} -- nodeipam status: {json.loads(inside_pod)['nodes']} Nodes")
+
 
 def test_4_upgrade_and_restart_keep_every_range(story: Story) -> None:
     before = story.pod_cidrs()
