@@ -19,7 +19,7 @@ setup: $(STAMP)
 binaries: $(STAMP)
 	$(BIN)/python -m controller.localcluster.binaries etcd kube-apiserver kubectl helm
 
-## node-assets: what the real-Node suite adds: kube-scheduler, kubelet, flanneld, flannel's CNI plugin, the sandbox image, the image base (cold: ~25 min)
+## node-assets: what the real-Node suite adds: kube-scheduler, kubelet, flanneld, flannel's CNI plugin, the sandbox image, the image base (cold: ~30 min on 2 cores)
 node-assets: $(STAMP)
 	$(BIN)/python -m e2e.node.assets
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from e2e.node import assets
+from e2e.node.realnode import mounts_under
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -132,8 +133,6 @@ class Docker:
         if self._log is not None:
             self._log.close()
         if self.dir is not None:
-            from e2e.node.realnode import mounts_under
-
             for point in mounts_under(self.dir):
                 subprocess.run(["umount", "-l", point], capture_output=True)
             shutil.rmtree(self.dir, ignore_errors=True)
