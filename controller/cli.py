@@ -251,11 +251,15 @@ def _run(args: argparse.Namespace) -> int:
     from controller import lifecycle
 
     lifecycle.configure_logging(settings.log_level)
+    # Armed when stopping begins; covers the event loop's own cleanup after run() too.
+    deadline = lifecycle.ShutdownDeadline(lifecycle.SHUTDOWN_GRACE_SECONDS)
     try:
-        asyncio.run(lifecycle.run(settings, credentials))
+        asyncio.run(lifecycle.run(settings, credentials, deadline))
     except lifecycle.LeadershipLost as error:
         print(f"nodeipam run: {error}", file=sys.stderr)
         return 1
+    finally:
+        deadline.cancel()
     return 0
 
 

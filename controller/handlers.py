@@ -101,15 +101,20 @@ def build_registry(credentials: Credentials, reconciler: Reconciler, live: async
     return registry
 
 
-def operate(credentials: Credentials, reconciler: Reconciler, live: asyncio.Event) -> Coroutine[Any, Any, None]:
+def operate(
+    credentials: Credentials, reconciler: Reconciler, live: asyncio.Event, started: asyncio.Event | None = None
+) -> Coroutine[Any, Any, None]:
     """kopf's operator with these handlers, cluster-wide, until cancelled (or SIGTERM, which kopf handles itself).
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
-    shutdown for 5 s; the caller cancels the task instead.
+    shutdown for 5 s; the caller cancels the task instead. `started` is set
+    once kopf's startup is done, which is after it installed its own signal
+    handlers (the caller takes the signals back then).
     """
     return kopf.operator(
         registry=build_registry(credentials, reconciler, live),
         settings=kopf_settings(),
         clusterwide=True,
         standalone=True,
+        ready_flag=started,
     )

@@ -3,6 +3,11 @@
 One process: a health server from the start, a Lease to compete for, and,
 once leading, the rebuild, the start-up sweep, the background loops and kopf
 (wired in handlers.py). Losing the lease stops allocating at once and exits.
+
+Stopping is bounded: once a signal or a lost lease starts it, the process
+exits within `SHUTDOWN_GRACE_SECONDS` whatever holds the cleanup up, and a
+second signal exits at once. Cutting cleanup short is as safe as a SIGKILL,
+which the next leader's rebuild settles.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Awaitable
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from controller import handlers
@@ -26,6 +33,9 @@ from controller.server import HealthServer
 logger = logging.getLogger("nodeipam")
 
 LEASE_CONNECTIONS = 2  # a renewal and a release can overlap at most
+#: From the start of stopping to the exit at the latest: well inside a Pod's default 30 s grace period.
+SHUTDOWN_GRACE_SECONDS = 10.0
+EXIT_CUT_SHORT = 1
 
 
 def configure_logging(level: str) -> None:
@@ -38,13 +48,78 @@ def configure_logging(level: str) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def run(settings: Settings, credentials: Credentials | None = None) -> None:
-    """Run until SIGTERM/SIGINT, or until leadership is lost."""
+class ShutdownDeadline:
+    """Exits the process if stopping has not finished `grace` seconds after it began.
+
+    A timer thread, not the event loop: what holds the stop up may be the loop itself
+    (a task that ignores cancellation, a generator that will not close).
+    """
+
+    def __init__(self, grace: float, exit_now: Callable[[int], object] = os._exit) -> None:
+        self.grace = grace
+        self._exit_now = exit_now
+        self._timer: threading.Timer | None = None
+        self.began_with = ""  # what started the stop; empty while not armed
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def arm(self, why: str) -> None:
+        """Start the countdown; the first call counts, later ones change nothing."""
+        if self._timer is None:
+            self.began_with = why
+            self._timer = threading.Timer(self.grace, self.exit_now, args=(f"{why}, {self.grace:g}s ago",))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def exit_now(self, why: str) -> None:
+        """Exit without further cleanup (the stop began with `why`)."""
+        logger.error("stopping did not finish (began with: %s); exiting now", why)
+        logging.shutdown()  # flush the log line before the hard exit
+        self._exit_now(EXIT_CUT_SHORT)
+
+
+class Stopping:
+    """The stop flag, set by SIGTERM/SIGINT or a lost lease, and the deadline that bounds what follows."""
+
+    def __init__(self, deadline: ShutdownDeadline) -> None:
+        self.flag = asyncio.Event()
+        self.deadline = deadline
+
+    def listen(self) -> None:
+        """Route SIGTERM and SIGINT here: at start, and again once kopf runs (it installs handlers of its own
+        that, once it has stopped, only log an error and leave the process running)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+    def begin(self, why: str) -> None:
+        self.flag.set()
+        self.deadline.arm(why)
+
+    def on_signal(self, signum: signal.Signals) -> None:
+        """What the event loop calls on SIGTERM/SIGINT."""
+        if self.flag.is_set():
+            logger.warning("%s while stopping: exiting at once", signum.name)
+            self.deadline.exit_now(f"{self.deadline.began_with}, then {signum.name}")
+            return
+        logger.info("%s: stopping", signum.name)
+        self.begin(signum.name)
+
+
+async def run(settings: Settings, credentials: Credentials | None = None, deadline: ShutdownDeadline | None = None) -> None:
+    """Run until SIGTERM/SIGINT, or until leadership is lost.
+
+    `deadline` bounds the stop; the caller cancels it once the event loop is closed too.
+    """
     credentials = credentials or Credentials.load(settings.kubeconfig, settings.master)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
+    stopping.listen()
     metrics = Metrics()
     # Leases get a client of their own, on a thread and event loop of their own: no rate limit, their own
     # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector
@@ -61,9 +136,10 @@ async def run(settings: Settings, credentials: Credentials | None = None) -> Non
         health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
         await health.start()
         try:
-            if await _until_stopped(elector.acquire(), stop) is not None:
-                await _lead(settings, credentials, kube, metrics, health, elector, stop)
+            if await _until_stopped(elector.acquire(), stopping.flag) is not None:
+                await _lead(settings, credentials, kube, metrics, health, elector, stopping)
         finally:
+            stopping.deadline.arm("shutdown")
             await health.stop()
     logger.info("stopped")
 
@@ -75,7 +151,7 @@ async def _lead(
     metrics: Metrics,
     health: HealthServer,
     elector: LeaseKeeper,
-    stop: asyncio.Event,
+    stopping: Stopping,
 ) -> None:
     """Everything the leader does, from the rebuild to shutdown.
 
@@ -83,8 +159,10 @@ async def _lead(
     before any standby may take the lease; stopping kopf and the process
     follows as soon as `hold()` notices.
     """
+    stop = stopping.flag
     lost = asyncio.ensure_future(elector.hold())
-    lost.add_done_callback(lambda _: stop.set())  # also interrupts a rebuild (and its retries) or a sweep in progress
+    # Also interrupts a rebuild (and its retries) or a sweep in progress.
+    lost.add_done_callback(lambda done: None if done.cancelled() else stopping.begin("leadership lost"))
     allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
     reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight, may_allocate=elector.is_leading)
     health.watch(reconciler.rebuilt)
@@ -102,15 +180,21 @@ async def _lead(
             asyncio.ensure_future(reconciler.serve_waiting()),
             asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
         ]
-        # kopf handles SIGTERM itself once started; losing the lease cancels it at once.
-        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_live))
-        lost.add_done_callback(lambda _: operator.cancel())
-        # A SIGTERM that arrived before kopf took the signal over set only our flag: kopf must hear of it too.
+        # Stopping, for whatever reason, cancels kopf at once: signals stay ours (taken back from kopf as soon
+        # as it runs), so that one flag, one deadline and one path stop everything.
+        kopf_started = asyncio.Event()
+        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_live, kopf_started))
+        # Cancelled exactly once: a second cancel reaches kopf while it stops its own tasks, and it abandons
+        # them half-stopped (a watcher waiting for workers nobody reaps holds the process at exit for good).
         stopped = asyncio.ensure_future(stop.wait())
-        stopped.add_done_callback(lambda _: operator.cancel())
+        stopped.add_done_callback(lambda done: None if done.cancelled() else operator.cancel())
+        signals_back = asyncio.ensure_future(kopf_started.wait())
+        signals_back.add_done_callback(lambda done: None if done.cancelled() else stopping.listen())
         try:
             await asyncio.wait({operator})
         finally:
+            stopping.listen()
+            signals_back.cancel()
             stopped.cancel()
             for task in tasks:
                 task.cancel()

@@ -22,6 +22,11 @@ logger = logging.getLogger("nodeipam.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: How long a stopping server waits for requests in flight before it cancels them. Probes answer at once;
+#: a scrape waiting on a TokenReview from a slow API server must not hold a stopping process (aiohttp's
+#: default is a minute, twice a Pod's grace period).
+SHUTDOWN_TIMEOUT = 1.0
+
 
 def split_bind_address(address: str) -> tuple[str, int] | None:
     """ "host:port", ":port" or "[::]:port" -> (host, port); "0" or "" disables the server."""
@@ -69,7 +74,7 @@ class HealthServer:
     async def start(self) -> None:
         if self.bind is None:
             return
-        self._runner = web.AppRunner(self.application(), access_log=None)
+        self._runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
         host, port = self.bind
         await web.TCPSite(self._runner, host, port, ssl_context=server_ssl_context(self.serving)).start()

@@ -36,6 +36,7 @@ from tests.integration.test_faults import (
     NODE_WATCH,
     OLD_LEADER_EXIT_CODES,
     Proxied,
+    assert_exits_by_itself,
     expected_allocated,
     flaky_rules,
     lease_acquired_at,
@@ -231,6 +232,7 @@ def test_3b_stall_the_leaders_renewals_mid_burst(cluster: Cluster, chaos_core: c
     )
     assert not late, f"the old leader patched {len(late)} nodes after the new leader acquired the lease"
     assert_clean(result, second)
+    assert_exits_by_itself(first)
 
 
 # -- 4. create/delete cycles, deletes racing creates of the same names -------------------------------------

@@ -6,12 +6,15 @@ Each controller talks to the API server only through its own FaultProxy
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import re
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +23,7 @@ from kubernetes import client
 
 from controller import config
 from controller.inspect import compute_status, find_problems
+from controller.lifecycle import SHUTDOWN_GRACE_SECONDS
 from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
@@ -386,3 +390,66 @@ def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(proxi
         f"the last {max(late) - acquired:.1f}s after"
     )
     assert patched_by(second_proxy), "the new leader allocates"
+    assert_exits_by_itself(first)
+
+
+def assert_exits_by_itself(deposed: ControllerProcess) -> None:
+    """A deposed leader exits on its own (1, as kube-controller-manager does), its cleanup not cut short.
+
+    kopf cancelled twice (once for the lost lease, once for the stop it causes) abandoned its watcher
+    half-stopped, and the event loop's final cleanup then waited for it for good.
+    """
+    wait_for(lambda: deposed.process.poll() is not None, timeout=SHUTDOWN_GRACE_SECONDS + 10, what="the old leader to exit")
+    assert deposed.process.returncode == 1, deposed.log()
+    assert "stopping did not finish" not in deposed.log(), f"its cleanup hung until the deadline:\n{deposed.log()}"
+
+
+# -- shutdown is bounded, whatever is still in flight -------------------------------------------------------
+
+TOKEN_REVIEWS = r"^/apis/authentication\.k8s\.io/v1/tokenreviews$"
+
+
+def patient_scrape(controller: ControllerProcess) -> None:
+    """GET /metrics as a scraper with a long timeout would: it holds the connection open while it waits."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{controller.metrics_port}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(request, timeout=120, context=context).close()
+
+
+def scrape_held_at_token_review(proxy: FaultProxy, controller: ControllerProcess) -> None:
+    """Start a /metrics scrape whose TokenReview the proxy holds; return once it is held."""
+    wait_for(lambda: controller.get("/readyz", token=None) in (200, 503), what="the controller to serve")
+    stall = proxy.add(Rule(Action.STALL, path=TOKEN_REVIEWS, methods=frozenset({"POST"}), name="stall-reviews"))
+    threading.Thread(target=patient_scrape, args=(controller,), daemon=True).start()
+    wait_for(lambda: proxy.injected().get(stall.name, 0) >= 1, what="the scrape's TokenReview to be held")
+
+
+@pytest.mark.parametrize("role", ["leader", "standby"])
+def test_sigterm_with_a_scrape_hanging_on_its_token_review_still_stops_promptly(
+    proxied: Proxied, cluster: Cluster, role: str
+) -> None:
+    """SIGTERM while a /metrics scrape waits on a TokenReview the API server never answers.
+
+    A Prometheus scrape during a rolling update, with the API server slow: the health server waited up to a
+    minute for the request in flight, past the Pod's grace period, on a standby (kopf never ran) as well as
+    on a leader.
+    """
+    lease = f"nodeipam-scrape-{role}-{int(time.time())}"
+    _, leader = proxied(*leader_flags("leader", lease, *CLUSTER_FLAGS))
+    wait_for(lambda: lease_holder(cluster.plane, lease) == "leader", what="the leader to hold the lease")
+    proxy, controller = proxied(*leader_flags("standby", lease, *CLUSTER_FLAGS)) if role == "standby" else (None, leader)
+    if proxy is None:
+        proxy = next(p for p, c in proxied.started if c is leader)
+    else:
+        wait_for(lambda: "waiting for the lease" in controller.log(), what="the standby to wait")
+    scrape_held_at_token_review(proxy, controller)
+    started = time.monotonic()
+    assert controller.stop() == 0, controller.log()
+    print(f"{role} stopped {time.monotonic() - started:.1f}s after SIGTERM with a scrape in flight")
+    # The signal is ours even while kopf runs: one path stops everything, within the deadline.
+    assert "SIGTERM: stopping" in controller.log()

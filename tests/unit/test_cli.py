@@ -57,7 +57,7 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad input must be refused before the controller or the demo's control plane starts."""
 
-    async def run(settings: Settings, credentials: Credentials | None = None) -> None:
+    async def run(settings: Settings, credentials: Credentials | None = None, *_: object) -> None:
         raise AssertionError("the controller started")
 
     def demo_main(nodes: int, cluster_cidr: str, once: bool) -> int:
@@ -237,7 +237,7 @@ def test_run_loads_credentials_then_starts_with_them(
 ) -> None:
     started: list[tuple[Settings, Credentials | None]] = []
 
-    async def run(settings: Settings, credentials: Credentials | None = None) -> None:
+    async def run(settings: Settings, credentials: Credentials | None = None, *_: object) -> None:
         started.append((settings, credentials))
 
     monkeypatch.setattr(lifecycle, "run", run)
