@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup binaries lint test chaos demo bench manifests clean
+.PHONY: setup binaries node-assets lint test chaos demo demo-node bench manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 ## binaries: etcd, kube-apiserver, kubectl, helm for the tests (cached in ~/.cache/nodeipam; ~10 min cold)
 binaries: $(STAMP)
 	$(BIN)/python -m controller.localcluster.binaries etcd kube-apiserver kubectl helm
+
+## node-assets: what the real-Node suite adds: kube-scheduler, kubelet, flanneld, flannel's CNI plugin, the sandbox image, the image base (cold: ~30 min on 2 cores)
+node-assets: $(STAMP)
+	$(BIN)/python -m e2e.node.assets
 
 ## lint: ruff, mypy (strict), import-linter layering contracts
 lint: $(STAMP)
@@ -37,6 +41,10 @@ chaos: binaries
 ## demo: start a local control plane, run the controller, register Nodes, show their podCIDRs (Ctrl-C stops)
 demo: $(STAMP)
 	$(BIN)/nodeipam demo
+
+## demo-node: as root, a real Node (containerd, kubelet, flannel) and the chart's Pod from the built image; ends with a pod's IP in its Node's podCIDR
+demo-node: $(STAMP)
+	$(BIN)/python -m e2e.node.demo
 
 ## bench: side-by-side figures against kube-controller-manager on the same API server
 bench: binaries

@@ -227,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
-        from controller import demo
-
+        try:
+            from controller import demo
+        except ImportError:
+            # The image ships what runs in a cluster; the demo and its local control plane stay in the source tree.
+            return _fail("demo", ImportError("not in this installation: run it from a checkout (make demo)"), status=1)
         try:
             demo.check_args(args.nodes, args.cluster_cidr)
         except ConfigError as error:

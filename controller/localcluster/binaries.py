@@ -26,6 +26,8 @@ KUBERNETES_COMMANDS = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
 }
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+import controller
 from controller import cli, demo, lifecycle
 from controller.config import Settings
 from controller.kube import Credentials, CredentialsError
@@ -423,3 +425,12 @@ def test_demo_starts_with_good_input(monkeypatch: pytest.MonkeyPatch, argv: list
     monkeypatch.setattr(demo, "main", demo_main)
     assert cli.main(["demo", *argv]) == 0
     assert len(calls) == 1
+
+
+def test_demo_absent_from_the_installation_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The image leaves the demo and the local control plane out: one line, exit 1, no traceback."""
+    monkeypatch.setitem(sys.modules, "controller.demo", None)  # import now raises ImportError
+    monkeypatch.delattr(controller, "demo", raising=False)
+    code, stderr = call(capsys, "demo")
+    assert code == 1
+    assert_one_line(stderr, "demo", "not in this installation", "make demo")
