@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 import netaddr
 
-from controller.nodes import NodeInfo
+from controller.nodes import NodeInfo, labels_of
 
 logger = logging.getLogger("nodeipam.kube")
 
@@ -51,6 +51,7 @@ class _NodeMetadata(msgspec.Struct, frozen=True):
     name: str = ""
     uid: str = ""
     resourceVersion: str = ""  # camelCase: the API's field names
+    labels: dict[str, str] = {}  # they choose the pool of a Node without a range
 
 
 class _NodeSpec(msgspec.Struct, frozen=True):
@@ -72,6 +73,7 @@ class _Node(msgspec.Struct, frozen=True):
             pod_cidrs=spec.podCIDRs or ((spec.podCIDR,) if spec.podCIDR else ()),
             resource_version=self.metadata.resourceVersion,
             pod_cidr=spec.podCIDR,
+            labels=labels_of(self.metadata.labels),
         )
 
 
