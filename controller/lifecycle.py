@@ -101,6 +101,7 @@ async def _lead(
             asyncio.ensure_future(reconciler.bridge(kopf_live)),
             asyncio.ensure_future(reconciler.serve_waiting()),
             asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
+            asyncio.ensure_future(reconciler.write_pool_statuses()),
         ]
         # kopf handles SIGTERM itself once started; losing the lease cancels it at once.
         operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_live))

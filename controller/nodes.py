@@ -323,11 +323,11 @@ class NodeAllocations:
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sequence = 0
-        self._all_service_cidrs = tuple(service_cidrs)
-        for cidr in self._all_service_cidrs:
+        self.all_service_cidrs = tuple(service_cidrs)
+        for cidr in self.all_service_cidrs:
             self._claim(cidr)  # never unclaimed: the service range is never a Node's to free
         self.service_cidrs = tuple(
-            cidr for cidr in self._all_service_cidrs if any(_overlaps(cidr, family.cluster_cidr) for family in self.ranges)
+            cidr for cidr in self.all_service_cidrs if any(_overlaps(cidr, family.cluster_cidr) for family in self.ranges)
         )
         self.set_pools(pools)
 
@@ -342,7 +342,7 @@ class NodeAllocations:
         being deleted should come in disabled.
         """
         specs = {pool.name: pool for pool in pools if not pool.is_default}
-        refused = overlaps([self._default, *specs.values()], self._all_service_cidrs)
+        refused = overlaps([self._default, *specs.values()], self.all_service_cidrs)
         for name, cidrs in list(self._reserved.items()):
             spec = specs.get(name)
             if spec is None or spec.reserved != cidrs:
@@ -392,8 +392,11 @@ class NodeAllocations:
         return owner.name if owner is not None else None
 
     def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
-        """(Node name, ranges) of every Node holding ranges, for usage and status."""
-        return [(name, held.cidrs) for name, held in self._holdings.items() if held.cidrs]
+        """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
+        found = {name: held.cidrs for name, held in self._holdings.items() if held.cidrs}
+        for name, reservation in self._reservations.items():
+            found[name] = tuple(dict.fromkeys((*found.get(name, ()), *reservation.cidrs)))
+        return list(found.items())
 
     def _new_set(self, pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
         entry = _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
