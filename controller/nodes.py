@@ -391,6 +391,13 @@ class NodeAllocations:
         owner = holder(cidr, [pool for pool in self.pools() if pool.name not in self._refused])
         return owner.name if owner is not None else None
 
+    def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
+        """The CIDR (of the pool `pool_of` names) that contains a range."""
+        name = self.pool_of(cidr)
+        if name is None:
+            return None
+        return next((entry.cidr for entry in self._entries.get(name, ()) if cidr in entry.cidr), None)
+
     def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
         found = {name: held.cidrs for name, held in self._holdings.items() if held.cidrs}

@@ -26,7 +26,7 @@ from controller.allocators import NoCIDRsRemainingError
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations, NodeInfo, Observation, Outcome, Problem, Reservation, ReservationError
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, compute_usage, status_body
+from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, compute_usage, status_body
 
 logger = logging.getLogger("nodeipam")
 
@@ -123,6 +123,7 @@ class Reconciler:
         self.metrics = metrics or Metrics()
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
+        self.metrics.track_pools(self.pool_usages)
         self.rebuilt = asyncio.Event()
         self._may_allocate = may_allocate
         self._fenced_logged = False
@@ -280,6 +281,7 @@ class Reconciler:
         logger.info("released %s from %s node %s", _join(cidrs), why, name)
         for cidr in cidrs:
             self.metrics.releases.labels(self._cluster_label(cidr)).inc()
+            self.metrics.pool_releases.labels(self.allocations.pool_of(cidr) or "").inc()
         self._capacity_freed.set()
 
     async def _note(self, node: NodeInfo, observation: Observation) -> None:
@@ -356,6 +358,11 @@ class Reconciler:
 
     # -- pool status and finalizers -------------------------------------------------
 
+    def pool_usages(self) -> list[PoolUsage]:
+        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now."""
+        usages, _ = compute_usage(self.allocations.pools(), self.allocations.holdings(), self.allocations.all_service_cidrs)
+        return usages
+
     def _pool_usage_changed(self) -> None:
         if self.pools_served:
             self._pool_status_due.set()
@@ -385,7 +392,7 @@ class Reconciler:
         """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones."""
         specs = self.allocations.pools()
         in_use = self.allocations.holdings()
-        usages, _ = compute_usage(specs, in_use, self.allocations.all_service_cidrs)
+        usages = self.pool_usages()
         holders: dict[str, set[str]] = {}
         for node, cidrs in in_use:
             for cidr in cidrs:
@@ -593,6 +600,7 @@ class Reconciler:
         for cidr in cidrs:
             label = self._cluster_label(cidr)
             self.metrics.allocations.labels(label).inc()
+            self.metrics.pool_allocations.labels(self.allocations.pool_of(cidr) or "").inc()
             if attempts is not None:
                 self.metrics.tries.labels(label).observe(attempts)
         if seen_at is not None:
@@ -733,6 +741,10 @@ class Reconciler:
     # -- helpers -------------------------------------------------------------------
 
     def _cluster_label(self, cidr: netaddr.IPNetwork) -> str:
+        """The CIDR a range was carved from: the flags' cluster CIDR, or a pool's."""
+        containing = self.allocations.pool_cidr_of(cidr)
+        if containing is not None:
+            return str(containing)
         cidr_set = self.allocations.set_for(cidr)
         return str(cidr_set.cluster_cidr) if cidr_set else ""
 

@@ -690,3 +690,27 @@ def test_pool_status_finalizer_and_deletion_wait_for_the_last_node(family: Famil
     draining = next(c for c in deleting["conditions"] if c["type"] == "Draining")
     assert draining["status"] == "True"
     assert [status["blockingNodes"] for status in statuses[2:]] == [["b"], []]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_metrics_per_pool(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+    api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+    for name in ("a", "b", "c"):
+        api.add(name)
+    reconciler = rebuilt(family, api)
+    registry = reconciler.metrics.registry
+    version = f"ipv{family.version}"
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"node_ipam_controller_{name}", labels)
+
+    assert sample("pool_allocated_cidrs", pool="p", family=version) == 2
+    assert sample("pool_free_cidrs", pool="p", family=version) == 0
+    assert sample("pool_max_cidrs", pool="p", family=version) == 2
+    assert sample("pool_allocated_cidrs", pool="(default)", family=version) == 1
+    assert sample("pool_nodes", pool="p") == 2
+    assert sample("pool_cidrs_allocations_total", pool="p") == 2
+    assert sample("pool_cidrs_allocations_total", pool="(default)") == 1
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=first) == 2, "a pool's ranges count for its CIDR"
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=str(family.cluster_cidr)) == 1
