@@ -412,10 +412,11 @@ class Reconciler:
             previous = (body.get("status") or {}).get("conditions") or ()
             status = status_body(self._pool_specs.get(spec.name, spec), usage, now, previous, deleting=deleting)
             try:
+                # The finalizer first: it needs the resourceVersion seen, which a status write would change.
+                await self._keep_finalizer(spec.name, metadata, needed=not deleting or bool(held_by))
                 if _without_times(status) != _without_times(self._status_written.get(spec.name, {})):
                     await self.kube.patch_pool_status(spec.name, status)
                     self._status_written[spec.name] = status
-                await self._keep_finalizer(spec.name, metadata, needed=not deleting or bool(held_by))
             except ApiError as error:
                 if error.status != 404:
                     logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", spec.name, error)
