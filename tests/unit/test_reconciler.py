@@ -714,3 +714,47 @@ def test_metrics_per_pool(family: FamilyRange) -> None:
     assert sample("pool_cidrs_allocations_total", pool="(default)") == 1
     assert sample("cidrset_cidrs_allocations_total", clusterCIDR=first) == 2, "a pool's ranges count for its CIDR"
     assert sample("cidrset_cidrs_allocations_total", clusterCIDR=str(family.cluster_cidr)) == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_burst_of_nodes_writes_the_pool_status_once(family: FamilyRange, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler_module, "POOL_STATUS_DEBOUNCE", 0.5)
+    _, wide = POOL_CIDRS[family.version]
+    big = str(netaddr.IPNetwork(wide).supernet(netaddr.IPNetwork(wide).prefixlen - 3)[0])  # sixteen node ranges
+
+    async def go() -> FakeApi:
+        api = FakeApi(pools={"p": pool_body("p", family, big, priority=1)})
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        writer = asyncio.ensure_future(reconciler.write_pool_statuses())
+        await wait_until(lambda: "p" in api.statuses)
+        for index in range(10):  # a burst spread over 0.1 s, shorter than the debounce
+            await reconciler.handle(api.add(f"n{index}"))
+            await asyncio.sleep(0.01)
+        await wait_until(lambda: api.statuses["p"][-1]["nodes"] == 10)
+        writer.cancel()
+        return api
+
+    api = run(go)
+    assert [status["nodes"] for status in api.statuses["p"]] == [0, 10]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_invalid_pool_change_keeps_the_last_valid_spec(family: FamilyRange) -> None:
+    first, second = POOL_CIDRS[family.version]
+
+    async def go() -> tuple[FakeApi, Reconciler]:
+        api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        broken = pool_body("p", family, first, second, priority=1)
+        broken["spec"][f"ipv{family.version}"]["cidrs"][1]["cidr"] = "not-a-cidr"
+        await reconciler.pool_event("MODIFIED", broken)
+        await wait_until(lambda: bool(api.pool_events))
+        await reconciler.handle(api.add("a"))
+        return api, reconciler
+
+    api, reconciler = run(go)
+    assert [(name, reason) for name, reason, _ in api.pool_events] == [("p", "InvalidPool")]
+    assert "last valid spec is kept" in api.pool_events[0][2]
+    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "p"
