@@ -7,7 +7,9 @@ sees and carries out what it decides.
 Invariants kept here:
 - A node subnet is marked in the sets iff at least one claim covers it: a
   Node's podCIDR (whole, part of a subnet, or several subnets), a reservation
-  for a patch, or a service range. It comes free only when its last claim goes.
+  for a patch, a service range, or a pool's reserved range. It comes free
+  only when its last claim goes. With several pools, every set a claim
+  overlaps carries it, including sets made after the claim.
 - Every holding and every reservation carries the Node's UID; nothing about
   one incarnation of a name is ever done to another.
 - A Node that already has podCIDRs is only occupied, never changed.
