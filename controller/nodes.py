@@ -566,7 +566,10 @@ class NodeAllocations:
         if held is not None and held.cidrs:
             raise ReservationError(f"node {node.name} holds {_join(held.cidrs)} already")
         tried: list[str] = []
-        for candidate in rank(self._candidates(), node.label_map, node.name, self._versions):
+        candidates = self._candidates()
+        # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
+        ranked = rank(candidates, node.label_map, node.name, self._versions) if self._pools else candidates
+        for candidate in ranked:
             if not candidate.has_room:
                 full = [
                     f"IPv{family.version}"
