@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from typing import Any
 
 import netaddr
@@ -229,3 +231,95 @@ def test_a_dual_stack_pool_with_one_family_full_gives_nothing_from_the_other(
     other = "fd01::/62" if full_family == 4 else "10.1.0.0/22"
     held_in_other = [cidr for _, cidrs in allocations.holdings() for cidr in cidrs if cidr in netaddr.IPNetwork(other)]
     assert len(held_in_other) == 2
+
+
+# -- random runs: pools changing under Nodes coming and going --------------------------------------------------
+
+RANDOM_FAMILIES = [
+    pytest.param(FamilyRange(netaddr.IPNetwork("10.0.0.0/23"), 24), "10.1.0.0/23", "10.2.0.0/23", "10.1.1.0/24", id="ipv4"),
+    pytest.param(FamilyRange(netaddr.IPNetwork("fd00::/63"), 64), "fd01::/63", "fd02::/63", "fd01:0:0:1::/64", id="ipv6"),
+]
+
+
+def random_pools(rng: random.Random, version: int, mask: int, first: str, second: str, inner: str) -> list[PoolSpec]:
+    """Some of: a GPU pool (grown or not, its first CIDR draining or not), a pool for all, one overlapping the GPU pool."""
+    chosen = []
+    if rng.random() < 0.7:
+        cidrs = (first, second) if rng.random() < 0.5 else (first,)
+        draining = (first,) if len(cidrs) == 2 and rng.random() < 0.5 else ()
+        chosen.append(pool("gpu", version, mask, *cidrs, draining=draining, priority=5, nodeSelector=gpu_selector()))
+    if rng.random() < 0.5:
+        chosen.append(
+            pool(
+                "all",
+                version,
+                mask,
+                second if len(chosen) and len(chosen[0].families[0].cidrs) == 1 else inner,
+                disabled=rng.random() < 0.3,
+                created="2026-01-02T00:00:00Z",
+            )
+        )
+    if rng.random() < 0.3:
+        chosen.append(pool("late", version, mask, inner, priority=9, created="2026-01-03T00:00:00Z"))
+    return chosen
+
+
+def check_sets(allocations: NodeAllocations) -> None:
+    """A node subnet of any pool's set is marked iff a claim covers it (a Node's range, a reservation, a reserved range)."""
+    held = [(name, cidr) for name, cidrs in allocations.holdings() for cidr in cidrs]
+    claims = [cidr for _, cidr in held] + [cidr for spec in allocations.pools() for cidr in spec.reserved]
+    for spec in allocations.pools():
+        for family in spec.families:
+            for entry in family.cidrs:
+                cidr_set = next(e.claims.cidr_set for e in allocations._entries[spec.name] if e.cidr == entry.cidr)
+                for subnet in entry.cidr.subnet(family.node_mask_size):
+                    covered = any(
+                        c.first <= subnet.last and subnet.first <= c.last for c in claims if c.version == subnet.version
+                    )
+                    assert cidr_set.is_allocated(subnet) == covered, f"{spec.name}: {subnet} marked={not covered}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize(("default", "first", "second", "inner"), RANDOM_FAMILIES)
+def test_random_runs_never_hand_out_a_range_twice(default: FamilyRange, first: str, second: str, inner: str, seed: int) -> None:
+    rng = random.Random(seed)
+    version, mask = default.version, default.node_mask_size
+    allocations = NodeAllocations([default])
+    presets = [str(next(netaddr.IPNetwork(cidr).subnet(mask))) for cidr in (first, second, inner, str(default.cluster_cidr))]
+    presets.append("10.9.0.0/24" if version == 4 else "fd09::/64")  # in no pool
+    live: dict[str, tuple[netaddr.IPNetwork, ...]] = {}  # Node name -> the ranges it shows
+    for step in range(120):
+        action = rng.random()
+        name = f"n{step}"
+        if action < 0.15:
+            allocations.set_pools(random_pools(rng, version, mask, first, second, inner))
+        elif action < 0.25:
+            info = NodeInfo(name, f"uid-{name}", (rng.choice(presets),))
+            allocations.observe(info)
+            live[name] = tuple(map(netaddr.IPNetwork, info.pod_cidrs))
+        elif action < 0.65:
+            info = node(name, gpu=rng.choice(["true", "false"]))
+            try:
+                reservation = allocations.reserve(info)
+            except NoCIDRsRemainingError:
+                continue
+            for other, written in live.items():  # what Nodes show, not what the allocator made of it
+                for cidr, taken in itertools.product(written, reservation.cidrs):
+                    assert not (cidr.first <= taken.last and taken.first <= cidr.last), (
+                        f"{taken} handed to {name} overlaps {cidr} of {other}"
+                    )
+            allocations.patching(reservation)
+            if rng.random() < 0.8:
+                allocations.commit(reservation)
+                live[name] = reservation.cidrs
+            else:
+                allocations.abort(reservation)
+        elif live:
+            gone = rng.choice(sorted(live))
+            del live[gone]
+            allocations.forget(gone, f"uid-{gone}")
+        check_sets(allocations)
+    for name in sorted(live):
+        allocations.forget(name, f"uid-{name}")
+    check_sets(allocations)
+    assert allocations.holdings() == []
