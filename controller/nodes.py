@@ -393,6 +393,15 @@ class NodeAllocations:
         owner = holder(cidr, [pool for pool in self.pools() if pool.name not in self._refused])
         return owner.name if owner is not None else None
 
+    def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
+        """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
+        return any(
+            _overlaps(cidr, entry.cidr)
+            for name, entries in self._entries.items()
+            if name not in self._refused
+            for entry in entries
+        )
+
     def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
         """The CIDR (of the pool `pool_of` names) that contains a range."""
         name = self.pool_of(cidr)

@@ -25,7 +25,16 @@ import netaddr
 from controller.allocators import NoCIDRsRemainingError
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, Observation, Outcome, Problem, Reservation, ReservationError
+from controller.nodes import (
+    REASON_INVALID_POD_CIDR,
+    NodeAllocations,
+    NodeInfo,
+    Observation,
+    Outcome,
+    Problem,
+    Reservation,
+    ReservationError,
+)
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, compute_usage, status_body
 
 logger = logging.getLogger("nodeipam")
@@ -392,7 +401,8 @@ class Reconciler:
         """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones."""
         specs = self.allocations.pools()
         in_use = self.allocations.holdings()
-        usages = self.pool_usages()
+        usages, outside = compute_usage(specs, in_use, self.allocations.all_service_cidrs)
+        await self._report_outside(outside)
         holders: dict[str, set[str]] = {}
         for node, cidrs in in_use:
             for cidr in cidrs:
@@ -421,6 +431,15 @@ class Reconciler:
                 if error.status != 404:
                     logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", spec.name, error)
                     self._pool_status_due.set()
+
+    async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:
+        """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""
+        for name, cidr in outside:
+            uid = self.allocations.holder_uid(name)
+            if uid is None or self.allocations.overlaps_served(cidr):
+                continue  # a reservation; or a range sticking out of a pool, reported when it was first seen
+            message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"
+            await self._warn(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)
 
     async def _keep_finalizer(self, name: str, metadata: Mapping[str, Any], needed: bool) -> None:
         """The finalizer stays while the pool is not deleted or a Node still holds a range in it."""

@@ -759,3 +759,26 @@ def test_an_invalid_pool_change_keeps_the_last_valid_spec(family: FamilyRange) -
     assert [(name, reason) for name, reason, _ in api.pool_events] == [("p", "InvalidPool")]
     assert "last valid spec is kept" in api.pool_events[0][2]
     assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "p"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_range_left_in_no_pool_is_reported_and_kept(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+
+    async def go() -> tuple[FakeApi, Reconciler]:
+        api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+        api.add("a")
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.sync_pools()
+        assert api.events == []
+        removed = api.pools.pop("p")  # its finalizer removed by hand, then deleted
+        await reconciler.pool_event("DELETED", removed)
+        await reconciler.sync_pools()
+        return api, reconciler
+
+    api, reconciler = run(go)
+    held = api.nodes["a"].pod_cidrs
+    assert [(name, reason) for name, reason, _ in api.events] == [("a", "InvalidPodCIDR")]
+    assert f"podCIDR {held[0]} lies in no serving pool" in api.events[0][2]
+    assert reconciler.allocations.holding("a") == tuple(map(netaddr.IPNetwork, held))
