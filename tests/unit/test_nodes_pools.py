@@ -323,3 +323,17 @@ def test_random_runs_never_hand_out_a_range_twice(default: FamilyRange, first: s
         allocations.forget(name, f"uid-{name}")
     check_sets(allocations)
     assert allocations.holdings() == []
+
+
+@pytest.mark.parametrize(ARGS, FAMILIES)
+def test_a_pool_overlapping_the_service_range_is_refused(
+    version: int, default: FamilyRange, mask: int, gpu_cidr: str, more_cidr: str, outside: str
+) -> None:
+    service = netaddr.IPNetwork(outside)
+    allocations = NodeAllocations([default], service_cidrs=[service])
+    refused = allocations.set_pools([pool("svc", version, mask, str(service.supernet(service.prefixlen - 1)[0]), priority=1)])
+    assert set(refused) == {"svc"} and "service range" in refused["svc"]
+    taken = [commit(allocations, node(f"n{i}"))[0] for i in range(2)]
+    assert all(cidr in default.cluster_cidr for cidr in taken)
+    with pytest.raises(NoCIDRsRemainingError):
+        allocations.reserve(node("n2"))
