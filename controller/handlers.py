@@ -3,7 +3,8 @@
 Nothing is decided here; lifecycle.py starts and stops what this module wires.
 kopf is told to store nothing on Nodes: no progress or diff-base annotations,
 no finalizers (only `@kopf.on.event` is used), no status, no kopf events.
-The only write to a Node is the podCIDR patch in kube.py.
+The only write to a Node is the podCIDR patch in kube.py. NodeCIDRPools'
+finalizer and status are written by the reconciler, not by kopf.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def kopf_settings() -> kopf.OperatorSettings:
 
 
 def build_registry(credentials: Credentials, reconciler: Reconciler, live: asyncio.Event) -> kopf.OperatorRegistry:
-    """The handlers: credentials for kopf's watch, and Node events into the reconciler.
+    """The handlers: credentials for kopf's watch; Node and NodeCIDRPool events (if the CRD is installed) into the reconciler.
 
     `live` is set at the first event that is not part of kopf's initial listing.
     """
@@ -87,6 +88,12 @@ def build_registry(credentials: Credentials, reconciler: Reconciler, live: async
             certificate_path=credentials.cert_file,
             private_key_path=credentials.key_file,
         )
+
+    if reconciler.pools_served:
+
+        @kopf.on.event("nodeipam.io", "v1alpha1", "nodecidrpools", registry=registry)
+        async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
+            await reconciler.pool_event(event["type"], event["object"])
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:

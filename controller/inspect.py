@@ -167,7 +167,7 @@ def format_status(status: Status) -> str:
         lines.append("")
         lines.append(f"{'POOL':<20} {'PRIORITY':>8} {'CIDRS':<44} {'MASK':>5} {'USED':>16} {'FREE':>12} {'NODES':>6}  STATE")
         for pool in status.pools:
-            state = "refused: " + pool.refused if pool.refused else "disabled" if pool.disabled else "usable"
+            state = "refused: " + pool.refused if pool.refused else "disabled" if pool.disabled else "serving"
             for index, family in enumerate(pool.families):
                 head = (
                     (pool.name, str(pool.priority), pool.summary, str(pool.nodes), state) if index == 0 else ("", "", "", "", "")

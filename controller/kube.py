@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 import netaddr
 
-from controller.nodes import NodeInfo
+from controller.nodes import NodeInfo, labels_of
 
 logger = logging.getLogger("nodeipam.kube")
 
@@ -44,13 +44,15 @@ WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute
 
 
 #: The NodeCIDRPool collection (cluster-scoped CRD in the chart's crds/).
-POOLS_PATH = "/apis/nodeipam.io/v1alpha1/nodecidrpools"
+POOLS_API_VERSION = "nodeipam.io/v1alpha1"
+POOLS_PATH = f"/apis/{POOLS_API_VERSION}/nodecidrpools"
 
 
 class _NodeMetadata(msgspec.Struct, frozen=True):
     name: str = ""
     uid: str = ""
     resourceVersion: str = ""  # camelCase: the API's field names
+    labels: dict[str, str] = {}  # they choose the pool of a Node without a range
 
 
 class _NodeSpec(msgspec.Struct, frozen=True):
@@ -72,6 +74,7 @@ class _Node(msgspec.Struct, frozen=True):
             pod_cidrs=spec.podCIDRs or ((spec.podCIDR,) if spec.podCIDR else ()),
             resource_version=self.metadata.resourceVersion,
             pod_cidr=spec.podCIDR,
+            labels=labels_of(self.metadata.labels),
         )
 
 
@@ -513,10 +516,19 @@ class KubeClient:
 
     async def post_node_event(self, node: NodeInfo, event_type: str, reason: str, message: str) -> bool:
         """A core/v1 Event about a Node, where `kubectl describe node` finds it. Never raises."""
+        involved = {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name}
+        return await self._post_event(involved, event_type, reason, message)
+
+    async def post_pool_event(self, name: str, uid: str, event_type: str, reason: str, message: str) -> bool:
+        """A core/v1 Event about a NodeCIDRPool, where `kubectl describe nodecidrpool` finds it. Never raises."""
+        involved = {"apiVersion": POOLS_API_VERSION, "kind": "NodeCIDRPool", "name": name, "uid": uid or name}
+        return await self._post_event(involved, event_type, reason, message)
+
+    async def _post_event(self, involved: Mapping[str, str], event_type: str, reason: str, message: str) -> bool:
         now = _now()
         event = {
-            "metadata": {"name": f"{node.name}.{uuid.uuid4().hex[:16]}", "namespace": EVENT_NAMESPACE},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name},
+            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": EVENT_NAMESPACE},
+            "involvedObject": dict(involved),
             "reason": reason,
             "message": message[:1024],
             "type": event_type,
@@ -530,9 +542,30 @@ class KubeClient:
         try:
             await self.request("POST", f"/api/v1/namespaces/{EVENT_NAMESPACE}/events", body=event)
         except ApiError as error:
-            logger.warning("could not post %s event %s for node %s: %s", event_type, reason, node.name, error)
+            kind = involved["kind"].lower()
+            logger.warning("could not post %s event %s for %s %s: %s", event_type, reason, kind, involved["name"], error)
             return False
         return True
+
+    # -- NodeCIDRPools ----------------------------------------------------------
+
+    async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch a NodeCIDRPool's status subresource."""
+        await self.request(
+            "PATCH",
+            f"{POOLS_PATH}/{name}/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+            decode=False,
+        )
+
+    async def set_pool_finalizers(self, name: str, finalizers: Sequence[str], resource_version: str) -> dict[str, Any]:
+        """Set a NodeCIDRPool's finalizers, only if it is still at `resource_version` (else 409)."""
+        patch = {"metadata": {"finalizers": list(finalizers), "resourceVersion": resource_version}}
+        patched: dict[str, Any] = await self.request(
+            "PATCH", f"{POOLS_PATH}/{name}", body=patch, content_type="application/merge-patch+json"
+        )
+        return patched
 
     # -- Leases --------------------------------------------------------------
 

@@ -179,6 +179,7 @@ async def _lead(
             asyncio.ensure_future(reconciler.bridge(kopf_live)),
             asyncio.ensure_future(reconciler.serve_waiting()),
             asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
+            asyncio.ensure_future(reconciler.write_pool_statuses()),
         ]
         # Stopping, for whatever reason, cancels kopf at once: signals stay ours (taken back from kopf as soon
         # as it runs), so that one flag, one deadline and one path stop everything.

@@ -7,14 +7,18 @@ on import, so tests and several controllers in one process do not collide.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from controller.allocators import CIDRSet
+from controller.pools import PoolUsage
 
 NAMESPACE = "node_ipam_controller"
 CLUSTER_CIDR_LABEL = "clusterCIDR"
+POOL_LABEL = "pool"
 
 
 class Metrics:
@@ -94,6 +98,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.pool_allocations = Counter(
+            "pool_cidrs_allocations",
+            "Node CIDRs allocated, per pool ('(default)': the flags' range).",
+            [POOL_LABEL],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.pool_releases = Counter(
+            "pool_cidrs_releases",
+            "Node CIDRs released, per pool.",
+            [POOL_LABEL],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.background_failures = Counter(
             "background_failures",
             "Failures of background work, by loop: restarts of a loop, or one Node's handling ('node').",
@@ -111,6 +129,36 @@ class Metrics:
             self.allocated.labels(label).set_function(functools.partial(_allocated, cidr_set))
             self.allocations.labels(label)
             self.releases.labels(label)
+
+    def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
+        """Per-pool gauges, computed at scrape time: pools come and go at runtime."""
+        self.registry.register(_PoolCollector(usages))
+
+
+class _PoolCollector(Collector):
+    """Capacity, allocated and free Node CIDRs per pool and IP family; Nodes per pool."""
+
+    def __init__(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
+        self._usages = usages
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        prefix = f"{NAMESPACE}_pool_"
+        labels = [POOL_LABEL, "family"]
+        capacity = GaugeMetricFamily(prefix + "max_cidrs", "Node CIDRs the pool holds (reserved ones excluded).", labels=labels)
+        allocated = GaugeMetricFamily(prefix + "allocated_cidrs", "Node CIDRs of the pool held by Nodes.", labels=labels)
+        free = GaugeMetricFamily(prefix + "free_cidrs", "Node CIDRs a new Node could get (draining CIDRs: none).", labels=labels)
+        nodes = GaugeMetricFamily(prefix + "nodes", "Nodes holding a range in the pool.", labels=[POOL_LABEL])
+        for usage in self._usages():
+            nodes.add_metric([usage.name], usage.nodes)
+            for family in usage.families:
+                version = f"ipv{family.version}"
+                capacity.add_metric([usage.name, version], family.capacity)
+                allocated.add_metric([usage.name, version], family.allocated)
+                free.add_metric([usage.name, version], family.free)
+        yield from (capacity, allocated, free, nodes)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
 
 
 def _usage(cidr_set: CIDRSet) -> float:

@@ -7,7 +7,9 @@ sees and carries out what it decides.
 Invariants kept here:
 - A node subnet is marked in the sets iff at least one claim covers it: a
   Node's podCIDR (whole, part of a subnet, or several subnets), a reservation
-  for a patch, or a service range. It comes free only when its last claim goes.
+  for a patch, a service range, or a pool's reserved range. It comes free
+  only when its last claim goes. With several pools, every set a claim
+  overlaps carries it, including sets made after the claim.
 - Every holding and every reservation carries the Node's UID; nothing about
   one incarnation of a name is ever done to another.
 - A Node that already has podCIDRs is only occupied, never changed.
@@ -32,8 +34,9 @@ from typing import Any
 
 import netaddr
 
-from controller.allocators import CIDRSet, CIDRSetError, ClaimedSubnets, NoCIDRsRemainingError
+from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
 from controller.config import FamilyRange
+from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, holder, overlaps, rank
 
 #: Event reason for a podCIDR the controller cannot account for cleanly.
 REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
@@ -53,6 +56,11 @@ class NodeInfo:
     pod_cidrs: tuple[str, ...] = ()
     resource_version: str = ""
     pod_cidr: str = ""  # spec.podCIDR as written; must equal pod_cidrs[0]
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: they choose a pool for a Node without a range
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeInfo:
@@ -65,7 +73,13 @@ class NodeInfo:
             pod_cidrs=tuple(str(cidr) for cidr in cidrs),
             resource_version=str(metadata.get("resourceVersion", "")),
             pod_cidr=str(spec.get("podCIDR") or ""),
+            labels=labels_of(metadata.get("labels")),
         )
+
+
+def labels_of(labels: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """A Node's labels as sorted pairs, so that NodeInfo stays a frozen, comparable value."""
+    return tuple(sorted((str(key), str(value)) for key, value in (labels or {}).items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,27 +276,164 @@ class Release:
     cidrs: tuple[netaddr.IPNetwork, ...]
 
 
-class NodeAllocations:
-    """The sets (one CIDRSet per family, in flag order), the claims on them, and who holds what."""
+@dataclasses.dataclass(eq=False)
+class _PoolSet:
+    """The node subnets of one CIDR of one pool, and the claims on them."""
 
-    def __init__(self, ranges: Iterable[FamilyRange], service_cidrs: Iterable[netaddr.IPNetwork] = ()) -> None:
+    pool: str
+    cidr: netaddr.IPNetwork
+    node_mask_size: int
+    draining: bool
+    claims: ClaimedSubnets
+
+    @property
+    def free(self) -> int:
+        cidr_set = self.claims.cidr_set
+        return int(cidr_set.max_cidrs - cidr_set.allocated)
+
+
+class NodeAllocations:
+    """The sets of every pool (the flags' default pool, NodeCIDRPools), the claims on them, and who holds what.
+
+    A claim goes to every set whose CIDR it overlaps, and is remembered
+    (`_claimed`) so that a set made later, for a pool created or grown at
+    runtime, starts with every claim already made on its range: whichever
+    pool hands out a range, no other can hand out one overlapping it.
+    """
+
+    def __init__(
+        self,
+        ranges: Iterable[FamilyRange],
+        service_cidrs: Iterable[netaddr.IPNetwork] = (),
+        pools: Iterable[PoolSpec] = (),
+    ) -> None:
         self.ranges = tuple(ranges)
-        self.sets = tuple(CIDRSet(family.cluster_cidr, family.node_mask_size) for family in self.ranges)
-        self._claims = tuple(ClaimedSubnets(cidr_set) for cidr_set in self.sets)
+        self._default = PoolSpec.default(self.ranges)
+        self._versions = tuple(family.version for family in self.ranges)  # flag order: the order of a Node's podCIDRs
+        self._claimed: collections.Counter[netaddr.IPNetwork] = collections.Counter()
+        self._entries: dict[str, tuple[_PoolSet, ...]] = {
+            DEFAULT_POOL: tuple(self._new_set(DEFAULT_POOL, family.cluster_cidr, family.node_mask_size) for family in self.ranges)
+        }
+        self.sets = tuple(entry.claims.cidr_set for entry in self._entries[DEFAULT_POOL])  # the default pool's, in flag order
+        self._pools: dict[str, PoolSpec] = {}
+        self._refused: dict[str, str] = {}
+        self._reserved: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
+        self._served: tuple[FamilyRange, ...] = self.ranges
         self._holdings: dict[str, _Holding] = {}
         self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
         self._reservations: dict[str, Reservation] = {}
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sequence = 0
-        self.service_cidrs: tuple[netaddr.IPNetwork, ...] = ()
-        kept = []
-        for cidr in service_cidrs:
-            claims = self._claims_for(cidr)
-            if claims is not None and _overlaps(cidr, claims.cidr_set.cluster_cidr):
-                claims.claim(cidr)  # never unclaimed: the service range is never a Node's to free
-                kept.append(cidr)
-        self.service_cidrs = tuple(kept)
+        self.all_service_cidrs = tuple(service_cidrs)
+        for cidr in self.all_service_cidrs:
+            self._claim(cidr)  # never unclaimed: the service range is never a Node's to free
+        self.service_cidrs = tuple(
+            cidr for cidr in self.all_service_cidrs if any(_overlaps(cidr, family.cluster_cidr) for family in self.ranges)
+        )
+        self.set_pools(pools)
+
+    # -- pools ---------------------------------------------------------------
+
+    def set_pools(self, pools: Iterable[PoolSpec]) -> dict[str, str]:
+        """Serve these NodeCIDRPools (beside the default pool); returns the refused ones: name -> why.
+
+        Sets of CIDRs a pool keeps are kept; a CIDR new to it gets a set holding
+        every claim made so far. A pool that overlaps an earlier one (or the
+        service range) is refused: it hands out nothing until fixed. A pool
+        being deleted should come in disabled.
+        """
+        specs = {pool.name: pool for pool in pools if not pool.is_default}
+        refused = overlaps([self._default, *specs.values()], self.all_service_cidrs)
+        for name, cidrs in list(self._reserved.items()):
+            spec = specs.get(name)
+            if spec is None or spec.reserved != cidrs:
+                del self._reserved[name]
+                for cidr in cidrs:
+                    self._unclaim(cidr)
+        entries: dict[str, tuple[_PoolSet, ...]] = {DEFAULT_POOL: self._entries[DEFAULT_POOL]}
+        for name, spec in specs.items():
+            kept = {(entry.cidr, entry.node_mask_size): entry for entry in self._entries.get(name, ())}
+            made = []
+            for family in spec.families:
+                for pool_cidr in family.cidrs:
+                    entry = kept.get((pool_cidr.cidr, family.node_mask_size))
+                    if entry is None:
+                        entry = self._new_set(name, pool_cidr.cidr, family.node_mask_size)
+                    entry.draining = pool_cidr.draining
+                    made.append(entry)
+            entries[name] = tuple(made)
+        self._entries = entries
+        for name, spec in specs.items():
+            if name not in self._reserved and spec.reserved:
+                self._reserved[name] = spec.reserved
+                for cidr in spec.reserved:
+                    self._claim(cidr)
+        self._pools = specs
+        self._refused = {name: why for name, why in refused.items() if name != DEFAULT_POOL}
+        ordered = sorted(specs.values(), key=lambda spec: (spec.name in self._refused, spec.created, spec.name))
+        self._served = self.ranges + tuple(
+            FamilyRange(entry.cidr, family.node_mask_size)
+            for spec in ordered
+            for family in spec.families
+            for entry in family.cidrs
+        )
+        self._claim_newly_served()
+        return dict(self._refused)
+
+    def pools(self) -> list[PoolSpec]:
+        """The default pool, then every NodeCIDRPool served (refused ones too)."""
+        return [self._default, *self._pools.values()]
+
+    def refused(self) -> dict[str, str]:
+        return dict(self._refused)
+
+    def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
+        """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
+        owner = holder(cidr, [pool for pool in self.pools() if pool.name not in self._refused])
+        return owner.name if owner is not None else None
+
+    def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
+        """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
+        return any(
+            _overlaps(cidr, entry.cidr)
+            for name, entries in self._entries.items()
+            if name not in self._refused
+            for entry in entries
+        )
+
+    def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
+        """The CIDR (of the pool `pool_of` names) that contains a range."""
+        name = self.pool_of(cidr)
+        if name is None:
+            return None
+        return next((entry.cidr for entry in self._entries.get(name, ()) if cidr in entry.cidr), None)
+
+    def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
+        """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
+        found = {name: held.cidrs for name, held in self._holdings.items() if held.cidrs}
+        for name, reservation in self._reservations.items():
+            found[name] = tuple(dict.fromkeys((*found.get(name, ()), *reservation.cidrs)))
+        return list(found.items())
+
+    def _new_set(self, pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
+        entry = _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
+        for claimed, count in self._claimed.items():
+            if _overlaps(claimed, cidr):
+                for _ in range(count):
+                    entry.claims.claim(claimed)
+        return entry
+
+    def _claim_newly_served(self) -> None:
+        """Claim what Nodes show that lay in no pool before, and lies in one now (a pool created around it)."""
+        for name, held in self._holdings.items():
+            if len(held.cidrs) >= len(held.as_written):
+                continue
+            usable = classify_pod_cidrs(held.as_written, self._served).usable
+            new = [cidr for cidr in dict.fromkeys(usable) if cidr not in held.cidrs]
+            if new:
+                held.cidrs = (*held.cidrs, *new)
+                self._claim_all(name, new)
 
     # -- queries -------------------------------------------------------------
 
@@ -326,9 +477,8 @@ class NodeAllocations:
         return len(self._waiting)
 
     def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
-        """The set of the CIDR's family, if this controller serves it."""
-        claims = self._claims_for(cidr)
-        return claims.cidr_set if claims is not None else None
+        """The default pool's set of the CIDR's family, if the flags serve that family."""
+        return next((cidr_set for cidr_set in self.sets if cidr_set.version == cidr.version), None)
 
     # -- what the cluster shows ------------------------------------------------
 
@@ -350,7 +500,7 @@ class NodeAllocations:
         if reservation is not None:
             if not reservation.owned:
                 return self._settle_reservation(reservation, node)
-            if node.pod_cidrs and classify_pod_cidrs(node.pod_cidrs, self.ranges).usable != reservation.cidrs:
+            if node.pod_cidrs and classify_pod_cidrs(node.pod_cidrs, self._served).usable != reservation.cidrs:
                 # Someone else set other ranges while our patch is in flight (it will be refused): the
                 # Node holds them now, so they are claimed now, beside the reservation until it ends.
                 return self._account(node, held)
@@ -407,12 +557,15 @@ class NodeAllocations:
     # -- allocation ------------------------------------------------------------
 
     def reserve(self, node: NodeInfo) -> Reservation:
-        """Take one range per family, in flag order, for a patch about to be sent.
+        """Take one range per family (in flag order) for a patch about to be sent, from the pool that serves the Node.
 
-        Raises AlreadyInFlightError when the Node name has a reservation
-        already, ReservationError when the incarnation is deleted or holds
-        ranges, and NoCIDRsRemainingError (nothing left reserved) when any
-        family is exhausted; the Node is then remembered as waiting for a release.
+        The pool: the enabled, matching pool first in `pools.rank` order that
+        has room in every family; nothing is taken from a pool that lacks room
+        in one of them. Raises AlreadyInFlightError when the Node name has a
+        reservation already, ReservationError when the incarnation is deleted
+        or holds ranges, and NoCIDRsRemainingError (nothing left reserved,
+        naming the pools tried) when no pool has room; the Node is then
+        remembered as waiting for a release or a new range.
         """
         if node.name in self._reservations:
             raise AlreadyInFlightError(f"node {node.name} has a reservation in flight already")
@@ -421,20 +574,72 @@ class NodeAllocations:
         held = self._holdings.get(node.name)
         if held is not None and held.cidrs:
             raise ReservationError(f"node {node.name} holds {_join(held.cidrs)} already")
+        tried: list[str] = []
+        candidates = self._candidates()
+        # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
+        ranked = rank(candidates, node.label_map, node.name, self._versions) if self._pools else candidates
+        for candidate in ranked:
+            if not candidate.has_room:
+                full = [
+                    f"IPv{family.version}"
+                    for family, free in zip(candidate.spec.families, candidate.free, strict=True)
+                    if free <= 0
+                ]
+                tried.append(f"{candidate.name} ({' and '.join(full)} full)")
+                continue
+            taken = self._take(candidate.name)
+            if taken is None:
+                tried.append(f"{candidate.name} (no free range)")
+                continue
+            self._waiting.pop(node.name, None)
+            self._sequence += 1
+            reservation = Reservation(node.name, node.uid, taken, self._sequence)
+            self._reservations[node.name] = reservation
+            return reservation
+        self._waiting[node.name] = node
+        if not self._pools:
+            exhausted = ", ".join(str(entry.cidr) for entry in self._entries[DEFAULT_POOL] if entry.free <= 0)
+            raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {exhausted}")
+        raise NoCIDRsRemainingError("no pool has a free range for it; tried " + ("; ".join(tried) or "none (no pool matches)"))
+
+    def _candidates(self) -> list[Candidate]:
+        """Every pool that may hand out ranges, with its free ranges per family (draining CIDRs have none)."""
+        candidates = []
+        for spec in self.pools():
+            if spec.name in self._refused:
+                continue
+            entries = self._entries.get(spec.name, ())
+            free = tuple(
+                sum(entry.free for entry in entries if entry.cidr.version == family.version and not entry.draining)
+                for family in spec.families
+            )
+            candidates.append(Candidate(spec, free))
+        return candidates
+
+    def _take(self, pool: str) -> tuple[netaddr.IPNetwork, ...] | None:
+        """One range per served family from `pool`, in flag order; None (nothing taken) when one family has none."""
         taken: list[netaddr.IPNetwork] = []
-        try:
-            for claims in self._claims:
-                taken.append(claims.allocate_next())
-        except NoCIDRsRemainingError:
-            for cidr in taken:
-                self._unclaim(cidr)
-            self._waiting[node.name] = node
-            raise
-        self._waiting.pop(node.name, None)
-        self._sequence += 1
-        reservation = Reservation(node.name, node.uid, tuple(taken), self._sequence)
-        self._reservations[node.name] = reservation
-        return reservation
+        for version in self._versions:
+            entry = next(
+                (e for e in self._entries[pool] if e.cidr.version == version and not e.draining and e.free > 0),
+                None,
+            )
+            if entry is None:
+                break
+            try:
+                subnet = entry.claims.allocate_next()
+            except NoCIDRsRemainingError:
+                break
+            self._claimed[subnet] += 1
+            for other in self._sets_overlapping(subnet):
+                if other is not entry:
+                    other.claims.claim(subnet)
+            taken.append(subnet)
+        else:
+            return tuple(taken)
+        for cidr in taken:
+            self._unclaim(cidr)
+        return None
 
     def resume(self, node: NodeInfo) -> Reservation:
         """Take over an UNKNOWN reservation left for the resync, to patch again with the same ranges."""
@@ -536,15 +741,25 @@ class NodeAllocations:
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _claims_for(self, cidr: netaddr.IPNetwork) -> ClaimedSubnets | None:
-        for claims in self._claims:
-            if claims.cidr_set.version == cidr.version:
-                return claims
-        return None
+    def _sets_overlapping(self, cidr: netaddr.IPNetwork) -> list[_PoolSet]:
+        return [entry for entries in self._entries.values() for entry in entries if _overlaps(cidr, entry.cidr)]
+
+    def _claim(self, cidr: netaddr.IPNetwork) -> None:
+        """One claim on `cidr`, in every set it overlaps now, and remembered for sets made later."""
+        self._claimed[cidr] += 1
+        for entry in self._sets_overlapping(cidr):
+            entry.claims.claim(cidr)
 
     def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
-        claims = self._claims_for(cidr)
-        return claims.unclaim(cidr) if claims is not None else 0
+        """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
+        count = self._claimed.get(cidr, 0)
+        if count == 0:
+            return 0
+        if count == 1:
+            del self._claimed[cidr]
+        else:
+            self._claimed[cidr] = count - 1
+        return sum(entry.claims.unclaim(cidr) for entry in self._sets_overlapping(cidr))
 
     def _check_current(self, reservation: Reservation) -> None:
         if self._reservations.get(reservation.name) is not reservation:
@@ -569,7 +784,7 @@ class NodeAllocations:
         if held is not None and held.as_written == node.pod_cidrs:
             return Observation(Outcome.NOTHING, why="already accounted for")  # every status update lands here
         self._waiting.pop(node.name, None)
-        classified = classify_pod_cidrs(node.pod_cidrs, self.ranges)
+        classified = classify_pod_cidrs(node.pod_cidrs, self._served)
         usable = classified.usable
         if held is not None and held.cidrs == usable:
             held.as_written = node.pod_cidrs
@@ -598,7 +813,7 @@ class NodeAllocations:
         """What a read of the same incarnation means for its UNKNOWN reservation."""
         if not node.pod_cidrs:
             return Observation(Outcome.RESUME, why="its patch may or may not have applied: patch again with the same ranges")
-        classified = classify_pod_cidrs(node.pod_cidrs, self.ranges)
+        classified = classify_pod_cidrs(node.pod_cidrs, self._served)
         if classified.usable == reservation.cidrs:
             self._close_as_committed(reservation)
             return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
@@ -636,13 +851,7 @@ class NodeAllocations:
     def _claim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> None:
         """One claim per distinct range a holder shows (a range listed twice is claimed once)."""
         for cidr in dict.fromkeys(cidrs):
-            claims = self._claims_for(cidr)
-            if claims is None:
-                continue
-            try:
-                claims.claim(cidr)
-            except CIDRSetError:
-                continue  # classify_pod_cidrs only passes overlapping ranges
+            self._claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
             self._holders_by_cidr.setdefault(cidr, set()).add(name)
 
     def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:

@@ -415,6 +415,10 @@ class FamilyUsage:
     free: int  # ranges a new Node could get: draining CIDRs have none
     per_cidr: tuple[CIDRUsage, ...]
 
+    @property
+    def version(self) -> int:
+        return int(netaddr.IPNetwork(self.per_cidr[0].cidr).version)
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolUsage:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import netaddr
@@ -24,7 +25,17 @@ import netaddr
 from controller.allocators import NoCIDRsRemainingError
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, Observation, Outcome, Problem, Reservation, ReservationError
+from controller.nodes import (
+    REASON_INVALID_POD_CIDR,
+    NodeAllocations,
+    NodeInfo,
+    Observation,
+    Outcome,
+    Problem,
+    Reservation,
+    ReservationError,
+)
+from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, compute_usage, status_body
 
 logger = logging.getLogger("nodeipam")
 
@@ -44,9 +55,18 @@ LOOP_BACKOFF = 1.0  # seconds before a failed background loop restarts, doubled 
 LOOP_BACKOFF_CAP = 60.0  # ...up to this
 LOOP_FAILURES_UNHEALTHY = 3  # failures in a row after which `problem()` reports the loop
 
+#: The finalizer a NodeCIDRPool keeps while a Node holds a range in it.
+POOL_FINALIZER = "nodeipam.io/ranges-in-use"
+POOL_STATUS_DEBOUNCE = 1.0  # seconds: a burst of Nodes makes one status write per pool, not one per Node
+
+#: Event reasons about NodeCIDRPools.
+REASON_POOL_OVERLAPPING = "PoolOverlapping"
+REASON_INVALID_POOL = "InvalidPool"
+
 #: Label values of the background-failures metric.
 LOOP_RESYNC = "resync"
 LOOP_SERVE_WAITING = "serve_waiting"
+LOOP_POOL_STATUS = "pool_status"
 LOOP_NODE = "node"  # one Node's handling failed unexpectedly (contained; nothing restarts)
 
 
@@ -63,9 +83,30 @@ class NodeApi(Protocol):
 
     async def post_node_event(self, node: NodeInfo, event_type: str, reason: str, message: str) -> bool: ...
 
+    async def list_pools(self) -> list[dict[str, Any]] | None: ...
+
+    async def post_pool_event(self, name: str, uid: str, event_type: str, reason: str, message: str) -> bool: ...
+
+    async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def set_pool_finalizers(self, name: str, finalizers: Sequence[str], resource_version: str) -> dict[str, Any]: ...
+
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
     return ",".join(str(cidr) for cidr in cidrs)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A pool status without its timestamps: what decides whether it needs writing."""
+    conditions = [
+        {key: value for key, value in condition.items() if key != "lastTransitionTime"}
+        for condition in status.get("conditions") or ()
+    ]
+    return {**status, "conditions": conditions}
 
 
 @dataclasses.dataclass
@@ -91,6 +132,7 @@ class Reconciler:
         self.metrics = metrics or Metrics()
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
+        self.metrics.track_pools(self.pool_usages)
         self.rebuilt = asyncio.Event()
         self._may_allocate = may_allocate
         self._fenced_logged = False
@@ -100,6 +142,12 @@ class Reconciler:
         self._background: set[asyncio.Task[None]] = set()
         self._loops: dict[str, _LoopHealth] = {}
         self.listed_version = ""  # resourceVersion of the start-up LIST
+        self.pools_served = False  # the NodeCIDRPool CRD is installed: pools are watched, their status written
+        self._pool_bodies: dict[str, Mapping[str, Any]] = {}  # the last seen object of each pool
+        self._pool_specs: dict[str, PoolSpec] = {}  # what each pool says, parsed (the last valid spec)
+        self._refused_reported: dict[str, str] = {}
+        self._pool_status_due = asyncio.Event()
+        self._status_written: dict[str, dict[str, Any]] = {}
 
     # -- health --------------------------------------------------------------------
 
@@ -113,9 +161,10 @@ class Reconciler:
     # -- start-up ----------------------------------------------------------------
 
     async def rebuild(self) -> list[NodeInfo]:
-        """One LIST of all Nodes fills the sets; returns the Nodes still without a range.
+        """One LIST of the pools, then one of all Nodes, fills the sets; returns the Nodes still without a range.
 
-        No allocation may happen before this returns (kubernetes#29058). A
+        The pools come first, so that every range a Node holds is claimed in
+        the pool it lies in. No allocation may happen before this returns (kubernetes#29058). A
         failed LIST is tried again with backoff, for as long as it takes: the
         caller stays unready meanwhile, and may cancel.
         """
@@ -125,16 +174,26 @@ class Reconciler:
         while True:
             attempt += 1
             try:
+                pools = await self.kube.list_pools()
                 nodes, self.listed_version = await self.kube.list_nodes()
                 break
             except ApiError as error:
                 logger.warning(
-                    "listing nodes for the start-up rebuild failed (attempt %d), again in %.1fs: %s", attempt, delay, error
+                    "listing pools and nodes for the start-up rebuild failed (attempt %d), again in %.1fs: %s",
+                    attempt,
+                    delay,
+                    error,
                 )
             except Exception:
-                logger.exception("listing nodes for the start-up rebuild failed (attempt %d), again in %.1fs", attempt, delay)
+                logger.exception(
+                    "listing pools and nodes for the start-up rebuild failed (attempt %d), again in %.1fs", attempt, delay
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, REBUILD_BACKOFF_CAP)
+        self.pools_served = pools is not None
+        for body in pools or ():
+            self._remember_pool(body)
+        self._apply_pools()
         waiting = []
         for node in nodes:
             if not node.pod_cidrs:
@@ -146,8 +205,9 @@ class Reconciler:
         self.rebuilt.set()
         summary = ", ".join(f"{s.cluster_cidr}: {s.allocated}/{s.max_cidrs} in use" for s in self.allocations.sets)
         logger.info(
-            "rebuilt the sets from %d nodes in %.2fs (%s); %d nodes wait for a range",
+            "rebuilt the sets from %d nodes and %d pools in %.2fs (%s); %d nodes wait for a range",
             len(nodes),
+            len(self._pool_specs),
             time.monotonic() - started,
             summary,
             len(waiting),
@@ -192,6 +252,7 @@ class Reconciler:
         await self._note(node, observation)
         outcome = observation.outcome
         if outcome is Outcome.OCCUPIED and self.allocations.holding(node.name):
+            self._pool_usage_changed()
             logger.info("node %s holds %s: occupied", node.name, _join(self.allocations.holding(node.name)))
         elif outcome is Outcome.COMMITTED:
             self._count_allocation(node, self.allocations.holding(node.name), attempts=None, seen_at=None)
@@ -225,9 +286,11 @@ class Reconciler:
 
     def _released(self, name: str, cidrs: Iterable[netaddr.IPNetwork], why: str) -> None:
         cidrs = tuple(cidrs)
+        self._pool_usage_changed()
         logger.info("released %s from %s node %s", _join(cidrs), why, name)
         for cidr in cidrs:
             self.metrics.releases.labels(self._cluster_label(cidr)).inc()
+            self.metrics.pool_releases.labels(self.allocations.pool_of(cidr) or "").inc()
         self._capacity_freed.set()
 
     async def _note(self, node: NodeInfo, observation: Observation) -> None:
@@ -235,6 +298,167 @@ class Reconciler:
             await self._report(node, observation.problems)
         if observation.released:
             self._released(node.name, observation.released, "settled")
+
+    # -- pools ---------------------------------------------------------------------
+
+    async def pool_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """A NodeCIDRPool was listed, added, changed or deleted: serve what it says now.
+
+        A pool created, or grown, serves waiting Nodes at once; one being
+        deleted takes no new Node.
+        """
+        if not self.rebuilt.is_set():
+            await self.rebuilt.wait()
+        name = str((body.get("metadata") or {}).get("name", ""))
+        before = (self._pool_specs.get(name), self._pool_deleting(name))
+        if kind == "DELETED":
+            self._pool_bodies.pop(name, None)
+            self._pool_specs.pop(name, None)
+            self._refused_reported.pop(name, None)
+            self._status_written.pop(name, None)
+        else:
+            self._remember_pool(body)
+        finalizers = (body.get("metadata") or {}).get("finalizers") or ()
+        if kind != "DELETED" and (self._pool_deleting(name) or POOL_FINALIZER not in finalizers):
+            self._pool_usage_changed()  # a finalizer to add, or to drop once no Node holds a range in it
+        if (self._pool_specs.get(name), self._pool_deleting(name)) == before and kind != "DELETED":
+            return  # its status or finalizers changed (our own writes, mostly): nothing to serve differently
+        self._apply_pools()
+        self._capacity_freed.set()
+
+    def _remember_pool(self, body: Mapping[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name", ""))
+        self._pool_bodies[name] = body
+        try:
+            self._pool_specs[name] = PoolSpec.from_body(body)
+        except PoolSpecError as error:
+            kept = "its last valid spec is kept" if name in self._pool_specs else "it is not used"
+            logger.warning("%s; %s", error, kept)
+            self._spawn(self._warn_pool(name, REASON_INVALID_POOL, f"{error}; {kept}"))
+
+    def _apply_pools(self) -> None:
+        """Hand the pools to the allocations (a pool being deleted as disabled); report newly refused ones."""
+        served = [
+            dataclasses.replace(spec, disabled=True) if self._pool_deleting(name) else spec
+            for name, spec in self._pool_specs.items()
+        ]
+        refused = self.allocations.set_pools(served)
+        for name, why in refused.items():
+            if self._refused_reported.get(name) != why:
+                logger.warning("NodeCIDRPool %s serves no Node: %s", name, why)
+                self._spawn(self._warn_pool(name, REASON_POOL_OVERLAPPING, f"serves no Node: {why}"))
+        self._refused_reported = dict(refused)
+        self._pool_status_due.set()
+
+    def _pool_deleting(self, name: str) -> bool:
+        metadata = self._pool_bodies.get(name, {}).get("metadata") or {}
+        return bool(metadata.get("deletionTimestamp"))
+
+    async def _warn_pool(self, name: str, reason: str, message: str) -> None:
+        """A Warning event on the pool, at most once per interval for the same text."""
+        key = (f"NodeCIDRPool/{name}", reason, message)
+        now = time.monotonic()
+        if now - self._warned.get(key, -EVENT_REPEAT_INTERVAL) < EVENT_REPEAT_INTERVAL:
+            return
+        self._warned[key] = now
+        uid = str((self._pool_bodies.get(name, {}).get("metadata") or {}).get("uid", ""))
+        if await self.kube.post_pool_event(name, uid, WARNING, reason, message):
+            self.metrics.events.labels(WARNING, reason).inc()
+
+    # -- pool status and finalizers -------------------------------------------------
+
+    def pool_usages(self) -> list[PoolUsage]:
+        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now."""
+        usages, _ = compute_usage(self.allocations.pools(), self.allocations.holdings(), self.allocations.all_service_cidrs)
+        return usages
+
+    def _pool_usage_changed(self) -> None:
+        if self.pools_served:
+            self._pool_status_due.set()
+
+    async def write_pool_statuses(self) -> None:
+        """Keep every pool's status, and its finalizer, in step with what Nodes hold. Never returns.
+
+        Writes are debounced (POOL_STATUS_DEBOUNCE) and made only when the
+        status changed, so a burst of Nodes writes each pool's status once.
+        """
+        if not self.pools_served:
+            await asyncio.Event().wait()
+
+        async def loop(restarted: bool) -> None:
+            if restarted:
+                self._pool_status_due.set()
+            while True:
+                await self._pool_status_due.wait()
+                await asyncio.sleep(POOL_STATUS_DEBOUNCE)
+                self._pool_status_due.clear()
+                await self.sync_pools()
+                self._loop_ran(LOOP_POOL_STATUS)
+
+        await self._supervise(LOOP_POOL_STATUS, loop)
+
+    async def sync_pools(self) -> None:
+        """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones."""
+        specs = self.allocations.pools()
+        in_use = self.allocations.holdings()
+        usages, outside = compute_usage(specs, in_use, self.allocations.all_service_cidrs)
+        await self._report_outside(outside)
+        holders: dict[str, set[str]] = {}
+        for node, cidrs in in_use:
+            for cidr in cidrs:
+                pool = self.allocations.pool_of(cidr)
+                if pool is not None:
+                    holders.setdefault(pool, set()).add(node)
+        now = _now()
+        for spec, usage in zip(specs, usages, strict=True):
+            body = self._pool_bodies.get(spec.name)
+            if spec.name == DEFAULT_POOL or body is None:
+                continue
+            metadata = body.get("metadata") or {}
+            deleting = bool(metadata.get("deletionTimestamp"))
+            held_by = sorted(holders.get(spec.name, ()))
+            if deleting:
+                usage = dataclasses.replace(usage, blocking_nodes=tuple(held_by[:BLOCKING_NODES_SHOWN]))
+            previous = (body.get("status") or {}).get("conditions") or ()
+            status = status_body(self._pool_specs.get(spec.name, spec), usage, now, previous, deleting=deleting)
+            try:
+                # The finalizer first: it needs the resourceVersion seen, which a status write would change.
+                await self._keep_finalizer(spec.name, metadata, needed=not deleting or bool(held_by))
+                if _without_times(status) != _without_times(self._status_written.get(spec.name, {})):
+                    await self.kube.patch_pool_status(spec.name, status)
+                    self._status_written[spec.name] = status
+            except ApiError as error:
+                if error.status != 404:
+                    logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", spec.name, error)
+                    self._pool_status_due.set()
+
+    async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:
+        """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""
+        for name, cidr in outside:
+            uid = self.allocations.holder_uid(name)
+            if uid is None or self.allocations.overlaps_served(cidr):
+                continue  # a reservation; or a range sticking out of a pool, reported when it was first seen
+            message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"
+            await self._warn(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)
+
+    async def _keep_finalizer(self, name: str, metadata: Mapping[str, Any], needed: bool) -> None:
+        """The finalizer stays while the pool is not deleted or a Node still holds a range in it."""
+        finalizers = list(metadata.get("finalizers") or ())
+        has = POOL_FINALIZER in finalizers
+        if has == needed:
+            return
+        wanted = [*finalizers, POOL_FINALIZER] if needed else [f for f in finalizers if f != POOL_FINALIZER]
+        try:
+            patched = await self.kube.set_pool_finalizers(name, wanted, str(metadata.get("resourceVersion", "")))
+        except ApiError as error:
+            if error.status == 409:  # changed meanwhile: its event brings the new version, and another round
+                self._pool_status_due.set()
+                return
+            raise
+        if needed:
+            self._pool_bodies[name] = patched
+        else:
+            logger.info("NodeCIDRPool %s: no Node holds a range in it any more; its deletion may proceed", name)
 
     # -- allocation ------------------------------------------------------------------
 
@@ -392,9 +616,11 @@ class Reconciler:
     def _count_allocation(
         self, node: NodeInfo, cidrs: Iterable[netaddr.IPNetwork], attempts: int | None, seen_at: float | None
     ) -> None:
+        self._pool_usage_changed()
         for cidr in cidrs:
             label = self._cluster_label(cidr)
             self.metrics.allocations.labels(label).inc()
+            self.metrics.pool_allocations.labels(self.allocations.pool_of(cidr) or "").inc()
             if attempts is not None:
                 self.metrics.tries.labels(label).observe(attempts)
         if seen_at is not None:
@@ -535,6 +761,10 @@ class Reconciler:
     # -- helpers -------------------------------------------------------------------
 
     def _cluster_label(self, cidr: netaddr.IPNetwork) -> str:
+        """The CIDR a range was carved from: the flags' cluster CIDR, or a pool's."""
+        containing = self.allocations.pool_cidr_of(cidr)
+        if containing is not None:
+            return str(containing)
         cidr_set = self.allocations.set_for(cidr)
         return str(cidr_set.cluster_cidr) if cidr_set else ""
 

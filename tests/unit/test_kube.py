@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
-from controller.kube import RateLimiter, _peek_continue
+from controller.kube import RateLimiter, _decode_node, _peek_continue
+from controller.nodes import NodeInfo
 
 
 @pytest.mark.parametrize(
@@ -76,3 +78,20 @@ def test_rate_limiter_off_never_waits() -> None:
 
     asyncio.run(go())
     assert clock.waits == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "labels"),
+    [
+        pytest.param(
+            b'{"metadata":{"name":"a","labels":{"gpu":"true","zone":"b"}},"spec":{"podCIDR":"10.0.0.0/24"}}',
+            (("gpu", "true"), ("zone", "b")),
+            id="ipv4-labelled",
+        ),
+        pytest.param(b'{"metadata":{"name":"a"},"spec":{"podCIDRs":["fd00::/64"]}}', (), id="ipv6-no-labels"),
+    ],
+)
+def test_node_decoding_keeps_the_labels_as_from_body_does(raw: bytes, labels: tuple[tuple[str, str], ...]) -> None:
+    decoded = _decode_node(raw).info()
+    assert decoded.labels == labels
+    assert decoded == NodeInfo.from_body(json.loads(raw))

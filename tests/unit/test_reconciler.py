@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import netaddr
 import pytest
@@ -44,6 +44,9 @@ class FakeApi:
     patched: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     read_gate: asyncio.Event | None = None  # get_node waits for it when set
+    pools: dict[str, dict[str, Any]] | None = None  # None: the NodeCIDRPool CRD is not installed
+    pool_events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    statuses: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)  # every status written, per pool
 
     def add(self, name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
         node = NodeInfo(name, uid or f"uid-{name}", tuple(cidrs))
@@ -92,6 +95,31 @@ class FakeApi:
     async def post_node_event(self, node: NodeInfo, event_type: str, reason: str, message: str) -> bool:
         self.events.append((node.name, reason, message))
         return True
+
+    async def list_pools(self) -> list[dict[str, Any]] | None:
+        return None if self.pools is None else list(self.pools.values())
+
+    async def post_pool_event(self, name: str, uid: str, event_type: str, reason: str, message: str) -> bool:
+        self.pool_events.append((name, reason, message))
+        return True
+
+    async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None:
+        if self.pools is None or name not in self.pools:
+            raise ApiError(404, "NotFound", f"nodecidrpools {name} not found")
+        self.pools[name]["status"] = dict(status)
+        self.statuses.setdefault(name, []).append(dict(status))
+
+    async def set_pool_finalizers(self, name: str, finalizers: Sequence[str], resource_version: str) -> dict[str, Any]:
+        if self.pools is None or name not in self.pools:
+            raise ApiError(404, "NotFound", f"nodecidrpools {name} not found")
+        metadata = self.pools[name]["metadata"]
+        if resource_version != metadata.get("resourceVersion", ""):
+            raise ApiError(409, "Conflict", "the object has been modified")
+        metadata["finalizers"] = list(finalizers)
+        metadata["resourceVersion"] = str(int(metadata.get("resourceVersion") or 0) + 1)
+        if not finalizers and metadata.get("deletionTimestamp"):
+            del self.pools[name]
+        return self.pools.get(name) or {"metadata": metadata}
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -542,3 +570,215 @@ def test_a_refusal_after_a_lost_answer_does_not_release_what_may_have_applied(fa
     assert len(api.patched) == 2
     assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
     assert reconciler.allocations.sets[0].allocated == 1 and not reconciler.allocations.is_in_flight("a")
+
+
+# -- pools ------------------------------------------------------------------------------------------------------
+
+# Per family: the flags' range is V4/V6 (four node ranges); a pool of two, and one of two more.
+POOL_CIDRS = {4: ("10.1.0.0/23", "10.2.0.0/23"), 6: ("fd01::/63", "fd02::/63")}
+
+
+def pool_body(name: str, family: FamilyRange, *cidrs: str, uid: str = "", **spec: Any) -> dict[str, Any]:
+    entries = {"nodeMaskSize": family.node_mask_size, "cidrs": [{"cidr": cidr} for cidr in cidrs]}
+    return {
+        "metadata": {"name": name, "uid": uid or f"uid-{name}", "resourceVersion": "1", "generation": 1},
+        "spec": {f"ipv{family.version}": entries, **spec},
+    }
+
+
+def rebuilt(family: FamilyRange, api: FakeApi) -> Reconciler:
+    """A reconciler after its start-up rebuild, with the sweep of waiting Nodes done."""
+
+    async def go() -> Reconciler:
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        return reconciler
+
+    return run(go)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rebuild_reads_the_pools_before_the_nodes(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+    held = str(next(netaddr.IPNetwork(first).subnet(family.node_mask_size)))
+    api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+    api.add("old", held)
+    api.add("new")
+    reconciler = rebuilt(family, api)
+    assert reconciler.allocations.pool_of(netaddr.IPNetwork(held)) == "p"
+    assert api.nodes["new"].pod_cidrs != (held,), "the range the pool's Node holds is not handed out again"
+    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["new"].pod_cidrs[0])) == "p"
+    assert api.events == [], "a range inside a pool is not reported"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pool_created_at_runtime_serves_a_waiting_node(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+
+    async def go() -> FakeApi:
+        api = FakeApi(pools={})
+        for index in range(4):
+            api.add(f"n{index}")
+        api.add("waiting")
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        assert api.nodes["waiting"].pod_cidrs == () and "CIDRNotAvailable" in api.reasons()
+        server = asyncio.ensure_future(reconciler.serve_waiting())
+        await reconciler.pool_event("ADDED", pool_body("p", family, first))
+        await wait_until(lambda: bool(api.nodes["waiting"].pod_cidrs))
+        server.cancel()
+        return api
+
+    api = run(go)
+    assert netaddr.IPNetwork(api.nodes["waiting"].pod_cidrs[0]) in netaddr.IPNetwork(first)
+    assert_disjoint(api)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_overlapping_pool_is_reported_on_the_pool_and_hands_out_nothing(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+    earlier = pool_body("earlier", family, first)
+    later = pool_body("later", family, first, priority=10)
+    earlier["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    later["metadata"]["creationTimestamp"] = "2026-01-02T00:00:00Z"
+    api = FakeApi(pools={"earlier": earlier, "later": later})
+    api.add("a")
+
+    async def go() -> Reconciler:
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await wait_until(lambda: bool(api.pool_events))  # posted by a task of its own
+        return reconciler
+
+    reconciler = run(go)
+    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "earlier"
+    assert [(name, reason) for name, reason, _ in api.pool_events] == [("later", "PoolOverlapping")]
+    assert "earlier" in api.pool_events[0][2]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pool_status_finalizer_and_deletion_wait_for_the_last_node(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+
+    async def go() -> tuple[FakeApi, list[dict[str, Any]]]:
+        api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+        api.add("a")
+        api.add("b")
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.sync_pools()
+        assert reconciler_module.POOL_FINALIZER in api.pools["p"]["metadata"]["finalizers"]
+        await reconciler.sync_pools()
+        assert len(api.statuses["p"]) == 1, "an unchanged status is not written again"
+        pool = api.pools["p"]
+        pool["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        await reconciler.pool_event("MODIFIED", pool)
+        await reconciler.sync_pools()
+        assert "p" in api.pools, "kept while its Nodes hold ranges"
+        await reconciler.deleted(api.nodes.pop("a"))
+        await reconciler.sync_pools()
+        assert "p" in api.pools
+        await reconciler.deleted(api.nodes.pop("b"))
+        await reconciler.sync_pools()
+        return api, api.statuses["p"]
+
+    api, statuses = run(go)
+    assert "p" not in api.pools
+    assert statuses[0]["summary"] == "2/2 (100%)" and statuses[0]["nodes"] == 2
+    deleting = statuses[1]
+    assert sorted(deleting["blockingNodes"]) == ["a", "b"]
+    draining = next(c for c in deleting["conditions"] if c["type"] == "Draining")
+    assert draining["status"] == "True"
+    # Once b is gone the finalizer goes first, and with it the pool: no status is written after that.
+    assert [status["blockingNodes"] for status in statuses[2:]] == [["b"]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_metrics_per_pool(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+    api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+    for name in ("a", "b", "c"):
+        api.add(name)
+    reconciler = rebuilt(family, api)
+    registry = reconciler.metrics.registry
+    version = f"ipv{family.version}"
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"node_ipam_controller_{name}", labels)
+
+    assert sample("pool_allocated_cidrs", pool="p", family=version) == 2
+    assert sample("pool_free_cidrs", pool="p", family=version) == 0
+    assert sample("pool_max_cidrs", pool="p", family=version) == 2
+    assert sample("pool_allocated_cidrs", pool="(default)", family=version) == 1
+    assert sample("pool_nodes", pool="p") == 2
+    assert sample("pool_cidrs_allocations_total", pool="p") == 2
+    assert sample("pool_cidrs_allocations_total", pool="(default)") == 1
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=first) == 2, "a pool's ranges count for its CIDR"
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=str(family.cluster_cidr)) == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_burst_of_nodes_writes_the_pool_status_once(family: FamilyRange, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler_module, "POOL_STATUS_DEBOUNCE", 0.5)
+    _, wide = POOL_CIDRS[family.version]
+    big = str(netaddr.IPNetwork(wide).supernet(netaddr.IPNetwork(wide).prefixlen - 3)[0])  # sixteen node ranges
+
+    async def go() -> FakeApi:
+        api = FakeApi(pools={"p": pool_body("p", family, big, priority=1)})
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        writer = asyncio.ensure_future(reconciler.write_pool_statuses())
+        await wait_until(lambda: "p" in api.statuses)
+        for index in range(10):  # a burst spread over 0.1 s, shorter than the debounce
+            await reconciler.handle(api.add(f"n{index}"))
+            await asyncio.sleep(0.01)
+        await wait_until(lambda: api.statuses["p"][-1]["nodes"] == 10)
+        writer.cancel()
+        return api
+
+    api = run(go)
+    assert [status["nodes"] for status in api.statuses["p"]] == [0, 10]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_invalid_pool_change_keeps_the_last_valid_spec(family: FamilyRange) -> None:
+    first, second = POOL_CIDRS[family.version]
+
+    async def go() -> tuple[FakeApi, Reconciler]:
+        api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        broken = pool_body("p", family, first, second, priority=1)
+        broken["spec"][f"ipv{family.version}"]["cidrs"][1]["cidr"] = "not-a-cidr"
+        await reconciler.pool_event("MODIFIED", broken)
+        await wait_until(lambda: bool(api.pool_events))
+        await reconciler.handle(api.add("a"))
+        return api, reconciler
+
+    api, reconciler = run(go)
+    assert [(name, reason) for name, reason, _ in api.pool_events] == [("p", "InvalidPool")]
+    assert "last valid spec is kept" in api.pool_events[0][2]
+    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "p"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_range_left_in_no_pool_is_reported_and_kept(family: FamilyRange) -> None:
+    first, _ = POOL_CIDRS[family.version]
+
+    async def go() -> tuple[FakeApi, Reconciler]:
+        api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)})
+        api.add("a")
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.sync_pools()
+        assert api.events == []
+        removed = api.pools.pop("p")  # its finalizer removed by hand, then deleted
+        await reconciler.pool_event("DELETED", removed)
+        await reconciler.sync_pools()
+        return api, reconciler
+
+    api, reconciler = run(go)
+    held = api.nodes["a"].pod_cidrs
+    assert [(name, reason) for name, reason, _ in api.events] == [("a", "InvalidPodCIDR")]
+    assert f"podCIDR {held[0]} lies in no serving pool" in api.events[0][2]
+    assert reconciler.allocations.holding("a") == tuple(map(netaddr.IPNetwork, held))
