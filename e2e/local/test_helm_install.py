@@ -429,3 +429,50 @@ def test_status_and_check_read_the_ranges_from_the_deployment(release: Release) 
     missing = run_cli("check", f"--deployment={release.namespace}/no-such-deployment", kubeconfig=kubeconfig)
     assert missing.returncode == 2
     assert "no-such-deployment" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# -- the NodeCIDRPool CRD: installed by helm, kept across upgrade and uninstall -----------------------------
+
+POOL_CRD_NAME = "nodecidrpools.nodeipam.io"
+
+
+def test_helm_installs_the_pool_crd_and_keeps_it_across_upgrade_and_uninstall() -> None:
+    """On a cluster that never saw it, `helm install` creates the CRD from the chart's crds/, CEL included.
+
+    Helm never changes or deletes what crds/ installed: an upgrade keeps it (a newer CRD is applied with
+    kubectl, as the README says, and that apply is accepted), and an uninstall leaves it and the pools.
+    A control plane of its own: the shared one has the CRD from the other tests already.
+    """
+    with LocalControlPlane() as plane:
+        assert not plane.kubectl("get", "crd", POOL_CRD_NAME, "--ignore-not-found", "-o", "name").strip()
+        release = install(plane, "nodeipam", "nodeipam-crd", Family("10.244.0.0/16", 24, "10.96.0.0/12"))
+        try:
+            plane.kubectl("wait", "--for=condition=Established", f"crd/{POOL_CRD_NAME}", "--timeout=60s")
+            served = json.loads(plane.kubectl("get", "crd", POOL_CRD_NAME, "-o", "json"))
+            chart_crd = yaml.safe_load((CHART / "crds" / "nodecidrpools.yaml").read_text())
+            assert [version["schema"] for version in served["spec"]["versions"]] == [
+                version["schema"] for version in chart_crd["spec"]["versions"]
+            ]
+            pool = {
+                "apiVersion": "nodeipam.io/v1alpha1",
+                "kind": "NodeCIDRPool",
+                "metadata": {"name": "gpu"},
+                "spec": {"ipv4": {"nodeMaskSize": 24, "cidrs": [{"cidr": "10.245.0.0/16"}]}},
+            }
+            bad_spec = {"ipv4": {"nodeMaskSize": 24, "cidrs": [{"cidr": "10.245.0.0/33"}]}}
+            bad = {**pool, "metadata": {"name": "bad"}, "spec": bad_spec}
+            with pytest.raises(RuntimeError, match="is invalid"):
+                plane.kubectl("apply", "-f", "-", input_text=json.dumps(bad))
+            plane.kubectl("apply", "-f", "-", input_text=json.dumps(pool))
+            uid = served["metadata"]["uid"]
+
+            release.helm.run("upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values")
+            assert json.loads(plane.kubectl("get", "crd", POOL_CRD_NAME, "-o", "json"))["metadata"]["uid"] == uid
+            applied = plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+            assert POOL_CRD_NAME in applied
+
+            release.helm.run("uninstall", release.name, "--namespace", release.namespace)
+            assert json.loads(plane.kubectl("get", "crd", POOL_CRD_NAME, "-o", "json"))["metadata"]["uid"] == uid
+            assert plane.kubectl("get", "nodecidrpool", "gpu", "-o", "name").strip() == "nodecidrpool.nodeipam.io/gpu"
+        finally:
+            remove(release)
