@@ -581,13 +581,9 @@ class Reconciler:
             attempt,
             error,
         )
-        mark = self.allocations.sequence
-        try:
-            current = await self.kube.get_node(node.name)
-        except ApiError as read_error:
-            logger.warning("re-reading node %s failed: %s", node.name, read_error)
-            return None, None
-        return self.allocations.resolve(reservation, current, read_after=mark), current
+        return await self._reread(
+            node.name, lambda current, mark: self.allocations.resolve(reservation, current, read_after=mark)
+        )
 
     async def _after_refusal(
         self, node: NodeInfo, reservation: Reservation, attempt: int, error: ApiError, mark: int
@@ -605,13 +601,21 @@ class Reconciler:
         if error.status == 404:
             # The answer itself says no Node has that name now: as good as a read.
             return self.allocations.settle(node.name, None, read_after=mark, seen_uids=(node.uid,)), None
+        return await self._reread(
+            node.name, lambda current, mark: self.allocations.settle(node.name, current, read_after=mark, seen_uids=(node.uid,))
+        )
+
+    async def _reread(
+        self, name: str, decide: Callable[[NodeInfo | None, int], Observation]
+    ) -> tuple[Observation | None, NodeInfo | None]:
+        """Read the Node and let `decide(current, read_after)` settle it; (None, None) when the read fails."""
         mark = self.allocations.sequence
         try:
-            current = await self.kube.get_node(node.name)
+            current = await self.kube.get_node(name)
         except ApiError as read_error:
-            logger.warning("re-reading node %s failed: %s", node.name, read_error)
+            logger.warning("re-reading node %s failed: %s", name, read_error)
             return None, None
-        return self.allocations.settle(node.name, current, read_after=mark, seen_uids=(node.uid,)), current
+        return decide(current, mark), current
 
     def _count_allocation(
         self, node: NodeInfo, cidrs: Iterable[netaddr.IPNetwork], attempts: int | None, seen_at: float | None
