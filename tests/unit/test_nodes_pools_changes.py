@@ -139,3 +139,12 @@ def test_a_reserved_range_is_freed_when_the_pool_drops_it_and_kept_while_a_node_
     with pytest.raises(NoCIDRsRemainingError):  # 10.1.1.0/24 is reserved now; the default's two are left
         for i in range(3):
             assert commit(allocations, node(f"c{i}"))[0] in V4_DEFAULT.cluster_cidr
+
+
+def test_a_refused_pool_reserves_nothing_in_the_earlier_pool_it_overlaps() -> None:
+    earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, ipv4=family(24, "10.1.0.0/23"))
+    later = pool("later", "2026-01-02T00:00:00Z", reserved=["10.1.0.0/24"], ipv4=family(24, "10.1.0.0/23"))
+    allocations = NodeAllocations([V4_DEFAULT], pools=[earlier, later])
+    assert set(allocations.refused()) == {"later"}
+    taken = [commit(allocations, node(f"n{i}"))[0] for i in range(2)]
+    assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier"], "a refused pool's spec takes nothing"
