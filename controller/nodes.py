@@ -149,6 +149,14 @@ def parse_cidr_sloppy(text: str) -> tuple[netaddr.IPNetwork, bool]:
     return netaddr.IPNetwork((value, length), version).cidr, sloppy
 
 
+def _shows(node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
+    """Whether the Node's podCIDRs are exactly `cidrs`, in order (read as kube-controller-manager reads them)."""
+    try:
+        return tuple(parse_cidr_sloppy(text)[0] for text in node.pod_cidrs) == cidrs
+    except ValueError:
+        return False
+
+
 def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) -> Classified:
     """Decide which of a Node's podCIDRs to occupy, and what to warn about.
 
@@ -345,9 +353,11 @@ class NodeAllocations:
         """
         specs = {pool.name: pool for pool in pools if not pool.is_default}
         refused = overlaps([self._default, *specs.values()], self.all_service_cidrs)
+        # A pool's reserved ranges are claimed while it is accepted: a refused pool serves nothing, so it must
+        # not take ranges from the pool it overlaps either.
         for name, cidrs in list(self._reserved.items()):
             spec = specs.get(name)
-            if spec is None or spec.reserved != cidrs:
+            if spec is None or spec.reserved != cidrs or name in refused:
                 del self._reserved[name]
                 for cidr in cidrs:
                     self._unclaim(cidr)
@@ -365,7 +375,7 @@ class NodeAllocations:
             entries[name] = tuple(made)
         self._entries = entries
         for name, spec in specs.items():
-            if name not in self._reserved and spec.reserved:
+            if name not in self._reserved and spec.reserved and name not in refused:
                 self._reserved[name] = spec.reserved
                 for cidr in spec.reserved:
                     self._claim(cidr)
@@ -500,7 +510,7 @@ class NodeAllocations:
         if reservation is not None:
             if not reservation.owned:
                 return self._settle_reservation(reservation, node)
-            if node.pod_cidrs and classify_pod_cidrs(node.pod_cidrs, self._served).usable != reservation.cidrs:
+            if node.pod_cidrs and not _shows(node, reservation.cidrs):
                 # Someone else set other ranges while our patch is in flight (it will be refused): the
                 # Node holds them now, so they are claimed now, beside the reservation until it ends.
                 return self._account(node, held)
@@ -813,8 +823,9 @@ class NodeAllocations:
         """What a read of the same incarnation means for its UNKNOWN reservation."""
         if not node.pod_cidrs:
             return Observation(Outcome.RESUME, why="its patch may or may not have applied: patch again with the same ranges")
-        classified = classify_pod_cidrs(node.pod_cidrs, self._served)
-        if classified.usable == reservation.cidrs:
+        # Judged by the values alone, not by which pools serve them now: a pool that lost a CIDR meanwhile
+        # does not make our own applied patch look like someone else's.
+        if _shows(node, reservation.cidrs):
             self._close_as_committed(reservation)
             return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
         # Another value is set, and podCIDRs never change once set: ours can never land.

@@ -145,6 +145,8 @@ class Reconciler:
         self.pools_served = False  # the NodeCIDRPool CRD is installed: pools are watched, their status written
         self._pool_bodies: dict[str, Mapping[str, Any]] = {}  # the last seen object of each pool
         self._pool_specs: dict[str, PoolSpec] = {}  # what each pool says, parsed (the last valid spec)
+        self._pool_events = 0  # pool events handled so far
+        self._pool_seen: dict[str, int] = {}  # the count at the last event about each pool
         self._refused_reported: dict[str, str] = {}
         self._pool_status_due = asyncio.Event()
         self._status_written: dict[str, dict[str, Any]] = {}
@@ -310,8 +312,11 @@ class Reconciler:
         if not self.rebuilt.is_set():
             await self.rebuilt.wait()
         name = str((body.get("metadata") or {}).get("name", ""))
+        self._pool_events += 1
+        self._pool_seen[name] = self._pool_events
         before = (self._pool_specs.get(name), self._pool_deleting(name))
         if kind == "DELETED":
+            self._pool_seen.pop(name, None)
             self._pool_bodies.pop(name, None)
             self._pool_specs.pop(name, None)
             self._refused_reported.pop(name, None)
@@ -680,8 +685,12 @@ class Reconciler:
     async def resync(self) -> None:
         """List every Node: free ranges of Nodes gone unnoticed, catch Nodes missed, settle unknown patches.
 
-        kopf does not report deletions that happened while its watch re-listed.
+        kopf does not report deletions that happened while its watch re-listed:
+        pools are listed first, and a pool known here but absent from the
+        list, with no event about it since the LIST began, is deleted.
         """
+        if self.pools_served:
+            await self._resync_pools()
         mark = self.allocations.sequence
         nodes, _ = await self.kube.list_nodes()
         live = {node.name: node.uid for node in nodes}
@@ -692,6 +701,15 @@ class Reconciler:
             if release is not None and release.cidrs:
                 self._released(name, release.cidrs, "vanished")
         await self.assign_all(nodes, read_after=mark)
+
+    async def _resync_pools(self) -> None:
+        listed_after = self._pool_events
+        pools = await self.kube.list_pools()
+        listed = {str((body.get("metadata") or {}).get("name", "")) for body in pools or ()}
+        for name, body in list(self._pool_bodies.items()):
+            if name not in listed and self._pool_seen.get(name, 0) <= listed_after:
+                logger.info("NodeCIDRPool %s is gone (its deletion was not seen)", name)
+                await self.pool_event("DELETED", body)
 
     async def resync_forever(self, period: float, first_after: float = FIRST_RESYNC_DELAY) -> None:
         """Resync soon after start, then every `period`. Never returns.
