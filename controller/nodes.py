@@ -403,6 +403,15 @@ class NodeAllocations:
         owner = holder(cidr, [pool for pool in self.pools() if pool.name not in self._refused])
         return owner.name if owner is not None else None
 
+    def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
+        """The pool whose deletion waits for the Node holding `cidr`: the serving pool that contains it, else a
+        refused one that does (refused after it handed the range out, e.g. when an earlier pool grew over it)."""
+        owner = self.pool_of(cidr)
+        if owner is None:
+            refused = holder(cidr, [pool for pool in self._pools.values() if pool.name in self._refused])
+            owner = refused.name if refused is not None else None
+        return owner
+
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
         return any(

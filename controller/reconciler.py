@@ -411,7 +411,7 @@ class Reconciler:
         holders: dict[str, set[str]] = {}
         for node, cidrs in in_use:
             for cidr in cidrs:
-                pool = self.allocations.pool_of(cidr)
+                pool = self.allocations.holding_pool(cidr)
                 if pool is not None:
                     holders.setdefault(pool, set()).add(node)
         now = _now()

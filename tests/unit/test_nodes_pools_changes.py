@@ -148,3 +148,31 @@ def test_a_refused_pool_reserves_nothing_in_the_earlier_pool_it_overlaps() -> No
     assert set(allocations.refused()) == {"later"}
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(2)]
     assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier"], "a refused pool's spec takes nothing"
+
+
+@pytest.mark.parametrize(
+    ("default", "later", "grown", "beside", "mask"),
+    [
+        pytest.param(V4_DEFAULT, "10.1.0.0/23", "10.1.0.0/22", "10.1.1.0/24", 24, id="ipv4"),
+        pytest.param(V6_DEFAULT, "fd01::/63", "fd01::/62", "fd01:0:0:1::/64", 64, id="ipv6"),
+    ],
+)
+def test_a_pool_refused_after_it_handed_out_a_range_still_holds_it_for_its_finalizer(
+    default: FamilyRange, later: str, grown: str, beside: str, mask: int
+) -> None:
+    """An earlier pool grows over a later one, which becomes refused: the range the later one handed out is
+    still its own (its deletion waits for that Node) unless a serving pool contains it."""
+    key = "ipv4" if default.version == 4 else "ipv6"
+    own = "10.9.0.0/24" if key == "ipv4" else "fd09::/64"
+    second = pool("later", created="2026-01-02T00:00:00Z", priority=1, **{key: family(mask, later)})
+    allocations = NodeAllocations([default], pools=[pool("earlier", **{key: family(mask, own)}), second])
+    (held,) = commit(allocations, node("a"))
+    assert held == next(N(later).subnet(mask))
+    assert allocations.holding_pool(held) == "later"
+    # The earlier pool grows beside the held range, overlapping the later pool: the later one is refused.
+    allocations.set_pools([pool("earlier", **{key: family(mask, own, beside)}), second])
+    assert "later" in allocations.refused()
+    assert allocations.holding_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
+    # The earlier pool grows over the held range: that serving pool holds it now.
+    allocations.set_pools([pool("earlier", **{key: family(mask, own, grown)}), second])
+    assert allocations.holding_pool(held) == "earlier"
