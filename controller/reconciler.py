@@ -361,11 +361,8 @@ class Reconciler:
 
     async def _warn_pool(self, name: str, reason: str, message: str) -> None:
         """A Warning event on the pool, at most once per interval for the same text."""
-        key = (f"NodeCIDRPool/{name}", reason, message)
-        now = time.monotonic()
-        if now - self._warned.get(key, -EVENT_REPEAT_INTERVAL) < EVENT_REPEAT_INTERVAL:
+        if self._warned_lately((f"NodeCIDRPool/{name}", reason, message)):
             return
-        self._warned[key] = now
         uid = str((self._pool_bodies.get(name, {}).get("metadata") or {}).get("uid", ""))
         if await self.kube.post_pool_event(name, uid, WARNING, reason, message):
             self.metrics.events.labels(WARNING, reason).inc()
@@ -420,7 +417,7 @@ class Reconciler:
             if spec.name == DEFAULT_POOL or body is None:
                 continue
             metadata = body.get("metadata") or {}
-            deleting = bool(metadata.get("deletionTimestamp"))
+            deleting = self._pool_deleting(spec.name)
             held_by = sorted(holders.get(spec.name, ()))
             if deleting:
                 usage = dataclasses.replace(usage, blocking_nodes=tuple(held_by[:BLOCKING_NODES_SHOWN]))
@@ -768,13 +765,18 @@ class Reconciler:
 
     async def _warn(self, node: NodeInfo, reason: str, message: str) -> None:
         """A Warning event on the Node, at most once per interval for the same text."""
-        key = (node.name, reason, message)
-        now = time.monotonic()
-        if now - self._warned.get(key, -EVENT_REPEAT_INTERVAL) < EVENT_REPEAT_INTERVAL:
+        if self._warned_lately((node.name, reason, message)):
             return
-        self._warned[key] = now
         if await self.kube.post_node_event(node, WARNING, reason, message):
             self.metrics.events.labels(WARNING, reason).inc()
+
+    def _warned_lately(self, key: tuple[str, str, str]) -> bool:
+        """Whether this warning went out less than EVENT_REPEAT_INTERVAL ago; if not, it counts as sent now."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -EVENT_REPEAT_INTERVAL) < EVENT_REPEAT_INTERVAL:
+            return True
+        self._warned[key] = now
+        return False
 
     def _forget_warnings(self, name: str) -> None:
         for key in [key for key in self._warned if key[0] == name]:
