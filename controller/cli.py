@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resync-period",
         default="3m",
-        help="how often to re-list Nodes and free ranges of vanished ones, a Go duration of at least 1s (default 3m)",
+        help=(
+            "how often to re-read the Nodes left open (no range yet, a patch of unknown outcome), a Go duration of at "
+            "least 1s (default 3m); all Nodes are listed again only after a gap in the watch"
+        ),
     )
     run.add_argument(
         "--leader-elect",

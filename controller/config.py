@@ -27,7 +27,7 @@ SUPPORTED_ALLOCATOR_TYPE = "RangeAllocator"
 
 # Floors below which a value would stall or hammer the controller rather than tune it.
 MIN_KUBE_API_QPS = 1.0  # fewer than one request a second cannot keep up with Lease renewals and Node patches
-MIN_RESYNC_PERIOD = 1.0  # seconds; every resync re-lists all Nodes
+MIN_RESYNC_PERIOD = 1.0  # seconds; every resync re-reads the Nodes left open, one GET each
 MIN_RETRY_PERIOD = 0.1  # seconds; every retry is a request for the Lease
 # client-go's leader election jitters each retry by up to this factor and requires
 # RenewDeadline > JitterFactor * RetryPeriod, or a renewal could never fit in the deadline.
@@ -181,12 +181,12 @@ def check_rate_limit(qps: float, burst: int | None) -> None:
 
 
 def parse_resync_period(text: str) -> float:
-    """--resync-period in seconds, at least MIN_RESYNC_PERIOD: each resync re-lists every Node."""
+    """--resync-period in seconds, at least MIN_RESYNC_PERIOD: each resync reads every Node left open."""
     seconds = parse_duration("--resync-period", text)
     if seconds < MIN_RESYNC_PERIOD:
         raise ConfigError(
             "--resync-period",
-            f"{text!r} is below {MIN_RESYNC_PERIOD:g}s (every resync lists all Nodes)",
+            f"{text!r} is below {MIN_RESYNC_PERIOD:g}s (every resync reads every Node left open)",
             "use e.g. 3m (the default) or at least 1s",
         )
     return seconds

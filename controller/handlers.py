@@ -70,10 +70,11 @@ def kopf_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def build_registry(credentials: Credentials, reconciler: Reconciler, live: asyncio.Event) -> kopf.OperatorRegistry:
+def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.OperatorRegistry:
     """The handlers: credentials for kopf's watch; Node and NodeCIDRPool events (if the CRD is installed) into the reconciler.
 
-    `live` is set at the first event that is not part of kopf's initial listing.
+    A Node event returns at once (the reconciler queues it), so that kopf's
+    per-Node worker, and the decoded body it holds, ends within its idle timeout.
     """
     registry = kopf.OperatorRegistry()
 
@@ -97,20 +98,12 @@ def build_registry(credentials: Credentials, reconciler: Reconciler, live: async
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
-        node = NodeInfo.from_body(event["object"])
-        if event["type"] is not None and not live.is_set():
-            live.set()
-        if event["type"] == "DELETED":
-            await reconciler.deleted(node)
-        else:
-            await reconciler.handle(node)
+        await reconciler.node_event(event["type"], NodeInfo.from_body(event["object"]))
 
     return registry
 
 
-def operate(
-    credentials: Credentials, reconciler: Reconciler, live: asyncio.Event, started: asyncio.Event | None = None
-) -> Coroutine[Any, Any, None]:
+def operate(credentials: Credentials, reconciler: Reconciler, started: asyncio.Event | None = None) -> Coroutine[Any, Any, None]:
     """kopf's operator with these handlers, cluster-wide, until cancelled (or SIGTERM, which kopf handles itself).
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
@@ -119,7 +112,7 @@ def operate(
     handlers (the caller takes the signals back then).
     """
     return kopf.operator(
-        registry=build_registry(credentials, reconciler, live),
+        registry=build_registry(credentials, reconciler),
         settings=kopf_settings(),
         clusterwide=True,
         standalone=True,

@@ -429,8 +429,14 @@ class KubeClient:
 
     # -- Nodes ---------------------------------------------------------------
 
-    async def list_nodes(self, page_size: int = LIST_PAGE_SIZE) -> tuple[list[NodeInfo], str]:
+    async def list_nodes(self, page_size: int = LIST_PAGE_SIZE, from_cache: bool = False) -> tuple[list[NodeInfo], str]:
         """All Nodes, in pages, keeping only what the allocator needs; and the list's resourceVersion.
+
+        `from_cache`: first a one-item read for the current resourceVersion,
+        then the LIST with `resourceVersionMatch=NotOlderThan` it: the API
+        server answers from its watch cache instead of etcd, and the answer
+        still shows every change made before the call (a deletion missed in a
+        watch gap included), as a quorum read would.
 
         Pages are decoded by msgspec into the few fields read, skipping the
         rest of each ~10 KB Node: on 20,000 realistic Nodes the stdlib's
@@ -439,7 +445,8 @@ class KubeClient:
         sits in the first bytes), so serving and decoding overlap.
         """
         nodes: list[NodeInfo] = []
-        fetch = self._fetch_page(None, page_size)
+        version = await self.nodes_version() if from_cache else ""
+        fetch = self._fetch_page(None, page_size, version)
         while True:
             raw = await fetch
             peeked = _peek_continue(raw)
@@ -456,10 +463,18 @@ class KubeClient:
             if not token:
                 return nodes, page.metadata.resourceVersion
 
-    def _fetch_page(self, token: str | None, page_size: int) -> asyncio.Future[bytes]:
+    async def nodes_version(self) -> str:
+        """The Node collection's current resourceVersion, from a quorum read of one item."""
+        listed = await self.request("GET", "/api/v1/nodes", params={"limit": "1"})
+        return str((listed.get("metadata") or {}).get("resourceVersion", ""))
+
+    def _fetch_page(self, token: str | None, page_size: int, not_older_than: str = "") -> asyncio.Future[bytes]:
         params = {"limit": str(page_size)}
         if token:
             params["continue"] = token
+        elif not_older_than:
+            params["resourceVersion"] = not_older_than
+            params["resourceVersionMatch"] = "NotOlderThan"
         return asyncio.ensure_future(self.request_bytes("GET", "/api/v1/nodes", params=params))
 
     async def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]:

@@ -174,9 +174,9 @@ async def _lead(
         if waiting is None or await _until_stopped(reconciler.assign_all(waiting), stop) is None:
             return
         # Created before kopf starts, so that kopf's shutdown leaves them to us.
-        kopf_live = asyncio.Event()
         tasks = [
-            asyncio.ensure_future(reconciler.bridge(kopf_live)),
+            asyncio.ensure_future(reconciler.work()),
+            asyncio.ensure_future(reconciler.bridge(reconciler.watch_live)),
             asyncio.ensure_future(reconciler.serve_waiting()),
             asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
             asyncio.ensure_future(reconciler.write_pool_statuses()),
@@ -184,7 +184,7 @@ async def _lead(
         # Stopping, for whatever reason, cancels kopf at once: signals stay ours (taken back from kopf as soon
         # as it runs), so that one flag, one deadline and one path stop everything.
         kopf_started = asyncio.Event()
-        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_live, kopf_started))
+        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_started))
         # Cancelled exactly once: a second cancel reaches kopf while it stops its own tasks, and it abandons
         # them half-stopped (a watcher waiting for workers nobody reaps holds the process at exit for good).
         stopped = asyncio.ensure_future(stop.wait())

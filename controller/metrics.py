@@ -90,6 +90,18 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.nodes_queued = Gauge(
+            "nodes_queued",
+            "Nodes whose latest event waits to be handled (the work queue's depth).",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.relists = Counter(
+            "node_relists",
+            "LISTs of all Nodes after a gap in the watch (the resync lists nothing otherwise).",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.allocation_seconds = Histogram(
             "allocation_duration_seconds",
             "Time from seeing a Node without podCIDRs to its patch landing.",

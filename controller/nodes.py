@@ -492,6 +492,14 @@ class NodeAllocations:
         """Nodes that found the range exhausted, oldest first."""
         return list(self._waiting.values())
 
+    def is_waiting(self, name: str) -> bool:
+        """Whether the Node waits for a range to be released (it is retried then)."""
+        return name in self._waiting
+
+    def is_retired(self, uid: str) -> bool:
+        """Whether this incarnation is known to be deleted."""
+        return uid in self._retired
+
     def waiting_count(self) -> int:
         return len(self._waiting)
 

@@ -1,8 +1,15 @@
 """Carries out what `nodes.NodeAllocations` decides: patches, events, retries, resync.
 
-No kopf here: operator.py feeds Node events in, and start-up, the resync and
-the exhaustion retries call the same `handle`. Every failure is contained to
+No kopf here: handlers.py feeds watch events in (`node_event`), a work queue
+holds the latest one per Node, and workers, start-up, the resync and the
+exhaustion retries call the same `handle`. Every failure is contained to
 the one Node it concerns, and the background loops restart themselves.
+
+The resync reads nothing in bulk while the watch is whole: every period it
+reads only the Nodes the watch left open (a range not yet set, a patch of
+unknown outcome). All Nodes are listed again only after a gap in the watch
+(a re-list after 410 Gone, or a start-up bridge that could not catch up),
+since only then can a deletion have gone unseen.
 
 A patch has three outcomes: applied, refused (a 4xx: nothing applied), or
 unknown (the answer was lost, or a 5xx). An unknown one keeps its ranges
@@ -13,6 +20,7 @@ them back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -36,6 +44,7 @@ from controller.nodes import (
     ReservationError,
 )
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, compute_usage, status_body
+from controller.workqueue import KeyedQueue
 
 logger = logging.getLogger("nodeipam")
 
@@ -48,7 +57,7 @@ PATCH_ATTEMPTS = 5
 PATCH_BACKOFF = 0.1  # seconds, doubled per attempt
 EVENT_REPEAT_INTERVAL = 600.0  # the same warning about the same Node at most this often
 BRIDGE_LIMIT = 300.0  # seconds the start-up bridge watch may run at most
-FIRST_RESYNC_DELAY = 3.0  # seconds after kopf starts: its LIST has been issued by then
+RELIST_DELAY = 1.0  # seconds from a gap to the LIST: signals of one gap make one LIST, and kopf's own re-list moves on
 REBUILD_BACKOFF = 0.5  # seconds before the start-up LIST is tried again, doubled per failure...
 REBUILD_BACKOFF_CAP = 30.0  # ...up to this
 LOOP_BACKOFF = 1.0  # seconds before a failed background loop restarts, doubled per failure in a row...
@@ -66,6 +75,7 @@ REASON_INVALID_POOL = "InvalidPool"
 #: Label values of the background-failures metric.
 LOOP_RESYNC = "resync"
 LOOP_SERVE_WAITING = "serve_waiting"
+LOOP_WORK = "work"
 LOOP_POOL_STATUS = "pool_status"
 LOOP_NODE = "node"  # one Node's handling failed unexpectedly (contained; nothing restarts)
 
@@ -73,7 +83,7 @@ LOOP_NODE = "node"  # one Node's handling failed unexpectedly (contained; nothin
 class NodeApi(Protocol):
     """The calls the reconciler makes to the API server; `kube.KubeClient` is the real one."""
 
-    async def list_nodes(self) -> tuple[list[NodeInfo], str]: ...
+    async def list_nodes(self, *, from_cache: bool = False) -> tuple[list[NodeInfo], str]: ...
 
     def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]: ...
 
@@ -134,6 +144,14 @@ class Reconciler:
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
         self.metrics.track_pools(self.pool_usages)
         self.rebuilt = asyncio.Event()
+        self.watch_live = asyncio.Event()  # the watch delivered its first change after its initial listing
+        self.queue: KeyedQueue[NodeInfo] = KeyedQueue()
+        self.metrics.nodes_queued.set_function(lambda: len(self.queue))
+        self._workers = max_in_flight
+        self._unserved: dict[str, NodeInfo] = {}  # Nodes left without a range and not waiting for one: the resync reads them
+        self._relisting = False  # the watch is delivering a listing again (kopf re-lists after 410 Gone)
+        self._listed_again: set[str] = set()  # names that listing showed so far
+        self._relist_due = asyncio.Event()
         self._may_allocate = may_allocate
         self._fenced_logged = False
         self._capacity_freed = asyncio.Event()
@@ -233,6 +251,77 @@ class Reconciler:
                 # Contained to this Node: per-Node state was released or left for the resync by `_assign`.
                 logger.exception("handling node %s failed", node.name)
                 self.metrics.background_failures.labels(LOOP_NODE).inc()
+            finally:
+                self._track(node)
+
+    def _track(self, node: NodeInfo) -> None:
+        """Remember a Node that is left without a range and is not waiting for one, for the resync to read."""
+        name = node.name
+        left = (
+            not node.pod_cidrs
+            and not self.allocations.holding(name)
+            and self.allocations.reservation(name) is None
+            and self.allocations.holder_uid(name) is None
+            and not self.allocations.is_waiting(name)
+            and not self.allocations.is_retired(node.uid)
+        )
+        if left:
+            self._unserved[name] = node
+        elif self._unserved.get(name, node).uid == node.uid or self.allocations.holding(name):
+            self._unserved.pop(name, None)
+
+    # -- the watch and the work queue --------------------------------------------------
+
+    async def node_event(self, kind: str | None, node: NodeInfo) -> None:
+        """An event of the Node watch: `kind` None for an entry of its listing.
+
+        A deletion is accounted at once (no I/O); anything else is queued.
+        A listing that starts after the watch was live is a re-list (kopf's,
+        after 410 Gone): deletions in that gap are never reported, so every
+        Node is listed again soon.
+        """
+        if kind is None:
+            if self.watch_live.is_set() and (not self._relisting or node.name in self._listed_again):
+                # The first entry of a re-list; or a name shown twice: that listing ended and another began.
+                self._relisting = True
+                self._listed_again.clear()
+                self.relist_soon("the node watch listed again (a gap: deletions meanwhile are not reported)")
+            if self._relisting:
+                self._listed_again.add(node.name)
+        else:
+            self._relisting = False
+            self._listed_again.clear()
+            self.watch_live.set()
+        if kind == "DELETED":
+            await self.deleted(node)
+        else:
+            self.enqueue(node)
+
+    def enqueue(self, node: NodeInfo) -> None:
+        """Handle the Node soon, by a worker; a later event about it before then replaces this one."""
+        self.queue.put(node.name, node)
+
+    async def work(self) -> None:
+        """Handle queued Nodes, `max_in_flight` at a time. Never returns."""
+
+        async def loop(restarted: bool) -> None:
+            workers = [asyncio.ensure_future(self._work_one_at_a_time()) for _ in range(self._workers)]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+        await self._supervise(LOOP_WORK, loop)
+
+    async def _work_one_at_a_time(self) -> None:
+        while True:
+            name, node = await self.queue.get()
+            try:
+                await self._gated(node)
+            finally:
+                self.queue.done(name)
 
     # -- one Node ------------------------------------------------------------------
 
@@ -283,6 +372,8 @@ class Reconciler:
         """A DELETED watch event: that incarnation is really gone, so its ranges are free."""
         release = self.allocations.forget(node.name, node.uid)
         self._forget_warnings(node.name)
+        if self._unserved.get(node.name, node).uid == node.uid:
+            self._unserved.pop(node.name, None)
         if release is not None and release.cidrs:
             self._released(node.name, release.cidrs, "deleted")
 
@@ -667,29 +758,39 @@ class Reconciler:
             async with asyncio.timeout(limit):
                 async for kind, node in self.kube.watch_nodes(self.listed_version):
                     if caught_up.is_set():
-                        break
+                        return
                     if kind == "DELETED":
                         await self.deleted(node)
                     elif not self.allocations.knows(node):
-                        self._spawn(self._gated(node))
+                        self.enqueue(node)
         except (TimeoutError, ApiError) as error:
             logger.debug("start-up bridge watch ended: %r", error)
         except Exception:
-            logger.exception("start-up bridge watch failed; kopf's watch and the resync cover what follows")
+            logger.exception("start-up bridge watch failed")
+        if not caught_up.is_set():
+            # Deletions between the start-up LIST and kopf's may have gone unseen.
+            self.relist_soon("the start-up bridge watch ended before the node watch was live")
 
     # -- resync --------------------------------------------------------------------
 
-    async def resync(self) -> None:
-        """List every Node: free ranges of Nodes gone unnoticed, catch Nodes missed, settle unknown patches.
+    def relist_soon(self, why: str) -> None:
+        """Ask the resync loop for a LIST of all Nodes: the watch had a gap."""
+        if not self._relist_due.is_set():
+            logger.info("%s: all nodes will be listed again", why)
+        self._relist_due.set()
+
+    async def relist(self) -> None:
+        """List every Node (from the API server's cache): free ranges of Nodes gone unseen, serve Nodes missed.
 
         kopf does not report deletions that happened while its watch re-listed:
         pools are listed first, and a pool known here but absent from the
         list, with no event about it since the LIST began, is deleted.
         """
+        self.metrics.relists.inc()
         if self.pools_served:
             await self._resync_pools()
         mark = self.allocations.sequence
-        nodes, _ = await self.kube.list_nodes()
+        nodes, _ = await self.kube.list_nodes(from_cache=True)
         live = {node.name: node.uid for node in nodes}
         for name, uid in self.allocations.orphans(live, listed_after=mark):
             release = self.allocations.forget(name, uid)
@@ -697,7 +798,45 @@ class Reconciler:
                 self._forget_warnings(name)
             if release is not None and release.cidrs:
                 self._released(name, release.cidrs, "vanished")
-        await self.assign_all(nodes, read_after=mark)
+        for name, node in list(self._unserved.items()):
+            if live.get(name) != node.uid:
+                del self._unserved[name]
+        await self.assign_all((node for node in nodes if not self.allocations.knows(node)), read_after=mark)
+
+    async def sweep(self) -> None:
+        """Read, one by one, the Nodes the watch left open: ones left without a range, patches of unknown outcome.
+
+        No LIST: what the watch delivered is trusted, as an informer's resync
+        trusts its cache. Pools are listed (there are few).
+        """
+        if self.pools_served:
+            await self._resync_pools()
+        names = {reservation.name for reservation in self.allocations.unsettled()}
+        names.update(self._unserved)
+        await asyncio.gather(*(self._read_and_act(name) for name in sorted(names)))
+
+    async def _read_and_act(self, name: str) -> None:
+        async with self._gate:
+            reservation = self.allocations.reservation(name)
+            if reservation is not None and reservation.owned:
+                return  # a task is on it
+            mark = self.allocations.sequence
+            try:
+                current = await self.kube.get_node(name)
+            except ApiError as error:
+                logger.warning("reading node %s for the resync failed: %s; again at the next one", name, error)
+                return
+            remembered = self._unserved.pop(name, None)
+            try:
+                observation = self.allocations.settle(name, current, read_after=mark)
+                uid = self.allocations.holder_uid(name) or (remembered.uid if remembered else "")
+                await self._act(current or NodeInfo(name, uid), observation, may_reread=False)
+            except Exception:
+                logger.exception("resync of node %s failed", name)
+                self.metrics.background_failures.labels(LOOP_NODE).inc()
+            finally:
+                if current is not None:
+                    self._track(current)
 
     async def _resync_pools(self) -> None:
         listed_after = self._pool_events
@@ -708,23 +847,29 @@ class Reconciler:
                 logger.info("NodeCIDRPool %s is gone (its deletion was not seen)", name)
                 await self.pool_event("DELETED", body)
 
-    async def resync_forever(self, period: float, first_after: float = FIRST_RESYNC_DELAY) -> None:
-        """Resync soon after start, then every `period`. Never returns.
-
-        The first one closes the gap between the start-up LIST and kopf's own:
-        a Node deleted in between has no DELETED event coming.
-        """
+    async def resync_forever(self, period: float, relist_delay: float = RELIST_DELAY) -> None:
+        """A sweep every `period`; a LIST of all Nodes as soon as the watch had a gap. Never returns."""
 
         async def loop(restarted: bool) -> None:
-            delay = 0.0 if restarted else min(first_after, period)
             while True:
-                await asyncio.sleep(delay)
-                delay = period
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._relist_due.wait(), timeout=period)
+                relist = self._relist_due.is_set()
+                if relist:
+                    await asyncio.sleep(relist_delay)
+                    self._relist_due.clear()
                 try:
-                    await self.resync()
+                    await (self.relist() if relist else self.sweep())
                 except ApiError as error:
                     logger.warning("resync failed, will try again in %.0fs: %s", period, error)
+                    if relist:
+                        self._relist_due.set()
+                        await asyncio.sleep(min(period, LOOP_BACKOFF_CAP))
                     continue
+                except BaseException:
+                    if relist:
+                        self._relist_due.set()  # still owed, after the restart
+                    raise
                 self._loop_ran(LOOP_RESYNC)
 
         await self._supervise(LOOP_RESYNC, loop)

@@ -41,6 +41,7 @@ class FakeApi:
     get_script: list[ApiError | None] = dataclasses.field(default_factory=list)
     list_script: list[BaseException | None] = dataclasses.field(default_factory=list)
     watch_events: list[tuple[str, NodeInfo]] = dataclasses.field(default_factory=list)
+    lists: list[bool] = dataclasses.field(default_factory=list)  # one entry per LIST of Nodes: whether from the cache
     patched: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     read_gate: asyncio.Event | None = None  # get_node waits for it when set
@@ -53,7 +54,8 @@ class FakeApi:
         self.nodes[name] = node
         return node
 
-    async def list_nodes(self) -> tuple[list[NodeInfo], str]:
+    async def list_nodes(self, *, from_cache: bool = False) -> tuple[list[NodeInfo], str]:
+        self.lists.append(from_cache)
         failure = self.list_script.pop(0) if self.list_script else None
         if failure is not None:
             raise failure
@@ -282,41 +284,41 @@ def left_unknown(family: FamilyRange, api: FakeApi) -> Reconciler:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_resync_commits_an_unknown_patch_that_had_applied(family: FamilyRange) -> None:
+def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = left_unknown(family, api)
     (reserved,) = reconciler.allocations.unsettled()
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
-    run(reconciler.resync)
+    run(reconciler.sweep)
     assert reconciler.allocations.unsettled() == [] and reconciler.allocations.holding("a") == reserved.cidrs
     assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS, "no further patch"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_resync_patches_again_with_the_same_ranges_when_the_node_shows_none(family: FamilyRange) -> None:
+def test_sweep_patches_again_with_the_same_ranges_when_the_node_shows_none(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = left_unknown(family, api)
     (reserved,) = reconciler.allocations.unsettled()
-    run(reconciler.resync)
+    run(reconciler.sweep)
     assert api.patched[-1] == ("a", [str(c) for c in reserved.cidrs])
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in reserved.cidrs)
     assert reconciler.allocations.holding("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_resync_releases_an_unknown_reservation_when_the_node_holds_others_or_is_gone(family: FamilyRange) -> None:
+def test_sweep_releases_an_unknown_reservation_when_the_node_holds_others_or_is_gone(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = left_unknown(family, api)
     theirs = str(list(family.cluster_cidr.subnet(family.node_mask_size))[3])
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=(theirs,))
-    run(reconciler.resync)
+    run(reconciler.sweep)
     assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(theirs),)
     assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.unsettled() == []
 
     api = FakeApi()
     reconciler = left_unknown(family, api)
     del api.nodes["a"]
-    run(reconciler.resync)
+    run(reconciler.sweep)
     assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.unsettled() == []
 
 
@@ -338,7 +340,7 @@ def test_unexpected_exception_leaves_no_node_in_flight_forever(family: FamilyRan
         run(lambda: reconciler.handle(node))
     (unsettled,) = reconciler.allocations.unsettled()  # sent, so it may have applied: kept, but no task holds it
     assert not unsettled.owned and unsettled.state is ReservationState.UNKNOWN
-    run(reconciler.resync)  # the Node shows none: patched again with the same ranges
+    run(reconciler.sweep)  # the Node shows none: patched again with the same ranges
     assert reconciler.allocations.unsettled() == []
     assert reconciler.allocations.holding("a") == unsettled.cidrs
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in unsettled.cidrs)
@@ -468,8 +470,10 @@ def test_bridge_serves_new_nodes_occupies_preset_ones_and_frees_deleted_ones(fam
         api.nodes.pop("gone")
         api.nodes["preset"] = preset
         api.watch_events = [("DELETED", gone), ("ADDED", preset), ("ADDED", fresh)]
+        workers = asyncio.ensure_future(reconciler.work())
         await reconciler.bridge(asyncio.Event())
         await wait_until(lambda: bool(api.nodes["fresh"].pod_cidrs))
+        workers.cancel()
         return reconciler
 
     reconciler = run(go)
@@ -480,14 +484,15 @@ def test_bridge_serves_new_nodes_occupies_preset_ones_and_frees_deleted_ones(fam
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_resync_frees_vanished_nodes_and_serves_missed_ones(family: FamilyRange) -> None:
+def test_relist_frees_vanished_nodes_and_serves_missed_ones_from_the_cache(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = handled(family, api, api.add("vanishes"))
     api.nodes.pop("vanishes")  # its DELETED event was missed
     api.add("missed")  # its ADDED event was missed
-    run(reconciler.resync)
+    run(reconciler.relist)
     assert reconciler.allocations.holding("vanishes") == ()
     assert api.nodes["missed"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
+    assert api.lists[-1] is True, "the LIST after a gap is answered from the API server's cache"
 
 
 class Flaky:
@@ -515,9 +520,9 @@ def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_pr
     async def go() -> tuple[list[str | None], float, int]:
         reconciler = reconciler_for(family, FakeApi())
         flaky = Flaky(failures=reconciler_module.LOOP_FAILURES_UNHEALTHY)
-        reconciler.resync = flaky  # type: ignore[method-assign]
+        reconciler.sweep = flaky  # type: ignore[method-assign]
         problems: list[str | None] = []
-        loop = asyncio.ensure_future(reconciler.resync_forever(period=0.001, first_after=0.0))
+        loop = asyncio.ensure_future(reconciler.resync_forever(period=0.001, relist_delay=0.0))
         await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY)
         problems.append(reconciler.problem())
         flaky.healed.set()
