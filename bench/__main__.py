@@ -1,12 +1,32 @@
 """Side-by-side figures: nodeipam vs kube-controller-manager's nodeipam, one API server, one run.
 
-    python -m bench [--nodes 2000] [--restart-nodes 20000] [--only burst,startup,restart]
+    python -m bench [--profile small|scale] [--nodes 2000[,20000...]] [--restart-nodes 20000[,...]]
+                    [--only burst,startup,restart] [--controllers nodeipam,kube-controller-manager]
+                    [--skip-throttled] [--json PATH]
 
 Every Node is a realistic ~10 KB body (labels, conditions, addresses,
 capacity, 40 images), created 64 at a time, as kubelets registering would.
 Per-Node latency is the time from the create call returning to the watch
 showing its podCIDR (what upstream's test/integration/ipamperf records).
 Figures are printed as a table with ratios; nothing here asserts a limit.
+During every scenario the controller's RSS and the count of assigned Nodes
+are sampled once a second; all of it, with the per-Node latencies, is written
+as JSON (`--json`, default bench/results/<timestamp>.json) for bench.plot.
+
+Profiles (explicit --nodes, --restart-nodes, --only, --skip-throttled win):
+  small (default)  burst and start-up at 2000, restart at 20000, both controllers,
+                   kube-controller-manager also at its default QPS 20/30.
+                   Roughly 5-8 min on 2 cores (estimate).
+  scale            burst at 2000, 20000, 60000 and 100000; restart at 60000 and
+                   100000; kube-controller-manager unthrottled only; no start-up.
+                   Roughly 45-60 min on 2 cores (estimate: the API server takes
+                   ~310 Node creates/s, so 100000 Nodes are ~6 min of creates per
+                   scenario, plus their deletion; ~424000 creates in all).
+
+Address space: 10.0.0.0/8 for both controllers, /24 per Node while a scenario
+needs at most 65536 subnets, /25 (131072 subnets) above. kube-controller-manager
+cannot serve more than 2^16 node subnets from one cluster CIDR, so it is
+skipped, with a note, in scenarios larger than that.
 """
 
 from __future__ import annotations
@@ -14,47 +34,123 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import netaddr
 
-from controller.kube import Credentials, KubeClient
+from controller.kube import ApiError, Credentials, KubeClient
 from controller.localcluster.binaries import ensure_binaries
 from controller.localcluster.cluster import LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 
-CLUSTER_CIDR = "10.128.0.0/9"  # 32768 node subnets of /24
-NODE_MASK = 24
+CLUSTER_CIDR = "10.0.0.0/8"
+KCM_MAX_SUBNETS = 2**16  # kube-controller-manager's cidrset refuses more node subnets per cluster CIDR
+SERVICE_CIDR = "192.168.0.0/16"  # outside the cluster CIDR, so neither controller loses subnets to it
+CONTROLLERS = ("nodeipam", "kube-controller-manager")
+SCENARIOS = ("burst", "startup", "restart")
 CREATE_PARALLELISM = 64
 SETTLE_TIMEOUT = 900.0
-SETTLE_SECONDS = 30.0  # after the restart scenario, before the peak RSS is read
+SETTLE_SECONDS = 30.0  # after the restart scenario, before the end RSS is read
+AFTER_BURST_SECONDS = 5.0  # after a burst or start-up is assigned, before the end RSS is read
+SAMPLE_INTERVAL = 1.0
+PROFILES: dict[str, dict[str, Any]] = {
+    "small": {"nodes": [2000], "restart_nodes": [20000], "only": list(SCENARIOS), "skip_throttled": False},
+    "scale": {
+        "nodes": [2000, 20000, 60000, 100000],
+        "restart_nodes": [60000, 100000],
+        "only": ["burst", "restart"],
+        "skip_throttled": True,
+    },
+}
+
+
+def address_space(subnets: int) -> tuple[str, int]:
+    """The cluster CIDR and node mask for a scenario needing `subnets` node subnets.
+
+    /24 while kube-controller-manager can serve it, so both controllers run on the same
+    space; /25 above, where only nodeipam runs.
+    """
+    mask = 24 if subnets <= KCM_MAX_SUBNETS else 25
+    capacity = 2 ** (mask - netaddr.IPNetwork(CLUSTER_CIDR).prefixlen)
+    if subnets > capacity:
+        raise ValueError(f"{subnets} node subnets do not fit in {CLUSTER_CIDR} at /{mask} ({capacity})")
+    return CLUSTER_CIDR, mask
+
+
+def nth_subnet(cidr: str, mask: int, index: int) -> str:
+    """The index-th /mask subnet of cidr: distinct indexes never collide."""
+    network = netaddr.IPNetwork(cidr)
+    if not 0 <= index < 2 ** (mask - network.prefixlen):
+        raise ValueError(f"subnet {index} is outside {cidr} at /{mask}")
+    return str(netaddr.IPNetwork(f"{netaddr.IPAddress(network.first + index * 2 ** (32 - mask))}/{mask}"))
+
+
+@dataclass
+class Series:
+    """Once-a-second samples; t is seconds since the scenario's start (negative: before it)."""
+
+    t: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    assigned: list[int] = field(default_factory=list)
 
 
 @dataclass
 class Result:
     scenario: str
+    kind: str  # which scenario: burst, startup or restart
     controller: str
+    nodes: int
+    cluster_cidr: str
+    node_mask: int
     seconds: float
     latencies: list[float] = field(default_factory=list)
-    rss_mb: float = 0.0
+    rss_mb: float = 0.0  # peak (VmHWM)
+    end_rss_mb: float = 0.0  # once the scenario settled (VmRSS)
     note: str = ""
     cpu_seconds: float = 0.0
+    lag_seconds: float | None = None  # last Node assigned - last create returned
+    series: Series = field(default_factory=Series)
 
     @classmethod
     def of(
-        cls, scenario: str, controller: Controller, seconds: float, latencies: list[float] | None = None, note: str = ""
+        cls,
+        scenario: str,
+        kind: str,
+        controller: Controller,
+        nodes: int,
+        seconds: float,
+        sampler: Sampler,
+        latencies: list[float] | None = None,
+        lag: float | None = None,
+        note: str = "",
     ) -> Result:
-        """A result with the stopped controller's peak RSS and CPU time."""
-        return cls(scenario, controller.label, seconds, latencies or [], controller.peak_rss_mb, note, controller.cpu_seconds)
+        """A result with the stopped controller's peak and end RSS, CPU time and samples."""
+        return cls(
+            scenario,
+            kind,
+            controller.label,
+            nodes,
+            controller.cluster_cidr,
+            controller.node_mask,
+            seconds,
+            latencies or [],
+            controller.peak_rss_mb,
+            controller.end_rss_mb,
+            note,
+            controller.cpu_seconds,
+            lag,
+            sampler.series,
+        )
 
     def row(self) -> str:
         lat = sorted(self.latencies)
@@ -63,18 +159,42 @@ class Result:
             return f"{lat[min(len(lat) - 1, int(p * len(lat)))]:.2f}" if lat else "-"
 
         mean = f"{statistics.fmean(lat):.2f}" if lat else "-"
+        lag = f"{self.lag_seconds:.2f}" if self.lag_seconds is not None else "-"
+        per_node = f"{1000 * self.cpu_seconds / self.nodes:.2f}" if self.nodes else "-"
         return (
-            f"| {self.scenario} | {self.controller} | {self.seconds:.1f} | {mean} | {pct(0.5)} | {pct(0.99)} | "
-            f"{(f'{lat[-1]:.2f}' if lat else '-')} | {self.rss_mb:.0f} | {self.cpu_seconds:.1f} | {self.note} |"
+            f"| {self.scenario} | {self.controller} | {self.seconds:.1f} | {lag} | {mean} | {pct(0.5)} | {pct(0.99)} | "
+            f"{(f'{lat[-1]:.2f}' if lat else '-')} | {self.rss_mb:.0f} | {self.end_rss_mb:.0f} | {self.cpu_seconds:.1f} | "
+            f"{per_node} | {self.note} |"
         )
+
+
+TABLE_HEADER = (
+    "| scenario | controller | total s | lag after last create s | mean s | p50 s | p99 s | max s | peak RSS MB | end RSS MB "
+    "| CPU s | CPU ms/Node | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def read_status_kb(pid: int, key: str) -> int | None:
+    """One kB figure (VmRSS, VmHWM) from /proc/PID/status; None once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class Controller:
     """One allocator process: ours or kube-controller-manager's."""
 
-    def __init__(self, kind: str, plane: LocalControlPlane, log_dir: Path, throttled: bool = False) -> None:
+    def __init__(
+        self, kind: str, plane: LocalControlPlane, log_dir: Path, cluster_cidr: str, node_mask: int, throttled: bool = False
+    ) -> None:
         self.kind = kind
         self.label = kind + (" (QPS 20/30)" if throttled else "")
+        self.cluster_cidr = cluster_cidr
+        self.node_mask = node_mask
         if kind == "nodeipam":
             argv = [
                 sys.executable,
@@ -82,8 +202,9 @@ class Controller:
                 "controller",
                 "run",
                 f"--kubeconfig={plane.kubeconfig}",
-                f"--cluster-cidr={CLUSTER_CIDR}",
-                f"--node-cidr-mask-size={NODE_MASK}",
+                f"--cluster-cidr={cluster_cidr}",
+                f"--node-cidr-mask-size={node_mask}",
+                f"--service-cluster-ip-range={plane.service_cidr}",
                 "--leader-elect=false",
                 "--metrics-bind-address=0",
                 "--log-level=warning",
@@ -97,8 +218,8 @@ class Controller:
                 f"--kubeconfig={plane.kubeconfig}",
                 "--controllers=nodeipam",
                 "--allocate-node-cidrs=true",
-                f"--cluster-cidr={CLUSTER_CIDR}",
-                f"--node-cidr-mask-size={NODE_MASK}",
+                f"--cluster-cidr={cluster_cidr}",
+                f"--node-cidr-mask-size={node_mask}",
                 f"--service-cluster-ip-range={plane.service_cidr}",
                 "--leader-elect=false",
                 "--secure-port=0",
@@ -108,6 +229,7 @@ class Controller:
         self.log = open(log_dir / f"{kind}-{int(time.time() * 1000)}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.peak_rss_mb = 0.0
+        self.end_rss_mb = 0.0
         self.cpu_seconds = 0.0
 
     def sample_cpu(self) -> None:
@@ -118,15 +240,19 @@ class Controller:
         except (OSError, IndexError, ValueError):
             pass
 
+    def rss_mb(self) -> float | None:
+        """Resident memory now (VmRSS)."""
+        kb = read_status_kb(self.process.pid, "VmRSS")
+        return kb / 1024 if kb is not None else None
+
     def sample_rss(self) -> None:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
-        except OSError:
-            pass
+        kb = read_status_kb(self.process.pid, "VmHWM")
+        if kb is not None:
+            self.peak_rss_mb = max(self.peak_rss_mb, kb / 1024)
 
     def stop(self) -> None:
+        """Read the end and peak RSS and the CPU time, then stop the process."""
+        self.end_rss_mb = self.rss_mb() or 0.0
         self.sample_rss()
         self.sample_cpu()
         self.process.terminate()
@@ -172,15 +298,17 @@ class Watcher:
                             self.changed.set()
 
     async def wait_all(self, names: list[str], timeout: float = SETTLE_TIMEOUT) -> float:
+        """When the last of `names` was assigned; the missing set shrinks, so 100000 names stay cheap to check."""
         deadline = time.monotonic() + timeout
-        while not all(name in self.assigned for name in names):
+        missing = {name for name in names if name not in self.assigned}
+        while missing:
             self.changed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                missing = sum(1 for name in names if name not in self.assigned)
-                raise TimeoutError(f"{missing} of {len(names)} Nodes never got a podCIDR")
+                raise TimeoutError(f"{len(missing)} of {len(names)} Nodes never got a podCIDR")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1.0))
+            missing = {name for name in missing if name not in self.assigned}
         return max(self.assigned[name] for name in names)
 
     async def stop(self) -> None:
@@ -188,145 +316,318 @@ class Watcher:
             self._task.cancel()
 
 
-async def create_nodes(kube: KubeClient, names: list[str], offset: int = 0, preset: bool = False) -> dict[str, float]:
-    """Create Nodes 64 at a time; returns when each create call returned."""
+class Sampler:
+    """Samples the controller's RSS and the assigned count once a second, to see memory and progress over time."""
+
+    def __init__(self, controller: Controller, watcher: Watcher) -> None:
+        self.controller = controller
+        self.watcher = watcher
+        self._samples: list[tuple[float, float, int]] = []
+        self._task = asyncio.ensure_future(self._run())
+        self.series = Series()
+
+    async def _run(self) -> None:
+        while True:
+            rss = self.controller.rss_mb()
+            if rss is not None:
+                self._samples.append((time.monotonic(), rss, len(self.watcher.assigned)))
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    def stop(self, started: float) -> None:
+        """Stop sampling; times become seconds since `started`."""
+        self._task.cancel()
+        self.series = Series(
+            [round(at - started, 2) for at, _, _ in self._samples],
+            [round(rss, 1) for _, rss, _ in self._samples],
+            [count for _, _, count in self._samples],
+        )
+
+
+async def create_nodes(
+    kube: KubeClient, names: list[str], offset: int = 0, preset: tuple[str, int] | None = None
+) -> dict[str, float]:
+    """Create Nodes 64 at a time; returns when each create call returned.
+
+    `preset` (cluster CIDR, mask): each Node already holds the (offset + i)-th subnet. Bodies
+    are built by 64 workers as they go: 100000 bodies built up front would take gigabytes.
+    """
     created: dict[str, float] = {}
-    gate = asyncio.Semaphore(CREATE_PARALLELISM)
+    todo = enumerate(names)
 
-    async def one(index: int, name: str) -> None:
-        cidrs = (f"10.{128 + (index >> 8) % 128}.{index % 256}.0/24",) if preset else ()
-        body = realistic_node(name, offset + index, cidrs)
-        async with gate:
-            await kube.request("POST", "/api/v1/nodes", body=body)
-        created[name] = time.monotonic()
+    async def worker() -> None:
+        for i, name in todo:
+            index = offset + i
+            cidrs = (nth_subnet(*preset, index),) if preset else ()
+            await kube.request("POST", "/api/v1/nodes", body=realistic_node(name, index, cidrs))
+            created[name] = time.monotonic()
 
-    await asyncio.gather(*(one(offset + i, name) for i, name in enumerate(names)))
+    await asyncio.gather(*(worker() for _ in range(min(CREATE_PARALLELISM, len(names)))))
     return created
 
 
-async def delete_all_nodes(kube: KubeClient) -> None:
-    await kube.request("DELETE", "/api/v1/nodes")
-    while (await kube.request("GET", "/api/v1/nodes", params={"limit": "1"}))["items"]:
+async def count_nodes(kube: KubeClient) -> int:
+    page = await kube.request("GET", "/api/v1/nodes", params={"limit": "1"})
+    return len(page["items"]) + int(page["metadata"].get("remainingItemCount") or 0)
+
+
+async def delete_all_nodes(kube: KubeClient, plane: LocalControlPlane) -> None:
+    """Delete every Node, then compact etcd, so each scenario starts from a small store.
+
+    The API server may time out a large delete-collection while it goes on deleting,
+    so the call is re-issued only when the count stops falling.
+    """
+    last, stalled = -1, 0
+    while left := await count_nodes(kube):
+        stalled = stalled + 1 if left == last else 0
+        if last < 0 or stalled >= 20:
+            with contextlib.suppress(ApiError):
+                await kube.request("DELETE", "/api/v1/nodes")
+            stalled = 0
+        last = left
         await asyncio.sleep(0.5)
+    await compact_etcd(plane.etcd_url)
 
 
-async def burst(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int, throttled: bool) -> Result:
+async def compact_etcd(etcd_url: str) -> None:
+    """Compact and defragment etcd (its v3 JSON gateway): without it, the deleted Nodes' revisions of a
+    scale run (~10 KB each, several per Node) would approach etcd's default 2 GB quota."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            async with session.post(etcd_url + "/v3/kv/range", json={"key": "AA=="}) as response:
+                revision = (await response.json())["header"]["revision"]
+            async with session.post(etcd_url + "/v3/kv/compaction", json={"revision": revision, "physical": True}):
+                pass
+            async with session.post(etcd_url + "/v3/maintenance/defragment", json={}) as response:
+                response.raise_for_status()
+    except (aiohttp.ClientError, TimeoutError, KeyError) as error:
+        print(f"note: etcd compaction failed ({error!r}); going on", file=sys.stderr, flush=True)
+
+
+async def burst(
+    kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int, throttled: bool, space: tuple[str, int]
+) -> Result:
     """The controller runs; n Nodes register at full speed; until all have a podCIDR."""
-    await delete_all_nodes(kube)
-    controller = Controller(kind, plane, logs, throttled)
-    await asyncio.sleep(3)  # let it finish its start-up before the burst
+    await delete_all_nodes(kube, plane)
+    controller = Controller(kind, plane, logs, *space, throttled=throttled)
     watcher = Watcher(kube)
     await watcher.start()
+    sampler = Sampler(controller, watcher)
+    await asyncio.sleep(3)  # let it finish its start-up before the burst
     names = [f"burst-{i}" for i in range(n)]
     started = time.monotonic()
     created = await create_nodes(kube, names)
     done = await watcher.wait_all(names)
+    await asyncio.sleep(AFTER_BURST_SECONDS)
+    sampler.stop(started)
     controller.stop()
     await watcher.stop()
-    latencies = [watcher.assigned[name] - created[name] for name in names]
-    return Result.of(f"burst of {n}", controller, done - started, latencies)
+    latencies = [round(watcher.assigned[name] - created[name], 4) for name in names]
+    lag = done - max(created.values())
+    return Result.of(f"burst of {n}", "burst", controller, n, done - started, sampler, latencies, lag)
 
 
-async def startup(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int) -> Result:
+async def startup(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int, space: tuple[str, int]) -> Result:
     """n unassigned Nodes exist; start the controller; until all are assigned."""
-    await delete_all_nodes(kube)
+    await delete_all_nodes(kube, plane)
     names = [f"wait-{i}" for i in range(n)]
     await create_nodes(kube, names)
     watcher = Watcher(kube)
     await watcher.start()
     started = time.monotonic()
-    controller = Controller(kind, plane, logs)
+    controller = Controller(kind, plane, logs, *space)
+    sampler = Sampler(controller, watcher)
     done = await watcher.wait_all(names)
+    await asyncio.sleep(AFTER_BURST_SECONDS)
+    sampler.stop(started)
     controller.stop()
     await watcher.stop()
-    return Result.of(f"start with {n} waiting", controller, done - started)
+    return Result.of(f"start with {n} waiting", "startup", controller, n, done - started, sampler)
 
 
-async def restart(kube: KubeClient, plane: LocalControlPlane, logs: Path, kinds: list[str], n: int) -> list[Result]:
+async def restart(
+    kube: KubeClient, plane: LocalControlPlane, logs: Path, kinds: list[str], n: int, space: tuple[str, int]
+) -> list[Result]:
     """n assigned Nodes exist; start the controller and create a Node at once (time from start until it is
     assigned); then create a second one (its latency shows any backlog of the initial listing); then let
-    the controller settle for SETTLE_SECONDS and read its peak RSS."""
-    await delete_all_nodes(kube)
-    await create_nodes(kube, [f"held-{i}" for i in range(n)], preset=True)
+    the controller settle for SETTLE_SECONDS and read its RSS."""
+    await delete_all_nodes(kube, plane)
+    await create_nodes(kube, [f"held-{i}" for i in range(n)], preset=space)
     results = []
     for index, kind in enumerate(kinds):
         watcher = Watcher(kube)
         await watcher.start()
         started = time.monotonic()
-        controller = Controller(kind, plane, logs)
+        controller = Controller(kind, plane, logs, *space)
+        sampler = Sampler(controller, watcher)
         first, second = f"newcomer-{index}-a", f"newcomer-{index}-b"
         await create_nodes(kube, [first], offset=n + 2 * index)
         done = await watcher.wait_all([first])
         created = await create_nodes(kube, [second], offset=n + 2 * index + 1)
         second_done = await watcher.wait_all([second])
         await asyncio.sleep(SETTLE_SECONDS)
+        sampler.stop(started)
         controller.stop()
         await watcher.stop()
         note = f"a Node created once the first was assigned waited {second_done - created[second]:.2f} s"
-        results.append(Result.of(f"restart with {n} assigned", controller, done - started, note=note))
+        results.append(Result.of(f"restart with {n} assigned", "restart", controller, n, done - started, sampler, note=note))
     return results
 
 
-async def main_async(args: argparse.Namespace) -> list[Result]:
+class Report:
+    """Results so far, printed as they come and rewritten to the JSON file after every scenario,
+    so a long run that stops early keeps what it measured."""
+
+    def __init__(self, path: Path, args: argparse.Namespace) -> None:
+        self.path = path
+        self.results: list[Result] = []
+        self.skipped: list[str] = []
+        self.meta = {
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "argv": sys.argv[1:],
+            "profile": args.profile,
+            "nodes": args.nodes,
+            "restart_nodes": args.restart_nodes,
+            "only": args.only,
+            "controllers": args.controllers,
+            "skip_throttled": args.skip_throttled,
+            "create_parallelism": CREATE_PARALLELISM,
+            "service_cidr": SERVICE_CIDR,
+        }
+
+    def add(self, result: Result) -> None:
+        print(result.row(), file=sys.stderr, flush=True)
+        self.results.append(result)
+        self.write()
+
+    def skip(self, note: str) -> None:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+        self.skipped.append(note)
+        self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        document = {"meta": self.meta, "skipped": self.skipped, "results": [asdict(result) for result in self.results]}
+        self.path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def kcm_fits(kind: str, scenario: str, subnets: int, report: Report) -> bool:
+    """False, with a note, where kube-controller-manager cannot serve the scenario from one cluster CIDR."""
+    if kind != "kube-controller-manager" or subnets <= KCM_MAX_SUBNETS:
+        return True
+    report.skip(
+        f"kube-controller-manager skipped in {scenario}: it needs {subnets} node subnets, "
+        f"more than the {KCM_MAX_SUBNETS} kube-controller-manager serves from one cluster CIDR"
+    )
+    return False
+
+
+async def main_async(args: argparse.Namespace, report: Report) -> None:
     logs = Path("bench/logs")
     logs.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = []
     with LocalControlPlane(
-        extra_apiserver_flags=("--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000")
+        service_cidr=SERVICE_CIDR,
+        extra_apiserver_flags=("--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000"),
     ) as plane:
         async with KubeClient(Credentials.load(plane.kubeconfig), max_in_flight=CREATE_PARALLELISM) as kube:
-            scenarios: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
             if "burst" in args.only:
-                for kind, throttled in (
-                    ("nodeipam", False),
-                    ("kube-controller-manager", False),
-                    ("kube-controller-manager", True),
-                ):
-                    if throttled and args.skip_throttled:
-                        continue
-                    scenarios.append(("burst", lambda k=kind, t=throttled: burst(kube, plane, logs, k, args.nodes, t)))
+                for n in args.nodes:
+                    space = address_space(n)
+                    for kind in args.controllers:
+                        if not kcm_fits(kind, f"burst of {n}", n, report):
+                            continue
+                        for throttled in (False, True) if kind == "kube-controller-manager" else (False,):
+                            if throttled and args.skip_throttled:
+                                continue
+                            print(f"running burst of {n}: {kind}{' throttled' if throttled else ''} ...", file=sys.stderr)
+                            report.add(await burst(kube, plane, logs, kind, n, throttled, space))
             if "startup" in args.only:
-                for kind in ("nodeipam", "kube-controller-manager"):
-                    scenarios.append(("startup", lambda k=kind: startup(kube, plane, logs, k, args.nodes)))
+                for n in args.nodes:
+                    for kind in args.controllers:
+                        if kcm_fits(kind, f"start with {n} waiting", n, report):
+                            print(f"running start with {n} waiting: {kind} ...", file=sys.stderr)
+                            report.add(await startup(kube, plane, logs, kind, n, address_space(n)))
             if "restart" in args.only:
-                scenarios.append(
-                    ("restart", lambda: restart(kube, plane, logs, ["nodeipam", "kube-controller-manager"], args.restart_nodes))
-                )
-            for name, run in scenarios:
-                print(f"running {name} ...", file=sys.stderr, flush=True)
-                outcome = await run()
-                for result in outcome if isinstance(outcome, list) else [outcome]:
-                    print(result.row(), file=sys.stderr, flush=True)
-                    results.append(result)
-    return results
+                for n in args.restart_nodes:
+                    subnets = n + 2 * len(args.controllers)  # the held Nodes and two newcomers per controller
+                    kinds = [kind for kind in args.controllers if kcm_fits(kind, f"restart with {n} assigned", subnets, report)]
+                    if kinds:
+                        print(f"running restart with {n} assigned: {', '.join(kinds)} ...", file=sys.stderr)
+                        for result in await restart(kube, plane, logs, kinds, n, address_space(subnets)):
+                            report.add(result)
 
 
-def main() -> None:
+def sizes(text: str) -> list[int]:
+    """A comma-separated list of Node counts."""
+    values = [int(part) for part in text.split(",") if part]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive Node counts, got {text!r}")
+    return values
+
+
+def choices(allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        values = [part for part in text.split(",") if part]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"expected some of {','.join(allowed)}, got {text!r}")
+        return [value for value in allowed if value in values]
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--nodes", type=int, default=2000, help="Nodes for the burst and start-up scenarios (default 2000)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="small", help="preset sizes (default small); see above")
+    parser.add_argument("--nodes", type=sizes, help="Nodes for the burst and start-up scenarios, comma-separated (small: 2000)")
     parser.add_argument(
-        "--restart-nodes", type=int, default=20000, help="assigned Nodes for the restart scenario (default 20000)"
+        "--restart-nodes", type=sizes, help="assigned Nodes for the restart scenario, comma-separated (small: 20000)"
     )
-    parser.add_argument("--only", default="burst,startup,restart", help="comma-separated scenarios")
-    parser.add_argument("--skip-throttled", action="store_true", help="skip kube-controller-manager at its default QPS 20/30")
-    args = parser.parse_args()
-    args.only = set(args.only.split(","))
-    results = asyncio.run(main_async(args))
-    print("| scenario | controller | total s | mean s | p50 s | p99 s | max s | peak RSS MB | CPU s | note |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for result in results:
+    parser.add_argument("--only", type=choices(SCENARIOS), help=f"comma-separated scenarios, of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--controllers",
+        type=choices(CONTROLLERS),
+        default=list(CONTROLLERS),
+        help=f"comma-separated controllers to run (default {','.join(CONTROLLERS)})",
+    )
+    parser.add_argument(
+        "--skip-throttled", action="store_true", default=None, help="skip kube-controller-manager at its default QPS 20/30"
+    )
+    parser.add_argument("--json", type=Path, help="raw results and time series (default bench/results/<timestamp>.json)")
+    args = parser.parse_args(argv)
+    for key, value in PROFILES[args.profile].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for n in args.nodes + args.restart_nodes:
+        try:
+            address_space(n + 2 * len(args.controllers))
+        except ValueError as error:
+            parser.error(str(error))
+    if args.json is None:
+        args.json = Path("bench/results") / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    report = Report(args.json, args)
+    asyncio.run(main_async(args, report))
+    print(TABLE_HEADER)
+    for result in report.results:
         print(result.row())
     print()
+    for note in report.skipped:
+        print(f"note: {note}")
     by_scenario: dict[str, dict[str, Result]] = {}
-    for result in results:
+    for result in report.results:
         by_scenario.setdefault(result.scenario, {})[result.controller] = result
     for scenario, entries in by_scenario.items():
         ours = entries.get("nodeipam")
         for label, theirs in entries.items():
             if ours and label != "nodeipam":
                 print(f"{scenario}: {label} / nodeipam = {theirs.seconds / ours.seconds:.2f}x time")
+    print(f"raw results: {args.json}")
 
 
 if __name__ == "__main__":
