@@ -66,7 +66,11 @@ def kopf_settings() -> kopf.OperatorSettings:
     settings.posting.enabled = False  # our own Events, in the shape kubectl describe shows
     settings.scanning.disabled = True  # no CRD/namespace watching: RBAC stays minimal
     settings.watching.chunk_size = WATCH_PAGE_SIZE
-    settings.queueing.idle_timeout = 0.5  # free per-Node workers early on large clusters
+    # A Node event only queues a small record (see build_registry): kopf need not wait for more events about
+    # the same Node before calling the handler (0.1 s by default), and its per-Node worker, with the decoded
+    # body it holds, can end soon after (5 s by default).
+    settings.batching.batch_window = 0.01
+    settings.queueing.idle_timeout = 0.2
     return settings
 
 

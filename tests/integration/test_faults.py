@@ -231,7 +231,7 @@ def test_flaky_api_during_a_burst_assigns_every_node_once(proxied: Proxied, clus
     ("cluster_cidr", "mask"),
     [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
 )
-def test_watch_cut_while_nodes_are_deleted_resync_frees_their_ranges(
+def test_watch_cut_while_nodes_are_deleted_a_relist_frees_their_ranges(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
     ranges = config.build_ranges(cluster_cidr, mask)
@@ -239,9 +239,8 @@ def test_watch_cut_while_nodes_are_deleted_resync_frees_their_ranges(
     first = [f"w{i}" for i in range(4)]
     cluster.create_nodes(first)
     held = cluster.wait_assigned(first)
-    # Past the first resync (soon after start-up), so that only the periodic one can free what follows:
-    # the rebuild's LIST, kopf's LIST and the first resync's LIST.
-    wait_for(lambda: len(node_lists(proxy)) >= 3, timeout=30, what="the first resync")
+    # The rebuild's LIST and kopf's; the resync lists nothing while the watch is whole.
+    wait_for(lambda: len(node_lists(proxy)) >= 2, timeout=30, what="the start-up LISTs")
     # The open Node watch ends, and every resumed watch is told its version is gone: no DELETED event gets through.
     proxy.add(Rule(Action.CLOSE_WATCH, path=NODE_WATCH, query=is_watch, after_seconds=0, name="close"))
     gone = proxy.add(Rule(Action.GONE, path=NODE_WATCH, query=is_watch, name="gone"))
@@ -254,9 +253,40 @@ def test_watch_cut_while_nodes_are_deleted_resync_frees_their_ranges(
     cidrs = cluster.wait_assigned(later, timeout=60)
     no_duplicates(cidrs)
     assert sorted(cidrs[name][0] for name in later) == sorted(held[name][0] for name in ("w1", "w2"))
+    relists = [entry for entry in node_lists(proxy) if "resourceVersionMatch=NotOlderThan" in entry.query]
+    assert relists, "the ranges were freed by a LIST after the gap, answered from the API server's cache"
     proxy.clear()
     assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 4}
     print(f"injected: {proxy.injected()}")
+
+
+# -- a whole watch: the resync lists nothing, and still serves a Node whose patches failed ----------------
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
+)
+def test_resync_lists_nothing_while_the_watch_is_whole_and_serves_a_node_whose_patches_were_refused(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=2s")
+    cluster.create_nodes(["first"])
+    cluster.wait_assigned(["first"])
+    wait_for(lambda: len(node_lists(proxy)) >= 2, timeout=30, what="the rebuild's LIST and kopf's")
+    lists_at_start = len(node_lists(proxy))
+    # Every patch of this Node is refused for a while: its handling gives up, and only the resync tries again.
+    refused = proxy.add(
+        Rule(Action.STATUS, status=422, path="^/api/v1/nodes/refused$", methods=frozenset({"PATCH"}), count=5, name="refused")
+    )
+    cluster.create_nodes(["refused"])
+    wait_for(lambda: refused.fired >= 5, timeout=30, what="five refused patches")
+    cidrs = cluster.wait_assigned(["first", "refused"], timeout=30)
+    no_duplicates(cidrs)
+    time.sleep(5)  # more resync periods: still no LIST
+    assert len(node_lists(proxy)) == lists_at_start, "a LIST of all Nodes while the watch had no gap"
+    assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 2}
 
 
 # -- a start-up LIST that fails part-way -------------------------------------------------------------------
