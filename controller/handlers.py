@@ -10,6 +10,8 @@ finalizer and status are written by the reconciler, not by kopf.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,6 +22,31 @@ from controller.nodes import NodeInfo
 from controller.reconciler import Reconciler
 
 WATCH_PAGE_SIZE = 500
+_KOPF_DIR = os.path.dirname(kopf.__file__) + os.sep
+
+logger = logging.getLogger("nodeipam")
+
+
+def quiet_closing_of_kopf_streams(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit, a kopf watch stream that failed to close is a debug line, not an ERROR traceback.
+
+    When kopf's watcher is cancelled between two events, its watch generator
+    stays suspended inside kopf's own `streaming_block` context manager;
+    asyncio closes it as the loop ends, and that context manager answers
+    the close with "generator didn't stop after athrow()". By then every
+    handler has returned: nothing is lost, only the log line is alarming.
+    Any other exception the loop reports keeps its default handling.
+    """
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        generator = context.get("asyncgen")
+        code = getattr(generator, "ag_code", None)
+        if code is not None and code.co_filename.startswith(_KOPF_DIR):
+            logger.debug("kopf's watch stream %s ended at exit: %r", code.co_name, context.get("exception"))
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
 
 
 class NoProgressStorage(kopf.ProgressStorage):

@@ -118,6 +118,7 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     `deadline` bounds the stop; the caller cancels it once the event loop is closed too.
     """
     credentials = credentials or Credentials.load(settings.kubeconfig, settings.master)
+    handlers.quiet_closing_of_kopf_streams(asyncio.get_running_loop())
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()

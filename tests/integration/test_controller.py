@@ -190,6 +190,7 @@ def test_sigterm_stops_promptly(cluster: Cluster, start_controller: Start) -> No
     cluster.wait_assigned(["x"])
     assert controller.stop() == 0  # stop() fails the test past 15 s
     assert "allocated" in controller.log() and "stopped" in controller.log()
+    assert "Traceback" not in controller.log() and "ERROR" not in controller.log(), controller.log()
 
 
 def test_metrics_need_a_token_health_does_not(cluster: Cluster, start_controller: Start) -> None:

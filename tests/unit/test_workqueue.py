@@ -31,7 +31,9 @@ def drain(queue: KeyedQueue[str]) -> list[tuple[str, str]]:
         pytest.param([("a", "1"), ("b", "1"), ("a", "2")], [("a", "2"), ("b", "1")], id="arrival-order-kept"),
     ],
 )
-def test_put_keeps_the_latest_item_per_name_in_arrival_order(puts: list[tuple[str, str]], expected: list[tuple[str, str]]) -> None:
+def test_put_keeps_the_latest_item_per_name_in_arrival_order(
+    puts: list[tuple[str, str]], expected: list[tuple[str, str]]
+) -> None:
     queue: KeyedQueue[str] = KeyedQueue()
     for name, item in puts:
         queue.put(name, item)
