@@ -524,8 +524,10 @@ class KubeClient:
         """Set spec.podCIDR(s) in one merge patch, only on the Node with this UID."""
         values = [str(cidr) for cidr in cidrs]
         patch = {"metadata": {"uid": node.uid}, "spec": {"podCIDR": values[0], "podCIDRs": values}}
-        body = await self.request("PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json")
-        return NodeInfo.from_body(body)
+        answer = await self.request_bytes(
+            "PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json"
+        )
+        return _decode_node(answer).info()  # the few fields read, not the whole ~10 KB Node
 
     # -- Events --------------------------------------------------------------
 
