@@ -86,13 +86,15 @@ class NoDiffBaseStorage(kopf.DiffBaseStorage):
         return None
 
 
-def kopf_settings() -> kopf.OperatorSettings:
+def kopf_settings(initial_streaming: bool = False) -> kopf.OperatorSettings:
+    """kopf's settings; `initial_streaming`: the watch starts with a streamed listing (WatchList), not a paged LIST."""
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = NoProgressStorage()
     settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.posting.enabled = False  # our own Events, in the shape kubectl describe shows
     settings.scanning.disabled = True  # no CRD/namespace watching: RBAC stays minimal
     settings.watching.chunk_size = WATCH_PAGE_SIZE
+    settings.watching.initial_streaming = initial_streaming
     # A Node event only queues a small record (see build_registry): kopf need not wait for more events about
     # the same Node before calling the handler (0.1 s by default), and its per-Node worker, with the decoded
     # body it holds, can end soon after (5 s by default).
@@ -134,7 +136,9 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
     return registry
 
 
-def operate(credentials: Credentials, reconciler: Reconciler, started: asyncio.Event | None = None) -> Coroutine[Any, Any, None]:
+def operate(
+    credentials: Credentials, reconciler: Reconciler, started: asyncio.Event | None = None, initial_streaming: bool = False
+) -> Coroutine[Any, Any, None]:
     """kopf's operator with these handlers, cluster-wide, until cancelled (or SIGTERM, which kopf handles itself).
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
@@ -144,7 +148,7 @@ def operate(credentials: Credentials, reconciler: Reconciler, started: asyncio.E
     """
     return kopf.operator(
         registry=build_registry(credentials, reconciler),
-        settings=kopf_settings(),
+        settings=kopf_settings(initial_streaming),
         clusterwide=True,
         standalone=True,
         ready_flag=started,

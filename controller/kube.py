@@ -35,6 +35,7 @@ IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 EVENT_NAMESPACE = "default"  # where events about cluster-scoped Nodes go
 COMPONENT = "nodeipam"
 LIST_PAGE_SIZE = 500
+WATCH_LIST_SINCE = (1, 34)  # the first Kubernetes version whose API server streams a watch's initial listing by default
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ATTEMPTS = 4
 TRANSIENT_BACKOFF = 0.2
@@ -462,6 +463,19 @@ class KubeClient:
                     fetch = self._fetch_page(token, page_size)
             if not token:
                 return nodes, page.metadata.resourceVersion
+
+    async def streams_initial_events(self) -> bool:
+        """Whether the API server streams a watch's initial listing (`sendInitialEvents`; WatchList, on since 1.34).
+
+        Asked of `/version`; an answer that cannot be read counts as no, which keeps the paged LIST.
+        """
+        try:
+            version = await self.request("GET", "/version")
+            major, minor = int(str(version.get("major", "0"))), int(re.sub(r"\D.*", "", str(version.get("minor", "0"))) or 0)
+        except (ApiError, ValueError) as error:
+            logger.info("the API server's version is unknown (%s): the watch starts with a paged LIST", error)
+            return False
+        return (major, minor) >= WATCH_LIST_SINCE
 
     async def nodes_version(self) -> str:
         """The Node collection's current resourceVersion, from a quorum read of one item."""

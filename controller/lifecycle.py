@@ -185,7 +185,10 @@ async def _lead(
         # Stopping, for whatever reason, cancels kopf at once: signals stay ours (taken back from kopf as soon
         # as it runs), so that one flag, one deadline and one path stop everything.
         kopf_started = asyncio.Event()
-        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_started))
+        # The API server streams the watch's initial listing from its cache where it can (a re-list after a
+        # gap too), instead of kopf's paged LIST of every Node.
+        streamed = await kube.streams_initial_events()
+        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_started, streamed))
         # Cancelled exactly once: a second cancel reaches kopf while it stops its own tasks, and it abandons
         # them half-stopped (a watcher waiting for workers nobody reaps holds the process at exit for good).
         stopped = asyncio.ensure_future(stop.wait())

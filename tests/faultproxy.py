@@ -78,6 +78,11 @@ def is_watch(query: Mapping[str, str]) -> bool:
     return query.get("watch", "") in ("1", "true", "True")
 
 
+def is_resumed_watch(query: Mapping[str, str]) -> bool:
+    """A watch resuming from a version it saw, not one that starts with a streamed listing (`sendInitialEvents`)."""
+    return is_watch(query) and query.get("sendInitialEvents", "") != "true"
+
+
 def is_list_continue(query: Mapping[str, str]) -> bool:
     return bool(query.get("continue"))
 

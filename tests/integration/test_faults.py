@@ -28,7 +28,7 @@ from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from tests.conftest import wait_for
-from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_watch, not_watch
+from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_resumed_watch, is_watch, not_watch
 from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, fetch, leader_flags, no_duplicates
 
 pytestmark = pytest.mark.integration
@@ -140,6 +140,12 @@ def node_lists(proxy: FaultProxy) -> list[Forwarded]:
     return [entry for entry in proxy.forwarded("GET", NODE_WATCH) if "watch=" not in entry.query]
 
 
+def kopf_listed(proxy: FaultProxy) -> bool:
+    """kopf's watch began with its listing: a paged LIST (the second LIST of Nodes), or a streamed one."""
+    streamed = any("sendInitialEvents=true" in entry.query for entry in proxy.forwarded("GET", NODE_WATCH))
+    return streamed or len(node_lists(proxy)) >= 2
+
+
 def poll_until(condition: Callable[[], object], timeout: float) -> bool:
     """Like wait_for, but says whether it happened instead of failing."""
     try:
@@ -239,11 +245,12 @@ def test_watch_cut_while_nodes_are_deleted_a_relist_frees_their_ranges(
     first = [f"w{i}" for i in range(4)]
     cluster.create_nodes(first)
     held = cluster.wait_assigned(first)
-    # The rebuild's LIST and kopf's; the resync lists nothing while the watch is whole.
-    wait_for(lambda: len(node_lists(proxy)) >= 2, timeout=30, what="the start-up LISTs")
-    # The open Node watch ends, and every resumed watch is told its version is gone: no DELETED event gets through.
+    # The rebuild's LIST and kopf's listing; the resync lists nothing while the watch is whole.
+    wait_for(lambda: kopf_listed(proxy), timeout=30, what="kopf's listing")
+    # The open Node watch ends, and every resumed watch is told its version is gone: no DELETED event gets
+    # through. kopf lists again (a streamed listing is let through).
     proxy.add(Rule(Action.CLOSE_WATCH, path=NODE_WATCH, query=is_watch, after_seconds=0, name="close"))
-    gone = proxy.add(Rule(Action.GONE, path=NODE_WATCH, query=is_watch, name="gone"))
+    gone = proxy.add(Rule(Action.GONE, path=NODE_WATCH, query=is_resumed_watch, name="gone"))
     # A refused resume shows the watch that was open has ended (one watch of Nodes at a time) and none can start.
     wait_for(lambda: gone.fired, timeout=30, what="the node watch to be cut and refused")
     for name in ("w1", "w2"):
@@ -274,7 +281,7 @@ def test_resync_lists_nothing_while_the_watch_is_whole_and_serves_a_node_whose_p
     proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=2s")
     cluster.create_nodes(["first"])
     cluster.wait_assigned(["first"])
-    wait_for(lambda: len(node_lists(proxy)) >= 2, timeout=30, what="the rebuild's LIST and kopf's")
+    wait_for(lambda: kopf_listed(proxy), timeout=30, what="the rebuild's LIST and kopf's listing")
     lists_at_start = len(node_lists(proxy))
     # Every patch of this Node is refused for a while: its handling gives up, and only the resync tries again.
     refused = proxy.add(

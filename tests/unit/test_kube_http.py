@@ -214,3 +214,39 @@ def test_list_with_an_expired_continue_token_raises_410() -> None:
         assert raised.value.status == 410
 
     run_with_client(test)
+
+
+@pytest.mark.parametrize(
+    ("answer", "streams"),
+    [
+        pytest.param(reply(200, {"major": "1", "minor": "37"}), True, id="1.37"),
+        pytest.param(reply(200, {"major": "1", "minor": "34"}), True, id="1.34"),
+        pytest.param(reply(200, {"major": "1", "minor": "33+"}), False, id="1.33-with-suffix"),
+        pytest.param(reply(200, {"major": "1", "minor": "eks"}), False, id="unreadable-minor"),
+        pytest.param(status(403), False, id="forbidden"),
+    ],
+)
+def test_the_watch_streams_its_listing_only_where_the_api_server_version_says_it_can(answer: Answer, streams: bool) -> None:
+    async def test(api: FakeApi, kube: KubeClient, _: list[float]) -> None:
+        api.script("GET", "/version", answer)
+        assert await kube.streams_initial_events() is streams
+
+    run_with_client(test)
+
+
+def test_a_list_from_the_cache_asks_not_older_than_a_fresh_version() -> None:
+    async def test(api: FakeApi, kube: KubeClient, _: list[float]) -> None:
+        api.script(
+            "GET",
+            NODES_PATH,
+            reply(200, {"metadata": {"resourceVersion": "42", "continue": "x"}, "items": [NODE]}),  # the version read
+            reply(200, {"metadata": {"resourceVersion": "43"}, "items": [NODE]}),  # the LIST, in one page
+        )
+        nodes, _ = await kube.list_nodes(from_cache=True)
+        version_read, first_page = api.requests_to("GET", NODES_PATH)[:2]
+        assert version_read.query.get("limit") == "1" and "resourceVersion" not in version_read.query
+        assert first_page.query.get("resourceVersion") == "42"
+        assert first_page.query.get("resourceVersionMatch") == "NotOlderThan"
+        assert [node.name for node in nodes] == ["node-a"]
+
+    run_with_client(test)
