@@ -401,10 +401,48 @@ def test_security_context_meets_the_restricted_standard() -> None:
     assert all(set(volume) == {"name", "emptyDir"} for volume in volumes), "no hostPath or other privileged volumes"
 
 
-def test_resources_have_requests_and_a_memory_limit() -> None:
-    resources = container(render(with_cidr()))["resources"]
-    assert resources["requests"] == {"cpu": "50m", "memory": "128Mi"}
-    assert resources["limits"] == {"memory": "512Mi"}
+def sized_memory(nodes: int, headroom_percent: int = 50) -> tuple[str, str]:
+    """The memory request and limit the chart should compute, from its own default sizing values."""
+    sizing = yaml.safe_load((CHART / "values.yaml").read_text())["sizing"]
+    request = sizing["baseMemoryMiB"] + -(-nodes * sizing["memoryPerNodeKiB"] // 1024)
+    return f"{request}Mi", f"{request * (100 + headroom_percent) // 100}Mi"
+
+
+@pytest.mark.parametrize(
+    ("values", "requests", "limits"),
+    [
+        pytest.param(
+            {},
+            {"cpu": "50m", "memory": sized_memory(20000)[0]},
+            {"memory": sized_memory(20000)[1]},
+            id="default-sized-for-20000-nodes",
+        ),
+        pytest.param(
+            {"sizing": {"nodes": 100000}},
+            {"cpu": "50m", "memory": sized_memory(100000)[0]},
+            {"memory": sized_memory(100000)[1]},
+            id="sized-for-100000-nodes",
+        ),
+        pytest.param(
+            {"sizing": {"nodes": 100000, "burstHeadroomPercent": 100}},
+            {"cpu": "50m", "memory": sized_memory(100000)[0]},
+            {"memory": sized_memory(100000, 100)[1]},
+            id="more-headroom",
+        ),
+        pytest.param(
+            {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi", "cpu": "2"}}},
+            {"cpu": "1", "memory": "1Gi"},
+            {"memory": "2Gi", "cpu": "2"},
+            id="explicit-resources-win",
+        ),
+    ],
+)
+def test_memory_request_and_limit_follow_the_nodes_the_cluster_is_sized_for(
+    values: Values, requests: dict[str, str], limits: dict[str, str]
+) -> None:
+    resources = container(render(with_cidr(**values)))["resources"]
+    assert resources["requests"] == requests
+    assert resources["limits"] == limits
 
 
 DEFAULT_TOLERATIONS = [

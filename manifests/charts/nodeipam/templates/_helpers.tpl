@@ -128,3 +128,26 @@ run
 {{ . }}
 {{- end }}
 {{- end }}
+
+{{/* The memory request, in MiB: the base, plus the per-Node cost for sizing.nodes. */}}
+{{- define "nodeipam.memoryRequestMiB" -}}
+{{- $perNodeKiB := mul (int .Values.sizing.nodes) (int .Values.sizing.memoryPerNodeKiB) }}
+{{- add (int .Values.sizing.baseMemoryMiB) (div (add $perNodeKiB 1023) 1024) }}
+{{- end }}
+
+{{/* Container resources: what `resources` says, with a memory request and limit from `sizing` where it says none. */}}
+{{- define "nodeipam.resources" -}}
+{{- $resources := deepCopy (default dict .Values.resources) }}
+{{- $requests := default dict $resources.requests }}
+{{- $limits := default dict $resources.limits }}
+{{- $request := int (include "nodeipam.memoryRequestMiB" .) }}
+{{- if not (hasKey $requests "memory") }}
+{{- $_ := set $requests "memory" (printf "%dMi" $request) }}
+{{- end }}
+{{- if not (hasKey $limits "memory") }}
+{{- $_ := set $limits "memory" (printf "%dMi" (div (mul $request (add 100 (int .Values.sizing.burstHeadroomPercent))) 100)) }}
+{{- end }}
+{{- $_ := set $resources "requests" $requests }}
+{{- $_ := set $resources "limits" $limits }}
+{{- toYaml $resources }}
+{{- end }}
