@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup binaries node-assets lint test chaos demo demo-node bench manifests clean
+.PHONY: setup binaries node-assets lint test chaos demo demo-node bench bench-scale manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ demo-node: $(STAMP)
 bench: binaries
 	$(BIN)/python -m controller.localcluster.binaries kube-controller-manager
 	$(BIN)/python -m bench
+
+## bench-scale: bursts of 2,000 to 100,000 Nodes and restarts at 60,000 and 100,000 (about an hour here), then the plot
+bench-scale: binaries
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m controller.localcluster.binaries kube-controller-manager
+	$(BIN)/python -m bench --profile scale --json bench/results/scale.json
+	$(BIN)/python -m bench.plot bench/results/scale.json -o docs/bench-scale.png --memory-limit-mb 816 --memory-limit-label "chart limit, sizing.nodes=100000"
 
 ## manifests: re-render manifests/nodeipam.yaml from the Helm chart
 manifests: binaries

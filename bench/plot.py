@@ -25,7 +25,7 @@ def bursts(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [result for result in document["results"] if result.get("kind") == "burst" and result["series"]["t"]]
 
 
-def plot(document: dict[str, Any], output: Path, memory_limit_mb: float) -> None:
+def plot(document: dict[str, Any], output: Path, memory_limit_mb: float, memory_limit_label: str = "chart memory limit") -> None:
     """Draw both panels into `output` (PNG, or any format matplotlib infers from the suffix)."""
     try:
         import matplotlib
@@ -51,7 +51,7 @@ def plot(document: dict[str, Any], output: Path, memory_limit_mb: float) -> None
     progress.set(title="Nodes assigned during a burst", xlabel="seconds since the burst started", ylabel="Nodes with a podCIDR")
     memory.set(title="Controller memory during a burst", xlabel="seconds since the burst started", ylabel="RSS MB")
     memory.axhline(
-        memory_limit_mb, color="black", linestyle="--", linewidth=1, label=f"chart memory limit ({memory_limit_mb:g} MB)"
+        memory_limit_mb, color="black", linestyle="--", linewidth=1, label=f"{memory_limit_label} ({memory_limit_mb:g} MB)"
     )
     memory.set_ylim(bottom=0)
     progress.set_ylim(bottom=0)
@@ -71,11 +71,10 @@ def main() -> None:
     )
     parser.add_argument("results", type=Path, help="a JSON file written by python -m bench")
     parser.add_argument("-o", "--output", type=Path, required=True, help="image to write, e.g. docs/bench-scale.png")
-    parser.add_argument(
-        "--memory-limit-mb", type=float, default=512, help="dashed line on the RSS panel (default 512, the chart's limit)"
-    )
+    parser.add_argument("--memory-limit-mb", type=float, default=512, help="dashed line on the RSS panel (default 512)")
+    parser.add_argument("--memory-limit-label", default="chart memory limit", help="its label")
     args = parser.parse_args()
-    plot(json.loads(args.results.read_text()), args.output, args.memory_limit_mb)
+    plot(json.loads(args.results.read_text()), args.output, args.memory_limit_mb, args.memory_limit_label)
     print(f"wrote {args.output}")
 
 
