@@ -798,9 +798,6 @@ class Reconciler:
                 self._forget_warnings(name)
             if release is not None and release.cidrs:
                 self._released(name, release.cidrs, "vanished")
-        for name, node in list(self._unserved.items()):
-            if live.get(name) != node.uid:
-                del self._unserved[name]
         await self.assign_all((node for node in nodes if not self.allocations.knows(node)), read_after=mark)
 
     async def sweep(self) -> None:
