@@ -255,13 +255,17 @@ class Reconciler:
                 self._track(node)
 
     def _track(self, node: NodeInfo) -> None:
-        """Remember a Node that is left without a range and is not waiting for one, for the resync to read."""
+        """Remember a Node that is left without a range and is not waiting for one, for the resync to read.
+
+        What another incarnation of the name holds or has reserved does not
+        count: until a read settles it, this one has nothing.
+        """
         name = node.name
+        reservation = self.allocations.reservation(name)
         left = (
             not node.pod_cidrs
-            and not self.allocations.holding(name)
-            and self.allocations.reservation(name) is None
-            and self.allocations.holder_uid(name) is None
+            and self.allocations.holder_uid(name) != node.uid
+            and (reservation is None or reservation.uid != node.uid)
             and not self.allocations.is_waiting(name)
             and not self.allocations.is_retired(node.uid)
         )
@@ -281,13 +285,14 @@ class Reconciler:
         Node is listed again soon.
         """
         if kind is None:
-            if self.watch_live.is_set() and (not self._relisting or node.name in self._listed_again):
-                # The first entry of a re-list; or a name shown twice: that listing ended and another began.
-                self._relisting = True
+            again = node.name in self._listed_again
+            if again or (self.watch_live.is_set() and not self._relisting):
+                # The first entry of a listing after the watch was live; or a name shown twice (also before
+                # it was live): one listing ended and another began.
                 self._listed_again.clear()
                 self.relist_soon("the node watch listed again (a gap: deletions meanwhile are not reported)")
-            if self._relisting:
-                self._listed_again.add(node.name)
+            self._relisting = True
+            self._listed_again.add(node.name)
         else:
             self._relisting = False
             self._listed_again.clear()
@@ -820,8 +825,8 @@ class Reconciler:
             mark = self.allocations.sequence
             try:
                 current = await self.kube.get_node(name)
-            except ApiError as error:
-                logger.warning("reading node %s for the resync failed: %s; again at the next one", name, error)
+            except Exception as error:
+                logger.warning("reading node %s for the resync failed: %r; again at the next one", name, error)
                 return
             remembered = self._unserved.pop(name, None)
             try:

@@ -111,3 +111,38 @@ def test_resync_loop_lists_after_a_gap_and_only_then(family: FamilyRange) -> Non
         return [*lists_before_gap, *api.lists[len(lists_before_gap) :]]
 
     assert run(go) == [True], "no LIST before the gap, one (from the cache) after it"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sweep_serves_a_node_recreated_under_a_held_name_when_its_reread_failed(family: FamilyRange) -> None:
+    api = FakeApi()
+
+    async def go() -> tuple[int, list[bool]]:
+        reconciler = reconciler_for(family, api)
+        await reconciler.assign_all([api.add("a", uid="uid-old")])
+        recreated = api.add("a", uid="uid-new")  # deleted and created again; the DELETED event was missed
+        api.get_script = [ApiError(0, "ConnectionError", "reset")]  # the re-read the new UID asks for fails
+        await reconciler.assign_all([recreated])
+        assert api.nodes["a"].pod_cidrs == (), "nothing settled yet"
+        await reconciler.sweep()
+        return reconciler.allocations.sets[0].allocated, api.lists
+
+    allocated, lists = run(go)
+    assert api.nodes["a"].pod_cidrs, "the new incarnation was served by the sweep"
+    assert allocated == 1, "the old incarnation's range was released, the new one's taken"
+    assert lists == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_name_listed_twice_before_the_watch_was_live_is_a_gap_too(family: FamilyRange) -> None:
+    async def go() -> list[bool]:
+        reconciler = reconciler_for(family, FakeApi())
+        due = []
+        for name in ("a", "b"):
+            await reconciler.node_event(None, node(name))
+        due.append(reconciler._relist_due.is_set())
+        await reconciler.node_event(None, node("a"))  # kopf listed again before any change came
+        due.append(reconciler._relist_due.is_set())
+        return due
+
+    assert run(go) == [False, True]
