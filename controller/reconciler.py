@@ -149,8 +149,7 @@ class Reconciler:
         self.metrics.nodes_queued.set_function(lambda: len(self.queue))
         self._workers = max_in_flight
         self._unserved: dict[str, NodeInfo] = {}  # Nodes left without a range and not waiting for one: the resync reads them
-        self._relisting = False  # the watch is delivering a listing again (kopf re-lists after 410 Gone)
-        self._listed_again: set[str] = set()  # names that listing showed so far
+        self._listed_again: set[str] = set()  # names the listing in progress showed so far (none: the watch is live)
         self._relist_due = asyncio.Event()
         self._may_allocate = may_allocate
         self._fenced_logged = False
@@ -286,15 +285,13 @@ class Reconciler:
         """
         if kind is None:
             again = node.name in self._listed_again
-            if again or (self.watch_live.is_set() and not self._relisting):
+            if again or (self.watch_live.is_set() and not self._listed_again):
                 # The first entry of a listing after the watch was live; or a name shown twice (also before
                 # it was live): one listing ended and another began.
                 self._listed_again.clear()
                 self.relist_soon("the node watch listed again (a gap: deletions meanwhile are not reported)")
-            self._relisting = True
             self._listed_again.add(node.name)
         else:
-            self._relisting = False
             self._listed_again.clear()
             self.watch_live.set()
         if kind == "DELETED":
@@ -822,15 +819,14 @@ class Reconciler:
             reservation = self.allocations.reservation(name)
             if reservation is not None and reservation.owned:
                 return  # a task is on it
-            mark = self.allocations.sequence
+            current: NodeInfo | None = None
             try:
-                current = await self.kube.get_node(name)
-            except Exception as error:
-                logger.warning("reading node %s for the resync failed: %r; again at the next one", name, error)
-                return
-            remembered = self._unserved.pop(name, None)
-            try:
-                observation = self.allocations.settle(name, current, read_after=mark)
+                observation, current = await self._reread(
+                    name, lambda current, mark: self.allocations.settle(name, current, read_after=mark)
+                )
+                if observation is None:
+                    return  # the read failed: again at the next sweep
+                remembered = self._unserved.pop(name, None)
                 uid = self.allocations.holder_uid(name) or (remembered.uid if remembered else "")
                 await self._act(current or NodeInfo(name, uid), observation, may_reread=False)
             except Exception:
