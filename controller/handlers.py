@@ -10,12 +10,16 @@ finalizer and status are written by the reconciler, not by kopf.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
 import logging
 import os
 from collections.abc import Coroutine
 from typing import Any
 
 import kopf
+import kopf._cogs.clients.api as kopf_api
+import msgspec
 
 from controller.kube import Credentials
 from controller.nodes import NodeInfo
@@ -47,6 +51,29 @@ def quiet_closing_of_kopf_streams(loop: asyncio.AbstractEventLoop) -> None:
         loop.default_exception_handler(context)
 
     loop.set_exception_handler(handle)
+
+
+class _MsgspecJson:
+    """What kopf's API module calls on its `json` name: `loads`, as msgspec's decoder."""
+
+    loads = staticmethod(msgspec.json.decode)
+
+
+def decode_kopf_watch_events_with_msgspec() -> bool:
+    """kopf decodes every watch event with msgspec instead of the stdlib's json; False if kopf's code has changed.
+
+    kopf has no setting for its decoder, and it decodes every event of the
+    Node watch (two per Node: its creation and our patch, ~10 KB each) with
+    `json.loads` in its API module; that was a fifth of the controller's CPU
+    in a burst. msgspec gives the same dicts and lists, about twice as fast.
+    Only the module's `json` name is replaced, and only while it is the
+    stdlib's json module: a kopf release that decodes differently is left as it is.
+    """
+    if getattr(kopf_api, "json", None) is not json:
+        logger.info("kopf %s: its watch events are decoded by its own decoder", importlib.metadata.version("kopf"))
+        return False
+    kopf_api.json = _MsgspecJson  # type: ignore[attr-defined,assignment]
+    return True
 
 
 class NoProgressStorage(kopf.ProgressStorage):
@@ -146,6 +173,7 @@ def operate(
     once kopf's startup is done, which is after it installed its own signal
     handlers (the caller takes the signals back then).
     """
+    decode_kopf_watch_events_with_msgspec()
     return kopf.operator(
         registry=build_registry(credentials, reconciler),
         settings=kopf_settings(initial_streaming),

@@ -1,17 +1,21 @@
-"""kopf wiring: what the event loop reports at exit about kopf's watch streams."""
+"""kopf wiring: how kopf decodes watch events, and what the event loop reports at exit about kopf's watch streams."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kopf
+import kopf._cogs.clients.api as kopf_api
+import msgspec
 import pytest
 from kopf._cogs.clients import watching
 
 from controller import handlers
+from controller.localcluster.nodebodies import realistic_node
 
 
 async def our_stream() -> AsyncIterator[int]:
@@ -50,3 +54,38 @@ def test_a_kopf_stream_failing_to_close_at_exit_is_no_error_anything_else_still_
         asyncio.run(go())
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert bool(errors) == error_logged, [record.getMessage() for record in errors]
+
+
+@pytest.mark.parametrize(
+    "pod_cidrs",
+    [
+        pytest.param(("10.244.7.0/24",), id="ipv4"),
+        pytest.param(("fd00:10:244:7::/64",), id="ipv6"),
+        pytest.param(("10.244.7.0/24", "fd00:10:244:7::/64"), id="dual-stack"),
+    ],
+)
+def test_kopf_decodes_a_watch_event_with_msgspec_into_what_the_stdlib_gives(
+    monkeypatch: pytest.MonkeyPatch, pod_cidrs: tuple[str, ...]
+) -> None:
+    monkeypatch.setattr(kopf_api, "json", json)  # restored after the test
+    event = {"type": "MODIFIED", "object": realistic_node("node-7", 7, pod_cidrs)}
+    event["object"]["metadata"]["annotations"] = {"note": "ünïcode ✓", "big": str(2**70)}
+    line = json.dumps(event, ensure_ascii=False).encode("utf-8")
+
+    assert handlers.decode_kopf_watch_events_with_msgspec()
+
+    assert kopf_api.json.loads is msgspec.json.decode
+    decoded = kopf_api.json.loads(line.decode("utf-8"))  # as kopf's api.stream() calls it
+    assert decoded == json.loads(line)
+    assert decoded["object"]["spec"]["podCIDRs"] == list(pod_cidrs)
+
+
+def test_a_kopf_that_no_longer_decodes_with_the_stdlibs_json_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OtherDecoder:
+        loads = staticmethod(json.loads)
+
+    monkeypatch.setattr(kopf_api, "json", OtherDecoder)
+
+    assert not handlers.decode_kopf_watch_events_with_msgspec()
+
+    assert kopf_api.json is OtherDecoder
