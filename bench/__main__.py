@@ -119,6 +119,8 @@ class Result:
     note: str = ""
     cpu_seconds: float = 0.0
     lag_seconds: float | None = None  # last Node assigned - last create returned
+    apiserver_cpu_seconds: float = 0.0  # while the controller ran
+    etcd_cpu_seconds: float = 0.0
     series: Series = field(default_factory=Series)
 
     @classmethod
@@ -149,6 +151,8 @@ class Result:
             note,
             controller.cpu_seconds,
             lag,
+            controller.plane_cpu_seconds["kube-apiserver"],
+            controller.plane_cpu_seconds["etcd"],
             sampler.series,
         )
 
@@ -164,14 +168,27 @@ class Result:
         return (
             f"| {self.scenario} | {self.controller} | {self.seconds:.1f} | {lag} | {mean} | {pct(0.5)} | {pct(0.99)} | "
             f"{(f'{lat[-1]:.2f}' if lat else '-')} | {self.rss_mb:.0f} | {self.end_rss_mb:.0f} | {self.cpu_seconds:.1f} | "
-            f"{per_node} | {self.note} |"
+            f"{per_node} | {self.apiserver_cpu_seconds:.1f} | {self.etcd_cpu_seconds:.1f} | {self.note} |"
         )
 
 
 TABLE_HEADER = (
     "| scenario | controller | total s | lag after last create s | mean s | p50 s | p99 s | max s | peak RSS MB | end RSS MB "
-    "| CPU s | CPU ms/Node | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| CPU s | CPU ms/Node | API server CPU s | etcd CPU s | note |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+PLANE_PROCESSES = ("kube-apiserver", "etcd")
 
 
 def read_status_kb(pid: int, key: str) -> int | None:
@@ -227,18 +244,23 @@ class Controller:
             ]
             argv += [] if throttled else ["--kube-api-qps=10000", "--kube-api-burst=10000"]
         self.log = open(log_dir / f"{kind}-{int(time.time() * 1000)}.log", "wb")  # noqa: SIM115
+        # The API server's and etcd's CPU while this controller runs: what serving it (and the load) cost them.
+        self.plane = plane
+        self._plane_cpu_at_start = self._plane_cpu()
+        self.plane_cpu_seconds = dict.fromkeys(PLANE_PROCESSES, 0.0)
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.peak_rss_mb = 0.0
         self.end_rss_mb = 0.0
         self.cpu_seconds = 0.0
 
+    def _plane_cpu(self) -> dict[str, float]:
+        return {name: process_cpu_seconds(self.plane.pid(name)) or 0.0 for name in PLANE_PROCESSES}
+
     def sample_cpu(self) -> None:
         """User + system CPU time the process has used so far."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            self.cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            pass
+        seconds = process_cpu_seconds(self.process.pid)
+        if seconds is not None:
+            self.cpu_seconds = seconds
 
     def rss_mb(self) -> float | None:
         """Resident memory now (VmRSS)."""
@@ -255,6 +277,8 @@ class Controller:
         self.end_rss_mb = self.rss_mb() or 0.0
         self.sample_rss()
         self.sample_cpu()
+        now = self._plane_cpu()
+        self.plane_cpu_seconds = {name: now[name] - self._plane_cpu_at_start[name] for name in PLANE_PROCESSES}
         self.process.terminate()
         try:
             self.process.wait(timeout=20)

@@ -108,6 +108,10 @@ class LocalControlPlane:
         """An environment whose KUBECONFIG points here."""
         return dict(os.environ, KUBECONFIG=self.kubeconfig)
 
+    def pid(self, name: str) -> int:
+        """The process ID of "etcd" or "kube-apiserver", for benchmarks that read its CPU time."""
+        return self._by_name[name].pid
+
     def restart_apiserver(self, kill: bool = False) -> None:
         """Stop kube-apiserver (SIGTERM, or SIGKILL) and start it again: same port, flags and certificates."""
         self._restart("kube-apiserver", kill)
