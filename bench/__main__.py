@@ -248,7 +248,10 @@ class Controller:
         self.plane = plane
         self._plane_cpu_at_start = self._plane_cpu()
         self.plane_cpu_seconds = dict.fromkeys(PLANE_PROCESSES, 0.0)
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        # A session of its own, as etcd and the API server have (LocalControlPlane): where the kernel groups
+        # CPU time by session (autogroup), the controller would otherwise share one fair share with the
+        # load generator, as no controller in a cluster does (each Pod has a cgroup of its own).
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.peak_rss_mb = 0.0
         self.end_rss_mb = 0.0
         self.cpu_seconds = 0.0
