@@ -205,11 +205,16 @@ def read_status_kb(pid: int, key: str) -> int | None:
 class Controller:
     """One allocator process: ours or kube-controller-manager's."""
 
+    #: Flags added to nodeipam's command line (`--nodeipam-flag`), to measure a setting other than the default.
+    nodeipam_flags: tuple[str, ...] = ()
+
     def __init__(
         self, kind: str, plane: LocalControlPlane, log_dir: Path, cluster_cidr: str, node_mask: int, throttled: bool = False
     ) -> None:
         self.kind = kind
         self.label = kind + (" (QPS 20/30)" if throttled else "")
+        if kind == "nodeipam" and self.nodeipam_flags:
+            self.label += f" ({' '.join(self.nodeipam_flags)})"
         self.cluster_cidr = cluster_cidr
         self.node_mask = node_mask
         if kind == "nodeipam":
@@ -228,6 +233,7 @@ class Controller:
             ]
             if throttled:
                 argv += ["--kube-api-qps=20", "--kube-api-burst=30"]
+            argv += self.nodeipam_flags
         else:
             kcm = ensure_binaries(("kube-controller-manager",))["kube-controller-manager"]
             argv = [
@@ -517,6 +523,7 @@ class Report:
             "only": args.only,
             "controllers": args.controllers,
             "skip_throttled": args.skip_throttled,
+            "nodeipam_flags": args.nodeipam_flag,
             "create_parallelism": CREATE_PARALLELISM,
             "service_cidr": SERVICE_CIDR,
         }
@@ -622,6 +629,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-throttled", action="store_true", default=None, help="skip kube-controller-manager at its default QPS 20/30"
     )
     parser.add_argument("--json", type=Path, help="raw results and time series (default bench/results/<timestamp>.json)")
+    parser.add_argument(
+        "--nodeipam-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag added to nodeipam's command line, e.g. --nodeipam-flag=--max-requests-in-flight=128 (repeatable)",
+    )
     args = parser.parse_args(argv)
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key) is None:
@@ -638,6 +652,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    Controller.nodeipam_flags = tuple(args.nodeipam_flag)
     report = Report(args.json, args)
     asyncio.run(main_async(args, report))
     print(TABLE_HEADER)
