@@ -14,8 +14,10 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import tempfile
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,6 +248,26 @@ def test_service_account_has_exactly_the_minimal_rights(release: Release) -> Non
     assert not wrong, f"RBAC of {who} is off: {wrong}"
 
 
+def test_the_service_accounts_requests_are_classified_by_the_charts_flow_schema(release: Release) -> None:
+    """The API server names the FlowSchema and priority level that classified a request in its answer's headers."""
+    schema = release.get("flowschema", release.fullname, namespaced=False)
+    level = release.get("prioritylevelconfiguration", "workload-high", namespaced=False)
+    assert schema is not None and level is not None
+    token = release.plane.kubectl("create", "token", release.fullname, "-n", release.namespace, "--duration=1h").strip()
+    request = urllib.request.Request(release.plane.server + "/api/v1/nodes?limit=1", headers={"Authorization": f"Bearer {token}"})
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+
+    def classified_by() -> tuple[str | None, str | None]:
+        with urllib.request.urlopen(request, context=insecure, timeout=30) as response:
+            return response.headers["X-Kubernetes-PF-FlowSchema-UID"], response.headers["X-Kubernetes-PF-PriorityLevel-UID"]
+
+    expected = (schema["metadata"]["uid"], level["metadata"]["uid"])
+    # The API server's flow-control configuration follows new FlowSchemas through a watch: poll.
+    wait_for(lambda: classified_by() == expected, timeout=30, what=f"{release.subject}'s requests to go to workload-high")
+
+
 # -- the controller with the chart's args and the ServiceAccount's token ----------------------------
 
 
@@ -367,7 +389,8 @@ def test_pod_meets_restricted_pod_security_without_host_network(control_plane: L
 
 def test_rendered_manifest_is_accepted_by_the_api_server(control_plane: LocalControlPlane) -> None:
     out = control_plane.kubectl("apply", "--dry-run=server", "-f", str(RENDERED))
-    for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding", "service", "deployment"):
+    kinds = ("serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding", "service", "deployment", "flowschema")
+    for kind in kinds:
         assert re.search(rf"^{kind}[^ ]*/nodeipam (created|configured|unchanged) \(server dry run\)$", out, re.MULTILINE), out
 
 
@@ -407,6 +430,7 @@ def test_upgrade_then_uninstall_leaves_nothing_behind(control_plane: LocalContro
             ("poddisruptionbudget", True),
             ("clusterrole", False),
             ("clusterrolebinding", False),
+            ("flowschema", False),
         ]
 
         def leftovers() -> list[str]:

@@ -31,7 +31,7 @@ NAMESPACE = "ipam-system"
 FULLNAME = "ipam-nodeipam"
 EVENTS_ROLE = f"{FULLNAME}-events"
 METRICS_READER = f"{FULLNAME}-metrics-reader"
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "FlowSchema"}
 RANGE_FLAGS = ("--cluster-cidr=", "--node-cidr-mask-size", "--service-cluster-ip-range=")
 SCHEMA_ERROR = "values don't meet the specifications of the schema"
 
@@ -124,6 +124,7 @@ def test_default_objects_are_namespaced_and_labelled() -> None:
             ("ClusterRole", METRICS_READER),
             ("Service", FULLNAME),
             ("Deployment", FULLNAME),
+            ("FlowSchema", FULLNAME),
         ]
     )
     for (kind, name), obj in objects.items():
@@ -610,6 +611,38 @@ def test_an_existing_service_account_is_bound_instead() -> None:
     assert pod_spec(objects)["serviceAccountName"] == "ipam-sa"
     for kind, name in (("ClusterRoleBinding", FULLNAME), ("RoleBinding", FULLNAME), ("RoleBinding", EVENTS_ROLE)):
         assert objects[(kind, name)]["subjects"] == [{"kind": "ServiceAccount", "name": "ipam-sa", "namespace": NAMESPACE}]
+    (rule,) = objects[("FlowSchema", FULLNAME)]["spec"]["rules"]
+    assert rule["subjects"] == [{"kind": "ServiceAccount", "serviceAccount": {"name": "ipam-sa", "namespace": NAMESPACE}}]
+
+
+@pytest.mark.parametrize(
+    ("values", "priority_level", "precedence"),
+    [
+        pytest.param({}, "workload-high", 800, id="default-as-kube-controller-manager"),
+        pytest.param({"priorityLevel": "system", "matchingPrecedence": 700}, "system", 700, id="overridden"),
+    ],
+)
+def test_flow_schema_sends_every_request_of_the_service_account_to_one_priority_level(
+    values: Values, priority_level: str, precedence: int
+) -> None:
+    schema = render(with_cidr(flowSchema=values))[("FlowSchema", FULLNAME)]
+    assert schema["apiVersion"] == "flowcontrol.apiserver.k8s.io/v1"
+    assert schema["spec"]["priorityLevelConfiguration"] == {"name": priority_level}
+    assert schema["spec"]["matchingPrecedence"] == precedence
+    assert schema["spec"]["rules"] == [
+        {
+            "subjects": [{"kind": "ServiceAccount", "serviceAccount": {"name": FULLNAME, "namespace": NAMESPACE}}],
+            "resourceRules": [
+                {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "clusterScope": True, "namespaces": ["*"]}
+            ],
+            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+        }
+    ]
+
+
+def test_flow_schema_can_be_left_out() -> None:
+    objects = render(with_cidr(flowSchema={"enabled": False}))
+    assert not [key for key in objects if key[0] == "FlowSchema"]
 
 
 # -- optional objects -------------------------------------------------------------------------------
@@ -690,6 +723,8 @@ def test_optional_objects() -> None:
         pytest.param(with_cidr(metrics={"port": 0}), "port", id="metrics-port-0"),
         pytest.param(with_cidr(metrics={"readers": [{"name": "prometheus"}]}), "kind", id="metrics-reader-without-kind"),
         pytest.param(with_cidr(metrics={"tlsSecret": "Not_A_Name"}), "tlsSecret", id="tls-secret-not-a-name"),
+        pytest.param(with_cidr(flowSchema={"priorityLevel": ""}), "priorityLevel", id="flow-schema-without-level"),
+        pytest.param(with_cidr(flowSchema={"matchingPrecedence": 10000}), "matchingPrecedence", id="precedence-10000"),
     ],
 )
 def test_schema_rejects_bad_values(values: Values, field: str) -> None:
@@ -786,7 +821,7 @@ def test_rendered_manifest_works_with_kubectl_apply() -> None:
     assert kinds == sorted(
         [
             *("CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding"),
-            *("Role", "Role", "RoleBinding", "RoleBinding", "Service", "Deployment"),
+            *("Role", "Role", "RoleBinding", "RoleBinding", "Service", "Deployment", "FlowSchema"),
         ]
     )
     for obj in objects:
