@@ -69,7 +69,10 @@ def decode_kopf_watch_events_with_msgspec() -> bool:
     Only the module's `json` name is replaced, and only while it is the
     stdlib's json module: a kopf release that decodes differently is left as it is.
     """
-    if getattr(kopf_api, "json", None) is not json:
+    decoder = getattr(kopf_api, "json", None)
+    if decoder is _MsgspecJson:
+        return True  # a second operator in this process
+    if decoder is not json:
         logger.info("kopf %s: its watch events are decoded by its own decoder", importlib.metadata.version("kopf"))
         return False
     kopf_api.json = _MsgspecJson  # type: ignore[attr-defined,assignment]

@@ -78,6 +78,8 @@ def test_kopf_decodes_a_watch_event_with_msgspec_into_what_the_stdlib_gives(
     decoded = kopf_api.json.loads(line.decode("utf-8"))  # as kopf's api.stream() calls it
     assert decoded == json.loads(line)
     assert decoded["object"]["spec"]["podCIDRs"] == list(pod_cidrs)
+    assert handlers.decode_kopf_watch_events_with_msgspec(), "a second call finds msgspec's decoder in place"
+    assert kopf_api.json.loads is msgspec.json.decode
 
 
 def test_a_kopf_that_no_longer_decodes_with_the_stdlibs_json_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
