@@ -527,9 +527,11 @@ class NodeAllocations:
         if reservation is not None:
             if not reservation.owned:
                 return self._settle_reservation(reservation, node)
-            if node.pod_cidrs and not _shows(node, reservation.cidrs):
-                # Someone else set other ranges while our patch is in flight (it will be refused): the
-                # Node holds them now, so they are claimed now, beside the reservation until it ends.
+            sent = reservation.state is not ReservationState.RESERVED
+            if node.pod_cidrs and not (sent and _shows(node, reservation.cidrs)):
+                # Someone else set ranges while our patch is in flight (other ones: it will be refused), or
+                # before it was sent (even our very values: a patch never sent wrote nothing): the Node
+                # holds them now, so they are claimed now, beside the reservation until it ends.
                 return self._account(node, held)
             return Observation(Outcome.NOTHING, why="a patch for it is in flight")
         return self._account(node, held)

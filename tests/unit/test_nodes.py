@@ -367,6 +367,20 @@ def test_ranges_someone_else_sets_while_our_patch_is_in_flight_are_claimed_at_on
     assert allocations.sets[0].allocated == 1
 
 
+@pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
+def test_our_very_ranges_set_by_someone_else_before_our_patch_is_sent_stay_taken_when_it_is_abandoned(
+    family: FamilyRange,
+) -> None:
+    allocations = NodeAllocations([family])
+    reservation = allocations.reserve(node("a"))
+    theirs = str(reservation.cidrs[0])
+    allocations.observe(node("a", theirs))  # set elsewhere, to the same value, before our patch went out
+    assert allocations.abandon(reservation) == ()  # never sent: the reservation goes, the Node's claim stays
+    assert allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.reserve(node("b")).cidrs != (netaddr.IPNetwork(theirs),)
+    assert allocations.sets[0].allocated == 2
+
+
 @pytest.mark.parametrize(
     ("family", "cidr"), [pytest.param(SMALL_V4, "10.0.1.0/24", id="ipv4"), pytest.param(SMALL_V6, "fd00:0:0:1::/64", id="ipv6")]
 )
