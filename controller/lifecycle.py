@@ -21,7 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controller import handlers
+from controller import gcpolicy, handlers
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
 from controller.leader import LeaseKeeper
@@ -122,26 +122,30 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()
-    # Leases get a client of their own, on a thread and event loop of their own: no rate limit, their own
-    # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector
-    # tries again), so that neither queued Node patches nor a busy main loop can delay a renewal.
-    async with (
-        KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube,
-        LeaseKeeper(
-            lambda: KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1), settings.leader_election
-        ) as elector,
-        # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
-        # patches nor take a connection a Lease renewal needs.
-        KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
-    ):
-        health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
-        await health.start()
-        try:
-            if await _until_stopped(elector.acquire(), stopping.flag) is not None:
-                await _lead(settings, credentials, kube, metrics, health, elector, stopping)
-        finally:
-            stopping.deadline.arm("shutdown")
-            await health.stop()
+    # kopf leaves a reference cycle per watch event: see gcpolicy for why, and what it costs otherwise.
+    gcpolicy.collect_young_less_often()
+    with gcpolicy.PauseRecorder() as gc_pauses:
+        metrics.track_gc_pauses(gc_pauses)
+        # Leases get a client of their own, on a thread and event loop of their own: no rate limit, their own
+        # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector
+        # tries again), so that neither queued Node patches nor a busy main loop can delay a renewal.
+        async with (
+            KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube,
+            LeaseKeeper(
+                lambda: KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1), settings.leader_election
+            ) as elector,
+            # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
+            # patches nor take a connection a Lease renewal needs.
+            KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
+        ):
+            health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
+            await health.start()
+            try:
+                if await _until_stopped(elector.acquire(), stopping.flag) is not None:
+                    await _lead(settings, credentials, kube, metrics, health, elector, stopping)
+            finally:
+                stopping.deadline.arm("shutdown")
+                await health.stop()
     logger.info("stopped")
 
 
@@ -174,6 +178,8 @@ async def _lead(
         # both compete for the same API server, and the sweep is faster alone.
         if waiting is None or await _until_stopped(reconciler.assign_all(waiting), stop) is None:
             return
+        # What is alive now lives as long as the process (or goes by its reference count): never scanned again.
+        logger.info("%d objects frozen for the garbage collector", gcpolicy.freeze_survivors())
         # Created before kopf starts, so that kopf's shutdown leaves them to us.
         tasks = [
             asyncio.ensure_future(reconciler.work()),

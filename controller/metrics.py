@@ -10,10 +10,11 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.allocators import CIDRSet
+from controller.gcpolicy import GENERATIONS, PauseRecorder
 from controller.pools import PoolUsage
 
 NAMESPACE = "node_ipam_controller"
@@ -145,6 +146,32 @@ class Metrics:
     def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
         """Per-pool gauges, computed at scrape time: pools come and go at runtime."""
         self.registry.register(_PoolCollector(usages))
+
+    def track_gc_pauses(self, pauses: PauseRecorder) -> None:
+        """The garbage collector's pauses per generation, read from the recorder at scrape time."""
+        self.registry.register(_GcPauseCollector(pauses))
+
+
+class _GcPauseCollector(Collector):
+    """How long the cyclic garbage collector held the process, per generation (2: a full collection)."""
+
+    def __init__(self, pauses: PauseRecorder) -> None:
+        self._pauses = pauses
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            f"{NAMESPACE}_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, per generation; in a pause nothing else runs.",
+            labels=["generation"],
+        )
+        for generation in GENERATIONS:
+            family.add_metric(
+                [str(generation)], list(self._pauses.cumulative(generation)), sum_value=self._pauses.seconds[generation]
+            )
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        return iter(())
 
 
 class _PoolCollector(Collector):

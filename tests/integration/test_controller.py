@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 
 import pytest
@@ -190,6 +191,7 @@ def test_sigterm_stops_promptly(cluster: Cluster, start_controller: Start) -> No
     cluster.wait_assigned(["x"])
     assert controller.stop() == 0  # stop() fails the test past 15 s
     assert "allocated" in controller.log() and "stopped" in controller.log()
+    assert "objects frozen for the garbage collector" in controller.log()
     assert "Traceback" not in controller.log() and "ERROR" not in controller.log(), controller.log()
 
 
@@ -205,6 +207,9 @@ def test_metrics_need_a_token_health_does_not(cluster: Cluster, start_controller
     metrics = controller.read("/metrics")  # the admin token: authenticated and authorized by the API server
     assert 'node_ipam_controller_cidrset_cidrs_allocations_total{clusterCIDR="10.244.0.0/16"} 2.0' in metrics
     assert 'node_ipam_controller_cidrset_max_cidrs{clusterCIDR="10.244.0.0/16"} 256.0' in metrics
+    # The start-up freeze is one full collection at least, recorded as a pause of generation 2.
+    full = re.search(r'node_ipam_controller_gc_pause_seconds_count\{generation="2"\} (\S+)', metrics)
+    assert full is not None and float(full.group(1)) >= 1, metrics
 
 
 BAD_FLAGS = [
