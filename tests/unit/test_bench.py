@@ -1,0 +1,56 @@
+"""The bench's own instruments: the check that a burst's ranges are disjoint, and what its watch reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from bench.__main__ import overlapping
+from bench.watch import _WatchEvent
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "expected"),
+    [
+        pytest.param(["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/25"], 0, id="ipv4-disjoint"),
+        pytest.param(["10.0.1.0/24", "10.0.0.0/16", "10.0.2.0/24"], 2, id="ipv4-two-inside-a-larger-one"),
+        pytest.param(["10.0.0.0/24", "10.0.0.0/24"], 1, id="ipv4-the-same-twice"),
+        pytest.param(["fd00::/64", "fd00:0:0:1::/64"], 0, id="ipv6-disjoint"),
+        pytest.param(["fd00::/64", "fd00::/65"], 1, id="ipv6-nested"),
+        pytest.param(["10.0.0.0/24", "::a00:0/120"], 0, id="dual-stack-families-never-overlap"),
+    ],
+)
+def test_overlapping_counts_ranges_that_overlap_an_earlier_one(cidrs: list[str], expected: int) -> None:
+    assert overlapping(cidrs) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        pytest.param(
+            {
+                "type": "MODIFIED",
+                "object": {"metadata": {"name": "n1", "resourceVersion": "7"}, "spec": {"podCIDR": "10.0.0.0/24"}},
+            },
+            ("MODIFIED", "n1", "7", "10.0.0.0/24", 0),
+            id="ipv4-assigned",
+        ),
+        pytest.param(
+            {"type": "ADDED", "object": {"metadata": {"name": "n2", "resourceVersion": "8"}, "spec": {"podCIDR": "fd00::/64"}}},
+            ("ADDED", "n2", "8", "fd00::/64", 0),
+            id="ipv6-assigned",
+        ),
+        pytest.param(
+            {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "metadata": {}}},
+            ("ERROR", "", "", "", 410),
+            id="resume-past-the-watch-cache",
+        ),
+    ],
+)
+def test_the_watch_process_reads_only_what_it_needs(line: dict[str, Any], expected: tuple[str, str, str, str, int]) -> None:
+    event = msgspec.json.Decoder(_WatchEvent).decode(json.dumps({**line, "unread": ["x" * 100]}))
+    meta = event.object.metadata
+    assert (event.type, meta.name, meta.resourceVersion, event.object.spec.podCIDR, event.object.code) == expected
