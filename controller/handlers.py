@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 import kopf._cogs.clients.api as kopf_api
+import kopf._cogs.clients.watching as kopf_watching
 import msgspec
 
 from controller.kube import Credentials
@@ -26,9 +28,19 @@ from controller.nodes import NodeInfo
 from controller.reconciler import Reconciler
 
 WATCH_PAGE_SIZE = 500
+#: Delays before kopf is started again after a watch error, then the last one each time.
+KOPF_RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 _KOPF_DIR = os.path.dirname(kopf.__file__) + os.sep
 
 logger = logging.getLogger("nodeipam")
+
+
+class _NoSuchError(Exception):
+    """Stands for kopf's watch error class if a kopf release renames it: then no failure of kopf's is retried."""
+
+
+#: What kopf raises for an ERROR event in a watch stream (other than 410 Gone, which it handles itself).
+_WATCH_STREAM_ERROR: type[Exception] = getattr(kopf_watching, "WatchingError", _NoSuchError)
 
 
 def quiet_closing_of_kopf_streams(loop: asyncio.AbstractEventLoop) -> None:
@@ -166,21 +178,50 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
     return registry
 
 
-def operate(
-    credentials: Credentials, reconciler: Reconciler, started: asyncio.Event | None = None, initial_streaming: bool = False
-) -> Coroutine[Any, Any, None]:
-    """kopf's operator with these handlers, cluster-wide, until cancelled (or SIGTERM, which kopf handles itself).
+async def operate(
+    credentials: Credentials,
+    reconciler: Reconciler,
+    on_started: Callable[[], object] | None = None,
+    initial_streaming: bool = False,
+    on_restart: Callable[[], object] | None = None,
+) -> None:
+    """kopf's operator with these handlers, cluster-wide, until cancelled; started again after a watch error.
+
+    kopf ends its operator on any ERROR event in a watch stream but 410
+    Gone. The API server sends one, 504 "Too large resource version", when
+    its watch cache is behind etcd and a watch asks for a newer version (a
+    streamed listing after a 410 does): at 100,000 Nodes in a burst that
+    ended the controller. Such an error passes: kopf is started again after a
+    delay, lists every Node again (the reconciler takes that for a gap and
+    lists every Node too) and the controller goes on serving, with a warning
+    and `on_restart` called. Any other failure of kopf's still ends the run.
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
-    shutdown for 5 s; the caller cancels the task instead. `started` is set
-    once kopf's startup is done, which is after it installed its own signal
-    handlers (the caller takes the signals back then).
+    shutdown for 5 s; the caller cancels the task instead. `on_started` is
+    called each time kopf's startup is done, which is after it installed its
+    own signal handlers (the caller takes the signals back then).
     """
     decode_kopf_watch_events_with_msgspec()
-    return kopf.operator(
-        registry=build_registry(credentials, reconciler),
-        settings=kopf_settings(initial_streaming),
-        clusterwide=True,
-        standalone=True,
-        ready_flag=started,
-    )
+    registry = build_registry(credentials, reconciler)
+    for failures in itertools.count():
+        ready = asyncio.Event()
+        notify = asyncio.ensure_future(ready.wait())
+        if on_started is not None:
+            notify.add_done_callback(lambda done: None if done.cancelled() else on_started())
+        try:
+            await kopf.operator(
+                registry=registry,
+                settings=kopf_settings(initial_streaming),
+                clusterwide=True,
+                standalone=True,
+                ready_flag=ready,
+            )
+            return
+        except _WATCH_STREAM_ERROR as error:
+            delay = KOPF_RESTART_DELAYS[min(failures, len(KOPF_RESTART_DELAYS) - 1)]
+            logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", error, delay)
+            if on_restart is not None:
+                on_restart()
+        finally:
+            notify.cancel()
+        await asyncio.sleep(delay)

@@ -36,6 +36,7 @@ LEASE_CONNECTIONS = 2  # a renewal and a release can overlap at most
 #: From the start of stopping to the exit at the latest: well inside a Pod's default 30 s grace period.
 SHUTDOWN_GRACE_SECONDS = 10.0
 EXIT_CUT_SHORT = 1
+LOOP_KOPF = "kopf"  # background_failures_total: kopf started again after a watch error
 
 
 def configure_logging(level: str) -> None:
@@ -190,22 +191,26 @@ async def _lead(
         ]
         # Stopping, for whatever reason, cancels kopf at once: signals stay ours (taken back from kopf as soon
         # as it runs), so that one flag, one deadline and one path stop everything.
-        kopf_started = asyncio.Event()
         # The API server streams the watch's initial listing from its cache where it can (a re-list after a
         # gap too), instead of kopf's paged LIST of every Node.
         streamed = await kube.streams_initial_events()
-        operator = asyncio.ensure_future(handlers.operate(credentials, reconciler, kopf_started, streamed))
+        operator = asyncio.ensure_future(
+            handlers.operate(
+                credentials,
+                reconciler,
+                on_started=stopping.listen,
+                initial_streaming=streamed,
+                on_restart=metrics.background_failures.labels(LOOP_KOPF).inc,
+            )
+        )
         # Cancelled exactly once: a second cancel reaches kopf while it stops its own tasks, and it abandons
         # them half-stopped (a watcher waiting for workers nobody reaps holds the process at exit for good).
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(lambda done: None if done.cancelled() else operator.cancel())
-        signals_back = asyncio.ensure_future(kopf_started.wait())
-        signals_back.add_done_callback(lambda done: None if done.cancelled() else stopping.listen())
         try:
             await asyncio.wait({operator})
         finally:
             stopping.listen()
-            signals_back.cancel()
             stopped.cancel()
             for task in tasks:
                 task.cancel()

@@ -18,6 +18,9 @@ Rules, switchable at runtime from the test's thread, decide what goes wrong:
   only event is an ERROR with a 410 Status; on anything else, HTTP 410.
 - STALL: hold matching requests until the rule is removed or expires, then
   forward them.
+- WATCH_ERROR: answer a watch as the API server does when its watch cache is
+  behind etcd: a 200 whose only event is an ERROR with a `status` Status
+  (504 "Too large resource version" by default).
 
 It runs its own event loop in its own thread, so synchronous tests can use it.
 """
@@ -72,6 +75,7 @@ class Action(enum.Enum):
     CLOSE_WATCH = "close-watch"
     GONE = "gone"
     STALL = "stall"
+    WATCH_ERROR = "watch-error"
 
 
 def is_watch(query: Mapping[str, str]) -> bool:
@@ -329,7 +333,7 @@ class FaultProxy:
                 await asyncio.sleep(POLL_INTERVAL)
         for rule in self._draw(method, path, query, (Action.LATENCY,)):
             await asyncio.sleep(rule.delay)
-        refusals = self._draw(method, path, query, (Action.GONE, Action.STATUS), first_only=True)
+        refusals = self._draw(method, path, query, (Action.GONE, Action.STATUS, Action.WATCH_ERROR), first_only=True)
         if refusals:
             return self._refuse(refusals[0], is_watch(query))
         body = await request.read()
@@ -368,6 +372,19 @@ class FaultProxy:
                 event = json.dumps({"type": "ERROR", "object": gone}) + "\n"
                 return web.Response(status=200, body=event.encode(), content_type="application/json")
             return web.json_response(gone, status=410)
+        if rule.action is Action.WATCH_ERROR:
+            behind = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Timeout: Too large resource version: 2, current: 1 (injected)",
+                "reason": "Timeout",
+                "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]},
+                "code": rule.status,
+            }
+            event = json.dumps({"type": "ERROR", "object": behind}) + "\n"
+            return web.Response(status=200, body=event.encode(), content_type="application/json")
         reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}.get(rule.status, "Injected")
         status_body = {
             "kind": "Status",

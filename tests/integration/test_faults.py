@@ -267,6 +267,39 @@ def test_watch_cut_while_nodes_are_deleted_a_relist_frees_their_ranges(
     print(f"injected: {proxy.injected()}")
 
 
+# -- a watch error from an API server whose watch cache is behind etcd -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
+)
+def test_a_watch_error_restarts_kopf_and_the_controller_goes_on_serving(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=5s")
+    first = [f"e{i}" for i in range(4)]
+    cluster.create_nodes(first)
+    held = cluster.wait_assigned(first)
+    wait_for(lambda: kopf_listed(proxy), timeout=30, what="kopf's listing")
+    # The open Node watch ends, and the next two watches are answered as by an API server whose watch cache
+    # is behind etcd (504, "Too large resource version"): kopf takes that for fatal and ends its operator.
+    close = proxy.add(Rule(Action.CLOSE_WATCH, path=NODE_WATCH, query=is_watch, after_seconds=0, name="close"))
+    behind = proxy.add(Rule(Action.WATCH_ERROR, status=504, path=NODE_WATCH, query=is_watch, count=2, name="behind"))
+    wait_for(lambda: behind.fired >= 2, timeout=30, what="two watches answered with a 504 ERROR event")
+    proxy.remove(close)
+    cluster.delete_node("e1")  # while kopf is down: no DELETED event reaches it
+    wait_for(lambda: "kopf's watch failed" in controller.log(), timeout=30, what="the warning")
+    later = ["f1"]
+    cluster.create_nodes(later)
+    cidrs = cluster.wait_assigned(later, timeout=60)
+    assert cidrs["f1"] == held["e1"], "the range of the Node deleted while kopf was down was freed, by a LIST"
+    no_duplicates(cluster.wait_assigned(["e0", "e2", "e3", "f1"]))
+    assert controller.process.poll() is None, controller.log()
+    assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 4}
+
+
 # -- a whole watch: the resync lists nothing, and still serves a Node whose patches failed ----------------
 
 
