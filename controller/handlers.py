@@ -10,7 +10,9 @@ finalizer and status are written by the reconciler, not by kopf.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
+import inspect
 import itertools
 import json
 import logging
@@ -20,6 +22,7 @@ from typing import Any
 
 import kopf
 import kopf._cogs.clients.api as kopf_api
+import kopf._cogs.clients.scanning as kopf_scanning
 import kopf._cogs.clients.watching as kopf_watching
 import msgspec
 
@@ -88,6 +91,40 @@ def decode_kopf_watch_events_with_msgspec() -> bool:
         logger.info("kopf %s: its watch events are decoded by its own decoder", importlib.metadata.version("kopf"))
         return False
     kopf_api.json = _MsgspecJson  # type: ignore[attr-defined,assignment]
+    return True
+
+
+def cancel_kopfs_discovery_reads_with_it() -> bool:
+    """Cancelling kopf's scan of the API's discovery documents cancels every read it started; False if kopf changed.
+
+    kopf reads the documents concurrently with `asyncio.as_completed`, which
+    leaves its reads running when the scan is cancelled (a SIGTERM within a
+    second of kopf's start). They went on after kopf had closed its HTTP
+    session, failed there ("Connector is closed"), and kopf logged each as
+    an ERROR while the controller stopped cleanly. The scan is wrapped so
+    that, as it ends, it cancels the reads of kopf's scanning module that
+    began during it and still run. Only a coroutine function is wrapped, once.
+    """
+    scan = kopf_scanning.scan_resources
+    if getattr(scan, "cancels_its_reads", False):
+        return True  # a second operator in this process
+    if not inspect.iscoroutinefunction(scan):
+        logger.info("kopf %s: its discovery is left as it is", importlib.metadata.version("kopf"))
+        return False
+
+    @functools.wraps(scan)
+    async def scan_resources(**kwargs: Any) -> Any:
+        before = asyncio.all_tasks()
+        try:
+            return await scan(**kwargs)
+        finally:  # none is left when the scan ends by itself
+            for task in asyncio.all_tasks() - before:
+                code = getattr(task.get_coro(), "cr_code", None)
+                if code is not None and code.co_filename == kopf_scanning.__file__:
+                    task.cancel()
+
+    scan_resources.cancels_its_reads = True  # type: ignore[attr-defined]
+    kopf_scanning.scan_resources = scan_resources
     return True
 
 
@@ -202,6 +239,7 @@ async def operate(
     own signal handlers (the caller takes the signals back then).
     """
     decode_kopf_watch_events_with_msgspec()
+    cancel_kopfs_discovery_reads_with_it()
     registry = build_registry(credentials, reconciler)
     for failures in itertools.count():
         ready = asyncio.Event()

@@ -91,3 +91,73 @@ def test_a_kopf_that_no_longer_decodes_with_the_stdlibs_json_is_left_as_it_is(mo
     assert not handlers.decode_kopf_watch_events_with_msgspec()
 
     assert kopf_api.json is OtherDecoder
+
+
+def discovery_reads_left(scanning: Any) -> list[asyncio.Task[Any]]:
+    """Tasks still running a coroutine of kopf's discovery module."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and task.get_coro().cr_code.co_filename == scanning.__file__  # type: ignore[union-attr]
+    ]
+
+
+@pytest.mark.parametrize(
+    "waiting_at",
+    [
+        pytest.param("/apis", id="the-group-list"),
+        pytest.param("/apis/admissionregistration.k8s.io/v1", id="a-group-version"),
+    ],
+)
+def test_cancelling_kopfs_discovery_cancels_every_read_it_started(monkeypatch: pytest.MonkeyPatch, waiting_at: str) -> None:
+    """A SIGTERM while kopf reads the API's discovery documents: no read of kopf's goes on after kopf stopped.
+
+    Left running, those reads failed on the session kopf closed as it stopped, each an ERROR in the log.
+    """
+    from kopf._cogs.clients import scanning
+
+    documents: dict[str, Any] = {
+        "/api": {"versions": ["v1"]},
+        "/api/v1": {"resources": []},
+        "/apis": {
+            "groups": [
+                {"name": name, "versions": [{"version": "v1"}], "preferredVersion": {"version": "v1"}}
+                for name in ("admissionregistration.k8s.io", "apps")
+            ]
+        },
+        "/apis/apps/v1": {"resources": []},
+    }
+
+    async def go() -> list[asyncio.Task[Any]]:
+        held = asyncio.Event()
+        never = asyncio.Event()
+
+        async def get(url: str, **_: Any) -> Any:
+            if url == waiting_at:
+                held.set()
+                await never.wait()
+            if url.startswith("/api/"):
+                await never.wait()  # the core group's read is still under way too
+            return documents[url]
+
+        monkeypatch.setattr(scanning.api, "get", get)
+        handlers.cancel_kopfs_discovery_reads_with_it()
+        scan = asyncio.ensure_future(
+            scanning.scan_resources(groups=None, settings=kopf.OperatorSettings(), logger=logging.getLogger("test"))
+        )
+        await held.wait()
+        assert discovery_reads_left(scanning), "reads under way when the scan is cancelled"
+        scan.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return discovery_reads_left(scanning)
+
+    assert asyncio.run(go()) == []
+
+
+def test_a_kopf_whose_discovery_changed_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kopf._cogs.clients import scanning
+
+    monkeypatch.setattr(scanning, "scan_resources", "not a coroutine function")
+    assert not handlers.cancel_kopfs_discovery_reads_with_it()
+    assert scanning.scan_resources == "not a coroutine function"
