@@ -13,10 +13,10 @@ import asyncio
 import functools
 import importlib.metadata
 import inspect
-import itertools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +33,8 @@ from controller.reconciler import Reconciler
 WATCH_PAGE_SIZE = 500
 #: Delays before kopf is started again after a watch error, then the last one each time.
 KOPF_RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: A kopf run at least this long was healthy: a watch error after it waits the first delay again.
+KOPF_HEALTHY_RUN_SECONDS = 600.0
 _KOPF_DIR = os.path.dirname(kopf.__file__) + os.sep
 
 logger = logging.getLogger("nodeipam")
@@ -215,6 +217,21 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
     return registry
 
 
+class RestartBackoff:
+    """The delay before kopf starts again: doubling while its runs keep failing, the first again after a healthy run."""
+
+    def __init__(self) -> None:
+        self.failures_in_a_row = 0
+
+    def delay_after(self, ran_for: float) -> float:
+        """The delay after a kopf run of `ran_for` seconds ended with a watch error."""
+        if ran_for >= KOPF_HEALTHY_RUN_SECONDS:
+            self.failures_in_a_row = 0
+        delay = KOPF_RESTART_DELAYS[min(self.failures_in_a_row, len(KOPF_RESTART_DELAYS) - 1)]
+        self.failures_in_a_row += 1
+        return delay
+
+
 async def operate(
     credentials: Credentials,
     reconciler: Reconciler,
@@ -241,7 +258,9 @@ async def operate(
     decode_kopf_watch_events_with_msgspec()
     cancel_kopfs_discovery_reads_with_it()
     registry = build_registry(credentials, reconciler)
-    for failures in itertools.count():
+    backoff = RestartBackoff()
+    while True:
+        started_at = time.monotonic()
         ready = asyncio.Event()
         notify = asyncio.ensure_future(ready.wait())
         if on_started is not None:
@@ -256,7 +275,7 @@ async def operate(
             )
             return
         except _WATCH_STREAM_ERROR as error:
-            delay = KOPF_RESTART_DELAYS[min(failures, len(KOPF_RESTART_DELAYS) - 1)]
+            delay = backoff.delay_after(time.monotonic() - started_at)
             logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", error, delay)
             if on_restart is not None:
                 on_restart()
