@@ -146,6 +146,17 @@ def kopf_listed(proxy: FaultProxy) -> bool:
     return streamed or len(node_lists(proxy)) >= 2
 
 
+def serving_after_kopfs_listing(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int, names: list[str]
+) -> tuple[FaultProxy, ControllerProcess, dict[str, list[str]]]:
+    """A controller behind its own proxy (resync every 5 s), `names` registered and assigned, kopf's listing done."""
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=5s")
+    cluster.create_nodes(names)
+    held = cluster.wait_assigned(names)
+    wait_for(lambda: kopf_listed(proxy), timeout=30, what="kopf's listing")
+    return proxy, controller, held
+
+
 def poll_until(condition: Callable[[], object], timeout: float) -> bool:
     """Like wait_for, but says whether it happened instead of failing."""
     try:
@@ -241,12 +252,8 @@ def test_watch_cut_while_nodes_are_deleted_a_relist_frees_their_ranges(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
     ranges = config.build_ranges(cluster_cidr, mask)
-    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=5s")
-    first = [f"w{i}" for i in range(4)]
-    cluster.create_nodes(first)
-    held = cluster.wait_assigned(first)
     # The rebuild's LIST and kopf's listing; the resync lists nothing while the watch is whole.
-    wait_for(lambda: kopf_listed(proxy), timeout=30, what="kopf's listing")
+    proxy, controller, held = serving_after_kopfs_listing(proxied, cluster, cluster_cidr, mask, [f"w{i}" for i in range(4)])
     # The open Node watch ends, and every resumed watch is told its version is gone: no DELETED event gets
     # through. kopf lists again (a streamed listing is let through).
     proxy.add(Rule(Action.CLOSE_WATCH, path=NODE_WATCH, query=is_watch, after_seconds=0, name="close"))
@@ -278,11 +285,7 @@ def test_a_watch_error_restarts_kopf_and_the_controller_goes_on_serving(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
     ranges = config.build_ranges(cluster_cidr, mask)
-    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=5s")
-    first = [f"e{i}" for i in range(4)]
-    cluster.create_nodes(first)
-    held = cluster.wait_assigned(first)
-    wait_for(lambda: kopf_listed(proxy), timeout=30, what="kopf's listing")
+    proxy, controller, held = serving_after_kopfs_listing(proxied, cluster, cluster_cidr, mask, [f"e{i}" for i in range(4)])
     # The open Node watch ends, and the next two watches are answered as by an API server whose watch cache
     # is behind etcd (504, "Too large resource version"): kopf takes that for fatal and ends its operator.
     close = proxy.add(Rule(Action.CLOSE_WATCH, path=NODE_WATCH, query=is_watch, after_seconds=0, name="close"))
