@@ -405,18 +405,26 @@ class Sampler:
 
 
 async def create_nodes(
-    kube: KubeClient, names: list[str], offset: int = 0, preset: tuple[str, int] | None = None
+    kube: KubeClient,
+    names: list[str],
+    offset: int = 0,
+    preset: tuple[str, int] | None = None,
+    per_second: float | None = None,
 ) -> dict[str, float]:
     """Create Nodes 64 at a time; returns when each create call returned.
 
     `preset` (cluster CIDR, mask): each Node already holds the (offset + i)-th subnet. Bodies
     are built by 64 workers as they go: 100000 bodies built up front would take gigabytes.
+    `per_second`: the i-th create is sent no sooner than i / per_second seconds after the first.
     """
     created: dict[str, float] = {}
     todo = enumerate(names)
+    started = time.monotonic()
 
     async def worker() -> None:
         for i, name in todo:
+            if per_second:
+                await asyncio.sleep(started + i / per_second - time.monotonic())
             index = offset + i
             cidrs = (nth_subnet(*preset, index),) if preset else ()
             await kube.request("POST", "/api/v1/nodes", body=realistic_node(name, index, cidrs))
@@ -484,9 +492,16 @@ async def check_disjoint(kube: KubeClient, names: list[str]) -> str:
 
 
 async def burst(
-    kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int, throttled: bool, space: tuple[str, int]
+    kube: KubeClient,
+    plane: LocalControlPlane,
+    logs: Path,
+    kind: str,
+    n: int,
+    throttled: bool,
+    space: tuple[str, int],
+    per_second: float | None = None,
 ) -> Result:
-    """The controller runs; n Nodes register at full speed; until all have a podCIDR."""
+    """The controller runs; n Nodes register at full speed (or `per_second`); until all have a podCIDR."""
     await delete_all_nodes(kube, plane)
     controller = Controller(kind, plane, logs, *space, throttled=throttled)
     watcher = Watcher(plane.kubeconfig)
@@ -495,7 +510,7 @@ async def burst(
     await asyncio.sleep(3)  # let it finish its start-up before the burst
     names = [f"burst-{i}" for i in range(n)]
     started = time.monotonic()
-    created = await create_nodes(kube, names)
+    created = await create_nodes(kube, names, per_second=per_second)
     done = await watcher.wait_all(names)
     await asyncio.sleep(AFTER_BURST_SECONDS)
     sampler.stop(started)
@@ -574,6 +589,7 @@ class Report:
             "skip_throttled": args.skip_throttled,
             "nodeipam_flags": args.nodeipam_flag,
             "create_parallelism": CREATE_PARALLELISM,
+            "create_rate": args.create_rate,
             "service_cidr": SERVICE_CIDR,
         }
 
@@ -622,7 +638,7 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                             if throttled and args.skip_throttled:
                                 continue
                             print(f"running burst of {n}: {kind}{' throttled' if throttled else ''} ...", file=sys.stderr)
-                            report.add(await burst(kube, plane, logs, kind, n, throttled, space))
+                            report.add(await burst(kube, plane, logs, kind, n, throttled, space, args.create_rate))
             if "startup" in args.only:
                 for n in args.nodes:
                     for kind in args.controllers:
@@ -645,6 +661,17 @@ def sizes(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive Node counts, got {text!r}")
     return values
+
+
+def positive_rate(text: str) -> float:
+    """Nodes per second, above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected Nodes per second above 0, got {text!r}")
+    return value
 
 
 def choices(allowed: tuple[str, ...]) -> Any:
@@ -684,6 +711,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="FLAG",
         help="a flag added to nodeipam's command line, e.g. --nodeipam-flag=--max-requests-in-flight=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--create-rate",
+        type=positive_rate,
+        metavar="NODES_PER_SECOND",
+        help="in the burst, create Nodes no faster than this (default: as fast as 64 creates in flight allow)",
     )
     args = parser.parse_args(argv)
     for key, value in PROFILES[args.profile].items():

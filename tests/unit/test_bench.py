@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import time
+from typing import Any, cast
 
 import msgspec
 import pytest
 
-from bench.__main__ import overlapping
+from bench.__main__ import create_nodes, overlapping, parse_args
 from bench.watch import _WatchEvent
 
 
@@ -54,3 +56,45 @@ def test_the_watch_process_reads_only_what_it_needs(line: dict[str, Any], expect
     event = msgspec.json.Decoder(_WatchEvent).decode(json.dumps({**line, "unread": ["x" * 100]}))
     meta = event.object.metadata
     assert (event.type, meta.name, meta.resourceVersion, event.object.spec.podCIDR, event.object.code) == expected
+
+
+class RecordingKube:
+    """Takes creates as the API server would, noting when each was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[float] = []
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
+        self.sent.append(time.monotonic())
+        return body
+
+
+@pytest.mark.parametrize(
+    ("per_second", "nodes", "at_least"),
+    [
+        pytest.param(None, 40, 0.0, id="as-fast-as-in-flight-allows"),
+        pytest.param(200.0, 40, 39 / 200, id="paced"),
+    ],
+)
+def test_a_paced_burst_sends_no_create_before_its_time(per_second: float | None, nodes: int, at_least: float) -> None:
+    kube = RecordingKube()
+
+    async def go() -> dict[str, float]:
+        return await create_nodes(cast(Any, kube), [f"n{i}" for i in range(nodes)], per_second=per_second)
+
+    started = time.monotonic()
+    created = asyncio.run(go())
+    assert len(created) == len(kube.sent) == nodes
+    assert max(kube.sent) - started >= at_least
+    if per_second:  # each create no sooner than its own slot
+        assert all(at - started >= (i / per_second) for i, at in enumerate(sorted(kube.sent)))
+
+
+@pytest.mark.parametrize(("text", "accepted"), [("150", 150.0), ("0.5", 0.5), ("0", None), ("-3", None), ("fast", None)])
+def test_the_create_rate_is_a_positive_number(text: str, accepted: float | None, capsys: pytest.CaptureFixture[str]) -> None:
+    if accepted is not None:
+        assert parse_args(["--create-rate", text]).create_rate == accepted
+        return
+    with pytest.raises(SystemExit):
+        parse_args(["--create-rate", text])
+    assert "--create-rate" in capsys.readouterr().err
