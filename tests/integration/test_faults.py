@@ -37,6 +37,11 @@ Start = Callable[..., ControllerProcess]
 NODE_PATCH = r"^/api/v1/nodes/[^/]+$"
 NODE_WATCH = r"^/api/v1/nodes$"
 ALLOCATED_METRIC = re.compile(r'^node_ipam_controller_cidrset_allocated_cidrs\{clusterCIDR="([^"]+)"\} (\S+)$', re.MULTILINE)
+#: A small range in each family, for the tests that cut, refuse or hold what the controller sends.
+SMALL_RANGES = pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
+)
 
 
 # -- helpers shared with the chaos suite ---------------------------------------------------------------
@@ -169,10 +174,7 @@ def poll_until(condition: Callable[[], object], timeout: float) -> bool:
 # -- hole 1: a podCIDR patch applied, its answer lost ------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("cluster_cidr", "mask"),
-    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
-)
+@SMALL_RANGES
 def test_patch_applied_but_answer_lost_never_gives_the_range_to_another_node(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
@@ -244,10 +246,7 @@ def test_flaky_api_during_a_burst_assigns_every_node_once(proxied: Proxied, clus
 # -- a watch cut while Nodes are deleted -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("cluster_cidr", "mask"),
-    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
-)
+@SMALL_RANGES
 def test_watch_cut_while_nodes_are_deleted_a_relist_frees_their_ranges(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
@@ -277,10 +276,7 @@ def test_watch_cut_while_nodes_are_deleted_a_relist_frees_their_ranges(
 # -- a watch error from an API server whose watch cache is behind etcd -------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("cluster_cidr", "mask"),
-    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
-)
+@SMALL_RANGES
 def test_a_watch_error_restarts_kopf_and_the_controller_goes_on_serving(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
@@ -306,10 +302,7 @@ def test_a_watch_error_restarts_kopf_and_the_controller_goes_on_serving(
 # -- SIGTERM while kopf reads the API's discovery documents ---------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("cluster_cidr", "mask"),
-    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
-)
+@SMALL_RANGES
 def test_sigterm_while_kopf_reads_discovery_stops_without_an_error(
     proxied: Proxied, control_plane: LocalControlPlane, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
@@ -336,10 +329,7 @@ def test_sigterm_while_kopf_reads_discovery_stops_without_an_error(
 # -- a whole watch: the resync lists nothing, and still serves a Node whose patches failed ----------------
 
 
-@pytest.mark.parametrize(
-    ("cluster_cidr", "mask"),
-    [pytest.param("10.0.0.0/28", 30, id="ipv4"), pytest.param("fd00:10::/62", 64, id="ipv6")],
-)
+@SMALL_RANGES
 def test_resync_lists_nothing_while_the_watch_is_whole_and_serves_a_node_whose_patches_were_refused(
     proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
 ) -> None:
