@@ -42,6 +42,13 @@ TRANSIENT_BACKOFF = 0.2
 RETRY_AFTER_STATUSES = frozenset({429, 503})  # answers whose Retry-After header says how long to wait
 RETRY_AFTER_CAP = 30.0  # seconds: never wait longer on the server's word
 WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute)
+#: Every write carries the API server's `timeout` parameter: a write still queued (priority and fairness) or in
+#: its handler that long after it arrived fails instead of landing. Well under a lease duration (15 s by
+#: default), so that what a leader sent cannot linger for a whole hand-over in the API server.
+WRITE_TIMEOUT = 10.0
+#: The client gives a write this long beyond the server's bound before it counts the answer as lost.
+WRITE_ANSWER_GRACE = 5.0
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 #: The NodeCIDRPool collection (cluster-scoped CRD in the chart's crds/).
@@ -118,6 +125,17 @@ class ApiError(Exception):
         API server applied nothing.
         """
         return self.status == 0 or self.status >= 500
+
+
+class FencedError(ApiError):
+    """A write not sent because the fence said no (this process no longer leads): nothing of it was applied."""
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(0, "Fenced", f"{method} {path}: not sent: this process may no longer write")
+
+    @property
+    def may_have_applied(self) -> bool:
+        return False
 
 
 class CredentialsError(Exception):
@@ -333,10 +351,13 @@ class KubeClient:
         *,
         transient_attempts: int = TRANSIENT_ATTEMPTS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
         """`transient_attempts`: tries per request before a transient failure is raised (1: no retries).
 
         `sleep` waits between those tries; tests pass one that only records.
+        `may_write`: the leadership fence, asked before every attempt of every
+        write (retries included); once it says no, nothing more is sent.
         """
         self.credentials = credentials
         self._limiter = RateLimiter(qps, burst)
@@ -344,6 +365,7 @@ class KubeClient:
         self._max_in_flight = max_in_flight
         self._attempts = max(transient_attempts, 1)
         self._sleep = sleep
+        self._may_write = may_write
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
@@ -397,25 +419,43 @@ class KubeClient:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> bytes:
-        """One API call with retries of transient failures; raises ApiError otherwise."""
+        """One API call with retries of transient failures; raises ApiError otherwise.
+
+        A write carries the API server's `timeout` (WRITE_TIMEOUT), and the
+        fence is asked before each of its attempts: after a transient failure
+        that may have applied, a fenced retry raises that failure (the outcome
+        stays unknown); before the first attempt, FencedError (nothing sent).
+        """
         headers = self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
         url = self.credentials.server + path
+        write = method not in READ_METHODS
+        timeout = None
+        if write:
+            params = {**(params or {}), "timeout": f"{WRITE_TIMEOUT:g}s"}
+            timeout = aiohttp.ClientTimeout(total=WRITE_TIMEOUT + WRITE_ANSWER_GRACE, connect=10)
+        failed: ApiError | None = None
         for attempt in range(1, self._attempts + 1):
             await self._limiter.acquire()
+            if write and self._may_write is not None and not self._may_write():
+                raise failed or FencedError(method, path)
             backoff = TRANSIENT_BACKOFF * 2 ** (attempt - 1)
             try:
                 session = self._get_session()
-                async with self._in_flight, session.request(method, url, data=data, headers=headers, params=params) as response:
+                async with (
+                    self._in_flight,
+                    session.request(method, url, data=data, headers=headers, params=params, timeout=timeout) as response,
+                ):
                     payload = await response.read()
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
+                failed = ApiError(0, "ConnectionError", f"{method} {path}: {error!r}")
                 if attempt == self._attempts:
-                    raise ApiError(0, "ConnectionError", f"{method} {path}: {error!r}") from error
+                    raise failed from error
                 await self._sleep(backoff)
                 continue
             if status < 400:
@@ -423,9 +463,14 @@ class KubeClient:
             if status in TRANSIENT_STATUSES and attempt < self._attempts:
                 if status in RETRY_AFTER_STATUSES:
                     backoff = _retry_after_seconds(retry_after, backoff)
+                failed = _api_error(status, payload) if failed is None or not failed.may_have_applied else failed
                 await self._sleep(backoff)
                 continue
-            raise _api_error(status, payload)
+            answered = _api_error(status, payload)
+            if failed is not None and failed.may_have_applied and not answered.may_have_applied:
+                # A refusal of a retry says nothing about an earlier attempt whose answer was lost.
+                raise failed
+            raise answered
         raise AssertionError("unreachable")
 
     # -- Nodes ---------------------------------------------------------------

@@ -15,6 +15,12 @@ cut off at that deadline, so a hanging request cannot stretch it.
 own: the Node work can keep the main loop busy for seconds (hundreds of
 patches in flight on a loaded machine), and a renewal queued behind that would
 miss its deadline and end a healthy leadership.
+
+The Lease also carries what the holder may still have in flight
+(`write_annotation`): every write of ours to it names the resourceVersion of
+our own last write, so once another process has taken the Lease, no such
+write of ours can land. A value stored that way is known to the next holder
+(`taken_over_annotations`), whatever happens to our other requests in transit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import logging
 import socket
 import threading
@@ -65,6 +72,9 @@ class LeaderElector:
         self._renew_sent_at: float | None = None  # when the last successful acquire or renewal was sent
         self._lost = False
         self._lost_because = ""
+        self._lease: dict[str, Any] | None = None  # the Lease as our last successful write left it
+        self._writing = asyncio.Lock()  # one write to the Lease at a time: each names the version the last one left
+        self.taken_over_annotations: dict[str, str] = {}  # the Lease's annotations when we took it from its last holder
 
     def is_leading(self) -> bool:
         """True only while leadership is certain; once False after leading, False for good.
@@ -129,6 +139,47 @@ class LeaderElector:
             self._renew_sent_at = sent_at
         return acquired
 
+    async def write_annotation(self, key: str, value: str) -> bool:
+        """Store `value` under `key` in the Lease's annotations, only while this process holds the Lease.
+
+        The PUT names the resourceVersion our own last write left, so it is
+        refused once anyone else has written the Lease. True once the API
+        server applied it; False when not leading, when the Lease has another
+        holder now, or when no answer came before the renew deadline (such a
+        write may still apply, so nothing may rely on it having failed).
+        """
+        namespace, name = self.config.resource_namespace, self.config.resource_name
+        async with self._writing:
+            for _ in range(2):  # a second try only after a conflict with a write of our own
+                if not self.is_leading() or self._lease is None:
+                    return False
+                lease = copy.deepcopy(self._lease)
+                lease.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
+                try:
+                    async with asyncio.timeout(self._time_left()):
+                        self._lease = await self.kube.replace_lease(namespace, name, lease)
+                    return True
+                except TimeoutError:
+                    logger.warning("lease %s/%s: writing %s got no answer in time", namespace, name, key)
+                    return False
+                except ApiError as error:
+                    if error.status != 409:
+                        logger.warning("lease %s/%s: writing %s failed: %s", namespace, name, key, error)
+                        return False
+                # Changed since our last write: by a write of ours whose answer was lost, or by a new holder.
+                try:
+                    async with asyncio.timeout(self._time_left()):
+                        current = await self.kube.get_lease(namespace, name)
+                except (TimeoutError, ApiError) as error:
+                    logger.warning("lease %s/%s: re-reading it after a conflict failed: %r", namespace, name, error)
+                    return False
+                holder = str(((current or {}).get("spec") or {}).get("holderIdentity") or "")
+                if holder != self.identity:
+                    self._lost, self._lost_because = True, f"is now held by {holder or 'no one'}"
+                    return False
+                self._lease = current
+        return False
+
     def _time_left(self) -> float:
         """Seconds until the renew deadline of the last successful renewal."""
         if self._renew_sent_at is None:
@@ -140,11 +191,14 @@ class LeaderElector:
         if not self.config.enabled:
             return
         try:
-            async with asyncio.timeout(self.config.renew_deadline):
+            async with asyncio.timeout(self.config.renew_deadline), self._writing:
+                # Nothing more is written as the holder, whether the release lands or not.
+                self._lost, self._lost_because = True, "was released"
                 lease = await self.kube.get_lease(self.config.resource_namespace, self.config.resource_name)
                 if lease is None or lease.get("spec", {}).get("holderIdentity") != self.identity:
                     return
-                # The PUT carries the resourceVersion read: it fails if anyone changed the lease meanwhile.
+                # The PUT carries the resourceVersion read: it fails if anyone changed the lease meanwhile. The
+                # annotations stay as they are: the next holder reads what may still be in flight from them.
                 lease["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": lease_time()})
                 await self.kube.replace_lease(self.config.resource_namespace, self.config.resource_name, lease)
             logger.info("released the lease")
@@ -152,12 +206,16 @@ class LeaderElector:
             logger.warning("could not release the lease: %r", error)
 
     async def _try_acquire_or_renew(self) -> bool:
+        async with self._writing:
+            return await self._acquire_or_renew()
+
+    async def _acquire_or_renew(self) -> bool:
         namespace, name = self.config.resource_namespace, self.config.resource_name
         now = lease_time()
         try:
             lease = await self.kube.get_lease(namespace, name)
             if lease is None:
-                await self.kube.create_lease(namespace, self._new_lease(now))
+                self._lease = await self.kube.create_lease(namespace, self._new_lease(now))
                 return True
             spec: dict[str, Any] = lease.setdefault("spec", {})
             holder = spec.get("holderIdentity") or ""
@@ -171,7 +229,8 @@ class LeaderElector:
                     # Someone else holds a valid lease: not leading, whatever our clock says.
                     self._lost, self._lost_because = True, f"is now held by {holder}"
                 return False
-            if holder != self.identity:
+            taking_over = holder != self.identity
+            if taking_over:
                 spec["acquireTime"] = now
                 spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             spec.update(
@@ -180,7 +239,11 @@ class LeaderElector:
                 renewTime=now,
             )
             # A PUT with the resourceVersion just read: if another candidate wrote first, this is a 409.
-            await self.kube.replace_lease(namespace, name, lease)
+            self._lease = await self.kube.replace_lease(namespace, name, lease)
+            if taking_over:
+                # What the last holder left there: the annotations are carried on as they are, and read once here.
+                annotations = (lease.get("metadata") or {}).get("annotations") or {}
+                self.taken_over_annotations = {str(key): str(value) for key, value in annotations.items()}
             return True
         except ApiError as error:
             if error.status != 409:
@@ -265,6 +328,14 @@ class LeaseKeeper:
 
     async def release(self) -> None:
         await self._run(self.elector.release())
+
+    async def write_annotation(self, key: str, value: str) -> bool:
+        """`LeaderElector.write_annotation`, on the keeper's loop."""
+        return await self._run(self.elector.write_annotation(key, value))
+
+    def taken_over_annotation(self, key: str) -> str:
+        """The value under `key` the Lease held when this process took it over ("" if none)."""
+        return self.elector.taken_over_annotations.get(key, "")
 
     async def close(self) -> None:
         """Stop renewing, close the client on the keeper's loop, then stop the loop and the thread."""

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controller import gcpolicy, handlers
+from controller import gcpolicy, handlers, inflight
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
 from controller.leader import LeaseKeeper
@@ -131,10 +131,17 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
         # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector
         # tries again), so that neither queued Node patches nor a busy main loop can delay a renewal.
         async with (
-            KubeClient(credentials, settings.kube_api_qps, settings.kube_api_burst, settings.max_in_flight) as kube,
             LeaseKeeper(
                 lambda: KubeClient(credentials, max_in_flight=LEASE_CONNECTIONS, transient_attempts=1), settings.leader_election
             ) as elector,
+            # Every write of the Node client, each retry too, is sent only while this process leads.
+            KubeClient(
+                credentials,
+                settings.kube_api_qps,
+                settings.kube_api_burst,
+                settings.max_in_flight,
+                may_write=elector.is_leading,
+            ) as kube,
             # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
             # patches nor take a connection a Lease renewal needs.
             KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
@@ -170,11 +177,19 @@ async def _lead(
     # Also interrupts a rebuild (and its retries) or a sweep in progress.
     lost.add_done_callback(lambda done: None if done.cancelled() else stopping.begin("leadership lost"))
     allocations = NodeAllocations(settings.ranges, settings.service_cidrs)
-    reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight, may_allocate=elector.is_leading)
+    log = None
+    carried: list[inflight.InFlight] = []
+    if settings.leader_election.enabled:
+        # A patch is sent only once the Lease records it: the next leader keeps its ranges for its Node.
+        log = inflight.InFlightLog(elector.write_annotation, lambda: _in_flight(allocations), elector.is_leading)
+        carried, problem = inflight.decode(elector.taken_over_annotation(inflight.ANNOTATION))
+        if problem:
+            logger.warning("the podCIDR patches the last leader left in the Lease: %s", problem)
+    reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight, fence=log)
     health.watch(reconciler.rebuilt)
     health.set_liveness(reconciler.problem)
     try:
-        waiting = await _until_stopped(reconciler.rebuild(), stop)
+        waiting = await _until_stopped(reconciler.rebuild(carried), stop)
         # Nodes found waiting are assigned before kopf starts its own LIST:
         # both compete for the same API server, and the sweep is faster alone.
         if waiting is None or await _until_stopped(reconciler.assign_all(waiting), stop) is None:
@@ -218,11 +233,20 @@ async def _lead(
         if not operator.cancelled():
             operator.result()  # re-raises what stopped kopf, if anything
     finally:
+        if log is not None:
+            await log.close()
         if lost.done() and not lost.cancelled():
             logger.error("leaderelection lost")
             raise LeadershipLost("lost the leader lease; exiting so that a fresh process can compete again")
         lost.cancel()
         await elector.release()
+
+
+def _in_flight(allocations: NodeAllocations) -> list[inflight.InFlight]:
+    return [
+        inflight.InFlight(reservation.name, reservation.uid, tuple(str(cidr) for cidr in reservation.cidrs))
+        for reservation in allocations.open_reservations()
+    ]
 
 
 class LeadershipLost(RuntimeError):

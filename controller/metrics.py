@@ -91,6 +91,12 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.duplicate_nodes = Gauge(
+            "duplicate_pod_cidr_nodes",
+            "Nodes whose podCIDR overlaps another Node's (set by someone else: this controller hands out none).",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.nodes_queued = Gauge(
             "nodes_queued",
             "Nodes whose latest event waits to be handled (the work queue's depth).",

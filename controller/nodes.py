@@ -231,6 +231,7 @@ class Observation:
     problems: tuple[Problem, ...] = ()
     why: str = ""
     released: tuple[netaddr.IPNetwork, ...] = ()  # ranges that came free while deciding
+    overlapping: tuple[tuple[str, netaddr.IPNetwork], ...] = ()  # (other Node, its range) this Node's ranges now overlap
 
 
 class ReservationState(enum.Enum):
@@ -329,6 +330,8 @@ class NodeAllocations:
         self._served: tuple[FamilyRange, ...] = self.ranges
         self._holdings: dict[str, _Holding] = {}
         self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
+        self._held_prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, prefix length)
+        self._overlapping: dict[str, set[str]] = {}  # Node -> the other Nodes whose ranges overlap its own
         self._reservations: dict[str, Reservation] = {}
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -502,6 +505,18 @@ class NodeAllocations:
 
     def waiting_count(self) -> int:
         return len(self._waiting)
+
+    def open_reservations(self) -> list[Reservation]:
+        """Every reservation not settled yet: what a patch may still set (sent, about to be, or of unknown outcome)."""
+        return list(self._reservations.values())
+
+    def overlapping_count(self) -> int:
+        """How many Nodes hold a range that overlaps another Node's (a duplicate someone made)."""
+        return len(self._overlapping)
+
+    def overlapping_with(self, name: str) -> list[str]:
+        """The other Nodes whose ranges overlap this Node's."""
+        return sorted(self._overlapping.get(name, ()))
 
     def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
         """The default pool's set of the CIDR's family, if the flags serve that family."""
@@ -680,6 +695,37 @@ class NodeAllocations:
         reservation.owned = True
         return reservation
 
+    def adopt(self, node: NodeInfo, pod_cidrs: Iterable[str]) -> Reservation | str:
+        """Keep the ranges of a patch the last leader may still have in flight for `node`, listed without a range.
+
+        The patch names the Node's UID, so it can land only on this
+        incarnation, and only while it has no range. The reservation made
+        here is UNKNOWN and left for the next handling of the Node, which
+        patches the same ranges again: whichever patch lands first, the other
+        changes nothing. Returns it, or why nothing is kept: the ranges are
+        not node subnets of a served range now, or one is in use (the last
+        leader never reserves a range in use, so its patch was settled).
+        """
+        if node.pod_cidrs or node.uid in self._retired:
+            return "it holds podCIDRs already" if node.pod_cidrs else "it is deleted"
+        if node.name in self._reservations:
+            return "it has a reservation already"
+        texts = tuple(pod_cidrs)
+        classified = classify_pod_cidrs(texts, self._served)
+        if classified.problems or not texts:
+            return "; ".join(problem.message for problem in classified.problems) or "no podCIDRs"
+        cidrs = tuple(dict.fromkeys(classified.usable))
+        for cidr in cidrs:
+            if any(entry.claims.cidr_set.used_count(cidr) for entry in self._sets_overlapping(cidr)):
+                return f"{cidr} is in use"
+        for cidr in cidrs:
+            self._claim(cidr)
+        reservation = Reservation(node.name, node.uid, cidrs, self._tick(), state=ReservationState.UNKNOWN, owned=False)
+        reservation.maybe_applied = True
+        self._reservations[node.name] = reservation
+        self._waiting.pop(node.name, None)
+        return reservation
+
     def patching(self, reservation: Reservation) -> None:
         """The patch with the reserved ranges is about to be sent."""
         self._check_current(reservation)
@@ -819,24 +865,24 @@ class NodeAllocations:
             held.as_written = node.pod_cidrs
             return Observation(Outcome.NOTHING, why="already accounted for")
         problems = list(classified.problems)
-        for cidr in usable:
-            others = sorted(self._holders_by_cidr.get(cidr, set()) - {node.name})
-            if others:
-                problems.append(
-                    Problem(
-                        REASON_DUPLICATE_POD_CIDR,
-                        f"podCIDR {cidr} is also held by node {', '.join(others)}; "
-                        "it stays out of the pool until every holder is gone",
-                    )
-                )
         # The new claims go in before the old ones go out: a subnet both cover never looks free.
         previous = self._holdings.get(node.name)
         before = set(previous.cidrs) if previous is not None else set()
         since = previous.since if previous is not None else self._tick()
+        self._forget_overlaps(node.name)
+        overlapping = self._record_overlaps(node.name, usable)
+        for other, theirs in overlapping:
+            problems.append(
+                Problem(
+                    REASON_DUPLICATE_POD_CIDR,
+                    f"podCIDR {_join(c for c in usable if _overlaps(c, theirs))} overlaps {theirs} of node {other}; "
+                    "both stay out of the pool until every holder is gone",
+                )
+            )
         self._holdings[node.name] = _Holding(node.uid, usable, since, node.pod_cidrs)
         self._claim_all(node.name, [cidr for cidr in usable if cidr not in before])
         released = self._unclaim_all(node.name, [cidr for cidr in before if cidr not in set(usable)])
-        return Observation(Outcome.OCCUPIED, tuple(problems), released=tuple(released))
+        return Observation(Outcome.OCCUPIED, tuple(problems), released=tuple(released), overlapping=tuple(overlapping))
 
     def _settle_reservation(self, reservation: Reservation, node: NodeInfo) -> Observation:
         """What a read of the same incarnation means for its UNKNOWN reservation."""
@@ -870,9 +916,12 @@ class NodeAllocations:
         if previous is not None:  # ranges it showed that were not usable, i.e. no claims; or none at all
             self._unclaim_all(reservation.name, previous.cidrs)
         as_written = tuple(str(cidr) for cidr in reservation.cidrs)
+        # Claims keep our own ranges apart; only someone else's write (seen while ours was in flight) can overlap.
+        self._forget_overlaps(reservation.name)
+        self._record_overlaps(reservation.name, reservation.cidrs)
         self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
         for cidr in reservation.cidrs:
-            self._holders_by_cidr.setdefault(cidr, set()).add(reservation.name)
+            self._hold(reservation.name, cidr)
 
     def _tick(self) -> int:
         self._sequence += 1
@@ -882,7 +931,13 @@ class NodeAllocations:
         """One claim per distinct range a holder shows (a range listed twice is claimed once)."""
         for cidr in dict.fromkeys(cidrs):
             self._claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
-            self._holders_by_cidr.setdefault(cidr, set()).add(name)
+            self._hold(name, cidr)
+
+    def _hold(self, name: str, cidr: netaddr.IPNetwork) -> None:
+        holders = self._holders_by_cidr.setdefault(cidr, set())
+        if not holders:
+            self._held_prefixes[(cidr.version, cidr.prefixlen)] += 1
+        holders.add(name)
 
     def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:
         released = []
@@ -893,13 +948,59 @@ class NodeAllocations:
             holders.discard(name)
             if not holders:
                 del self._holders_by_cidr[cidr]
+                self._held_prefixes[(cidr.version, cidr.prefixlen)] -= 1
+                if not self._held_prefixes[(cidr.version, cidr.prefixlen)]:
+                    del self._held_prefixes[(cidr.version, cidr.prefixlen)]
             if self._unclaim(cidr):
                 released.append(cidr)
         return released
 
     def _drop_holding(self, name: str) -> list[netaddr.IPNetwork]:
         held = self._holdings.pop(name)
+        self._forget_overlaps(name)
         return self._unclaim_all(name, held.cidrs)
+
+    # -- duplicates someone else made ------------------------------------------------
+
+    def _holders_overlapping(self, cidr: netaddr.IPNetwork) -> list[tuple[str, netaddr.IPNetwork]]:
+        """(Node, its range) of every holding that overlaps `cidr`.
+
+        One lookup per prefix length held (normally one: the node mask); only a
+        range wider than some held one (bad data) scans the holdings.
+        """
+        found: list[tuple[str, netaddr.IPNetwork]] = []
+        bits = 32 if cidr.version == 4 else 128
+        for version, prefixlen in list(self._held_prefixes):
+            if version != cidr.version:
+                continue
+            if prefixlen <= cidr.prefixlen:
+                host_bits = bits - prefixlen
+                containing = netaddr.IPNetwork((cidr.first >> host_bits << host_bits, prefixlen), version)
+                found += [(name, containing) for name in self._holders_by_cidr.get(containing, ())]
+            else:
+                found += [
+                    (name, held)
+                    for held, names in self._holders_by_cidr.items()
+                    if held.version == version and held.prefixlen == prefixlen and _overlaps(held, cidr)
+                    for name in names
+                ]
+        return found
+
+    def _record_overlaps(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[tuple[str, netaddr.IPNetwork]]:
+        """Note which other Nodes hold ranges overlapping `cidrs`; returns them (Node, its range)."""
+        found = [(other, theirs) for cidr in cidrs for other, theirs in self._holders_overlapping(cidr) if other != name]
+        for other, _ in found:
+            self._overlapping.setdefault(name, set()).add(other)
+            self._overlapping.setdefault(other, set()).add(name)
+        return list(dict.fromkeys(found))
+
+    def _forget_overlaps(self, name: str) -> None:
+        for other in self._overlapping.pop(name, ()):
+            others = self._overlapping.get(other)
+            if others is not None:
+                others.discard(name)
+                if not others:
+                    del self._overlapping[other]
 
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:

@@ -31,9 +31,11 @@ from typing import Any, Protocol
 import netaddr
 
 from controller.allocators import NoCIDRsRemainingError
+from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.nodes import (
+    REASON_DUPLICATE_POD_CIDR,
     REASON_INVALID_POD_CIDR,
     NodeAllocations,
     NodeInfo,
@@ -102,6 +104,18 @@ class NodeApi(Protocol):
     async def set_pool_finalizers(self, name: str, finalizers: Sequence[str], resource_version: str) -> dict[str, Any]: ...
 
 
+class WriteFence(Protocol):
+    """Leadership as podCIDR writes need it (`inflight.InFlightLog` over the Lease is the real one)."""
+
+    def may_write(self) -> bool:
+        """Whether this process leads now: asked before every reservation and every patch."""
+        ...
+
+    async def announce(self) -> bool:
+        """Record every open reservation where the next leader finds it; True once recorded: a patch may go."""
+        ...
+
+
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
     return ",".join(str(cidr) for cidr in cidrs)
 
@@ -134,14 +148,16 @@ class Reconciler:
         allocations: NodeAllocations,
         metrics: Metrics | None = None,
         max_in_flight: int = 64,
-        may_allocate: Callable[[], bool] | None = None,
+        fence: WriteFence | None = None,
     ) -> None:
-        """`may_allocate`: asked before every reservation and every patch; once False, nothing new is sent."""
+        """`fence`: asked before every reservation and every patch (once it says no, nothing new is sent), and told
+        of every fresh reservation before its patch goes; None: this process is the only writer."""
         self.kube = kube
         self.allocations = allocations
         self.metrics = metrics or Metrics()
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
+        self.metrics.duplicate_nodes.set_function(allocations.overlapping_count)
         self.metrics.track_pools(self.pool_usages)
         self.rebuilt = asyncio.Event()
         self.watch_live = asyncio.Event()  # the watch delivered its first change after its initial listing
@@ -151,7 +167,7 @@ class Reconciler:
         self._unserved: dict[str, NodeInfo] = {}  # Nodes left without a range and not waiting for one: the resync reads them
         self._listed_again: set[str] = set()  # names the listing in progress showed so far (none: the watch is live)
         self._relist_due = asyncio.Event()
-        self._may_allocate = may_allocate
+        self._fence = fence
         self._fenced_logged = False
         self._capacity_freed = asyncio.Event()
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -179,13 +195,15 @@ class Reconciler:
 
     # -- start-up ----------------------------------------------------------------
 
-    async def rebuild(self) -> list[NodeInfo]:
+    async def rebuild(self, carried: Iterable[InFlight] = ()) -> list[NodeInfo]:
         """One LIST of the pools, then one of all Nodes, fills the sets; returns the Nodes still without a range.
 
         The pools come first, so that every range a Node holds is claimed in
         the pool it lies in. No allocation may happen before this returns (kubernetes#29058). A
         failed LIST is tried again with backoff, for as long as it takes: the
-        caller stays unready meanwhile, and may cancel.
+        caller stays unready meanwhile, and may cancel. `carried`: the patches
+        the last leader may still have in flight (from the Lease); their ranges
+        stay reserved for their Nodes, which get them again.
         """
         started = time.monotonic()
         delay = REBUILD_BACKOFF
@@ -220,7 +238,8 @@ class Reconciler:
                 continue
             observation = self.allocations.observe(node)
             if observation.problems:
-                self._spawn(self._report(node, observation.problems))
+                self._spawn(self._note(node, observation))
+        self._take_over(carried, {node.name: node for node in waiting})
         self.rebuilt.set()
         summary = ", ".join(f"{s.cluster_cidr}: {s.allocated}/{s.max_cidrs} in use" for s in self.allocations.sets)
         logger.info(
@@ -232,6 +251,24 @@ class Reconciler:
             len(waiting),
         )
         return waiting
+
+    def _take_over(self, carried: Iterable[InFlight], waiting: Mapping[str, NodeInfo]) -> None:
+        """Keep the ranges of the last leader's patches that may still land (only on a listed Node without a range)."""
+        for entry in carried:
+            node = waiting.get(entry.name)
+            if node is None or node.uid != entry.uid:
+                logger.info(
+                    "the last leader's patch of node %s with %s cannot land (%s)",
+                    entry.name,
+                    ",".join(entry.cidrs),
+                    "the node holds podCIDRs or is gone" if node is None else "the node was replaced",
+                )
+                continue
+            kept = self.allocations.adopt(node, entry.cidrs)
+            if isinstance(kept, str):
+                logger.warning("the last leader's patch of node %s with %s is not taken over: %s", node.name, entry.cidrs, kept)
+            else:
+                logger.info("node %s: the last leader's patch with %s may still land; kept for it", node.name, _join(kept.cidrs))
 
     async def assign_all(self, nodes: Iterable[NodeInfo], read_after: int | None = None) -> int:
         """Handle many Nodes at once, bounded by the in-flight limit; returns how many.
@@ -391,8 +428,18 @@ class Reconciler:
     async def _note(self, node: NodeInfo, observation: Observation) -> None:
         if observation.problems:
             await self._report(node, observation.problems)
+        for other, theirs in observation.overlapping:
+            await self._warn_other_holder(other, theirs, node.name)
         if observation.released:
             self._released(node.name, observation.released, "settled")
+
+    async def _warn_other_holder(self, name: str, cidr: netaddr.IPNetwork, by: str) -> None:
+        """A duplicate is reported on both Nodes: here on the one that held its range first."""
+        uid = self.allocations.holder_uid(name)
+        if uid is not None:
+            message = f"podCIDR {cidr} overlaps a podCIDR of node {by}; both stay out of the pool until every holder is gone"
+            logger.warning("node %s: %s", name, message)
+            await self._warn(NodeInfo(name, uid), REASON_DUPLICATE_POD_CIDR, message)
 
     # -- pools ---------------------------------------------------------------------
 
@@ -558,8 +605,8 @@ class Reconciler:
     # -- allocation ------------------------------------------------------------------
 
     def _allowed(self, what: str, node: NodeInfo) -> bool:
-        """The leadership fence: nothing new is reserved or patched once `may_allocate` says no."""
-        if self._may_allocate is None or self._may_allocate():
+        """The leadership fence: nothing new is reserved or patched once it says no."""
+        if self._fence is None or self._fence.may_write():
             return True
         if not self._fenced_logged:
             self._fenced_logged = True
@@ -588,10 +635,18 @@ class Reconciler:
         try:
             for attempt in range(1, PATCH_ATTEMPTS + 1):
                 if reservation is None:
+                    fresh = not resume
                     reservation = await self._take(node, resume)
                     resume = False
                     if reservation is None:
                         return
+                    if fresh and not await self._announced(node, reservation):
+                        # Nothing was sent: the ranges go back, and the next attempt reserves afresh.
+                        self._give_back(reservation)
+                        reservation = None
+                        last_error = ApiError(0, "NotRecorded", "the patch could not be recorded in the Lease first")
+                        await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
+                        continue
                 if not self._allowed("patch", node):
                     return  # the finally clause gives back what was never sent
                 self.allocations.patching(reservation)
@@ -639,6 +694,7 @@ class Reconciler:
                     return
                 self._count_allocation(node, cidrs, attempt, seen_at)
                 logger.info("allocated %s to node %s", _join(cidrs), node.name)
+                await self._report_overlaps_found_late(node)
                 return
             kept = ""
             if reservation is not None and reservation.is_open:
@@ -650,15 +706,38 @@ class Reconciler:
             )
         finally:
             if reservation is not None:
-                freed = self.allocations.abandon(reservation)
-                if freed:
-                    self._capacity_freed.set()
-                elif reservation.is_open:
+                freed = self._give_back(reservation)
+                if not freed and reservation.is_open:
                     logger.warning(
                         "node %s: the patch with %s may have applied; kept reserved until the resync reads the node",
                         node.name,
                         _join(reservation.cidrs),
                     )
+
+    async def _announced(self, node: NodeInfo, reservation: Reservation) -> bool:
+        """Whether the fresh reservation is recorded where the next leader finds it (always, without a fence)."""
+        if self._fence is None or await self._fence.announce():
+            return True
+        logger.warning("node %s: %s not patched: it could not be recorded in the Lease", node.name, _join(reservation.cidrs))
+        return False
+
+    def _give_back(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
+        """The task carrying out `reservation` stops: free what was never sent (see `NodeAllocations.abandon`)."""
+        freed = self.allocations.abandon(reservation)
+        if freed:
+            self._capacity_freed.set()
+        return freed
+
+    async def _report_overlaps_found_late(self, node: NodeInfo) -> None:
+        """Someone else set a range overlapping ours while our patch was in flight: reported on both Nodes."""
+        held = self.allocations.holding(node.name)
+        for other in self.allocations.overlapping_with(node.name):
+            message = f"podCIDR {_join(held)} overlaps a podCIDR of node {other}; both stay out of the pool until both are gone"
+            logger.warning("node %s: %s", node.name, message)
+            await self._warn(node, REASON_DUPLICATE_POD_CIDR, message)
+            for theirs in self.allocations.holding(other):
+                if any(theirs in ours or ours in theirs for ours in held):  # CIDRs overlap only by nesting
+                    await self._warn_other_holder(other, theirs, node.name)
 
     async def _after_unknown(
         self, node: NodeInfo, reservation: Reservation, attempt: int, error: ApiError

@@ -17,7 +17,7 @@ Rules, switchable at runtime from the test's thread, decide what goes wrong:
 - GONE: answer `410 Gone` as the API server does: on a watch, a 200 whose
   only event is an ERROR with a 410 Status; on anything else, HTTP 410.
 - STALL: hold matching requests until the rule is removed or expires, then
-  forward them.
+  forward them (also when their client has gone meanwhile).
 - WATCH_ERROR: answer a watch as the API server does when its watch cache is
   behind etcd: a 200 whose only event is an ERROR with a `status` Status
   (504 "Too large resource version" by default).
@@ -328,6 +328,8 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method, path, query = request.method, request.path, request.query
+        # The whole request is read first: a held request is in transit, and goes on even if its sender is gone.
+        body = await request.read()
         for rule in self._draw(method, path, query, (Action.STALL,)):
             while rule.holding:
                 await asyncio.sleep(POLL_INTERVAL)
@@ -336,7 +338,6 @@ class FaultProxy:
         refusals = self._draw(method, path, query, (Action.GONE, Action.STATUS, Action.WATCH_ERROR), first_only=True)
         if refusals:
             return self._refuse(refusals[0], is_watch(query))
-        body = await request.read()
         headers = {key: value for key, value in request.headers.items() if key.lower() not in HOP_BY_HOP}
         headers["Accept-Encoding"] = "identity"  # else aiohttp asks for gzip, and compressed chunks pass undecoded
         assert self._session is not None

@@ -165,6 +165,12 @@ class CIDRSet:
         with self._lock:
             return self._used.count_range(lo, hi) == hi - lo + 1
 
+    def used_count(self, cidr: CIDRLike) -> int:
+        """How many of the node subnets ``cidr`` touches (clipped to the cluster CIDR) are in use."""
+        lo, hi = self._slot_range(cidr)
+        with self._lock:
+            return int(self._used.count_range(lo, hi))
+
     # -- slot-level access, for ClaimedSubnets ------------------------------------------------
 
     def slot_range(self, cidr: CIDRLike) -> tuple[int, int]:

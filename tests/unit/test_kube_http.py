@@ -250,3 +250,73 @@ def test_a_list_from_the_cache_asks_not_older_than_a_fresh_version() -> None:
         assert [node.name for node in nodes] == ["node-a"]
 
     run_with_client(test)
+
+
+# -- writes: a bound on how late they land, and the leadership fence -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "timeout"),
+    [pytest.param("PATCH", "10s", id="write-bounded"), pytest.param("GET", None, id="read-unbounded")],
+)
+def test_every_write_carries_the_api_servers_timeout(method: str, timeout: str | None) -> None:
+    async def test(api: FakeApi, kube: KubeClient, _: list[float]) -> None:
+        api.script(method, NODE_PATH, reply(200, NODE))
+        await kube.request(method, NODE_PATH, body={} if method == "PATCH" else None)
+        (seen,) = api.requests_to(method, NODE_PATH)
+        assert seen.query.get("timeout") == timeout
+
+    run_with_client(test)
+
+
+@pytest.mark.parametrize(
+    ("answers", "leading_for", "sent", "raised", "may_have_applied"),
+    [
+        pytest.param([reply(200, NODE)], 0, 0, "Fenced", False, id="fenced-before-the-first-attempt"),
+        pytest.param(
+            [status(503, "ServiceUnavailable"), reply(200, NODE)], 1, 1, "ServiceUnavailable", True, id="fenced-after-a-5xx"
+        ),
+        pytest.param([reset(), reply(200, NODE)], 1, 1, "ConnectionError", True, id="fenced-after-a-lost-answer"),
+        pytest.param(
+            [status(429, "TooManyRequests"), reply(200, NODE)], 1, 1, "TooManyRequests", False, id="fenced-after-a-refusal"
+        ),
+    ],
+)
+def test_no_attempt_of_a_write_is_sent_once_the_fence_says_no(
+    answers: list[Answer], leading_for: int, sent: int, raised: str, may_have_applied: bool
+) -> None:
+    """The fence is asked before every attempt, retries too; what is raised says whether anything may have applied."""
+
+    async def go() -> None:
+        asked = 0
+
+        def leading() -> bool:
+            nonlocal asked
+            asked += 1
+            return asked <= leading_for
+
+        async def no_wait(_: float) -> None:
+            return None
+
+        async with FakeApi() as api, KubeClient(api.credentials, sleep=no_wait, may_write=leading) as kube:
+            api.script("PATCH", NODE_PATH, *answers)
+            with pytest.raises(ApiError) as caught:
+                await kube.request("PATCH", NODE_PATH, body={}, content_type="application/merge-patch+json")
+            assert len(api.requests_to("PATCH", NODE_PATH)) == sent
+            assert caught.value.reason == raised and caught.value.may_have_applied is may_have_applied
+            api.script("GET", NODE_PATH, reply(200, NODE))
+            assert await kube.request("GET", NODE_PATH), "reads are not fenced"
+
+    asyncio.run(go())
+
+
+def test_a_refused_retry_after_a_lost_answer_leaves_the_outcome_unknown() -> None:
+    """The first attempt may have applied: a 409 to the retry proves nothing about it."""
+
+    async def test(api: FakeApi, kube: KubeClient, _: list[float]) -> None:
+        api.script("PATCH", NODE_PATH, reset(), status(409, "Conflict"))
+        with pytest.raises(ApiError) as caught:
+            await kube.request("PATCH", NODE_PATH, body={}, content_type="application/merge-patch+json")
+        assert caught.value.status == 0 and caught.value.may_have_applied
+
+    run_with_client(test)

@@ -354,3 +354,63 @@ def test_cancelling_acquire_on_the_main_loop_stops_it_on_the_keepers_loop() -> N
             assert not keeper.is_leading()
 
     asyncio.run(go())
+
+
+KEY = "nodeipam.io/test-record"
+
+
+def test_an_annotation_written_while_leading_reaches_the_next_holder_and_the_old_one_can_write_no_more() -> None:
+    async def go() -> None:
+        clock, leases = FakeClock(), FakeLeases()
+        old = LeaderElector(leases, CONFIG, clock=clock)
+        assert await old.try_once()
+        assert await old.write_annotation(KEY, "first")
+        clock.now = 1.0
+        assert await old.try_once()  # a renewal carries the annotation on
+        assert leases.lease is not None and leases.lease["metadata"]["annotations"][KEY] == "first"
+        standby = LeaderElector(leases, CONFIG, clock=clock)
+        assert not await standby.try_once()
+        clock.now = 5.5  # the lease ran out in the standby's eyes; the old leader's deadline passed at 4
+        assert await standby.try_once()
+        assert standby.taken_over_annotations[KEY] == "first"
+        # The old leader's clock is late (a paused process): it still thinks it leads, but its write is refused.
+        old_clock_now = clock.now
+        clock.now = 1.5
+        assert old.is_leading()
+        assert not await old.write_annotation(KEY, "late")
+        clock.now = old_clock_now
+        assert leases.lease["metadata"]["annotations"][KEY] == "first"
+        assert not old.is_leading(), "a refused write to a Lease held by another ends leadership"
+        assert await standby.write_annotation(KEY, "second")
+        assert leases.lease["metadata"]["annotations"][KEY] == "second"
+
+    asyncio.run(go())
+
+
+def test_an_annotation_write_conflicting_with_a_lost_write_of_our_own_is_sent_again() -> None:
+    async def go() -> None:
+        leases = FakeLeases()
+        elector = LeaderElector(leases, CONFIG)
+        assert await elector.try_once()
+        leases.renew_as(elector.identity, "our renewal whose answer was lost")
+        assert await elector.write_annotation(KEY, "value")
+        assert leases.lease is not None and leases.lease["metadata"]["annotations"][KEY] == "value"
+
+    asyncio.run(go())
+
+
+def test_no_annotation_is_written_by_a_process_that_does_not_lead() -> None:
+    async def go() -> None:
+        leases = FakeLeases()
+        other = LeaderElector(leases, LeaderElection(identity="other", resource_name=NAME, resource_namespace=NAMESPACE))
+        assert await other.try_once()
+        standby = LeaderElector(leases, CONFIG)
+        assert not await standby.try_once()
+        calls = leases.calls
+        assert not await standby.write_annotation(KEY, "value")
+        assert leases.calls == calls, "nothing sent"
+        await other.release()
+        assert not await other.write_annotation(KEY, "after release")
+        assert "annotations" not in (leases.lease or {}).get("metadata", {})
+
+    asyncio.run(go())

@@ -17,6 +17,7 @@ import pytest
 
 from controller import reconciler as reconciler_module
 from controller.config import FamilyRange
+from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations, NodeInfo, ReservationState
@@ -127,8 +128,26 @@ class FakeApi:
         return [reason for _, reason, _ in self.events]
 
 
+class StaticFence:
+    """A fence that asks `leading` and records every announcement at once (no Lease)."""
+
+    def __init__(self, leading: Callable[[], bool], recorded: bool = True) -> None:
+        self.leading = leading
+        self.recorded = recorded
+        self.announced = 0
+
+    def may_write(self) -> bool:
+        return self.leading()
+
+    async def announce(self) -> bool:
+        self.announced += 1
+        return self.recorded
+
+
 def reconciler_for(family: FamilyRange, api: NodeApi, may_allocate: Callable[[], bool] | None = None) -> Reconciler:
-    reconciler = Reconciler(api, NodeAllocations([family]), Metrics(), may_allocate=may_allocate)
+    reconciler = Reconciler(
+        api, NodeAllocations([family]), Metrics(), fence=None if may_allocate is None else StaticFence(may_allocate)
+    )
     reconciler.rebuilt.set()
     return reconciler
 
@@ -361,6 +380,46 @@ def test_no_reservation_and_no_patch_once_leadership_is_in_doubt(family: FamilyR
     run(lambda: reconciler.handle(api.nodes["a"]))
     assert api.patched == [] and reconciler.allocations.sets[0].allocated == 0
     assert not reconciler.allocations.is_in_flight("a")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_patch_is_sent_only_once_its_reservation_is_recorded(family: FamilyRange) -> None:
+    api = FakeApi()
+    fence = StaticFence(lambda: True, recorded=False)
+    reconciler = Reconciler(api, NodeAllocations([family]), Metrics(), fence=fence)
+    run(reconciler.rebuild)
+    run(lambda: reconciler.handle(api.add("a")))
+    assert fence.announced == reconciler_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
+    assert reconciler.allocations.sets[0].allocated == 0 and not reconciler.allocations.is_in_flight("a")
+    assert "CIDRAssignmentFailed" in api.reasons()
+    fence.recorded = True
+    run(lambda: reconciler.handle(api.nodes["a"]))
+    assert len(api.patched) == 1 and api.nodes["a"].pod_cidrs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_last_leaders_patch_in_flight_keeps_its_range_for_its_node(family: FamilyRange) -> None:
+    api = FakeApi()
+    victim = api.add("victim")
+    competitors = [api.add(f"n-{i}") for i in range(3)]
+    first = str(family.cluster_cidr.subnet(family.node_mask_size).__next__())
+    reconciler = reconciler_for(family, api)
+    waiting = run(lambda: reconciler.rebuild([InFlight("victim", victim.uid, (first,))]))
+    run(lambda: reconciler.assign_all([*competitors, victim]))
+    assert api.nodes["victim"].pod_cidrs == (first,), "patched again with the range it may get anyway"
+    assert first not in [cidr for other in competitors for cidr in api.nodes[other.name].pod_cidrs]
+    assert {node.name for node in waiting} == {"victim", "n-0", "n-1", "n-2"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_duplicate_someone_made_is_a_warning_on_both_nodes(family: FamilyRange) -> None:
+    api = FakeApi()
+    reconciler = handled(family, api, api.add("a"))
+    (held,) = reconciler.allocations.holding("a")
+    run(lambda: reconciler.handle(api.add("copy", str(held))))
+    warned = sorted(name for name, reason, _ in api.events if reason == "DuplicatePodCIDR")
+    assert warned == ["a", "copy"]
+    assert reconciler.metrics.registry.get_sample_value("node_ipam_controller_duplicate_pod_cidr_nodes") == 2
 
 
 # -- a Node seen under another UID -----------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""What a new leader keeps for the last leader's patches in flight, and duplicates someone else made."""
+
+from __future__ import annotations
+
+import netaddr
+import pytest
+
+from controller.config import FamilyRange
+from controller.nodes import REASON_DUPLICATE_POD_CIDR, NodeAllocations, NodeInfo, Outcome, Reservation, ReservationState
+
+V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/28"), 30)
+V6 = FamilyRange(netaddr.IPNetwork("fd00:10::/62"), 64)
+FAMILIES = [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")]
+
+
+def node(name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
+    return NodeInfo(name=name, uid=uid or f"uid-{name}", pod_cidrs=tuple(cidrs))
+
+
+def subnet(family: FamilyRange, index: int) -> str:
+    return str(list(family.cluster_cidr.subnet(family.node_mask_size))[index])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_kept_patch_is_patched_again_and_its_range_goes_to_no_other_node(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    victim = node("victim")
+    kept = allocations.adopt(victim, [subnet(family, 1)])
+    assert isinstance(kept, Reservation) and kept.state is ReservationState.UNKNOWN and not kept.owned
+    handed = {str(allocations.reserve(node(f"n-{i}")).cidrs[0]) for i in range(3)}
+    assert subnet(family, 1) not in handed, "the kept range is handed to no other Node"
+    assert allocations.observe(victim).outcome is Outcome.RESUME, "the victim gets the same range again"
+    assert allocations.resume(victim) is kept
+    assert [str(cidr) for cidr in allocations.open_reservations()[0].cidrs] == [subnet(family, 1)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_kept_patch_frees_its_range_once_its_node_is_gone(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    assert isinstance(allocations.adopt(node("victim"), [subnet(family, 0)]), Reservation)
+    release = allocations.forget("victim", "uid-victim")
+    assert release is not None and [str(cidr) for cidr in release.cidrs] == [subnet(family, 0)]
+    assert allocations.open_reservations() == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    ("arrange", "why"),
+    [
+        pytest.param(lambda a, f: a.observe(node("other", subnet(f, 0))), "is in use", id="held-by-another-node"),
+        pytest.param(lambda a, f: a.reserve(node("other")), "is in use", id="reserved-for-another-node"),
+        pytest.param(lambda a, f: a.reserve(node("victim")), "has a reservation already", id="victim-has-one"),
+        pytest.param(lambda a, f: None, "does not match the node subnets", id="not-a-node-subnet"),
+    ],
+)
+def test_a_patch_that_cannot_be_in_flight_any_more_is_not_kept(family: FamilyRange, arrange: object, why: str) -> None:
+    allocations = NodeAllocations([family])
+    arrange(allocations, family)  # type: ignore[operator]
+    cidr = subnet(family, 0) if why != "does not match the node subnets" else str(family.cluster_cidr)
+    before = [(r.name, r.cidrs) for r in allocations.open_reservations()]
+    kept = allocations.adopt(node("victim"), [cidr])
+    assert isinstance(kept, str) and why in kept
+    assert [(r.name, r.cidrs) for r in allocations.open_reservations()] == before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param(0, 0, id="same-range"),
+        pytest.param("wide", 1, id="wider-first"),
+        pytest.param(1, "wide", id="wider-second"),
+    ],
+)
+def test_a_duplicate_someone_made_is_reported_for_both_nodes_until_one_goes(
+    family: FamilyRange, first: int | str, second: int | str
+) -> None:
+    def cidr(which: int | str) -> str:
+        return (
+            str(netaddr.IPNetwork(subnet(family, 0)).supernet(family.node_mask_size - 1)[0])
+            if which == "wide"
+            else subnet(family, int(which))
+        )
+
+    allocations = NodeAllocations([family])
+    assert allocations.observe(node("a", cidr(first))).overlapping == ()
+    seen = allocations.observe(node("b", cidr(second)))
+    assert [name for name, _ in seen.overlapping] == ["a"]
+    assert REASON_DUPLICATE_POD_CIDR in [problem.reason for problem in seen.problems]
+    assert allocations.overlapping_count() == 2
+    assert allocations.overlapping_with("a") == ["b"]
+    allocations.forget("b", "uid-b")
+    assert allocations.overlapping_count() == 0 and allocations.overlapping_with("a") == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ranges_of_our_own_never_count_as_duplicates(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    for index in range(4):
+        reservation = allocations.reserve(node(f"n-{index}"))
+        allocations.patching(reservation)
+        assert allocations.commit(reservation)
+        observed = allocations.observe(node(f"n-{index}", str(reservation.cidrs[0])))
+        assert observed.overlapping == () and observed.problems == ()
+    assert allocations.overlapping_count() == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_range_someone_set_while_our_patch_was_in_flight_is_a_duplicate_at_commit(family: FamilyRange) -> None:
+    allocations = NodeAllocations([family])
+    reservation = allocations.reserve(node("ours"))
+    allocations.patching(reservation)
+    allocations.observe(node("theirs", str(reservation.cidrs[0])))
+    assert allocations.commit(reservation)
+    assert allocations.overlapping_with("ours") == ["theirs"] and allocations.overlapping_count() == 2
