@@ -72,7 +72,10 @@ def client_context() -> ssl.SSLContext:
 
 def open_tls(port: int, context: ssl.SSLContext, timeout: float = HANDSHAKE_SECONDS) -> ssl.SSLSocket | None:
     """A TLS connection to 127.0.0.1:port, handshake done; None when the server refused or dropped it."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError:
+        return None
     try:
         return context.wrap_socket(raw)
     except (OSError, ssl.SSLError):
