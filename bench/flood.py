@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VALID_TOKEN = "flood-scraper-token"
 VALID_USER = "system:serviceaccount:monitoring:prometheus"
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+#: Reviews the fake review API answers at once: the review client's connections (controller.lifecycle).
+REVIEWS_AT_ONCE = 2
 #: How long the flood's client waits for one TLS handshake (a refused connection fails at once).
 HANDSHAKE_SECONDS = 10.0
 #: How long a valid scrape or a probe may take before the bench calls it failed.
@@ -161,7 +163,7 @@ class Flood:
 class SlowReviews:
     """A review API answering after `seconds`, `in_flight` at a time; VALID_TOKEN may get /metrics."""
 
-    def __init__(self, seconds: float, in_flight: int = 2) -> None:
+    def __init__(self, seconds: float, in_flight: int = REVIEWS_AT_ONCE) -> None:
         self.seconds = seconds
         self.slots = asyncio.Semaphore(in_flight)
         self.token_reviews_sent = 0
