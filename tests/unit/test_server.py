@@ -16,15 +16,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from controller.localcluster.cluster import free_port
+from controller.metrics import Metrics
 from controller.secure_serving import (
     ACCESS_REVIEWS,
     CACHED_REJECTED_TOKENS,
     CLOSED_IDLE,
     DROPPED_HANDSHAKE,
     HANDSHAKE_TIMEOUT,
+    REFUSAL_REASONS,
     REFUSED_CONNECTION_LIMIT,
     RETRY_AFTER_SECONDS,
     REVIEW_QUEUE_FULL,
@@ -531,3 +533,21 @@ def test_a_client_that_leaves_takes_its_review_with_it() -> None:
         assert server.auth.reviews_under_way == 0
 
     serve_tls(test, ServingLimits())
+
+
+def test_refusals_are_counted_by_reason_each_reason_shown_from_the_start() -> None:
+    async def main() -> None:
+        metrics = Metrics()
+        reviews = HeldReviews()
+        auth = DelegatingAuth(reviews, limits=ServingLimits(waiting_unknown=1), refused=metrics.refused_on_metrics_port)
+        waiting = check(auth, secrets.token_hex(16))
+        await eventually(lambda: auth.waiting_for_review == 1, "a request waiting for its review")
+        assert (await check(auth, secrets.token_hex(16))).status == 429
+        text = generate_latest(metrics.registry).decode()
+        for reason in REFUSAL_REASONS:
+            count = 1.0 if reason == REVIEW_QUEUE_FULL else 0.0
+            assert f'node_ipam_controller_metrics_port_refused_total{{reason="{reason}"}} {count}' in text
+        reviews.gate.set()
+        await waiting
+
+    asyncio.run(main())
