@@ -273,6 +273,7 @@ def build_leader_election(
     return election
 
 
+_UNEXPANDED_VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?", re.IGNORECASE)
 
@@ -349,6 +350,14 @@ def check_bind_address(flag: str, address: str) -> None:
     if address in ("", "0"):
         return
     fix = "write it as host:port, :port, [::]:port, or 0 to turn it off (e.g. 127.0.0.1:9254)"
+    unexpanded = _UNEXPANDED_VARIABLE.search(address)
+    if unexpanded:  # the kubelet leaves $(NAME) as it is when the container has no such env variable
+        raise ConfigError(
+            flag,
+            f"{address!r} holds {unexpanded.group(0)}, which was not expanded",
+            f"give the container the env variable {unexpanded.group(1)} (the chart's metrics.bindPodIP sets POD_IP"
+            " from the downward API, status.podIP), or write an address, e.g. 10.0.0.5:9254",
+        )
     host, colon, port = address.rpartition(":")
     if not colon:
         raise ConfigError(flag, f"{address!r} has no port", fix)

@@ -28,6 +28,7 @@ from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations
 from controller.reconciler import Reconciler
+from controller.secure_serving import REVIEWS_IN_FLIGHT
 from controller.server import HealthServer
 
 logger = logging.getLogger("nodeipam")
@@ -143,10 +144,16 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
                 may_write=elector.is_leading,
             ) as kube,
             # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
-            # patches nor take a connection a Lease renewal needs.
-            KubeClient(credentials, max_in_flight=2, transient_attempts=1) as review_kube,
+            # patches nor take a connection a Lease renewal needs. As many connections as reviews at once.
+            KubeClient(credentials, max_in_flight=REVIEWS_IN_FLIGHT, transient_attempts=1) as review_kube,
         ):
-            health = HealthServer(settings.metrics_bind_address, metrics.registry, serving=settings.serving, reviews=review_kube)
+            health = HealthServer(
+                settings.metrics_bind_address,
+                metrics.registry,
+                serving=settings.serving,
+                reviews=review_kube,
+                refused=metrics.refused_on_metrics_port,
+            )
             await health.start()
             try:
                 if await _until_stopped(elector.acquire(), stopping.flag) is not None:

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from controller.allocators import CIDRSet
 from controller.gcpolicy import GENERATIONS, PauseRecorder
 from controller.pools import PoolUsage
+from controller.secure_serving import REFUSAL_REASONS
 
 NAMESPACE = "node_ipam_controller"
 CLUSTER_CIDR_LABEL = "clusterCIDR"
@@ -138,6 +139,19 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+
+        self.metrics_port_refused = Counter(
+            "metrics_port_refused",
+            "Connections and requests the metrics port refused or cut short, by reason (see README, metrics port).",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        for reason in REFUSAL_REASONS:  # every reason shows, at 0, from the start
+            self.metrics_port_refused.labels(reason)
+
+    def refused_on_metrics_port(self, reason: str) -> None:
+        self.metrics_port_refused.labels(reason).inc()
 
     def track_sets(self, sets: Iterable[CIDRSet]) -> None:
         """Usage gauges computed at scrape time from the sets themselves."""

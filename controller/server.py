@@ -4,19 +4,29 @@
 /readyz: a standby waiting for the lease is ready (so rolling updates and disruption budgets work); a
 leader is ready once its sets are rebuilt, and not while it rebuilds. As on kube-controller-manager's
 secure port, the health paths are anonymous and /metrics needs a token the API server authenticates
-and authorizes (controller.secure_serving).
+and authorizes (controller.secure_serving, which also bounds what a flood of connections or tokens costs:
+aiohttp serves HTTP on the connections its GuardedListener accepts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from controller.secure_serving import DelegatingAuth, ReviewAPI, ServingOptions, is_always_allowed, server_ssl_context
+from controller.secure_serving import (
+    MAX_REQUEST_HEADERS,
+    DelegatingAuth,
+    GuardedListener,
+    ReviewAPI,
+    ServingOptions,
+    is_always_allowed,
+    server_ssl_context,
+)
 
 logger = logging.getLogger("nodeipam.server")
 
@@ -45,15 +55,21 @@ class HealthServer:
         *,
         serving: ServingOptions | None = None,
         reviews: ReviewAPI | None = None,
+        refused: Callable[[str], None] | None = None,
     ) -> None:
-        """`reviews`: the client that sends TokenReviews and SubjectAccessReviews (None: /metrics is refused)."""
+        """`reviews`: the client that sends TokenReviews and SubjectAccessReviews (None: /metrics is refused).
+
+        `refused` is told why each time the port refuses or cuts short a connection or a request.
+        """
         self.bind = split_bind_address(bind_address)
         self.registry = registry
         self.serving = serving or ServingOptions()
-        self.auth = DelegatingAuth(reviews)
+        self._refused = refused or (lambda reason: None)
+        self.auth = DelegatingAuth(reviews, limits=self.serving.limits, refused=self._refused)
         self._ready: asyncio.Event | None = None  # set: leading and rebuilt; None: standby
         self._liveness: Callable[[], str | None] = lambda: None
         self._runner: web.AppRunner | None = None
+        self._listener: GuardedListener | None = None
 
     def watch(self, ready: asyncio.Event) -> None:
         """This replica now leads: report ready once `ready` (the rebuild) is set."""
@@ -71,28 +87,59 @@ class HealthServer:
         app.router.add_get("/readyz", self._readyz)
         return app
 
+    @property
+    def ports(self) -> list[int]:
+        """The ports listened on, once started (port 0 asks the system for one)."""
+        return self._listener.ports if self._listener is not None else []
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held, TLS handshakes in progress included."""
+        return self._listener.open_connections if self._listener is not None else 0
+
     async def start(self) -> None:
         if self.bind is None:
             return
-        self._runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        limits = self.serving.limits
+        self._runner = web.AppRunner(
+            self.application(),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            handler_cancellation=True,  # a client gone: its request's handler (and its review) is cancelled
+            keepalive_timeout=limits.idle_timeout,
+            max_headers=MAX_REQUEST_HEADERS,
+        )
         await self._runner.setup()
+        assert self._runner.server is not None
+        ssl_context = server_ssl_context(self.serving)
+        self._listener = GuardedListener(self._runner.server, ssl_context, limits, self._refused)
         host, port = self.bind
-        await web.TCPSite(self._runner, host, port, ssl_context=server_ssl_context(self.serving)).start()
+        await self._listener.start(host, port)
         logger.info("serving /metrics, /healthz and /readyz over https on %s:%d", host, port)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.auth.cancel_reviews()
 
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_always_allowed(request.path, self.serving.always_allow_paths):
-            return await handler(request)
-        decision = await self.auth.check(request.headers, request.path, request.method)
-        if decision.status != 200:
-            return web.Response(status=decision.status, text=decision.reason)
-        return await handler(request)
+        serving = self._listener.serving(request.transport) if self._listener is not None else contextlib.nullcontext()
+        with serving:
+            if is_always_allowed(request.path, self.serving.always_allow_paths):
+                return await handler(request)
+            decision = await self.auth.check(request.headers, request.path, request.method)
+            if decision.status == 200:
+                return await handler(request)
+            response = web.Response(status=decision.status, text=decision.reason)
+            if decision.retry_after is not None:  # refused for load: the connection goes too
+                response.headers["Retry-After"] = str(decision.retry_after)
+                response.force_close()
+            return response
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

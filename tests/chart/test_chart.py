@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from controller import cli
-from controller.config import Settings
+from controller.config import ConfigError, Settings
 from controller.localcluster.binaries import ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,6 +279,45 @@ def test_metrics_port_is_bound_probed_and_served(cluster_cidr: str, values: Valu
     assert service["type"] == "ClusterIP"
     assert service["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
     assert service["selector"] == deployment(objects)["spec"]["selector"]["matchLabels"]
+
+
+POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def expand_like_the_kubelet(arguments: list[str], env: dict[str, str]) -> list[str]:
+    """$(NAME) replaced by the container's env variable NAME; left as it is when there is none."""
+    expanded = []
+    for argument in arguments:
+        for name, value in env.items():
+            argument = argument.replace(f"$({name})", value)
+        expanded.append(argument)
+    return expanded
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "bind", "pod_ip", "expanded"),
+    [
+        pytest.param("10.244.0.0/16", "$(POD_IP):9254", "10.0.0.5", "10.0.0.5:9254", id="ipv4"),
+        pytest.param("fd00:10:244::/56", "[$(POD_IP)]:9254", "fd00::5", "[fd00::5]:9254", id="ipv6"),
+        pytest.param("10.244.0.0/16,fd00:10:244::/56", "$(POD_IP):9254", "10.0.0.5", "10.0.0.5:9254", id="dual-ipv4-primary"),
+        pytest.param("fd00:10:244::/56,10.244.0.0/16", "[$(POD_IP)]:9254", "fd00::5", "[fd00::5]:9254", id="dual-ipv6-primary"),
+    ],
+)
+def test_bind_pod_ip_binds_the_address_the_downward_api_gives(cluster_cidr: str, bind: str, pod_ip: str, expanded: str) -> None:
+    objects = render(with_cidr(cluster_cidr, metrics={"bindPodIP": True}))
+    the_container = container(objects)
+    assert flag(args(objects), "metrics-bind-address") == bind
+    assert the_container["env"] == [POD_IP_ENV]
+    settings = controller_settings(expand_like_the_kubelet(args(objects), {"POD_IP": pod_ip}))
+    assert settings.metrics_bind_address == expanded
+    # Without the variable the kubelet leaves $(POD_IP) as it is: the controller refuses it at start-up.
+    with pytest.raises(ConfigError, match=r"--metrics-bind-address: .*POD_IP"):
+        controller_settings(args(objects))
+    assert the_container["livenessProbe"]["httpGet"]["port"] == "metrics"  # the kubelet probes the Pod's IP
+
+
+def test_without_bind_pod_ip_there_is_no_env() -> None:
+    assert "env" not in container(render(with_cidr()))
 
 
 @pytest.mark.parametrize(
@@ -723,6 +762,7 @@ def test_optional_objects() -> None:
         pytest.param(with_cidr(metrics={"port": 0}), "port", id="metrics-port-0"),
         pytest.param(with_cidr(metrics={"readers": [{"name": "prometheus"}]}), "kind", id="metrics-reader-without-kind"),
         pytest.param(with_cidr(metrics={"tlsSecret": "Not_A_Name"}), "tlsSecret", id="tls-secret-not-a-name"),
+        pytest.param(with_cidr(metrics={"bindPodIP": "yes"}), "bindPodIP", id="bind-pod-ip-not-a-boolean"),
         pytest.param(with_cidr(flowSchema={"priorityLevel": ""}), "priorityLevel", id="flow-schema-without-level"),
         pytest.param(with_cidr(flowSchema={"matchingPrecedence": 10000}), "matchingPrecedence", id="precedence-10000"),
     ],
@@ -760,6 +800,11 @@ def test_schema_rejects_bad_values(values: Values, field: str) -> None:
             with_cidr("10.244.0.0/16", nodeCIDRMaskSize=64),
             "longer than an IPv4 address",
             id="single-mask-too-long-for-ipv4",
+        ),
+        pytest.param(
+            with_cidr(metrics={"bindPodIP": True, "bindHost": "10.0.0.5"}),
+            "metrics.bindPodIP and metrics.bindHost both choose the address to bind",
+            id="bind-pod-ip-and-bind-host",
         ),
     ],
 )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
+from bench.flood import REVIEWS_AT_ONCE, apiserver_token_reviews, measure, raise_open_files_limit
+from controller.localcluster.cluster import ADMIN_TOKEN
 from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
@@ -210,6 +212,35 @@ def test_metrics_need_a_token_health_does_not(cluster: Cluster, start_controller
     # The start-up freeze is one full collection at least, recorded as a pause of generation 2.
     full = re.search(r'node_ipam_controller_gc_pause_seconds_count\{generation="2"\} (\S+)', metrics)
     assert full is not None and float(full.group(1)) >= 1, metrics
+
+
+#: What a flood of the metrics port may add to the controller's memory: 128 connections take ~40 MiB;
+#: before the limits it added ~830 MiB (the chart's default memory limit is 310 MiB).
+FLOOD_MEMORY_MIB = 100
+
+
+def test_a_flood_of_the_metrics_port_leaves_memory_bounded_and_a_scrape_answers(
+    cluster: Cluster, start_controller: Start
+) -> None:
+    """1,000 idle TLS connections, then 2,000 /metrics requests with random tokens, all held open (bench/flood.py)."""
+    raise_open_files_limit()  # before the controller starts: it inherits the limit
+    controller = start_controller("--cluster-cidr=10.244.0.0/16")
+    cluster.create_nodes(["flooded"])
+    cluster.wait_assigned(["flooded"])
+    wait_for(lambda: controller.get("/readyz", token=None) == 200, what="readyz")
+
+    def token_reviews() -> int:
+        return apiserver_token_reviews(cluster.plane.server, ADMIN_TOKEN)
+
+    figures = measure(controller.metrics_port, controller.process.pid, 1000, 2000, ADMIN_TOKEN, token_reviews)
+    print("\n".join(figures.lines()))
+    assert figures.peak_rss_mib - figures.rss_at_rest_mib < FLOOD_MEMORY_MIB, figures
+    assert figures.scrape_status == 200 and figures.probe_status == 200, figures
+    assert figures.token_reviews_after_clients_left <= REVIEWS_AT_ONCE, figures
+    closed = re.search(
+        r'^node_ipam_controller_metrics_port_refused_total\{reason="idle_closed"\} (\S+)$', controller.read("/metrics"), re.M
+    )
+    assert closed is not None and float(closed.group(1)) > 0, "idle connections closed to make room are counted"
 
 
 BAD_FLAGS = [

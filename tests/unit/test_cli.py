@@ -126,6 +126,7 @@ RUN_FLAGS = [
     pytest.param(["--metrics-bind-address=192.0.2.1:9254"], "--metrics-bind-address", id="bind-ipv4-not-local"),
     pytest.param(["--metrics-bind-address=[2001:db8::1]:9254"], "--metrics-bind-address", id="bind-ipv6-not-local"),
     pytest.param(["--metrics-bind-address=host.invalid:9254"], "--metrics-bind-address", id="bind-unresolvable"),
+    pytest.param(["--metrics-bind-address=$(POD_IP):9254"], "--metrics-bind-address", id="bind-pod-ip-unexpanded"),
 ]
 
 

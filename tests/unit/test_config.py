@@ -303,6 +303,25 @@ RUN = "--cluster-cidr=10.0.0.0/16"
         pytest.param(["--metrics-bind-address=::1:9254"], "--metrics-bind-address", "without brackets", id="bind-ipv6-bare"),
         pytest.param(["--metrics-bind-address=[fd00::zz]:9254"], "--metrics-bind-address", "not an IPv6", id="bind-ipv6-bad"),
         pytest.param(["--metrics-bind-address=a b:9254"], "--metrics-bind-address", "not a host name", id="bind-host-space"),
+        # A $(VAR) the kubelet could not expand (no such env variable in the container): named, with the fix.
+        pytest.param(
+            ["--metrics-bind-address=$(POD_IP):9254"],
+            "--metrics-bind-address",
+            "env variable POD_IP",
+            id="bind-pod-ip-unexpanded",
+        ),
+        pytest.param(
+            ["--metrics-bind-address=[$(POD_IP)]:9254"],
+            "--metrics-bind-address",
+            "$(POD_IP), which was not expanded",
+            id="bind-pod-ip-unexpanded-ipv6",
+        ),
+        pytest.param(
+            ["--metrics-bind-address=fd00::5:9254"],
+            "--metrics-bind-address",
+            "without brackets",
+            id="bind-pod-ip-ipv6-expanded-bare",
+        ),
     ],
 )
 def test_run_refuses_values_that_cannot_work(flags: list[str], flag: str, fragment: str) -> None:
@@ -363,6 +382,11 @@ def test_run_refuses_values_that_cannot_work(flags: list[str], flag: str, fragme
         pytest.param(["--metrics-bind-address=127.0.0.1:0"], lambda s: s.metrics_bind_address == "127.0.0.1:0", id="bind-ipv4"),
         pytest.param(["--metrics-bind-address=[::1]:65535"], lambda s: s.metrics_bind_address == "[::1]:65535", id="bind-ipv6"),
         pytest.param(["--metrics-bind-address=localhost:9254"], lambda s: s.metrics_bind_address is not None, id="bind-name"),
+        pytest.param(
+            ["--metrics-bind-address=10.0.0.5:9254"],
+            lambda s: s.metrics_bind_address == "10.0.0.5:9254",
+            id="bind-pod-ip-expanded",
+        ),
     ],
 )
 def test_run_accepts_values_that_work(flags: list[str], check: Callable[[Settings], bool]) -> None:

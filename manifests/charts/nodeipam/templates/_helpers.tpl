@@ -90,11 +90,21 @@ The controller refuses --node-cidr-mask-size-ipv6 on an IPv4-only cluster and vi
 {{- end }}
 {{- end }}
 
-{{/* host:port for --metrics-bind-address: [::] when the primary (first) cluster CIDR is IPv6. */}}
+{{/*
+host:port for --metrics-bind-address: [::] when the primary (first) cluster CIDR is IPv6. With
+metrics.bindPodIP, the Pod's IP, which the kubelet expands from the POD_IP env variable (an IPv6
+address needs brackets before the port).
+*/}}
 {{- define "nodeipam.metricsBindAddress" -}}
+{{- $ipv6 := hasPrefix "ipv6" (include "nodeipam.families" .) }}
 {{- $host := .Values.metrics.bindHost }}
-{{- if not $host }}
-{{- $host = ternary "[::]" "0.0.0.0" (hasPrefix "ipv6" (include "nodeipam.families" .)) }}
+{{- if and .Values.metrics.bindPodIP $host }}
+{{- fail "metrics.bindPodIP and metrics.bindHost both choose the address to bind: set only one" }}
+{{- end }}
+{{- if .Values.metrics.bindPodIP }}
+{{- $host = ternary "[$(POD_IP)]" "$(POD_IP)" $ipv6 }}
+{{- else if not $host }}
+{{- $host = ternary "[::]" "0.0.0.0" $ipv6 }}
 {{- end }}
 {{- printf "%s:%d" $host (int .Values.metrics.port) }}
 {{- end }}
