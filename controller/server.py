@@ -18,15 +18,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from controller.secure_serving import (
-    MAX_REQUEST_HEADERS,
-    DelegatingAuth,
-    GuardedListener,
-    ReviewAPI,
-    ServingOptions,
-    is_always_allowed,
-    server_ssl_context,
-)
+from controller.secure_serving import MAX_REQUEST_HEADERS, ServingOptions, is_always_allowed, server_ssl_context
+from controller.serving_connections import GuardedListener
+from controller.serving_reviews import DelegatingAuth, ReviewAPI
 
 logger = logging.getLogger("nodeipam.server")
 

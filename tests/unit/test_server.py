@@ -33,14 +33,12 @@ from controller.secure_serving import (
     REVIEW_TIMEOUT,
     REVIEWS_IN_FLIGHT,
     TOKEN_REVIEWS,
-    Decision,
-    DelegatingAuth,
     ServingLimits,
     ServingOptions,
-    TTLCache,
     parse_always_allow_paths,
 )
 from controller.server import HealthServer
+from controller.serving_reviews import Decision, DelegatingAuth, TTLCache
 
 USERS = {"scraper-token": "system:serviceaccount:monitoring:prometheus", "nobody-token": "system:serviceaccount:x:nobody"}
 ALLOWED = {("system:serviceaccount:monitoring:prometheus", "/metrics", "get")}

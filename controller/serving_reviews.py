@@ -1,0 +1,324 @@
+"""Delegated authentication and authorization of /metrics: TokenReview, SubjectAccessReview, within bounds.
+
+Reviews wait in a bounded queue where a token accepted lately goes first; identical tokens share one
+review; a review nobody waits for any more is called off; answers are cached, in caches of bounded size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
+
+from controller.secure_serving import (
+    ACCESS_REVIEWS,
+    CACHED_ACCESS_DECISIONS,
+    CACHED_REJECTED_TOKENS,
+    CACHED_USERS,
+    KNOWN_TOKEN_SECONDS,
+    KNOWN_TOKENS,
+    RETRY_AFTER_SECONDS,
+    REVIEW_CACHE_SECONDS,
+    REVIEW_QUEUE_FULL,
+    REVIEW_TIMEOUT,
+    REVIEWS_IN_FLIGHT,
+    TOKEN_REVIEWS,
+    ServingLimits,
+    ignore_refusal,
+)
+
+logger = logging.getLogger("nodeipam.server")
+
+
+# -- Delegated authentication and authorization -----------------------------------------
+
+
+class ReviewAPI(Protocol):
+    """What the reviews need of controller.kube.KubeClient."""
+
+    async def request(self, method: str, path: str, *, body: Any = None) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The HTTP status to answer (200: go on), why, and for a 429 or 503 when to come back."""
+
+    status: int
+    reason: str
+    retry_after: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _User:
+    name: str
+    uid: str
+    groups: tuple[str, ...]
+    extra: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+class TTLCache(Generic[K, V]):
+    """At most `size` entries, each for `ttl` seconds; the least recently used goes first. O(1) a call."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._entries: collections.OrderedDict[K, tuple[float, V]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K, now: float) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expiry, value = entry
+        if expiry <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V, now: float) -> None:
+        self._entries[key] = (now + self.ttl, value)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+class _ReviewSlots:
+    """At most `size` reviews at the API server at once; when one is free, a known token's review goes first."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        # Waiters, known tokens' first; there are waiters only while no slot is free.
+        self._queues: tuple[collections.deque[asyncio.Future[None]], ...] = (collections.deque(), collections.deque())
+
+    @contextlib.asynccontextmanager
+    async def taken(self, known: bool) -> AsyncIterator[None]:
+        await self._acquire(known)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, known: bool) -> None:
+        if self._free > 0:
+            self._free -= 1
+            return
+        queue = self._queues[0 if known else 1]
+        waiter = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        for queue in self._queues:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
+@dataclasses.dataclass
+class _Flight(Generic[T]):
+    """One review under way, and how many requests wait for it."""
+
+    task: asyncio.Task[T]
+    waiters: int = 0
+
+
+class DelegatingAuth:
+    """TokenReview then SubjectAccessReview, each answer cached for `ttl` seconds (allowed and denied alike).
+
+    Requests waiting for a review are bounded (429 past it) and wait REVIEW_WAIT_SECONDS at most (503).
+    A token accepted within KNOWN_TOKEN_SECONDS goes ahead of the others, so that random tokens cannot
+    hold a scraper's back. Requests with the same token share one review, which is called off, queued or
+    sent, once none of them waits for it any more (their clients have gone, or they timed out).
+    """
+
+    def __init__(
+        self,
+        reviews: ReviewAPI | None,
+        ttl: float = REVIEW_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        limits: ServingLimits | None = None,
+        refused: Callable[[str], None] = ignore_refusal,
+    ):
+        self.reviews = reviews
+        self.ttl = ttl
+        self.clock = clock
+        self.limits = limits or ServingLimits()
+        self._refused = refused
+        # Keyed by a digest, so that tokens are not kept in memory longer than a request.
+        self._users: TTLCache[bytes, _User] = TTLCache(CACHED_USERS, ttl)
+        self._rejected: TTLCache[bytes, bool] = TTLCache(CACHED_REJECTED_TOKENS, ttl)
+        self._access: TTLCache[tuple[_User, str, str], bool] = TTLCache(CACHED_ACCESS_DECISIONS, ttl)
+        self._known: TTLCache[bytes, bool] = TTLCache(KNOWN_TOKENS, KNOWN_TOKEN_SECONDS)
+        self._slots = _ReviewSlots(REVIEWS_IN_FLIGHT)
+        self._token_flights: dict[bytes, _Flight[_User | None]] = {}
+        self._access_flights: dict[tuple[_User, str, str], _Flight[bool]] = {}
+        self._waiting = {True: 0, False: 0}  # requests waiting for a review, by token known or not
+
+    @property
+    def reviews_under_way(self) -> int:
+        """Reviews queued or at the API server."""
+        return len(self._token_flights) + len(self._access_flights)
+
+    @property
+    def waiting_for_review(self) -> int:
+        """Requests waiting for a review, queued or sent."""
+        return sum(self._waiting.values())
+
+    @property
+    def cached_entries(self) -> int:
+        """Answers cached, and tokens remembered as accepted lately."""
+        return len(self._users) + len(self._rejected) + len(self._access) + len(self._known)
+
+    async def check(self, headers: Mapping[str, str], path: str, method: str) -> Decision:
+        if self.reviews is None:
+            return Decision(403, "forbidden: no API client to review tokens")
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return Decision(401, "unauthorized: a bearer token is required")
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._known.get(digest, self.clock()) is not None
+        if self._waiting[known] >= (self.limits.waiting_known if known else self.limits.waiting_unknown):
+            self._refused(REVIEW_QUEUE_FULL)
+            return Decision(429, "too many requests: too many wait for a token review", RETRY_AFTER_SECONDS)
+        self._waiting[known] += 1
+        deadline = asyncio.timeout(self.limits.review_wait)
+        try:
+            async with deadline:
+                return await self._decide(token, digest, known, path, method.lower())
+        except Exception as error:
+            if deadline.expired():
+                self._refused(REVIEW_TIMEOUT)
+                return Decision(503, "service unavailable: the token review did not finish in time", RETRY_AFTER_SECONDS)
+            # The API server could not answer: refuse, and cache nothing.
+            logger.warning("could not review a request for %s: %s", path, error)
+            return Decision(500, "internal error: the API server could not review the request")
+        finally:
+            self._waiting[known] -= 1
+
+    def cancel_reviews(self) -> None:
+        """Call off every review under way (the server stops)."""
+        tasks: list[asyncio.Task[Any]] = [flight.task for flight in self._token_flights.values()]
+        tasks += [flight.task for flight in self._access_flights.values()]
+        for task in tasks:
+            task.cancel()
+
+    async def _decide(self, token: str, digest: bytes, known: bool, path: str, verb: str) -> Decision:
+        user = await self._authenticate(token, digest, known)
+        if user is None:
+            return Decision(401, "unauthorized: the token was not accepted")
+        if not await self._authorize(user, path, verb):
+            return Decision(403, f'forbidden: user "{user.name}" cannot {verb} path "{path}"')
+        return Decision(200, "ok")
+
+    async def _authenticate(self, token: str, digest: bytes, known: bool) -> _User | None:
+        now = self.clock()
+        if self._rejected.get(digest, now):
+            return None
+        user = self._users.get(digest, now)
+        if user is not None:
+            return user
+        return await self._shared(self._token_flights, digest, lambda: self._review_token(token, digest, known))
+
+    async def _review_token(self, token: str, digest: bytes, known: bool) -> _User | None:
+        assert self.reviews is not None
+        async with self._slots.taken(known):
+            review = await self.reviews.request(
+                "POST",
+                TOKEN_REVIEWS,
+                body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+            )
+        status = (review or {}).get("status") or {}
+        now = self.clock()
+        if not status.get("authenticated"):
+            self._rejected.put(digest, True, now)
+            return None
+        info = status.get("user") or {}
+        extra = tuple(sorted((k, tuple(v)) for k, v in (info.get("extra") or {}).items()))
+        user = _User(info.get("username", ""), info.get("uid", ""), tuple(info.get("groups") or ()), extra)
+        self._users.put(digest, user, now)
+        self._known.put(digest, True, now)
+        return user
+
+    async def _authorize(self, user: _User, path: str, verb: str) -> bool:
+        key = (user, path, verb)
+        allowed = self._access.get(key, self.clock())
+        if allowed is not None:
+            return allowed
+        return await self._shared(self._access_flights, key, lambda: self._review_access(key))
+
+    async def _review_access(self, key: tuple[_User, str, str]) -> bool:
+        assert self.reviews is not None
+        user, path, verb = key
+        spec: dict[str, Any] = {
+            "user": user.name,
+            "groups": list(user.groups),
+            "nonResourceAttributes": {"path": path, "verb": verb},
+        }
+        if user.uid:
+            spec["uid"] = user.uid
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra}
+        async with self._slots.taken(known=True):  # an authenticated user: goes first
+            review = await self.reviews.request(
+                "POST",
+                ACCESS_REVIEWS,
+                body={"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
+            )
+        allowed = bool(((review or {}).get("status") or {}).get("allowed"))
+        self._access.put(key, allowed, self.clock())
+        return allowed
+
+    async def _shared(self, flights: dict[K, _Flight[T]], key: K, review: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """The answer of the review under way for `key`, or of a new one (single flight).
+
+        A review that no request waits for any more is cancelled: still queued, it is never sent.
+        """
+        flight = flights.get(key)
+        if flight is None:
+            flight = _Flight(asyncio.ensure_future(review()))
+            flights[key] = flight
+            flight.task.add_done_callback(functools.partial(_landed, flights, key, flight))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()
+                if flights.get(key) is flight:
+                    del flights[key]
+
+
+def _landed(flights: dict[K, _Flight[T]], key: K, flight: _Flight[T], task: asyncio.Task[T]) -> None:
+    """A review ended: forget it; its error, if any, went to the requests that waited for it."""
+    if flights.get(key) is flight:
+        del flights[key]
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it otherwise when nobody was left to wait
