@@ -62,7 +62,9 @@ from controller.localcluster.nodebodies import realistic_node
 CLUSTER_CIDR = "10.0.0.0/8"
 KCM_MAX_SUBNETS = 2**16  # kube-controller-manager's cidrset refuses more node subnets per cluster CIDR
 SERVICE_CIDR = "192.168.0.0/16"  # outside the cluster CIDR, so neither controller loses subnets to it
-CONTROLLERS = ("nodeipam", "kube-controller-manager")
+#: nodeipam-elected: nodeipam with leader election on, as the chart runs it (every patch waits for the Lease to
+#: record it first); the others run alone, without election.
+CONTROLLERS = ("nodeipam", "kube-controller-manager", "nodeipam-elected")
 SCENARIOS = ("burst", "startup", "restart")
 CREATE_PARALLELISM = 64
 SETTLE_TIMEOUT = 900.0
@@ -219,11 +221,19 @@ class Controller:
     ) -> None:
         self.kind = kind
         self.label = kind + (" (QPS 20/30)" if throttled else "")
-        if kind == "nodeipam" and self.nodeipam_flags:
+        ours = kind in ("nodeipam", "nodeipam-elected")
+        if ours and self.nodeipam_flags:
             self.label += f" ({' '.join(self.nodeipam_flags)})"
         self.cluster_cidr = cluster_cidr
         self.node_mask = node_mask
-        if kind == "nodeipam":
+        if ours:
+            election = ["--leader-elect=false"]
+            if kind == "nodeipam-elected":
+                election = [
+                    "--leader-elect=true",
+                    f"--leader-elect-resource-name=bench-{int(time.time() * 1000)}",
+                    "--leader-elect-resource-namespace=kube-system",
+                ]
             argv = [
                 sys.executable,
                 "-m",
@@ -233,7 +243,7 @@ class Controller:
                 f"--cluster-cidr={cluster_cidr}",
                 f"--node-cidr-mask-size={node_mask}",
                 f"--service-cluster-ip-range={plane.service_cidr}",
-                "--leader-elect=false",
+                *election,
                 "--metrics-bind-address=0",
                 "--log-level=warning",
             ]
@@ -699,7 +709,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--controllers",
         type=choices(CONTROLLERS),
         default=list(CONTROLLERS),
-        help=f"comma-separated controllers to run (default {','.join(CONTROLLERS)})",
+        help=f"comma-separated controllers to run, of {','.join(CONTROLLERS)} (default {','.join(CONTROLLERS[:2])})",
     )
     parser.add_argument(
         "--skip-throttled", action="store_true", default=None, help="skip kube-controller-manager at its default QPS 20/30"
