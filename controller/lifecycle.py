@@ -250,10 +250,7 @@ async def _lead(
 
 
 def _in_flight(allocations: NodeAllocations) -> list[inflight.InFlight]:
-    return [
-        inflight.InFlight(reservation.name, reservation.uid, tuple(str(cidr) for cidr in reservation.cidrs))
-        for reservation in allocations.open_reservations()
-    ]
+    return [inflight.InFlight(name, uid, tuple(str(cidr) for cidr in cidrs)) for name, uid, cidrs in allocations.in_flight()]
 
 
 class LeadershipLost(RuntimeError):

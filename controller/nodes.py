@@ -279,6 +279,21 @@ class _Holding:
     as_written: tuple[str, ...]  # the podCIDRs as the API shows them, for a cheap "unchanged" test
 
 
+class Adopted(enum.Enum):
+    """What `NodeAllocations.adopt` did with a patch the last leader may still have in flight."""
+
+    RESUMED = "resumed"  # a reservation of the same ranges: the Node is patched with them again
+    KEPT_APART = "kept apart"  # claimed until the Node holds a range or is gone; the Node gets ranges of its own
+    DROPPED = "dropped"  # nothing it could set is known (not a CIDR)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KeptApart:
+    uid: str
+    cidrs: tuple[netaddr.IPNetwork, ...]
+    since: int
+
+
 @dataclasses.dataclass(frozen=True)
 class Release:
     node: str
@@ -333,6 +348,7 @@ class NodeAllocations:
         self._held_prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, prefix length)
         self._overlapping: dict[str, set[str]] = {}  # Node -> the other Nodes whose ranges overlap its own
         self._reservations: dict[str, Reservation] = {}
+        self._kept_apart: dict[str, _KeptApart] = {}  # ranges a deposed leader's patch may set on a Node
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sequence = 0
@@ -506,9 +522,15 @@ class NodeAllocations:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
-    def open_reservations(self) -> list[Reservation]:
-        """Every reservation not settled yet: what a patch may still set (sent, about to be, or of unknown outcome)."""
-        return list(self._reservations.values())
+    def in_flight(self) -> list[tuple[str, str, tuple[netaddr.IPNetwork, ...]]]:
+        """(Node, UID, ranges) of every patch that may still land: open reservations, and ranges kept apart."""
+        found = [(r.name, r.uid, r.cidrs) for r in self._reservations.values()]
+        return found + [(name, apart.uid, apart.cidrs) for name, apart in self._kept_apart.items()]
+
+    def kept_apart(self, name: str) -> tuple[netaddr.IPNetwork, ...]:
+        """Ranges a deposed leader's patch may still set on this Node, kept out of the pool meanwhile."""
+        apart = self._kept_apart.get(name)
+        return apart.cidrs if apart else ()
 
     def overlapping_count(self) -> int:
         """How many Nodes hold a range that overlaps another Node's (a duplicate someone made)."""
@@ -526,6 +548,15 @@ class NodeAllocations:
 
     def observe(self, node: NodeInfo) -> Observation:
         """Account for a Node as an event or a LIST entry shows it (possibly late)."""
+        apart = self._kept_apart.get(node.name)
+        if apart is None or apart.uid != node.uid or not node.pod_cidrs:
+            return self._observe(node)
+        # It holds a range now: the deposed leader's patch can no longer land (podCIDRs never change once set).
+        freed = self._release_kept_apart(node.name)
+        observation = self._observe(node)
+        return dataclasses.replace(observation, released=(*freed, *observation.released))
+
+    def _observe(self, node: NodeInfo) -> Observation:
         if node.uid in self._retired:
             return Observation(Outcome.NOTHING, why=f"a late event about a deleted incarnation (UID {node.uid})")
         reservation = self._reservations.get(node.name)
@@ -572,6 +603,10 @@ class NodeAllocations:
         if reservation is not None and reservation.uid != current_uid and reservation.since <= read_after:
             self._retire(name, reservation.uid)
             released += self._node_gone(reservation)
+        apart = self._kept_apart.get(name)
+        if apart is not None and apart.uid != current_uid and apart.since <= read_after:
+            self._retire(name, apart.uid)
+            released += self._release_kept_apart(name)
         if current is None:
             return Observation(Outcome.NOTHING, why="the Node is gone", released=tuple(released))
         observation = self.observe(current)
@@ -595,6 +630,10 @@ class NodeAllocations:
         if held is not None and held.uid == uid:
             matched = True
             released += self._drop_holding(name)
+        apart = self._kept_apart.get(name)
+        if apart is not None and apart.uid == uid:
+            matched = True
+            released += self._release_kept_apart(name)
         self._retire(name, uid)
         return Release(name, tuple(released)) if matched else None
 
@@ -695,36 +734,56 @@ class NodeAllocations:
         reservation.owned = True
         return reservation
 
-    def adopt(self, node: NodeInfo, pod_cidrs: Iterable[str]) -> Reservation | str:
+    def adopt(self, node: NodeInfo, pod_cidrs: Iterable[str]) -> tuple[Adopted, str]:
         """Keep the ranges of a patch the last leader may still have in flight for `node`, listed without a range.
 
         The patch names the Node's UID, so it can land only on this
-        incarnation, and only while it has no range. The reservation made
-        here is UNKNOWN and left for the next handling of the Node, which
-        patches the same ranges again: whichever patch lands first, the other
-        changes nothing. Returns it, or why nothing is kept: the ranges are
-        not node subnets of a served range now, or one is in use (the last
-        leader never reserves a range in use, so its patch was settled).
+        incarnation, and only while it has no range. When its ranges are free
+        node subnets of a served range (the usual case), an UNKNOWN reservation
+        of them is made, left for the next handling of the Node, which patches
+        the same ranges again: whichever patch lands first, the other changes
+        nothing. Otherwise (in use by a Node the last leader had not seen, say,
+        or the ranges changed meanwhile) they are claimed apart until the Node
+        holds a range or is gone, and the Node gets ranges of its own: once
+        those are set, the old patch can never land. Returns what was done
+        and, unless RESUMED, why.
         """
-        if node.pod_cidrs or node.uid in self._retired:
-            return "it holds podCIDRs already" if node.pod_cidrs else "it is deleted"
-        if node.name in self._reservations:
-            return "it has a reservation already"
         texts = tuple(pod_cidrs)
+        parsed = []
+        for text in texts:
+            try:
+                parsed.append(parse_cidr_sloppy(text)[0])
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                return Adopted.DROPPED, f"{text!r} is not a CIDR"
+        if node.pod_cidrs or node.uid in self._retired or not parsed:
+            return Adopted.DROPPED, "it holds podCIDRs already" if node.pod_cidrs else "it is deleted or the patch sets nothing"
+        cidrs = tuple(dict.fromkeys(parsed))
         classified = classify_pod_cidrs(texts, self._served)
-        if classified.problems or not texts:
-            return "; ".join(problem.message for problem in classified.problems) or "no podCIDRs"
-        cidrs = tuple(dict.fromkeys(classified.usable))
-        for cidr in cidrs:
+        why = "; ".join(problem.message for problem in classified.problems)
+        if not why and node.name in self._reservations:
+            why = "it has a reservation already"
+        for cidr in cidrs if not why else ():
             if any(entry.claims.cidr_set.used_count(cidr) for entry in self._sets_overlapping(cidr)):
-                return f"{cidr} is in use"
+                why = f"{cidr} is in use"
         for cidr in cidrs:
             self._claim(cidr)
+        if why:
+            self._kept_apart[node.name] = _KeptApart(node.uid, cidrs, self._tick())
+            return Adopted.KEPT_APART, why
         reservation = Reservation(node.name, node.uid, cidrs, self._tick(), state=ReservationState.UNKNOWN, owned=False)
         reservation.maybe_applied = True
         self._reservations[node.name] = reservation
         self._waiting.pop(node.name, None)
-        return reservation
+        return Adopted.RESUMED, ""
+
+    def _release_kept_apart(self, name: str) -> list[netaddr.IPNetwork]:
+        """The kept-apart ranges of `name` can no longer be set (its Node holds a range, or is gone): unclaim
+        them; returns the ranges freed."""
+        apart = self._kept_apart.get(name)
+        if apart is None:
+            return []
+        del self._kept_apart[name]
+        return [cidr for cidr in apart.cidrs if self._unclaim(cidr)]
 
     def patching(self, reservation: Reservation) -> None:
         """The patch with the reserved ranges is about to be sent."""
@@ -811,6 +870,11 @@ class NodeAllocations:
             (name, reservation.uid)
             for name, reservation in self._reservations.items()
             if not reservation.owned and reservation.since <= listed_after and live.get(name) != reservation.uid
+        ]
+        found += [
+            (name, apart.uid)
+            for name, apart in self._kept_apart.items()
+            if apart.since <= listed_after and live.get(name) != apart.uid
         ]
         return found
 

@@ -37,6 +37,7 @@ from controller.metrics import Metrics
 from controller.nodes import (
     REASON_DUPLICATE_POD_CIDR,
     REASON_INVALID_POD_CIDR,
+    Adopted,
     NodeAllocations,
     NodeInfo,
     Observation,
@@ -264,11 +265,20 @@ class Reconciler:
                     "the node holds podCIDRs or is gone" if node is None else "the node was replaced",
                 )
                 continue
-            kept = self.allocations.adopt(node, entry.cidrs)
-            if isinstance(kept, str):
-                logger.warning("the last leader's patch of node %s with %s is not taken over: %s", node.name, entry.cidrs, kept)
+            adopted, why = self.allocations.adopt(node, entry.cidrs)
+            cidrs = ",".join(entry.cidrs)
+            if adopted is Adopted.RESUMED:
+                logger.info("node %s: the last leader's patch with %s may still land; patched again with it", node.name, cidrs)
+            elif adopted is Adopted.KEPT_APART:
+                logger.warning(
+                    "node %s: the last leader's patch with %s may still land (%s): kept out of the pool until the node"
+                    " holds a range of its own or is gone",
+                    node.name,
+                    cidrs,
+                    why,
+                )
             else:
-                logger.info("node %s: the last leader's patch with %s may still land; kept for it", node.name, _join(kept.cidrs))
+                logger.warning("node %s: the last leader's patch with %s is dropped: %s", node.name, cidrs, why)
 
     async def assign_all(self, nodes: Iterable[NodeInfo], read_after: int | None = None) -> int:
         """Handle many Nodes at once, bounded by the in-flight limit; returns how many.

@@ -5,13 +5,17 @@ out of range, service-range-like, written with leading zeros), deleted
 (the DELETED event delivered or missed), re-created under the same name,
 shown late (old snapshots), given ranges by someone else; reservations are
 patched with each outcome (applied, refused, unknown: applied or not),
-settled by reads, abandoned, resumed; the resync runs. After every step:
+settled by reads, abandoned, resumed; the resync runs; the leader changes
+(a new allocator rebuilt from the API and the old one's record of open
+reservations, while the old one's patches may still land late). After every step:
 
 - what the allocator hands out never overlaps what a live holder it knows of
   holds (a Node, a reservation, a service range);
 - a node subnet is marked iff some claim covers it;
 - nothing leaks: once every Node is gone and every reservation settled, only
-  the service ranges stay marked.
+  the service ranges stay marked;
+- no patch of an earlier leader that can still land carries a range that a
+  Node holds from us, or that the current leader has reserved for another.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class ApiNode:
     uid: str
     pod_cidrs: tuple[str, ...]
     known: bool  # the allocator has been shown this incarnation with its current podCIDRs
+    ours: bool = False  # its podCIDRs came from one of our patches
 
 
 def _overlap(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
@@ -67,6 +72,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         self.uids = itertools.count()
         self.service_cidrs: list[netaddr.IPNetwork] = []
         self.allocations = NodeAllocations([self.family])
+        self.deposed: list[Reservation] = []  # patches earlier leaders had open at their hand-over: they may land
 
     @initialize(services=st.integers(min_value=0, max_value=2))
     def start(self, services: int) -> None:
@@ -121,7 +127,8 @@ class AllocationsMachine(RuleBasedStateMachine):
     def create(self, name: str, preset: st.DataObject, deliver: bool) -> None:
         if name in self.api:
             return
-        cidrs = preset.draw(st.sampled_from([(), (), *[(text,) for text in self.presets]]))
+        # Half of them without podCIDRs: those are the ones that get ranges, and patches that may land late.
+        cidrs = preset.draw(st.one_of(st.just(()), st.sampled_from([(text,) for text in self.presets])))
         node = NodeInfo(name, f"uid-{next(self.uids)}", cidrs)
         self.api[name] = ApiNode(node.uid, cidrs, known=False)
         self.history.append(node)
@@ -185,7 +192,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         values = tuple(str(cidr) for cidr in reservation.cidrs)
         if node.pod_cidrs and node.pod_cidrs != values:
             return 422
-        node.pod_cidrs = values
+        node.pod_cidrs, node.ours = values, True
         node.known = True  # the allocator reserved exactly these
         self.history.append(NodeInfo(reservation.name, reservation.uid, values))
         return None
@@ -247,6 +254,84 @@ class AllocationsMachine(RuleBasedStateMachine):
         if reservation is not None:
             self.allocations.abandon(reservation)
 
+    # -- a new leader ---------------------------------------------------------------------------
+
+    @rule()
+    def hand_over(self) -> None:
+        """The leader changes: its open reservations were recorded in the Lease; its patches may still land."""
+        record = self.allocations.in_flight()
+        for name, uid, cidrs in record:
+            reservation = self.allocations.reservation(name)
+            if reservation is None or reservation.uid != uid or reservation.state is not ReservationState.RESERVED:
+                self.deposed.append(Reservation(name, uid, cidrs, 0))  # sent, or kept apart: it may land
+        self.tasks.clear()
+        self.allocations = NodeAllocations([self.family], self.service_cidrs)
+        waiting = {}
+        for name in list(self.api):
+            current = self.current(name)
+            assert current is not None
+            self.allocations.observe(current)
+            self.shown(current)
+            if not current.pod_cidrs:
+                waiting[name] = current
+        for name, uid, cidrs in record:
+            node = waiting.get(name)
+            if node is not None and node.uid == uid:
+                self.allocations.adopt(node, [str(cidr) for cidr in cidrs])
+
+    @rule(name=st.sampled_from(NAMES))
+    def hand_over_mid_patch(self, name: str) -> None:
+        """A Node registers (unless it exists), the leader sends its patch, then loses the lease before any answer."""
+        if name not in self.api:
+            node = NodeInfo(name, f"uid-{next(self.uids)}")
+            self.api[name] = ApiNode(node.uid, (), known=False)
+            self.history.append(node)
+            self.deliver(node)
+        if name not in self.tasks:
+            self.reserve(name)
+        reservation = self.tasks.get(name)
+        if reservation is not None and reservation.state in (ReservationState.RESERVED, ReservationState.UNKNOWN):
+            self.allocations.patching(reservation)
+        self.hand_over()
+
+    @rule(index=st.integers(min_value=0), deliver=st.booleans())
+    def late_patch_lands(self, index: int, deliver: bool) -> None:
+        """A patch an earlier leader sent reaches the API server now."""
+        if not self.deposed:
+            return
+        reservation = self.deposed.pop(index % len(self.deposed))
+        before = self.api.get(reservation.name)
+        was = (before.pod_cidrs, before.known) if before is not None else None
+        if self.apply(reservation) is not None or before is None or was is None:
+            return
+        # `apply` takes the patch for the current leader's own; this one is not: known only if nothing changed.
+        before.known = was[1] and was[0] == before.pod_cidrs
+        snapshot = self.current(reservation.name)
+        assert snapshot is not None
+        if deliver:
+            self.deliver(snapshot)
+
+    @invariant()
+    def no_late_patch_can_duplicate(self) -> None:
+        for late in self.deposed:
+            node = self.api.get(late.name)
+            if node is None or node.uid != late.uid or node.pod_cidrs:
+                continue  # it can no longer land
+            for name, other in self.api.items():
+                if name == late.name or not other.ours:
+                    continue
+                for cidr in classify_pod_cidrs(other.pod_cidrs, [self.family]).usable:
+                    assert not any(_overlap(cidr, ours) for ours in late.cidrs), (
+                        f"an earlier leader's patch of {late.name} with {late.cidrs} may still land; {name} holds {cidr}"
+                    )
+            for name in NAMES:
+                reservation = self.allocations.reservation(name)
+                if name == late.name or reservation is None:
+                    continue
+                assert not any(_overlap(a, b) for a in reservation.cidrs for b in late.cidrs), (
+                    f"an earlier leader's patch of {late.name} with {late.cidrs} may still land; {name} has {reservation.cidrs}"
+                )
+
     @rule()
     def resync(self) -> None:
         mark = self.allocations.sequence
@@ -267,6 +352,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         for name, node in list(self.api.items()):
             del self.api[name]
             self.allocations.forget(name, node.uid)
+        self.deposed.clear()  # their Nodes are gone: none can land
         for reservation in list(self.tasks.values()):
             if reservation.state is ReservationState.UNKNOWN:
                 self.allocations.resolve(reservation, None, read_after=self.allocations.sequence)
@@ -286,6 +372,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         claims = list(self.service_cidrs)
         for name in NAMES:
             claims += self.allocations.holding(name)
+            claims += self.allocations.kept_apart(name)
             reservation = self.allocations.reservation(name)
             if reservation is not None:
                 claims += reservation.cidrs

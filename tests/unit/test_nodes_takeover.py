@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import netaddr
 import pytest
 
 from controller.config import FamilyRange
-from controller.nodes import REASON_DUPLICATE_POD_CIDR, NodeAllocations, NodeInfo, Outcome, Reservation, ReservationState
+from controller.nodes import REASON_DUPLICATE_POD_CIDR, Adopted, NodeAllocations, NodeInfo, Outcome, ReservationState
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/28"), 30)
 V6 = FamilyRange(netaddr.IPNetwork("fd00:10::/62"), 64)
@@ -25,42 +27,69 @@ def subnet(family: FamilyRange, index: int) -> str:
 def test_a_kept_patch_is_patched_again_and_its_range_goes_to_no_other_node(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     victim = node("victim")
-    kept = allocations.adopt(victim, [subnet(family, 1)])
-    assert isinstance(kept, Reservation) and kept.state is ReservationState.UNKNOWN and not kept.owned
+    assert allocations.adopt(victim, [subnet(family, 1)]) == (Adopted.RESUMED, "")
+    kept = allocations.reservation("victim")
+    assert kept is not None and kept.state is ReservationState.UNKNOWN and not kept.owned
     handed = {str(allocations.reserve(node(f"n-{i}")).cidrs[0]) for i in range(3)}
     assert subnet(family, 1) not in handed, "the kept range is handed to no other Node"
     assert allocations.observe(victim).outcome is Outcome.RESUME, "the victim gets the same range again"
     assert allocations.resume(victim) is kept
-    assert [str(cidr) for cidr in allocations.open_reservations()[0].cidrs] == [subnet(family, 1)]
+    assert ("victim", "uid-victim", (netaddr.IPNetwork(subnet(family, 1)),)) in allocations.in_flight()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_kept_patch_frees_its_range_once_its_node_is_gone(family: FamilyRange) -> None:
+@pytest.mark.parametrize("adopted", [Adopted.RESUMED, Adopted.KEPT_APART])
+def test_a_kept_patch_frees_its_range_once_its_node_is_gone(family: FamilyRange, adopted: Adopted) -> None:
     allocations = NodeAllocations([family])
-    assert isinstance(allocations.adopt(node("victim"), [subnet(family, 0)]), Reservation)
+    if adopted is Adopted.KEPT_APART:
+        allocations.observe(node("other", subnet(family, 0)))
+    assert allocations.adopt(node("victim"), [subnet(family, 0)])[0] is adopted
+    allocations.forget("other", "uid-other")
+    assert allocations.sets[0].is_allocated(subnet(family, 0)), "kept for the victim"
     release = allocations.forget("victim", "uid-victim")
     assert release is not None and [str(cidr) for cidr in release.cidrs] == [subnet(family, 0)]
-    assert allocations.open_reservations() == []
+    assert allocations.in_flight() == [] and not allocations.sets[0].is_allocated(subnet(family, 0))
+
+
+def first_half(family: FamilyRange) -> str:
+    return str(next(netaddr.IPNetwork(subnet(family, 0)).subnet(family.node_mask_size + 1)))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
-    ("arrange", "why"),
+    ("arrange", "cidr", "why"),
     [
-        pytest.param(lambda a, f: a.observe(node("other", subnet(f, 0))), "is in use", id="held-by-another-node"),
-        pytest.param(lambda a, f: a.reserve(node("other")), "is in use", id="reserved-for-another-node"),
-        pytest.param(lambda a, f: a.reserve(node("victim")), "has a reservation already", id="victim-has-one"),
-        pytest.param(lambda a, f: None, "does not match the node subnets", id="not-a-node-subnet"),
+        pytest.param(lambda a, f: a.observe(node("other", subnet(f, 0))), subnet, "is in use", id="held-by-a-node-not-seen"),
+        pytest.param(lambda a, f: a.reserve(node("other")), subnet, "is in use", id="reserved-for-another-node"),
+        pytest.param(lambda a, f: a.reserve(node("victim")), subnet, "has a reservation already", id="victim-has-one"),
+        pytest.param(lambda a, f: None, lambda f, _: first_half(f), "does not match", id="ranges-changed-meanwhile"),
     ],
 )
-def test_a_patch_that_cannot_be_in_flight_any_more_is_not_kept(family: FamilyRange, arrange: object, why: str) -> None:
+def test_a_patch_that_cannot_be_patched_again_is_kept_apart_until_its_node_holds_a_range(
+    family: FamilyRange, arrange: Callable[..., object], cidr: Callable[..., str], why: str
+) -> None:
     allocations = NodeAllocations([family])
-    arrange(allocations, family)  # type: ignore[operator]
-    cidr = subnet(family, 0) if why != "does not match the node subnets" else str(family.cluster_cidr)
-    before = [(r.name, r.cidrs) for r in allocations.open_reservations()]
-    kept = allocations.adopt(node("victim"), [cidr])
-    assert isinstance(kept, str) and why in kept
-    assert [(r.name, r.cidrs) for r in allocations.open_reservations()] == before
+    arrange(allocations, family)
+    kept = cidr(family, 0)
+    adopted, said = allocations.adopt(node("victim"), [kept])
+    assert adopted is Adopted.KEPT_APART and why in said
+    assert allocations.kept_apart("victim") == (netaddr.IPNetwork(kept),)
+    # The victim gets a range of its own; once it shows it, the old patch can never land, and its range is freed.
+    reservation = allocations.reservation("victim")
+    if reservation is None:  # a fresh one never overlaps what is kept apart
+        reservation = allocations.reserve(node("victim"))
+        assert not any(ours in netaddr.IPNetwork(kept) or netaddr.IPNetwork(kept) in ours for ours in reservation.cidrs)
+    allocations.patching(reservation)
+    assert allocations.commit(reservation)
+    allocations.observe(node("victim", *(str(c) for c in reservation.cidrs)))
+    assert allocations.kept_apart("victim") == ()
+    assert "victim" not in [name for name, _, _ in allocations.in_flight()]
+
+
+def test_a_patch_that_is_no_cidr_is_dropped() -> None:
+    allocations = NodeAllocations([V4])
+    assert allocations.adopt(node("victim"), ["not-a-cidr"])[0] is Adopted.DROPPED
+    assert allocations.in_flight() == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)
