@@ -540,6 +540,17 @@ class NodeAllocations:
         """The other Nodes whose ranges overlap this Node's."""
         return sorted(self._overlapping.get(name, ()))
 
+    def overlaps_of(self, name: str) -> Observation:
+        """The duplicates this Node's ranges are part of, as `observe` reports them (after a commit, say)."""
+        held = self.holding(name)
+        pairs = [
+            (other, theirs)
+            for other in self.overlapping_with(name)
+            for theirs in self.holding(other)
+            if any(_overlaps(theirs, ours) for ours in held)
+        ]
+        return Observation(Outcome.NOTHING, tuple(_duplicate_problems(held, pairs)), overlapping=tuple(pairs))
+
     def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
         """The default pool's set of the CIDR's family, if the flags serve that family."""
         return next((cidr_set for cidr_set in self.sets if cidr_set.version == cidr.version), None)
@@ -935,14 +946,7 @@ class NodeAllocations:
         since = previous.since if previous is not None else self._tick()
         self._forget_overlaps(node.name)
         overlapping = self._record_overlaps(node.name, usable)
-        for other, theirs in overlapping:
-            problems.append(
-                Problem(
-                    REASON_DUPLICATE_POD_CIDR,
-                    f"podCIDR {_join(c for c in usable if _overlaps(c, theirs))} overlaps {theirs} of node {other}; "
-                    "both stay out of the pool until every holder is gone",
-                )
-            )
+        problems += _duplicate_problems(usable, overlapping)
         self._holdings[node.name] = _Holding(node.uid, usable, since, node.pod_cidrs)
         self._claim_all(node.name, [cidr for cidr in usable if cidr not in before])
         released = self._unclaim_all(node.name, [cidr for cidr in before if cidr not in set(usable)])
@@ -1065,6 +1069,18 @@ class NodeAllocations:
                 others.discard(name)
                 if not others:
                     del self._overlapping[other]
+
+
+def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable[tuple[str, netaddr.IPNetwork]]) -> list[Problem]:
+    ours = tuple(ours)
+    return [
+        Problem(
+            REASON_DUPLICATE_POD_CIDR,
+            f"podCIDR {_join(c for c in ours if _overlaps(c, theirs))} overlaps {theirs} of node {other}; "
+            "both stay out of the pool until every holder is gone",
+        )
+        for other, theirs in overlapping
+    ]
 
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:

@@ -704,7 +704,8 @@ class Reconciler:
                     return
                 self._count_allocation(node, cidrs, attempt, seen_at)
                 logger.info("allocated %s to node %s", _join(cidrs), node.name)
-                await self._report_overlaps_found_late(node)
+                if self.allocations.overlapping_with(node.name):  # someone else set an overlapping range meanwhile
+                    await self._note(node, self.allocations.overlaps_of(node.name))
                 return
             kept = ""
             if reservation is not None and reservation.is_open:
@@ -737,17 +738,6 @@ class Reconciler:
         if freed:
             self._capacity_freed.set()
         return freed
-
-    async def _report_overlaps_found_late(self, node: NodeInfo) -> None:
-        """Someone else set a range overlapping ours while our patch was in flight: reported on both Nodes."""
-        held = self.allocations.holding(node.name)
-        for other in self.allocations.overlapping_with(node.name):
-            message = f"podCIDR {_join(held)} overlaps a podCIDR of node {other}; both stay out of the pool until both are gone"
-            logger.warning("node %s: %s", node.name, message)
-            await self._warn(node, REASON_DUPLICATE_POD_CIDR, message)
-            for theirs in self.allocations.holding(other):
-                if any(theirs in ours or ours in theirs for ours in held):  # CIDRs overlap only by nesting
-                    await self._warn_other_holder(other, theirs, node.name)
 
     async def _after_unknown(
         self, node: NodeInfo, reservation: Reservation, attempt: int, error: ApiError
