@@ -10,6 +10,7 @@ finalizer and status are written by the reconciler, not by kopf.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import importlib.metadata
 import inspect
@@ -184,6 +185,24 @@ def kopf_settings(initial_streaming: bool = False) -> kopf.OperatorSettings:
     return settings
 
 
+def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """What kopf's login handler gives kopf. May block renewing a token (an exec plugin): kopf calls a sync login
+    handler in a thread, and logs in again once `expiration` has passed, which is when the token is due for
+    renewal, before it expires."""
+    token = credentials.renewed_token()
+    renew_at = credentials.renewing.renew_at if credentials.renewing is not None else None
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        ca_path=credentials.ca_file,
+        insecure=credentials.insecure,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_path=credentials.cert_file,
+        private_key_path=credentials.key_file,
+        expiration=datetime.datetime.fromtimestamp(renew_at, datetime.UTC) if renew_at is not None else None,
+    )
+
+
 def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.OperatorRegistry:
     """The handlers: credentials for kopf's watch; Node and NodeCIDRPool events (if the CRD is installed) into the reconciler.
 
@@ -194,15 +213,7 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=credentials.server,
-            ca_path=credentials.ca_file,
-            insecure=credentials.insecure,
-            scheme="Bearer" if credentials.current_token() else None,
-            token=credentials.current_token(),
-            certificate_path=credentials.cert_file,
-            private_key_path=credentials.key_file,
-        )
+        return connection_info(credentials)
 
     if reconciler.pools_served:
 
