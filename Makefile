@@ -6,13 +6,19 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup binaries node-assets lint test chaos demo demo-node bench bench-scale manifests clean
 
-$(STAMP): pyproject.toml
+# The runtime dependencies are the image's: requirements.lock, hashes checked. The test tools are not in the
+# lock; they are installed beside it with the lock's pins as constraints, so that none of them moves a runtime
+# dependency (a conflict fails here instead).
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' requirements.lock > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[test]'
+	$(BIN)/pip check
 	touch $(STAMP)
 
-## setup: a virtualenv with the project and its test tools
+## setup: a virtualenv with the project, its runtime dependencies as locked, and its test tools
 setup: $(STAMP)
 
 ## binaries: etcd, kube-apiserver, kubectl, helm for the tests (cached in ~/.cache/nodeipam; ~10 min cold)
@@ -53,7 +59,7 @@ bench: binaries
 
 ## bench-scale: bursts of 2,000 to 100,000 Nodes and restarts at 60,000 and 100,000 (about an hour here), then the plot
 bench-scale: binaries
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[bench]'
 	$(BIN)/python -m controller.localcluster.binaries kube-controller-manager
 	$(BIN)/python -m bench --profile scale --json bench/results/scale.json
 	$(BIN)/python -m bench.plot bench/results/scale.json -o docs/bench-scale.png --memory-limit-mb 816 --memory-limit-label "chart limit, sizing.nodes=100000"

@@ -10,7 +10,9 @@ finalizer and status are written by the reconciler, not by kopf.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
+import importlib
 import importlib.metadata
 import inspect
 import json
@@ -18,12 +20,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import kopf
-import kopf._cogs.clients.api as kopf_api
-import kopf._cogs.clients.scanning as kopf_scanning
-import kopf._cogs.clients.watching as kopf_watching
 import msgspec
 
 from controller.kube import Credentials
@@ -40,12 +40,39 @@ _KOPF_DIR = os.path.dirname(kopf.__file__) + os.sep
 logger = logging.getLogger("nodeipam")
 
 
+def _kopf_internal(name: str) -> ModuleType | None:
+    """One of kopf's private modules; None if this kopf release has no module of that name."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# kopf's private modules, adjusted below only while their code is as expected. A kopf release that moves one
+# leaves its adjustment not applied (said in the log when it would be), never this module unimportable.
+kopf_api = _kopf_internal("kopf._cogs.clients.api")
+kopf_scanning = _kopf_internal("kopf._cogs.clients.scanning")
+kopf_watching = _kopf_internal("kopf._cogs.clients.watching")
+
+
+def _kopf_version() -> str:
+    return importlib.metadata.version("kopf")
+
+
 class _NoSuchError(Exception):
     """Stands for kopf's watch error class if a kopf release renames it: then no failure of kopf's is retried."""
 
 
-#: What kopf raises for an ERROR event in a watch stream (other than 410 Gone, which it handles itself).
-_WATCH_STREAM_ERROR: type[Exception] = getattr(kopf_watching, "WatchingError", _NoSuchError)
+def kopf_watch_error() -> type[Exception]:
+    """What kopf raises for an ERROR event in a watch stream (other than 410 Gone, which it handles itself).
+
+    _NoSuchError, with a log line, if this kopf release has no such class where 1.45 has it.
+    """
+    error = getattr(kopf_watching, "WatchingError", None)
+    if isinstance(error, type) and issubclass(error, Exception):
+        return error
+    logger.info("kopf %s: its watch errors are unknown here: one ends the controller instead of restarting kopf", _kopf_version())
+    return _NoSuchError
 
 
 def quiet_closing_of_kopf_streams(loop: asyncio.AbstractEventLoop) -> None:
@@ -89,10 +116,10 @@ def decode_kopf_watch_events_with_msgspec() -> bool:
     decoder = getattr(kopf_api, "json", None)
     if decoder is _MsgspecJson:
         return True  # a second operator in this process
-    if decoder is not json:
-        logger.info("kopf %s: its watch events are decoded by its own decoder", importlib.metadata.version("kopf"))
+    if kopf_api is None or decoder is not json:
+        logger.info("kopf %s: its watch events are decoded by its own decoder", _kopf_version())
         return False
-    kopf_api.json = _MsgspecJson  # type: ignore[attr-defined,assignment]
+    kopf_api.json = _MsgspecJson  # type: ignore[attr-defined]
     return True
 
 
@@ -107,11 +134,12 @@ def cancel_kopfs_discovery_reads_with_it() -> bool:
     that, as it ends, it cancels the reads of kopf's scanning module that
     began during it and still run. Only a coroutine function is wrapped, once.
     """
-    scan = kopf_scanning.scan_resources
+    scanning = kopf_scanning
+    scan = getattr(scanning, "scan_resources", None)
     if getattr(scan, "cancels_its_reads", False):
         return True  # a second operator in this process
-    if not inspect.iscoroutinefunction(scan):
-        logger.info("kopf %s: its discovery is left as it is", importlib.metadata.version("kopf"))
+    if scanning is None or not inspect.iscoroutinefunction(scan):
+        logger.info("kopf %s: its discovery is left as it is", _kopf_version())
         return False
 
     @functools.wraps(scan)
@@ -122,11 +150,11 @@ def cancel_kopfs_discovery_reads_with_it() -> bool:
         finally:  # none is left when the scan ends by itself
             for task in asyncio.all_tasks() - before:
                 code = getattr(task.get_coro(), "cr_code", None)
-                if code is not None and code.co_filename == kopf_scanning.__file__:
+                if code is not None and code.co_filename == scanning.__file__:
                     task.cancel()
 
     scan_resources.cancels_its_reads = True  # type: ignore[attr-defined]
-    kopf_scanning.scan_resources = scan_resources
+    scanning.scan_resources = scan_resources  # type: ignore[attr-defined]
     return True
 
 
@@ -184,6 +212,24 @@ def kopf_settings(initial_streaming: bool = False) -> kopf.OperatorSettings:
     return settings
 
 
+def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """What kopf's login handler gives kopf. May block renewing a token (an exec plugin): kopf calls a sync login
+    handler in a thread, and logs in again once `expiration` has passed, which is when the token is due for
+    renewal, before it expires."""
+    token = credentials.renewed_token()
+    renew_at = credentials.renewing.renew_at if credentials.renewing is not None else None
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        ca_path=credentials.ca_file,
+        insecure=credentials.insecure,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_path=credentials.cert_file,
+        private_key_path=credentials.key_file,
+        expiration=datetime.datetime.fromtimestamp(renew_at, datetime.UTC) if renew_at is not None else None,
+    )
+
+
 def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.OperatorRegistry:
     """The handlers: credentials for kopf's watch; Node and NodeCIDRPool events (if the CRD is installed) into the reconciler.
 
@@ -194,15 +240,7 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=credentials.server,
-            ca_path=credentials.ca_file,
-            insecure=credentials.insecure,
-            scheme="Bearer" if credentials.current_token() else None,
-            token=credentials.current_token(),
-            certificate_path=credentials.cert_file,
-            private_key_path=credentials.key_file,
-        )
+        return connection_info(credentials)
 
     if reconciler.pools_served:
 
@@ -257,6 +295,7 @@ async def operate(
     """
     decode_kopf_watch_events_with_msgspec()
     cancel_kopfs_discovery_reads_with_it()
+    watch_error = kopf_watch_error()
     registry = build_registry(credentials, reconciler)
     backoff = RestartBackoff()
     while True:
@@ -274,7 +313,7 @@ async def operate(
                 ready_flag=ready,
             )
             return
-        except _WATCH_STREAM_ERROR as error:
+        except watch_error as error:
             delay = backoff.delay_after(time.monotonic() - started_at)
             logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", error, delay)
             if on_restart is not None:

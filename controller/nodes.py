@@ -157,7 +157,9 @@ def _shows(node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
         return False
 
 
-def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) -> Classified:
+def classify_pod_cidrs(
+    pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange], service_cidrs: Iterable[netaddr.IPNetwork] = ()
+) -> Classified:
     """Decide which of a Node's podCIDRs to occupy, and what to warn about.
 
     `ranges` are the cluster CIDRs, or every CIDR of every pool (several per
@@ -165,9 +167,12 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
     overlaps one is occupied even when its mask is wrong or it sticks out, so
     that no overlapping range is ever handed out. Values are read as
     kube-controller-manager reads them (leading zeros as decimal), so that
-    both agree on which ranges are taken.
+    both agree on which ranges are taken. A podCIDR overlapping one of
+    `service_cidrs` is occupied too, and reported: its pods may get the
+    addresses of Services.
     """
     served = tuple(ranges)
+    services = tuple(service_cidrs)
     usable: list[netaddr.IPNetwork] = []
     problems: list[Problem] = []
     for text in pod_cidrs:
@@ -210,6 +215,15 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
                     f"podCIDR {text} does not match the node subnets of {family}; the ranges it covers are kept out of the pool",
                 )
             )
+        for service in services:
+            if _overlaps(cidr, service):
+                problems.append(
+                    Problem(
+                        REASON_INVALID_POD_CIDR,
+                        f"podCIDR {text} overlaps the service range {service} (--service-cluster-ip-range): pods on this"
+                        " Node may get the addresses of Services; both stay out of the pool",
+                    )
+                )
         usable.append(cidr)
     return Classified(tuple(usable), tuple(problems))
 
@@ -934,7 +948,7 @@ class NodeAllocations:
         if held is not None and held.as_written == node.pod_cidrs:
             return Observation(Outcome.NOTHING, why="already accounted for")  # every status update lands here
         self._waiting.pop(node.name, None)
-        classified = classify_pod_cidrs(node.pod_cidrs, self._served)
+        classified = classify_pod_cidrs(node.pod_cidrs, self._served, self.all_service_cidrs)
         usable = classified.usable
         if held is not None and held.cidrs == usable:
             held.as_written = node.pod_cidrs

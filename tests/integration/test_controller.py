@@ -176,6 +176,31 @@ def test_service_cidr_is_kept_out_of_the_pool(
     cluster.wait_event(left_out, "CIDRNotAvailable")
 
 
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "service_cidr", "at_start", "later"),
+    [
+        pytest.param("10.0.0.0/8", 24, "10.96.0.0/12", "10.96.3.0/24", "10.96.4.0/24", id="ipv4"),
+        pytest.param("fd00:10::/48", 64, "fd00:10:0:4::/63", "fd00:10:0:4::/64", "fd00:10:0:5::/64", id="ipv6"),
+    ],
+)
+def test_a_pod_cidr_in_the_service_range_is_a_warning_on_its_node(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int, service_cidr: str, at_start: str, later: str
+) -> None:
+    cluster.create_nodes(["at-start"], pod_cidrs=(at_start,))
+    start_controller(
+        f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask), f"--service-cluster-ip-range={service_cidr}"
+    )
+    cluster.create_nodes(["fresh"])
+    fresh = ipaddress.ip_network(cluster.wait_assigned(["fresh"])["fresh"][0])
+    assert not fresh.overlaps(ipaddress.ip_network(service_cidr))  # type: ignore[arg-type]
+    cluster.create_nodes(["later"], pod_cidrs=(later,))  # the controller is serving: seen by the watch
+    for name, pod_cidr in (("at-start", at_start), ("later", later)):
+        event = cluster.wait_event(name, "InvalidPodCIDR")
+        assert event.type == "Warning"
+        assert pod_cidr in event.message and f"service range {service_cidr}" in event.message, event.message
+    assert cluster.pod_cidrs()["at-start"] == [at_start] and cluster.pod_cidrs()["later"] == [later]
+
+
 def test_sigkill_mid_burst_then_restart_gives_no_duplicates(cluster: Cluster, start_controller: Start) -> None:
     names = [f"burst-{i}" for i in range(300)]
     first = start_controller("--cluster-cidr=10.240.0.0/14")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -177,3 +181,40 @@ def test_kopf_restart_delay_doubles_while_its_runs_fail_and_starts_over_after_a_
 ) -> None:
     backoff = handlers.RestartBackoff()
     assert [backoff.delay_after(ran_for) for ran_for in runs] == delays
+
+
+#: In a fresh interpreter: kopf imported, then one of its private modules made unimportable (as a kopf release
+#: that moved it), then this controller's kopf wiring imported and each adjustment tried.
+KOPF_WITHOUT = """
+import json, logging, sys
+import kopf
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+sys.modules[sys.argv[1]] = None  # importing it now raises ImportError
+from controller import handlers
+print(json.dumps({
+    "decoder": handlers.decode_kopf_watch_events_with_msgspec(),
+    "discovery": handlers.cancel_kopfs_discovery_reads_with_it(),
+    "watch_error": handlers.kopf_watch_error() is not handlers._NoSuchError,
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "not_applied", "logged"),
+    [
+        pytest.param("kopf._cogs.clients.api", "decoder", "its watch events are decoded by its own decoder", id="api"),
+        pytest.param("kopf._cogs.clients.scanning", "discovery", "its discovery is left as it is", id="scanning"),
+        pytest.param("kopf._cogs.clients.watching", "watch_error", "its watch errors are unknown here", id="watching"),
+    ],
+)
+def test_a_kopf_that_moved_a_private_module_leaves_that_adjustment_not_applied(
+    module: str, not_applied: str, logged: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KOPF_WITHOUT, module], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2]
+    )
+    assert done.returncode == 0, done.stderr
+    applied = json.loads(done.stdout)
+    assert applied == {name: name != not_applied for name in ("decoder", "discovery", "watch_error")}
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"kopf {importlib.metadata.version('kopf')}: {logged}"), line

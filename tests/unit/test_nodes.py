@@ -281,6 +281,33 @@ def test_service_range_stays_out_after_a_node_holding_exactly_it_is_deleted(clus
 
 
 @pytest.mark.parametrize(
+    ("cluster", "mask", "service", "pod_cidr"),
+    [
+        pytest.param("10.0.0.0/8", 24, "10.96.0.0/12", "10.96.3.0/24", id="ipv4"),
+        pytest.param("fd00:10::/48", 64, "fd00:10:0:5::/112", "fd00:10:0:5::/64", id="ipv6"),
+    ],
+)
+def test_a_pod_cidr_in_the_service_range_is_reported_and_stays_taken(
+    cluster: str, mask: int, service: str, pod_cidr: str
+) -> None:
+    family = FamilyRange(netaddr.IPNetwork(cluster), mask)
+    allocations = NodeAllocations([family], [netaddr.IPNetwork(service)])
+    observation = allocations.observe(node("in-services", pod_cidr))
+    assert observation.outcome is Outcome.OCCUPIED
+    (problem,) = observation.problems
+    assert problem.reason == REASON_INVALID_POD_CIDR
+    assert pod_cidr in problem.message and f"service range {service}" in problem.message
+    assert allocations.holding("in-services") == (netaddr.IPNetwork(pod_cidr),)
+    allocations.forget("in-services", "uid-in-services")
+    assert allocations.sets[0].is_allocated(pod_cidr), "the service range keeps the subnet taken"
+
+    classified = classify_pod_cidrs([pod_cidr], [family], [netaddr.IPNetwork(service)])
+    assert [str(cidr) for cidr in classified.usable] == [pod_cidr]
+    assert [problem.reason for problem in classified.problems] == [REASON_INVALID_POD_CIDR]
+    assert classify_pod_cidrs([pod_cidr], [family]).problems == (), "no service range given, nothing to report"
+
+
+@pytest.mark.parametrize(
     ("cluster", "mask", "wide"),
     [
         pytest.param("10.0.0.0/8", 24, "10.0.0.0/8", id="ipv4-whole-cluster"),
