@@ -1,4 +1,4 @@
-"""The thin I/O layer: the only module besides operator.py that talks to the API.
+"""The thin I/O layer: every request of the controller to the API goes through it (kopf's watch aside).
 
 It speaks raw JSON over aiohttp (the HTTP library kopf itself uses): model
 objects of the official client halve the throughput of a Python controller,
