@@ -457,6 +457,8 @@ def test_a_node_retried_while_the_range_is_still_exhausted_is_warned_once(family
     late = api.add("late")
     reconciler = handled(family, api, *nodes, late, late)  # e.g. a release elsewhere woke the waiters
     assert api.reasons() == ["CIDRNotAvailable"]
+    exhausted = f"there are no remaining CIDRs left to allocate in the range {family.cluster_cidr}"
+    assert api.events[0][2] == f"no node CIDR available: {exhausted}", "kube-controller-manager's words, no pool named"
     assert [node.name for node in reconciler.allocations.waiting()] == ["late"]
 
 
