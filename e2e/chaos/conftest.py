@@ -26,8 +26,17 @@ from controller.inspect import find_problems
 from controller.localcluster.cluster import LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
-from tests.integration.conftest import Cluster, ControllerProcess, cluster, control_plane, core, start_controller  # noqa: F401
-from tests.integration.test_faults import Proxied, allocated_metric, expected_allocated, node_infos, proxied  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401 - fixtures
+    Cluster,
+    ControllerProcess,
+    Proxied,
+    cluster,
+    control_plane,
+    core,
+    proxied,
+    start_controller,
+)
+from tests.integration.test_faults import allocated_metric, expected_allocated, node_infos
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_DEADLINE = 120.0  # seconds a create or delete keeps retrying through an outage

@@ -34,12 +34,11 @@ from e2e.chaos.conftest import (
 )
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Rule, is_watch
-from tests.integration.conftest import Cluster, ControllerProcess, leader_flags
+from tests.integration.conftest import Cluster, ControllerProcess, Proxied, leader_flags
 from tests.integration.test_faults import (
     NODE_PATCH,
     NODE_WATCH,
     OLD_LEADER_EXIT_CODES,
-    Proxied,
     assert_exits_by_itself,
     expected_allocated,
     flaky_rules,

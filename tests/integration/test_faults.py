@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -29,7 +29,15 @@ from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_resumed_watch, is_watch, not_watch
-from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, fetch, leader_flags, no_duplicates
+from tests.integration.conftest import (
+    LEASE_SECONDS,
+    Cluster,
+    ControllerProcess,
+    Proxied,
+    fetch,
+    leader_flags,
+    no_duplicates,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,42 +54,6 @@ SMALL_RANGES = pytest.mark.parametrize(
 
 
 # -- helpers shared with the chaos suite ---------------------------------------------------------------
-
-
-class Proxied:
-    """Controllers started each behind its own FaultProxy; the proxies outlive them."""
-
-    def __init__(self, plane: LocalControlPlane, start: Start) -> None:
-        self.plane = plane
-        self.start = start
-        self.started: list[tuple[FaultProxy, ControllerProcess]] = []
-
-    def __call__(self, *flags: str, seed: int = 0, proxy: FaultProxy | None = None) -> tuple[FaultProxy, ControllerProcess]:
-        """`nodeipam run FLAGS --master=<proxy>`; a new proxy unless one is given."""
-        proxy = proxy or FaultProxy(self.plane.server, seed=seed).start()
-        controller = self.start(*flags, f"--master={proxy.url}")
-        self.started.append((proxy, controller))
-        return proxy, controller
-
-    def close(self) -> None:
-        """Release stalls first, so the controllers can stop cleanly; then the proxies."""
-        for proxy, _ in self.started:
-            proxy.clear()
-        failures = []
-        for _, controller in self.started:  # every one is stopped, whatever the others did
-            code = controller.stop()
-            if code not in controller.expected_codes:
-                failures.append(f"controller exited with {code}:\n{controller.log()}")
-        for proxy in {id(proxy): proxy for proxy, _ in self.started}.values():
-            proxy.stop()
-        assert not failures, "\n".join(failures)
-
-
-@pytest.fixture
-def proxied(control_plane: LocalControlPlane, start_controller: Start) -> Iterator[Proxied]:
-    started = Proxied(control_plane, start_controller)
-    yield started
-    started.close()
 
 
 def node_infos(core: client.CoreV1Api) -> list[NodeInfo]:
@@ -448,10 +420,11 @@ def lease_holder(plane: LocalControlPlane, lease: str) -> str:
 
 
 class Registrations:
-    """Nodes registering one after another in a thread, until stopped."""
+    """Nodes registering one after another in a thread, until stopped; `sent` says when each create was sent."""
 
     def __init__(self, core: client.CoreV1Api, prefix: str, interval: float = 0.1, limit: int = 250) -> None:
         self.names: list[str] = []
+        self.sent: dict[str, float] = {}  # name -> Unix time its create was sent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(core, prefix, interval, limit), daemon=True)
 
@@ -468,6 +441,7 @@ class Registrations:
             if self._stop.wait(interval):
                 return
             name = f"{prefix}-{index}"
+            self.sent[name] = time.time()
             core.create_node(realistic_node(name, index))
             self.names.append(name)
 
