@@ -230,6 +230,35 @@ def test_bad_pod_cidrs_are_reported_and_everything_else_is_served(
 
 
 @pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "other_family"),
+    [
+        pytest.param("10.244.0.0/16", 24, ("fd00:99::/64", "fd00:99:0:1::/64"), id="ipv6-pod-cidr-on-an-ipv4-controller"),
+        pytest.param("fd00:10:244::/48", 64, ("10.99.0.0/24", "10.99.1.0/24"), id="ipv4-pod-cidr-on-an-ipv6-controller"),
+    ],
+)
+def test_a_pod_cidr_of_a_family_not_served_is_a_warning_and_everything_else_is_served(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int, other_family: tuple[str, str]
+) -> None:
+    """kube-controller-manager crash-loops on such a Node; here it is a Warning on it, seen at start-up and later."""
+    listed, watched = other_family
+    cluster.create_nodes(["listed"], pod_cidrs=(listed,))  # found by the start-up LIST
+    controller = start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
+    cluster.create_nodes(["first"])
+    cluster.wait_assigned(["first"])
+    cluster.create_nodes(["watched"], pod_cidrs=(watched,))  # seen by the watch
+    version = ipaddress.ip_network(listed).version
+    for name, cidr in (("listed", listed), ("watched", watched)):
+        event = cluster.wait_event(name, "InvalidPodCIDR")
+        assert event.type == "Warning", (name, event.type)
+        assert event.message == f"podCIDR {cidr} is IPv{version}, but this controller serves only {cluster_cidr}; ignored"
+    later = [f"later-{i}" for i in range(3)]
+    cluster.create_nodes(later)
+    cidrs = cluster.wait_single_ranges_inside(["first", *later], cluster_cidr, mask)
+    assert (cidrs["listed"], cidrs["watched"]) == ([listed], [watched]), "left as they are"
+    assert controller.process.poll() is None
+
+
+@pytest.mark.parametrize(
     ("cluster_cidr", "mask"),
     [pytest.param("10.244.0.0/23", 24, id="ipv4"), pytest.param("fd00:10:244::/63", 64, id="ipv6")],
 )
