@@ -2,11 +2,15 @@
 
 The audit: no duplicate, overlapping or out-of-range podCIDRs; every live Node
 assigned; the controller's allocated count equal to the live Nodes' ranges.
-Sizes come from the profile (NODEIPAM_CHAOS=quick|full, see conftest.py).
+Scenario 4 is also watched as it runs: every podCIDR write is checked against
+the live holders of that moment (tests/overlapwatch.py). Every scenario runs
+with an IPv4 and an IPv6 cluster CIDR. Sizes come from the profile
+(NODEIPAM_CHAOS=quick|full, see conftest.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import threading
@@ -30,12 +34,11 @@ from e2e.chaos.conftest import (
 )
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Rule, is_watch
-from tests.integration.conftest import Cluster, ControllerProcess, leader_flags
+from tests.integration.conftest import Cluster, ControllerProcess, Proxied, leader_flags
 from tests.integration.test_faults import (
     NODE_PATCH,
     NODE_WATCH,
     OLD_LEADER_EXIT_CODES,
-    Proxied,
     assert_exits_by_itself,
     expected_allocated,
     flaky_rules,
@@ -43,6 +46,7 @@ from tests.integration.test_faults import (
     lease_holder,
     node_infos,
 )
+from tests.overlapwatch import OverlapWatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(PROFILE.timeout)]
 
@@ -111,23 +115,41 @@ def finish(
     service: str | None = None,
     foreign: frozenset[str] = frozenset(),
     extra: str = "",
+    watch: OverlapWatch | None = None,
 ) -> AuditResult:
-    """The audit, the summary line, then the assertions."""
+    """The audit, the summary line, then the assertions (the overlap watch's first, if the scenario had one)."""
     result = audit(core, controller, ranges, service, foreign, timeout=max(120.0, PROFILE.burst_nodes / 10))
+    if watch is not None:
+        watch.settle()
+        extra = f"{extra} {watch.summary()}".strip()
     summarize(scenario, result, faults, started, seed, extra)
+    if watch is not None:
+        watch.assert_no_overlap()
     assert_clean(result, controller)
     return result
+
+
+#: Each scenario's IPv4 and IPv6 row: the family, its cluster CIDR and the node mask.
+BURST_FAMILIES = [
+    pytest.param("ipv4", "10.128.0.0/12", 24, id="ipv4"),
+    pytest.param("ipv6", "fd00:128::/48", 64, id="ipv6"),
+]
+FAMILY_COLUMNS = ("family", "cluster_cidr", "mask")
 
 
 # -- 1. SIGKILL the controller at random moments during a burst ---------------------------------------
 
 
-def test_1_sigkill_the_controller_during_a_burst(cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start) -> None:
+@pytest.mark.parametrize(FAMILY_COLUMNS, BURST_FAMILIES)
+def test_1_sigkill_the_controller_during_a_burst(
+    cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start, family: str, cluster_cidr: str, mask: int
+) -> None:
     seed, started = seed_for("1"), time.monotonic()
     rng = random.Random(seed)
-    cluster_cidr, count, kills = "10.128.0.0/12", PROFILE.burst_nodes, PROFILE.kills
-    ranges = config.build_ranges(cluster_cidr, 24)
-    flags = (f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=30s")
+    sizes = PROFILE.for_family(family)
+    count, kills = sizes.burst_nodes, sizes.kills
+    ranges = config.build_ranges(cluster_cidr, mask)
+    flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=30s")
     controller = start_controller(*flags)
     thresholds = sorted(rng.sample(range(count // 10, count), kills))
     with Burst(chaos_core, [f"s1-{i}" for i in range(count)], rate=count / (kills * 4.0)) as burst:
@@ -136,30 +158,37 @@ def test_1_sigkill_the_controller_during_a_burst(cluster: Cluster, chaos_core: c
             time.sleep(rng.uniform(0.5, 3.0))  # a random moment in the controller's life, start-up included
             controller.kill()
             controller = start_controller(*flags)
-    finish("1-sigkill-burst", chaos_core, controller, ranges, kills, started, seed, extra=f"kills={kills}")
+    finish(f"1-sigkill-burst/{family}", chaos_core, controller, ranges, kills, started, seed, extra=f"kills={kills}")
 
 
 # -- 2. restart kube-apiserver, or etcd, mid-burst --------------------------------------------------------
 
 
+@pytest.mark.parametrize(FAMILY_COLUMNS, BURST_FAMILIES)
 @pytest.mark.parametrize(
     ("component", "kill"), [pytest.param("kube-apiserver", False, id="apiserver"), pytest.param("etcd", True, id="etcd")]
 )
 def test_2_restart_the_control_plane_mid_burst(
-    cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start, component: str, kill: bool
+    cluster: Cluster,
+    chaos_core: client.CoreV1Api,
+    start_controller: Start,
+    component: str,
+    kill: bool,
+    family: str,
+    cluster_cidr: str,
+    mask: int,
 ) -> None:
     seed, started = seed_for("2"), time.monotonic()
-    cluster_cidr, count = "10.128.0.0/12", PROFILE.burst_nodes
-    ranges = config.build_ranges(cluster_cidr, 24)
-    controller = start_controller(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=30s")
+    count = PROFILE.for_family(family).burst_nodes
+    ranges = config.build_ranges(cluster_cidr, mask)
+    controller = start_controller(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=30s")
     wait_for(lambda: controller.get("/readyz") == 200, what="the controller to be ready")
     restart = cluster.plane.restart_apiserver if component == "kube-apiserver" else cluster.plane.restart_etcd
     with Burst(chaos_core, [f"s2-{i}" for i in range(count)], rate=count / 10.0) as burst:
         burst.wait_created(count // 3)
         restart(kill=kill)
-    finish(
-        f"2-restart-{component}", chaos_core, controller, ranges, 1, started, seed, extra=f"{'SIGKILL' if kill else 'SIGTERM'}"
-    )
+    how = "SIGKILL" if kill else "SIGTERM"
+    finish(f"2-restart-{component}/{family}", chaos_core, controller, ranges, 1, started, seed, extra=how)
 
 
 # -- 3. leader election: kill the leader, stall its renewals ------------------------------------------------
@@ -171,19 +200,23 @@ def test_2_restart_the_control_plane_mid_burst(
 LEASE_SECONDS = 8
 
 
-def replica_flags(identity: str, lease: str, cluster_cidr: str) -> list[str]:
-    flags = (f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=30s")
+def replica_flags(identity: str, lease: str, cluster_cidr: str, mask: int) -> list[str]:
+    flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=30s")
     return leader_flags(identity, lease, *flags, lease_seconds=LEASE_SECONDS)
 
 
-def test_3a_kill_the_leader_mid_burst(cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start) -> None:
+@pytest.mark.parametrize(FAMILY_COLUMNS, BURST_FAMILIES)
+def test_3a_kill_the_leader_mid_burst(
+    cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start, family: str, cluster_cidr: str, mask: int
+) -> None:
     seed, started = seed_for("3a"), time.monotonic()
     rng = random.Random(seed)
-    cluster_cidr, count, kills = "10.128.0.0/12", PROFILE.burst_nodes, PROFILE.leader_kills
-    ranges = config.build_ranges(cluster_cidr, 24)
-    lease = f"chaos-kill-{int(time.time())}"
+    sizes = PROFILE.for_family(family)
+    count, kills = sizes.burst_nodes, sizes.leader_kills
+    ranges = config.build_ranges(cluster_cidr, mask)
+    lease = f"chaos-kill-{family}-{int(time.time())}"
     serial = itertools.count(2)
-    replicas = {identity: start_controller(*replica_flags(identity, lease, cluster_cidr)) for identity in ("r0", "r1")}
+    replicas = {identity: start_controller(*replica_flags(identity, lease, cluster_cidr, mask)) for identity in ("r0", "r1")}
     wait_for(lambda: lease_holder(cluster.plane, lease) in replicas, what="a leader")
     thresholds = sorted(rng.sample(range(count // 10, count), kills))
     with Burst(chaos_core, [f"s3a-{i}" for i in range(count)], rate=count / (kills * 8.0 + 4)) as burst:
@@ -192,26 +225,29 @@ def test_3a_kill_the_leader_mid_burst(cluster: Cluster, chaos_core: client.CoreV
             leader = lease_holder(cluster.plane, lease)
             replicas.pop(leader).kill()
             identity = f"r{next(serial)}"  # unique: two replicas of one identity would both count as the holder
-            replicas[identity] = start_controller(*replica_flags(identity, lease, cluster_cidr))
+            replicas[identity] = start_controller(*replica_flags(identity, lease, cluster_cidr, mask))
             wait_for(
                 lambda leader=leader: lease_holder(cluster.plane, lease) not in ("", leader),  # type: ignore[misc]
                 timeout=LEASE_SECONDS * 5,
                 what="a standby to take over",
             )
     current = replicas[lease_holder(cluster.plane, lease)]
-    finish("3a-kill-leader", chaos_core, current, ranges, kills, started, seed, extra=f"leader-kills={kills}")
+    finish(f"3a-kill-leader/{family}", chaos_core, current, ranges, kills, started, seed, extra=f"leader-kills={kills}")
 
 
-def test_3b_stall_the_leaders_renewals_mid_burst(cluster: Cluster, chaos_core: client.CoreV1Api, proxied: Proxied) -> None:
+@pytest.mark.parametrize(FAMILY_COLUMNS, BURST_FAMILIES)
+def test_3b_stall_the_leaders_renewals_mid_burst(
+    cluster: Cluster, chaos_core: client.CoreV1Api, proxied: Proxied, family: str, cluster_cidr: str, mask: int
+) -> None:
     seed, started = seed_for("3b"), time.monotonic()
-    cluster_cidr, count = "10.128.0.0/12", PROFILE.burst_nodes
-    ranges = config.build_ranges(cluster_cidr, 24)
-    lease = f"chaos-stall-{int(time.time())}"
+    count = PROFILE.for_family(family).burst_nodes
+    ranges = config.build_ranges(cluster_cidr, mask)
+    lease = f"chaos-stall-{family}-{int(time.time())}"
     lease_path = f"^/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}$"
-    first_proxy, first = proxied(*replica_flags("first", lease, cluster_cidr))
+    first_proxy, first = proxied(*replica_flags("first", lease, cluster_cidr, mask))
     first.expected_codes = OLD_LEADER_EXIT_CODES
     wait_for(lambda: lease_holder(cluster.plane, lease) == "first", what="first to lead")
-    _, second = proxied(*replica_flags("second", lease, cluster_cidr))
+    _, second = proxied(*replica_flags("second", lease, cluster_cidr, mask))
     with Burst(chaos_core, [f"s3b-{i}" for i in range(count)], rate=count / 20.0) as burst:
         burst.wait_created(count // 4)
         first_proxy.add(Rule(Action.STALL, path=lease_path, methods=frozenset({"GET", "PUT"}), name="stall-lease"))
@@ -223,7 +259,7 @@ def test_3b_stall_the_leaders_renewals_mid_burst(cluster: Cluster, chaos_core: c
     first_proxy.clear()
     result = audit(chaos_core, second, ranges)
     summarize(
-        "3b-stall-renewals",
+        f"3b-stall-renewals/{family}",
         result,
         first_proxy.total_injected(),
         started,
@@ -238,14 +274,19 @@ def test_3b_stall_the_leaders_renewals_mid_burst(cluster: Cluster, chaos_core: c
 # -- 4. create/delete cycles, deletes racing creates of the same names -------------------------------------
 
 
+@pytest.mark.parametrize(
+    FAMILY_COLUMNS,
+    # 64 ranges for 40 names: reuse comes quickly
+    [pytest.param("ipv4", "10.64.0.0/18", 24, id="ipv4"), pytest.param("ipv6", "fd00:64::/58", 64, id="ipv6")],
+)
 def test_4_create_delete_cycles_with_reused_names(
-    cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start
+    cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start, family: str, cluster_cidr: str, mask: int
 ) -> None:
     seed, started = seed_for("4"), time.monotonic()
     rng = random.Random(seed)
-    cluster_cidr, pool = "10.64.0.0/18", [f"c{i}" for i in range(40)]
-    ranges = config.build_ranges(cluster_cidr, 24)  # 64 ranges for 40 names: reuse comes quickly
-    controller = start_controller(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=10s")
+    pool = [f"c{i}" for i in range(40)]
+    ranges = config.build_ranges(cluster_cidr, mask)
+    controller = start_controller(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10s")
     plan = [rng.choice(pool) for _ in range(PROFILE.cycles)]
     recreated = 0
     lock = threading.Lock()
@@ -260,67 +301,113 @@ def test_4_create_delete_cycles_with_reused_names(
             time.sleep(rng.uniform(0, 0.3))  # sometimes long enough for the controller to patch
         delete_node(chaos_core, name)
 
-    with ThreadPoolExecutor(PROFILE.in_flight) as workers:
-        list(workers.map(cycle, enumerate(plan)))
-    for index, name in enumerate(pool):
-        create_node(chaos_core, name, index)
-    finish(
-        "4-create-delete-cycles",
-        chaos_core,
-        controller,
-        ranges,
-        PROFILE.cycles,
-        started,
-        seed,
-        extra=f"cycles={PROFILE.cycles} in-flight={PROFILE.in_flight} new-uids={recreated}",
-    )
+    # Every podCIDR write is checked as it happens: a duplicate handed out and deleted again is gone by the end.
+    with OverlapWatch(chaos_core) as watch:
+        with ThreadPoolExecutor(PROFILE.in_flight) as workers:
+            list(workers.map(cycle, enumerate(plan)))
+        for index, name in enumerate(pool):
+            create_node(chaos_core, name, index)
+        finish(
+            f"4-create-delete-cycles/{family}",
+            chaos_core,
+            controller,
+            ranges,
+            PROFILE.cycles,
+            started,
+            seed,
+            extra=f"cycles={PROFILE.cycles} in-flight={PROFILE.in_flight} new-uids={recreated}",
+            watch=watch,
+        )
+    assert watch.writes >= len(pool), "the watch saw at least the patches of the Nodes left"
 
 
 # -- 5. bad data mixed into a burst ------------------------------------------------------------------------------
 
-SERVICE_RANGE = "10.200.0.0/25"  # inside the cluster CIDR: 10.200.0.0/24 is never a Node's
-BAD_BEFORE = {  # set by someone else before the controller starts
-    "bad-outside": ("192.168.5.0/24",),
-    "bad-long-0": ("10.200.4.0/26",),
-    "bad-long-1": ("10.200.4.64/26",),
-    "bad-long-2": ("10.200.4.128/26",),
-    "bad-long-3": ("10.200.4.192/26",),
-    "bad-service": (SERVICE_RANGE,),
-}
-BAD_DURING = {  # registered mid-burst, high in the range: next-fit has not handed these out yet when they appear
-    "bad-wrong-mask": ("10.200.250.0/23",),
-    "bad-other-family": ("fd00:99::/64",),
-    "bad-dup-a": ("10.200.253.0/24",),
-    "bad-dup-b": ("10.200.253.0/24",),
+
+@dataclasses.dataclass(frozen=True)
+class BadData:
+    """One family's cluster CIDR (256 node subnets), service range, and what someone else sets before and during."""
+
+    cluster_cidr: str
+    mask: int
+    service: str  # inside the cluster CIDR: the first node subnet is never a Node's
+    before: dict[str, tuple[str, ...]]  # set by someone else before the controller starts
+    during: dict[str, tuple[str, ...]]  # registered mid-burst, high in the range: next-fit has not handed these out yet
+
+
+BAD_DATA = {
+    "ipv4": BadData(
+        "10.200.0.0/16",
+        24,
+        "10.200.0.0/25",
+        before={
+            "bad-outside": ("192.168.5.0/24",),
+            "bad-long-0": ("10.200.4.0/26",),
+            "bad-long-1": ("10.200.4.64/26",),
+            "bad-long-2": ("10.200.4.128/26",),
+            "bad-long-3": ("10.200.4.192/26",),
+            "bad-service": ("10.200.0.0/25",),
+        },
+        during={
+            "bad-wrong-mask": ("10.200.250.0/23",),
+            "bad-other-family": ("fd00:99::/64",),
+            "bad-dup-a": ("10.200.253.0/24",),
+            "bad-dup-b": ("10.200.253.0/24",),
+        },
+    ),
+    "ipv6": BadData(
+        "fd00:200::/56",
+        64,
+        "fd00:200::/112",
+        before={
+            "bad-outside": ("fd00:99::/64",),
+            "bad-long-0": ("fd00:200:0:4::/66",),
+            "bad-long-1": ("fd00:200:0:4:4000::/66",),
+            "bad-long-2": ("fd00:200:0:4:8000::/66",),
+            "bad-long-3": ("fd00:200:0:4:c000::/66",),
+            "bad-service": ("fd00:200::/112",),
+        },
+        during={
+            "bad-wrong-mask": ("fd00:200:0:fa::/63",),
+            "bad-other-family": ("192.168.99.0/24",),
+            "bad-dup-a": ("fd00:200:0:fd::/64",),
+            "bad-dup-b": ("fd00:200:0:fd::/64",),
+        },
+    ),
 }
 DELETED_MID_BURST = ("bad-long-0", "bad-service")  # their ranges stay covered by others' claims
 
 
-def test_5_bad_data_mixed_into_a_burst(cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start) -> None:
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_5_bad_data_mixed_into_a_burst(
+    cluster: Cluster, chaos_core: client.CoreV1Api, start_controller: Start, family: str
+) -> None:
     seed, started = seed_for("5"), time.monotonic()
     rng = random.Random(seed)
-    # At most 200 Nodes: a few /24s of the 256 stay free, and the controller reaches 10.200.250.0 only
-    # after the bad data appeared (someone else's overlap with an earlier allocation is not the controller's).
-    cluster_cidr, count = "10.200.0.0/16", min(PROFILE.burst_nodes, 200)
-    ranges = config.build_ranges(cluster_cidr, 24)
-    for index, (name, cidrs) in enumerate(BAD_BEFORE.items()):
+    bad = BAD_DATA[family]
+    # At most 200 Nodes: a few node subnets of the 256 stay free, and the controller reaches the bad data high in
+    # the range only after it appeared (someone else's overlap with an earlier allocation is not the controller's).
+    count = min(PROFILE.for_family(family).burst_nodes, 200)
+    ranges = config.build_ranges(bad.cluster_cidr, bad.mask)
+    for index, (name, cidrs) in enumerate(bad.before.items()):
         create_node(chaos_core, name, 10_000 + index, cidrs)
     controller = start_controller(
-        f"--cluster-cidr={cluster_cidr}",
-        "--node-cidr-mask-size=24",
-        f"--service-cluster-ip-range={SERVICE_RANGE}",
+        f"--cluster-cidr={bad.cluster_cidr}",
+        f"--node-cidr-mask-size={bad.mask}",
+        f"--service-cluster-ip-range={bad.service}",
         "--resync-period=30s",
     )
     names = [f"s5-{i}" for i in range(count)]
-    for name in BAD_DURING:
+    for name in bad.during:
         names.insert(rng.randrange(len(names) * 3 // 4), name)
-    with Burst(chaos_core, names, rate=count / 10.0, preset=BAD_DURING) as burst:
+    with Burst(chaos_core, names, rate=count / 10.0, preset=bad.during) as burst:
         burst.wait_created(len(names) // 2)
         for name in DELETED_MID_BURST:
             delete_node(chaos_core, name)
     # Then fill every range still free, so that next-fit comes back to the ones the deleted Nodes left covered.
     wait_for(lambda: all(node.pod_cidrs for node in node_infos(chaos_core)), timeout=120, what="the burst assigned")
-    free = 2 ** (24 - 16) - expected_allocated(chaos_core, ranges, SERVICE_RANGE)[cluster_cidr]
+    size = ranges[0].cluster_cidr.prefixlen
+    free = 2 ** (bad.mask - size) - expected_allocated(chaos_core, ranges, bad.service)[bad.cluster_cidr]
     with Burst(chaos_core, [f"s5-fill-{i}" for i in range(free)]):
         pass
     # Free two and register two more: next-fit wraps, and must find the two freed, not what bad data covers.
@@ -329,11 +416,19 @@ def test_5_bad_data_mixed_into_a_burst(cluster: Cluster, chaos_core: client.Core
         delete_node(chaos_core, name)
     with Burst(chaos_core, ["s5-late-0", "s5-late-1"]):
         pass
-    foreign = frozenset(BAD_BEFORE) | frozenset(BAD_DURING)
+    foreign = frozenset(bad.before) | frozenset(bad.during)
     faults = len(foreign) + len(DELETED_MID_BURST)
-    extra = f"filled={free}"
     finish(
-        "5-bad-data", chaos_core, controller, ranges, faults, started, seed, service=SERVICE_RANGE, foreign=foreign, extra=extra
+        f"5-bad-data/{family}",
+        chaos_core,
+        controller,
+        ranges,
+        faults,
+        started,
+        seed,
+        service=bad.service,
+        foreign=foreign,
+        extra=f"filled={free}",
     )
 
 
@@ -349,13 +444,13 @@ FAULTS: dict[str, Callable[[], list[Rule]]] = {
 class Walk:
     """Random steps (create, delete, preset, restart, fault on/off) with the audit after each one."""
 
-    def __init__(self, core: client.CoreV1Api, proxied: Proxied, rng: random.Random) -> None:
+    def __init__(self, core: client.CoreV1Api, proxied: Proxied, rng: random.Random, cluster_cidr: str, mask: int) -> None:
         self.core = core
         self.proxied = proxied
         self.rng = rng
-        self.cluster_cidr = "10.50.0.0/25"  # 8 ranges of /28, at most 6 Nodes: ranges are reused all the time
-        self.ranges = config.build_ranges(self.cluster_cidr, 28)
-        self.flags = (f"--cluster-cidr={self.cluster_cidr}", "--node-cidr-mask-size=28", "--resync-period=5s")
+        self.cluster_cidr, self.mask = cluster_cidr, mask
+        self.ranges = config.build_ranges(cluster_cidr, mask)
+        self.flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=5s")
         self.proxy: FaultProxy = FaultProxy(proxied.plane.server, seed=rng.randrange(2**32)).start()
         self.controller = self.start()
         self.faults: dict[str, list[Rule]] = {}
@@ -394,7 +489,7 @@ class Walk:
             return f"delete {name}"
         if action == "preset":
             taken = {cidr for cidrs in live.values() for cidr in cidrs}
-            slots = [str(s) for s in self.ranges[0].cluster_cidr.subnet(28) if str(s) not in taken]
+            slots = [str(s) for s in self.ranges[0].cluster_cidr.subnet(self.mask) if str(s) not in taken]
             name, cidr = self.rng.choice(free_names), self.rng.choice(slots)
             create_node(self.core, name, self.serial, (cidr,))
             return f"preset {name} {cidr}"
@@ -416,16 +511,24 @@ class Walk:
         return f"fault {name} on"
 
 
-def test_6_stateful_random_walk(cluster: Cluster, chaos_core: client.CoreV1Api, proxied: Proxied) -> None:
+@pytest.mark.parametrize(
+    FAMILY_COLUMNS,
+    # 8 node subnets, at most 6 Nodes: ranges are reused all the time
+    [pytest.param("ipv4", "10.50.0.0/25", 28, id="ipv4"), pytest.param("ipv6", "fd00:50::/61", 64, id="ipv6")],
+)
+def test_6_stateful_random_walk(
+    cluster: Cluster, chaos_core: client.CoreV1Api, proxied: Proxied, family: str, cluster_cidr: str, mask: int
+) -> None:
     seed, started = seed_for("6"), time.monotonic()
-    walk = Walk(chaos_core, proxied, random.Random(seed))
+    steps = PROFILE.for_family(family).steps
+    walk = Walk(chaos_core, proxied, random.Random(seed), cluster_cidr, mask)
     result: AuditResult | None = None
-    for number in range(1, PROFILE.steps + 1):
+    for number in range(1, steps + 1):
         walk.history.append(walk.step())
         result = audit(chaos_core, walk.controller, walk.ranges, timeout=90)
         if not result.clean:
             summarize(
-                "6-stateful-walk",
+                f"6-stateful-walk/{family}",
                 result,
                 walk.proxy.total_injected() + walk.restarts,
                 started,
@@ -435,12 +538,12 @@ def test_6_stateful_random_walk(cluster: Cluster, chaos_core: client.CoreV1Api, 
             steps = "\n".join(f"  {i}. {line}" for i, line in enumerate(walk.history, 1))
             raise AssertionError(f"audit failed after step {number} (seed {seed}):\n{steps}\n{result.findings}") from None
     summarize(
-        "6-stateful-walk",
+        f"6-stateful-walk/{family}",
         result,
         walk.proxy.total_injected() + walk.restarts,
         started,
         seed,
-        extra=f"steps={PROFILE.steps} restarts={walk.restarts}",
+        extra=f"steps={steps} restarts={walk.restarts}",
     )
     assert result is not None
     assert_clean(result, walk.controller)

@@ -22,6 +22,7 @@ from kubernetes import client, config
 from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
 from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
 
 STOP_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,6 +213,42 @@ def start_controller(control_plane: LocalControlPlane) -> Iterator[Callable[...,
         if code not in process.expected_codes:
             failures.append(f"controller exited with {code}:\n{process.log()}")
     assert not failures, "\n\n".join(failures)
+
+
+class Proxied:
+    """Controllers started each behind its own FaultProxy; the proxies outlive them."""
+
+    def __init__(self, plane: LocalControlPlane, start: Callable[..., ControllerProcess]) -> None:
+        self.plane = plane
+        self.start = start
+        self.started: list[tuple[FaultProxy, ControllerProcess]] = []
+
+    def __call__(self, *flags: str, seed: int = 0, proxy: FaultProxy | None = None) -> tuple[FaultProxy, ControllerProcess]:
+        """`nodeipam run FLAGS --master=<proxy>`; a new proxy unless one is given."""
+        proxy = proxy or FaultProxy(self.plane.server, seed=seed).start()
+        controller = self.start(*flags, f"--master={proxy.url}")
+        self.started.append((proxy, controller))
+        return proxy, controller
+
+    def close(self) -> None:
+        """Release stalls first, so the controllers can stop cleanly; then the proxies."""
+        for proxy, _ in self.started:
+            proxy.clear()
+        failures = []
+        for _, controller in self.started:  # every one is stopped, whatever the others did
+            code = controller.stop()
+            if code not in controller.expected_codes:
+                failures.append(f"controller exited with {code}:\n{controller.log()}")
+        for proxy in {id(proxy): proxy for proxy, _ in self.started}.values():
+            proxy.stop()
+        assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def proxied(control_plane: LocalControlPlane, start_controller: Callable[..., ControllerProcess]) -> Iterator[Proxied]:
+    started = Proxied(control_plane, start_controller)
+    yield started
+    started.close()
 
 
 def run_cli(*args: str, kubeconfig: str) -> subprocess.CompletedProcess[str]:

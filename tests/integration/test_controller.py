@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import re
 from collections.abc import Callable
+from typing import Any, cast
 
+import kopf
 import pytest
 
 from bench.flood import REVIEWS_AT_ONCE, apiserver_token_reviews, measure, raise_open_files_limit
+from controller import handlers
+from controller.kube import Credentials
 from controller.localcluster.cluster import ADMIN_TOKEN
 from controller.localcluster.nodebodies import realistic_node
+from controller.nodes import NodeInfo
+from controller.reconciler import Reconciler
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
 
@@ -36,17 +44,123 @@ def test_new_nodes_get_disjoint_ranges(cluster: Cluster, start_controller: Start
     cluster.wait_single_ranges_inside(names, cluster_cidr, mask)
 
 
-def test_nothing_but_the_pod_cidr_is_written_to_nodes(cluster: Cluster, start_controller: Start) -> None:
-    start_controller("--cluster-cidr=10.244.0.0/16")
-    cluster.create_nodes(["clean-1", "clean-2"])
-    cluster.create_nodes(["preset"], pod_cidrs=("10.244.7.0/24",))
-    cluster.wait_assigned(["clean-1", "clean-2"])
-    for node in cluster.core.list_node().items:
-        annotations = node.metadata.annotations or {}
-        assert not [key for key in annotations if "kopf" in key], annotations
-        assert not node.metadata.finalizers
-        assert node.status.conditions, "status must be the kubelet's own"
-    assert cluster.pod_cidrs()["preset"] == ["10.244.7.0/24"]
+#: The field manager of the tests' own writes (the official client's default user agent).
+TEST_CLIENT = "OpenAPI-Generator"
+
+
+def managers_and_fields(node: dict[str, Any]) -> dict[str, set[str]]:
+    """Who wrote which fields of a Node, from its managedFields: manager -> {"spec.podCIDR", "metadata.labels", ...}."""
+    written: dict[str, set[str]] = {}
+    for entry in node["metadata"].get("managedFields") or []:
+        fields = written.setdefault(entry["manager"], set())
+        for section, inner in (entry.get("fieldsV1") or {}).items():
+            fields.update(f"{section[2:]}.{key[2:]}" for key in inner if key.startswith("f:"))
+    return written
+
+
+@pytest.mark.parametrize(("cluster_cidr", "mask"), FAMILIES)
+def test_nothing_but_the_pod_cidr_is_written_to_nodes(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int
+) -> None:
+    """Only spec.podCIDR(s) is written: no kopf annotation, finalizer or status, nothing else, on 20 Nodes.
+
+    kopf writes to an object only for change-detecting handlers (progress, diff base, finalizers); the
+    controller has event handlers only. That kopf would store nothing even then is tested in-process below.
+    """
+    preset = str(next(ipaddress.ip_network(cluster_cidr).subnets(new_prefix=mask)))
+    start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
+    names = [f"clean-{i}" for i in range(20)]
+    cluster.create_nodes(names)
+    cluster.create_nodes(["preset"], pod_cidrs=(preset,))
+    cluster.wait_assigned(names)
+    # A change of every Node after its patch: more events for kopf, each a chance to write something.
+    for name in [*names, "preset"]:
+        cluster.core.patch_node(name, {"metadata": {"labels": {"example.com/touched": "yes"}}})
+    cluster.create_nodes(["last"])  # handled after the changes before it in the watch stream
+    cluster.wait_assigned(["last"])
+    created = {name: realistic_node(name, index) for index, name in enumerate(names)}
+    created["preset"] = realistic_node("preset", 0, (preset,))
+    nodes = {node["metadata"]["name"]: node for node in json.loads(cluster.core.list_node(_preload_content=False).data)["items"]}
+    for name, body in created.items():
+        node = nodes[name]
+        metadata = node["metadata"]
+        assert metadata.get("annotations") == body["metadata"]["annotations"], (name, metadata.get("annotations"))
+        assert metadata.get("labels") == {**body["metadata"]["labels"], "example.com/touched": "yes"}, name
+        assert not metadata.get("finalizers"), (name, metadata["finalizers"])
+        assert node["status"]["conditions"] == body["status"]["conditions"], "status must be the kubelet's own"
+        others = {writer: fields for writer, fields in managers_and_fields(node).items() if writer != TEST_CLIENT}
+        assert all(fields <= {"spec.podCIDR", "spec.podCIDRs"} for fields in others.values()), (name, others)
+        assert bool(others) == (name != "preset"), f"{name}: the controller's podCIDR patch, and nothing else: {others}"
+    assert nodes["preset"]["spec"]["podCIDRs"] == [preset]
+
+
+class RecordingReconciler:
+    """What the controller's kopf registry needs of a Reconciler: no pools; each Node event recorded."""
+
+    pools_served = False
+
+    def __init__(self) -> None:
+        self.touched: set[str] = set()  # Nodes seen with the label the test sets
+
+    async def node_event(self, kind: str | None, node: NodeInfo) -> None:
+        if node.label_map.get(TOUCHED) == "yes":
+            self.touched.add(node.name)
+
+
+TOUCHED = "example.com/touched"
+
+
+def test_kopf_with_the_controllers_settings_stores_nothing_on_nodes_even_for_a_change_handler(cluster: Cluster) -> None:
+    """kopf as the controller runs it (its settings, its registry), plus an @kopf.on.create handler.
+
+    kopf keeps a change handler's progress and the last handled state; with its default storages it writes
+    them onto the object (`kopf.zalando.org/...` annotations). The controller's storages keep nothing, so
+    that kopf writes nothing onto a Node even if a handler of that kind were added. The controller's own
+    registry has event handlers only, for which kopf stores nothing whatever the storages: this is what
+    would fail if its storages went back to kopf's.
+    """
+    names = [f"kopf-{index}" for index in range(8)]
+    credentials = Credentials.load(cluster.plane.kubeconfig)
+    reconciler = RecordingReconciler()
+    created: set[str] = set()
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(30):
+                while not condition():
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+    async def run_kopf() -> None:
+        registry = handlers.build_registry(credentials, cast(Reconciler, reconciler))
+
+        @kopf.on.create("", "v1", "nodes", registry=registry)
+        async def node_created(name: str, **_: Any) -> None:
+            created.add(name)
+
+        operator = asyncio.ensure_future(
+            kopf.operator(registry=registry, settings=handlers.kopf_settings(), clusterwide=True, standalone=True)
+        )
+        try:
+            await asyncio.to_thread(cluster.create_nodes, names)
+            await until(lambda: created >= set(names), "the change handler to run for every Node")
+            for name in names:
+                await asyncio.to_thread(cluster.core.patch_node, name, {"metadata": {"labels": {TOUCHED: "yes"}}})
+            # kopf handles a Node's events one batch after another, each with its writes: once the label is
+            # seen, whatever kopf wrote after the change handler ran has been written.
+            await until(lambda: reconciler.touched >= set(names), "the event handler to see every label")
+        finally:
+            operator.cancel()
+            await asyncio.gather(operator, return_exceptions=True)
+
+    asyncio.run(run_kopf())
+    for node in json.loads(cluster.core.list_node(_preload_content=False).data)["items"]:
+        metadata, name = node["metadata"], node["metadata"]["name"]
+        assert metadata.get("annotations") == realistic_node(name)["metadata"]["annotations"], (name, metadata["annotations"])
+        assert not metadata.get("finalizers"), (name, metadata["finalizers"])
+        others = {writer: fields for writer, fields in managers_and_fields(node).items() if writer != TEST_CLIENT}
+        assert not others, f"{name} was written by {others}"
 
 
 @pytest.mark.parametrize(
@@ -113,6 +227,35 @@ def test_bad_pod_cidrs_are_reported_and_everything_else_is_served(
         assert not ipaddress.ip_network(cidrs[name][0]).overlaps(covered), (name, cidrs[name])  # type: ignore[arg-type]
     assert controller.process.poll() is None
     assert cidrs["outside"] == [outside]
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "other_family"),
+    [
+        pytest.param("10.244.0.0/16", 24, ("fd00:99::/64", "fd00:99:0:1::/64"), id="ipv6-pod-cidr-on-an-ipv4-controller"),
+        pytest.param("fd00:10:244::/48", 64, ("10.99.0.0/24", "10.99.1.0/24"), id="ipv4-pod-cidr-on-an-ipv6-controller"),
+    ],
+)
+def test_a_pod_cidr_of_a_family_not_served_is_a_warning_and_everything_else_is_served(
+    cluster: Cluster, start_controller: Start, cluster_cidr: str, mask: int, other_family: tuple[str, str]
+) -> None:
+    """kube-controller-manager crash-loops on such a Node; here it is a Warning on it, seen at start-up and later."""
+    listed, watched = other_family
+    cluster.create_nodes(["listed"], pod_cidrs=(listed,))  # found by the start-up LIST
+    controller = start_controller(f"--cluster-cidr={cluster_cidr}", _mask_flag(cluster_cidr, mask))
+    cluster.create_nodes(["first"])
+    cluster.wait_assigned(["first"])
+    cluster.create_nodes(["watched"], pod_cidrs=(watched,))  # seen by the watch
+    version = ipaddress.ip_network(listed).version
+    for name, cidr in (("listed", listed), ("watched", watched)):
+        event = cluster.wait_event(name, "InvalidPodCIDR")
+        assert event.type == "Warning", (name, event.type)
+        assert event.message == f"podCIDR {cidr} is IPv{version}, but this controller serves only {cluster_cidr}; ignored"
+    later = [f"later-{i}" for i in range(3)]
+    cluster.create_nodes(later)
+    cidrs = cluster.wait_single_ranges_inside(["first", *later], cluster_cidr, mask)
+    assert (cidrs["listed"], cidrs["watched"]) == ([listed], [watched]), "left as they are"
+    assert controller.process.poll() is None
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -29,7 +29,15 @@ from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_resumed_watch, is_watch, not_watch
-from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, fetch, leader_flags, no_duplicates
+from tests.integration.conftest import (
+    LEASE_SECONDS,
+    Cluster,
+    ControllerProcess,
+    Proxied,
+    fetch,
+    leader_flags,
+    no_duplicates,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +45,7 @@ Start = Callable[..., ControllerProcess]
 NODE_PATCH = r"^/api/v1/nodes/[^/]+$"
 NODE_WATCH = r"^/api/v1/nodes$"
 ALLOCATED_METRIC = re.compile(r'^node_ipam_controller_cidrset_allocated_cidrs\{clusterCIDR="([^"]+)"\} (\S+)$', re.MULTILINE)
+KOPF_RESTARTS_METRIC = re.compile(r'^node_ipam_controller_background_failures_total\{loop="kopf"\} (\S+)$', re.MULTILINE)
 #: A small range in each family, for the tests that cut, refuse or hold what the controller sends.
 SMALL_RANGES = pytest.mark.parametrize(
     ("cluster_cidr", "mask"),
@@ -45,42 +54,6 @@ SMALL_RANGES = pytest.mark.parametrize(
 
 
 # -- helpers shared with the chaos suite ---------------------------------------------------------------
-
-
-class Proxied:
-    """Controllers started each behind its own FaultProxy; the proxies outlive them."""
-
-    def __init__(self, plane: LocalControlPlane, start: Start) -> None:
-        self.plane = plane
-        self.start = start
-        self.started: list[tuple[FaultProxy, ControllerProcess]] = []
-
-    def __call__(self, *flags: str, seed: int = 0, proxy: FaultProxy | None = None) -> tuple[FaultProxy, ControllerProcess]:
-        """`nodeipam run FLAGS --master=<proxy>`; a new proxy unless one is given."""
-        proxy = proxy or FaultProxy(self.plane.server, seed=seed).start()
-        controller = self.start(*flags, f"--master={proxy.url}")
-        self.started.append((proxy, controller))
-        return proxy, controller
-
-    def close(self) -> None:
-        """Release stalls first, so the controllers can stop cleanly; then the proxies."""
-        for proxy, _ in self.started:
-            proxy.clear()
-        failures = []
-        for _, controller in self.started:  # every one is stopped, whatever the others did
-            code = controller.stop()
-            if code not in controller.expected_codes:
-                failures.append(f"controller exited with {code}:\n{controller.log()}")
-        for proxy in {id(proxy): proxy for proxy, _ in self.started}.values():
-            proxy.stop()
-        assert not failures, "\n".join(failures)
-
-
-@pytest.fixture
-def proxied(control_plane: LocalControlPlane, start_controller: Start) -> Iterator[Proxied]:
-    started = Proxied(control_plane, start_controller)
-    yield started
-    started.close()
 
 
 def node_infos(core: client.CoreV1Api) -> list[NodeInfo]:
@@ -143,6 +116,12 @@ def lease_acquired_at(plane: LocalControlPlane, lease: str) -> tuple[str, float]
 def node_lists(proxy: FaultProxy) -> list[Forwarded]:
     """LISTs of all Nodes (not watches) that went through the proxy."""
     return [entry for entry in proxy.forwarded("GET", NODE_WATCH) if "watch=" not in entry.query]
+
+
+def kopf_restarts(controller: ControllerProcess) -> int:
+    """node_ipam_controller_background_failures_total{loop="kopf"} from the controller's /metrics (0: not there yet)."""
+    found = KOPF_RESTARTS_METRIC.findall(controller.read("/metrics"))
+    return int(float(found[0])) if found else 0
 
 
 def kopf_listed(proxy: FaultProxy) -> bool:
@@ -224,16 +203,26 @@ def flaky_rules(cut: float = 0.2, errors: float = 0.1) -> list[Rule]:
     ]
 
 
-def test_flaky_api_during_a_burst_assigns_every_node_once(proxied: Proxied, cluster: Cluster) -> None:
-    cluster_cidr, names = "10.240.0.0/16", [f"flaky-{i}" for i in range(100)]
-    ranges = config.build_ranges(cluster_cidr, 24)
-    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=10s", seed=11)
+#: A range in each family with room for every Node of a test.
+ROOMY_RANGES = pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.240.0.0/16", 24, id="ipv4"), pytest.param("fd00:10:240::/56", 64, id="ipv6")],
+)
+
+
+@ROOMY_RANGES
+def test_flaky_api_during_a_burst_assigns_every_node_once(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    names = [f"flaky-{i}" for i in range(100)]
+    ranges = config.build_ranges(cluster_cidr, mask)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10s", seed=11)
     wait_for(lambda: controller.get("/readyz") == 200, what="the controller to be ready")
     for rule in flaky_rules():
         proxy.add(rule)
     create_nodes_parallel(cluster.core, names)
     cluster.wait_assigned(names, timeout=180)
-    cidrs = cluster.wait_single_ranges_inside(names, cluster_cidr, 24)
+    cidrs = cluster.wait_single_ranges_inside(names, cluster_cidr, mask)
     injected = proxy.injected()
     proxy.clear()
     assert not find_problems(node_infos(cluster.core), ranges)
@@ -297,6 +286,9 @@ def test_a_watch_error_restarts_kopf_and_the_controller_goes_on_serving(
     no_duplicates(cluster.wait_assigned(["e0", "e2", "e3", "f1"]))
     assert controller.process.poll() is None, controller.log()
     assert wait_no_leak(cluster.core, controller, ranges) == {str(ranges[0].cluster_cidr): 4}
+    # Each start of kopf after a watch error is counted, as the warning says.
+    restarts = controller.log().count("kopf's watch failed")
+    assert restarts >= 1 and kopf_restarts(controller) == restarts, (kopf_restarts(controller), restarts)
 
 
 # -- SIGTERM while kopf reads the API's discovery documents ---------------------------------------------
@@ -390,10 +382,12 @@ def test_startup_list_failing_part_way_is_retried_not_a_crash(
 # -- an API server refusing everything for 30 s ----------------------------------------------------------
 
 
-def test_api_refusing_everything_for_30s_controller_waits_and_recovers(proxied: Proxied, cluster: Cluster) -> None:
-    cluster_cidr = "10.244.0.0/16"
-    ranges = config.build_ranges(cluster_cidr, 24)
-    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", "--node-cidr-mask-size=24", "--resync-period=10s")
+@ROOMY_RANGES
+def test_api_refusing_everything_for_30s_controller_waits_and_recovers(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    ranges = config.build_ranges(cluster_cidr, mask)
+    proxy, controller = proxied(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10s")
     cluster.create_nodes(["before-0", "before-1"])
     cluster.wait_assigned(["before-0", "before-1"])
     outage = proxy.add(Rule(Action.STATUS, status=503, duration=30.0, name="outage"))
@@ -406,6 +400,7 @@ def test_api_refusing_everything_for_30s_controller_waits_and_recovers(proxied: 
     after = ["after-0", "after-1"]
     cluster.create_nodes(after)
     no_duplicates(cluster.wait_assigned(after, timeout=30))
+    cluster.wait_single_ranges_inside(["before-0", "before-1", *during, *after], cluster_cidr, mask)
     assert wait_no_leak(cluster.core, controller, ranges) == {cluster_cidr: 7}
     assert controller.process.poll() is None
     print(f"injected: {proxy.injected()}")
@@ -425,10 +420,11 @@ def lease_holder(plane: LocalControlPlane, lease: str) -> str:
 
 
 class Registrations:
-    """Nodes registering one after another in a thread, until stopped."""
+    """Nodes registering one after another in a thread, until stopped; `sent` says when each create was sent."""
 
     def __init__(self, core: client.CoreV1Api, prefix: str, interval: float = 0.1, limit: int = 250) -> None:
         self.names: list[str] = []
+        self.sent: dict[str, float] = {}  # name -> Unix time its create was sent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(core, prefix, interval, limit), daemon=True)
 
@@ -445,6 +441,7 @@ class Registrations:
             if self._stop.wait(interval):
                 return
             name = f"{prefix}-{index}"
+            self.sent[name] = time.time()
             core.create_node(realistic_node(name, index))
             self.names.append(name)
 
@@ -454,13 +451,17 @@ def patched_by(proxy: FaultProxy) -> list[float]:
     return [entry.at for entry in proxy.forwarded("PATCH", NODE_PATCH) if 200 <= entry.status < 300]
 
 
-def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(proxied: Proxied, cluster: Cluster) -> None:
-    lease = f"nodeipam-stall-{int(time.time())}"
+@ROOMY_RANGES
+def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(
+    proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int
+) -> None:
+    lease = f"nodeipam-stall-{mask}-{int(time.time())}"
     lease_path = f"^/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}$"
-    first_proxy, first = proxied(*leader_flags("first", lease, *CLUSTER_FLAGS))
+    flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=10m")
+    first_proxy, first = proxied(*leader_flags("first", lease, *flags))
     first.expected_codes = OLD_LEADER_EXIT_CODES
     wait_for(lambda: lease_holder(cluster.plane, lease) == "first", what="first to hold the lease")
-    second_proxy, second = proxied(*leader_flags("second", lease, *CLUSTER_FLAGS))
+    second_proxy, second = proxied(*leader_flags("second", lease, *flags))
     wait_for(lambda: "waiting for the lease" in second.log(), what="second to stand by")
     with Registrations(cluster.core, "reg") as registrations:
         wait_for(lambda: len(patched_by(first_proxy)) >= 5, what="the leader to allocate")
@@ -476,7 +477,7 @@ def test_stalled_lease_renewals_old_leader_stops_before_the_standby_starts(proxi
     holder, acquired = lease_acquired_at(cluster.plane, lease)
     assert holder == "second"
     first_proxy.remove(stall)
-    no_duplicates(cluster.wait_assigned(registrations.names, timeout=60))
+    cluster.wait_single_ranges_inside(registrations.names, cluster_cidr, mask)
     late = [at for at in patched_by(first_proxy) if at >= acquired]
     assert not late, (
         f"the old leader patched {len(late)} nodes after the new leader acquired the lease, "

@@ -18,14 +18,8 @@ import pytest
 from controller.localcluster.cluster import ADMIN_TOKEN
 from tests.conftest import wait_for
 from tests.faultproxy import Action, Rule
-from tests.integration.conftest import Cluster, ControllerProcess, fetch, no_duplicates, run_cli
-from tests.integration.test_faults import (
-    OLD_LEADER_EXIT_CODES,
-    SMALL_RANGES,
-    Proxied,
-    lease_holder,
-    proxied,  # noqa: F401 - the fixture
-)
+from tests.integration.conftest import Cluster, ControllerProcess, Proxied, fetch, no_duplicates, run_cli
+from tests.integration.test_faults import OLD_LEADER_EXIT_CODES, SMALL_RANGES, lease_holder
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +42,7 @@ def elect(identity: str, lease: str, cluster_cidr: str, mask: int) -> list[str]:
 
 @SMALL_RANGES
 def test_a_patch_held_in_transit_past_the_hand_over_makes_no_duplicate(
-    proxied: Proxied,  # noqa: F811 - the fixture
+    proxied: Proxied,
     cluster: Cluster,
     cluster_cidr: str,
     mask: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,13 +12,14 @@ import pytest
 
 from controller.localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
-from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, leader_flags, no_duplicates, run_cli
+from tests.faultproxy import Action, Rule
+from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, Proxied, leader_flags, no_duplicates, run_cli
+from tests.integration.test_faults import NODE_PATCH, Registrations, patched_by
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., ControllerProcess]
 
-INTRUDER_SECONDS = 10  # long enough that a Node can be created while no one leads
 CLUSTER_FLAG = "--cluster-cidr=10.244.0.0/16"
 
 
@@ -128,31 +130,40 @@ def test_check_finds_duplicates_and_missing_ranges(cluster: Cluster, cluster_cid
     assert lines[-1] == "checked 3 nodes: 2 problem(s)"
 
 
-def test_losing_the_lease_stops_allocation_and_exits(cluster: Cluster, start_controller: Start) -> None:
-    lease = f"nodeipam-lost-{int(time.time())}"
-    leader = start_controller(*leader_flags("leader", lease, CLUSTER_FLAG))
-    wait_for(lambda: holder(cluster, lease) == "leader", what="the leader to hold the lease")
-    standby = start_controller(*leader_flags("standby", lease, CLUSTER_FLAG))
-    wait_for(lambda: "waiting for the lease" in standby.log(), what="the standby to wait")
-    # Another holder takes the lease over (as after a partition) for longer than our lease: renewing fails from
-    # now on, and the standby has to wait for that lease to run out.
-    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-    patch = json.dumps({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": INTRUDER_SECONDS}})
-    cluster.plane.kubectl("patch", "lease", lease, "-n", "default", "--type=merge", "-p", patch)
-    wait_for(lambda: leader.process.poll() is not None, timeout=LEASE_SECONDS + 10, what="the leader to exit")
-    assert leader.process.returncode == 1
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask"),
+    [pytest.param("10.244.0.0/16", 24, id="ipv4"), pytest.param("fd00:10:244::/56", 64, id="ipv6")],
+)
+def test_losing_the_lease_stops_allocation_and_exits(proxied: Proxied, cluster: Cluster, cluster_cidr: str, mask: int) -> None:
+    """The leader's Lease calls are held (as in a partition) while Nodes keep registering, until it exits.
+
+    Each Node that registers once the leader can no longer write to its Lease finds it still running, but
+    leading no longer, or soon not: it can record no patch in the Lease, so it patches none of them. It
+    exits once the renew deadline has passed, and the standby serves them.
+    """
+    lease = f"nodeipam-lost-{mask}-{int(time.time())}"
+    lease_path = f"^/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}$"
+    flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}")
+    leader_proxy, leader = proxied(*leader_flags("leader", lease, *flags))
     leader.expected_codes = (1,)
+    wait_for(lambda: holder(cluster, lease) == "leader", what="the leader to hold the lease")
+    _, standby = proxied(*leader_flags("standby", lease, *flags))
+    wait_for(lambda: "waiting for the lease" in standby.log(), what="the standby to wait")
+    with Registrations(cluster.core, "reg") as registrations:
+        wait_for(lambda: len(patched_by(leader_proxy)) >= 3, what="the leader to allocate")
+        stalled_at = time.time()
+        leader_proxy.add(Rule(Action.STALL, path=lease_path, methods=frozenset({"GET", "PUT"}), name="stall-lease"))
+        wait_for(lambda: leader.process.poll() is not None, timeout=LEASE_SECONDS + 15, what="the leader to exit")
+        exited_at = time.time()
+        wait_for(lambda: holder(cluster, lease) == "standby", timeout=LEASE_SECONDS + 10, what="the standby to take over")
+    assert leader.process.returncode == 1, leader.log()
     assert "leadership lost" in leader.log() and "lost the leader lease" in leader.log()
 
-    # A Node registering now finds a controller alive that does not lead: it must wait for a leader.
-    assert standby.process.poll() is None and holder(cluster, lease) == "intruder"
-    cluster.create_nodes(["after-loss"])
-
-    def holder_when_assigned() -> str | None:
-        if not cluster.pod_cidrs()["after-loss"]:
-            return None
-        return holder(cluster, lease)  # read after the range appeared: who held the lease by then
-
-    holder_then = wait_for(holder_when_assigned, timeout=INTRUDER_SECONDS + 10, what="after-loss to be assigned")
-    assert holder_then == "standby", f"after-loss got a range while {holder_then!r} held the lease"
-    assert "after-loss" in standby.log() and "after-loss" not in leader.log()
+    arrived = sorted(name for name, at in registrations.sent.items() if stalled_at <= at < exited_at)
+    assert len(arrived) >= 5, f"only {arrived} registered between the stall and the leader's exit"
+    seen = [name for name in arrived if re.search(rf"node {name}\b", leader.log())]
+    assert seen, f"the old leader never saw the Nodes that registered before it exited:\n{leader.log()}"
+    patched = {entry.path.rsplit("/", 1)[-1] for entry in leader_proxy.forwarded("PATCH", NODE_PATCH)}
+    assert not patched & set(arrived), f"the old leader patched {sorted(patched & set(arrived))} after its Lease stalled"
+    cidrs = cluster.wait_single_ranges_inside(registrations.names, cluster_cidr, mask)
+    assert all(cidrs[name] for name in arrived), "the standby serves them"

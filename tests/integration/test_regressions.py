@@ -29,6 +29,7 @@ from controller.localcluster.nodebodies import realistic_node
 from tests import etcdraw
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, fetch
+from tests.overlapwatch import OverlapWatch
 
 pytestmark = pytest.mark.integration
 
@@ -312,9 +313,14 @@ def test_node_names_reused_quickly_end_assigned_once_with_nothing_leaked(
 ) -> None:
     controller = start_controller(f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=2s")
     wait_for(lambda: ready(controller), what="the controller to be ready")
-    recreated = Churn(cluster.core, REUSED_NAMES, cycles=30).start().join()
-    print(f"{recreated} re-creations of {len(REUSED_NAMES)} names")
-    wait_every_node_assigned_once(cluster, controller, REUSED_NAMES)
+    with OverlapWatch(cluster.core) as watch:
+        recreated = Churn(cluster.core, REUSED_NAMES, cycles=30).start().join()
+        print(f"{recreated} re-creations of {len(REUSED_NAMES)} names")
+        wait_every_node_assigned_once(cluster, controller, REUSED_NAMES)
+        watch.settle()
+    print(watch.summary())
+    watch.assert_no_overlap()
+    assert watch.writes >= len(REUSED_NAMES), "the watch saw at least the patches of the Nodes left"
 
 
 @pytest.mark.parametrize(("cluster_cidr", "mask"), REUSE_FAMILIES)
@@ -324,20 +330,25 @@ def test_restarts_while_names_are_reused_end_assigned_once_with_nothing_leaked(
     flags = (f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}", "--resync-period=2s")
     controller = start_controller(*flags)
     wait_for(lambda: ready(controller), what="the first controller to be ready")
-    churn = Churn(cluster.core, REUSED_NAMES, cycles=1000, seed=11, time_limit=50).start()
-    for _ in range(RESTARTS):
-        enough = churn.recreated + 30
-        wait_for(lambda: churn.recreated >= enough, what="names to be re-created a few times")  # noqa: B023 - used at once
-        # Each successor lists Nodes while old incarnations are being deleted: late events about old UIDs follow.
-        assert controller.stop() == 0
-        successor = controller = start_controller(*flags)
-        wait_for(lambda: ready(successor), what="the successor to be ready")  # noqa: B023 - used at once
-    enough = churn.recreated + 150  # the last successor lives through churn too
-    wait_for(lambda: churn.recreated >= enough, what="names to be re-created under the last successor")
-    churn.stop()
-    recreated = churn.join()
-    print(f"{recreated} re-creations of {len(REUSED_NAMES)} names across {RESTARTS} restarts")
-    wait_every_node_assigned_once(cluster, controller, REUSED_NAMES)
+    with OverlapWatch(cluster.core) as watch:
+        churn = Churn(cluster.core, REUSED_NAMES, cycles=1000, seed=11, time_limit=50).start()
+        for _ in range(RESTARTS):
+            enough = churn.recreated + 30
+            wait_for(lambda: churn.recreated >= enough, what="names to be re-created a few times")  # noqa: B023 - used at once
+            # Each successor lists Nodes while old incarnations are being deleted: late events about old UIDs follow.
+            assert controller.stop() == 0
+            successor = controller = start_controller(*flags)
+            wait_for(lambda: ready(successor), what="the successor to be ready")  # noqa: B023 - used at once
+        enough = churn.recreated + 150  # the last successor lives through churn too
+        wait_for(lambda: churn.recreated >= enough, what="names to be re-created under the last successor")
+        churn.stop()
+        recreated = churn.join()
+        print(f"{recreated} re-creations of {len(REUSED_NAMES)} names across {RESTARTS} restarts")
+        wait_every_node_assigned_once(cluster, controller, REUSED_NAMES)
+        watch.settle()
+    print(watch.summary())
+    watch.assert_no_overlap()
+    assert watch.writes >= len(REUSED_NAMES), "the watch saw at least the patches of the Nodes left"
 
 
 # -- hole: stored podCIDRs that today's API server would refuse (leading zeros) ---------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any, cast
@@ -10,7 +11,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from bench.__main__ import create_nodes, overlapping, parse_args
+from bench.__main__ import CREATE_PARALLELISM, create_nodes, overlapping, parse_args
 from bench.watch import _WatchEvent
 
 
@@ -59,25 +60,45 @@ def test_the_watch_process_reads_only_what_it_needs(line: dict[str, Any], expect
 
 
 class RecordingKube:
-    """Takes creates as the API server would, noting when each was sent."""
+    """Takes creates as the API server would, noting when each was sent; holds the answers while `held`."""
 
     def __init__(self) -> None:
         self.sent: list[float] = []
+        self.answered = 0
+        self.held = asyncio.Event()
+        self.held.set()
 
     async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
         self.sent.append(time.monotonic())
+        await self.held.wait()
+        self.answered += 1
         return body
 
 
-@pytest.mark.parametrize(
-    ("per_second", "nodes", "at_least"),
-    [
-        pytest.param(None, 40, 0.0, id="as-fast-as-in-flight-allows"),
-        pytest.param(200.0, 40, 39 / 200, id="paced"),
-    ],
-)
-def test_a_paced_burst_sends_no_create_before_its_time(per_second: float | None, nodes: int, at_least: float) -> None:
+@pytest.mark.parametrize("nodes", [pytest.param(40, id="fewer-than-the-workers"), pytest.param(100, id="more")])
+def test_an_unpaced_burst_has_as_many_creates_in_flight_as_it_allows(nodes: int) -> None:
     kube = RecordingKube()
+    kube.held.clear()  # no create is answered until as many as allowed are in flight
+    together = min(CREATE_PARALLELISM, nodes)
+
+    async def go() -> dict[str, float]:
+        burst = asyncio.ensure_future(create_nodes(cast(Any, kube), [f"n{i}" for i in range(nodes)]))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while len(kube.sent) < together:
+                    await asyncio.sleep(0.001)
+        in_flight = len(kube.sent) - kube.answered
+        kube.held.set()
+        created = await burst
+        assert in_flight == together, f"{in_flight} creates in flight before any answer, not {together}"
+        return created
+
+    assert len(asyncio.run(go())) == len(kube.sent) == nodes
+
+
+def test_a_paced_burst_sends_no_create_before_its_time() -> None:
+    kube = RecordingKube()
+    per_second, nodes = 200.0, 40
 
     async def go() -> dict[str, float]:
         return await create_nodes(cast(Any, kube), [f"n{i}" for i in range(nodes)], per_second=per_second)
@@ -85,9 +106,8 @@ def test_a_paced_burst_sends_no_create_before_its_time(per_second: float | None,
     started = time.monotonic()
     created = asyncio.run(go())
     assert len(created) == len(kube.sent) == nodes
-    assert max(kube.sent) - started >= at_least
-    if per_second:  # each create no sooner than its own slot
-        assert all(at - started >= (i / per_second) for i, at in enumerate(sorted(kube.sent)))
+    late = [(i, at - started) for i, at in enumerate(sorted(kube.sent)) if at - started < i / per_second]
+    assert not late, f"{len(late)} creates sent before their slot; the first (index, seconds after the start): {late[:3]}"
 
 
 @pytest.mark.parametrize(("text", "accepted"), [("150", 150.0), ("0.5", 0.5), ("0", None), ("-3", None), ("fast", None)])

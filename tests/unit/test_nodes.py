@@ -234,6 +234,27 @@ def test_orphans_skip_holdings_newer_than_the_list(family: FamilyRange, cidr: st
     assert allocations.orphans({"gone": "someone-else"}, listed_after=mark) == [("gone", "uid-gone")]
 
 
+# Without NodeCIDRPools the message is kube-controller-manager's, naming the exhausted range(s): CIDRNotAvailable
+# Events and alerts that match on it keep working after a migration.
+@pytest.mark.parametrize(
+    ("families", "message"),
+    [
+        pytest.param([SMALL_V4], "there are no remaining CIDRs left to allocate in the range 10.0.0.0/23", id="ipv4"),
+        pytest.param([SMALL_V6], "there are no remaining CIDRs left to allocate in the range fd00::/63", id="ipv6"),
+        pytest.param(
+            [SMALL_V6, V4], "there are no remaining CIDRs left to allocate in the range fd00::/63", id="dual-stack-ipv6-full"
+        ),
+    ],
+)
+def test_exhaustion_without_pools_says_what_kube_controller_manager_says(families: list[FamilyRange], message: str) -> None:
+    allocations = NodeAllocations(families)
+    for index in range(2):  # every small range has two node subnets
+        allocations.commit(allocations.reserve(node(f"n{index}")))
+    with pytest.raises(NoCIDRsRemainingError) as raised:
+        allocations.reserve(node("late"))
+    assert str(raised.value) == message
+
+
 # -- counted claims: a node subnet is free only when its last claim goes -----------------------------------
 
 
@@ -539,7 +560,13 @@ def test_parse_cidr_sloppy_refuses_what_go_refuses(text: str) -> None:
         parse_cidr_sloppy(text)
 
 
-@pytest.mark.parametrize(("family", "stored", "means"), [pytest.param(V4, "10.244.01.0/24", "10.244.1.0/24", id="ipv4")])
+@pytest.mark.parametrize(
+    ("family", "stored", "means"),
+    [
+        pytest.param(V4, "10.244.01.0/24", "10.244.1.0/24", id="ipv4"),
+        pytest.param(V6, "fd00:10:244:1::/064", "fd00:10:244:1::/64", id="ipv6"),
+    ],
+)
 def test_stored_value_with_leading_zeros_keeps_its_range_taken_and_warns(family: FamilyRange, stored: str, means: str) -> None:
     allocations = NodeAllocations([family])
     observation = allocations.observe(node("sloppy", stored))

@@ -46,6 +46,7 @@ class FakeApi:
     patched: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     read_gate: asyncio.Event | None = None  # get_node waits for it when set
+    reads_held: int = 0  # reads that waited at the gate
     pools: dict[str, dict[str, Any]] | None = None  # None: the NodeCIDRPool CRD is not installed
     pool_events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     statuses: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)  # every status written, per pool
@@ -68,7 +69,8 @@ class FakeApi:
             await asyncio.sleep(0)
 
     async def get_node(self, name: str) -> NodeInfo | None:
-        if self.read_gate is not None:
+        if self.read_gate is not None and not self.read_gate.is_set():
+            self.reads_held += 1
             await self.read_gate.wait()
         failure = self.get_script.pop(0) if self.get_script else None
         if failure is not None:
@@ -250,25 +252,35 @@ def test_name_reused_while_the_patch_was_in_flight_serves_the_new_incarnation(fa
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patch_applied_but_answer_lost_never_gives_the_range_to_another_node(family: FamilyRange) -> None:
+    """The one free range goes to `a`, whose patch applies but whose answer is lost; `b` registers meanwhile.
+
+    With one range free, handing out `a`'s range again is the only way `b` could be served: a free range
+    elsewhere would hide the mistake (next-fit would give `b` that one).
+    """
+    slots = [str(cidr) for cidr in family.cluster_cidr.subnet(family.node_mask_size)]
+
     async def go() -> tuple[Reconciler, FakeApi]:
-        api = FakeApi(patch_script=[LOST], read_gate=asyncio.Event())
+        api = FakeApi()
         reconciler = reconciler_for(family, api)
+        for index in range(len(slots) - 1):
+            await reconciler.handle(api.add(f"n{index}"))
+        gate = asyncio.Event()
+        api.patch_script, api.read_gate = [LOST], gate
         first = asyncio.ensure_future(reconciler.handle(api.add("a")))
-        while not api.patched:
-            await asyncio.sleep(0)
-        for _ in range(5):
-            await asyncio.sleep(0)  # the answer is lost, the re-read is stalled: a newcomer registers now
+        # The answer is lost and the re-read that would settle it is held: a newcomer registers now.
+        await wait_until(lambda: api.reads_held == 1)
         await reconciler.handle(api.add("b"))
-        assert api.read_gate is not None
-        api.read_gate.set()
+        gate.set()
         await first
         return reconciler, api
 
     reconciler, api = run(go)
     assert_disjoint(api)
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
-    assert [name for name, _ in api.patched] == ["a", "b"], "a read showed the patch had applied: no second patch"
-    assert reconciler.allocations.sets[0].allocated == 2
+    assert api.nodes["a"].pod_cidrs == (slots[-1],), "the patch applied with the one free range"
+    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(slots[-1]),)
+    assert api.nodes["b"].pod_cidrs == () and api.reasons() == ["CIDRNotAvailable"], "b waits: nothing is free"
+    assert [name for name, _ in api.patched][-1] == "a", "a read showed the patch had applied: no second patch, none for b"
+    assert reconciler.allocations.sets[0].allocated == len(slots)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -445,6 +457,8 @@ def test_a_node_retried_while_the_range_is_still_exhausted_is_warned_once(family
     late = api.add("late")
     reconciler = handled(family, api, *nodes, late, late)  # e.g. a release elsewhere woke the waiters
     assert api.reasons() == ["CIDRNotAvailable"]
+    exhausted = f"there are no remaining CIDRs left to allocate in the range {family.cluster_cidr}"
+    assert api.events[0][2] == f"no node CIDR available: {exhausted}", "kube-controller-manager's words, no pool named"
     assert [node.name for node in reconciler.allocations.waiting()] == ["late"]
 
 

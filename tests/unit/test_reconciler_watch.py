@@ -101,8 +101,17 @@ def test_resync_loop_lists_after_a_gap_and_only_then(family: FamilyRange) -> Non
     async def go() -> list[bool]:
         reconciler = reconciler_for(family, api)
         await reconciler.assign_all([api.add("a")])
+        sweeps = 0
+        sweep = reconciler.sweep
+
+        async def counted_sweep() -> None:
+            nonlocal sweeps
+            sweeps += 1
+            await sweep()
+
+        reconciler.sweep = counted_sweep  # type: ignore[method-assign]
         loop = asyncio.ensure_future(reconciler.resync_forever(period=0.01, relist_delay=0.0))
-        await asyncio.sleep(0.1)  # several sweeps
+        await wait_until(lambda: sweeps >= 3)  # several resync periods: a sweep each, no LIST
         lists_before_gap = list(api.lists)
         api.nodes.pop("a")  # deleted during a gap: no DELETED event
         reconciler.relist_soon("a test gap")
