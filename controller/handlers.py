@@ -204,10 +204,9 @@ def kopf_settings(initial_streaming: bool = False) -> kopf.OperatorSettings:
     settings.scanning.disabled = True  # no CRD/namespace watching: RBAC stays minimal
     settings.watching.chunk_size = WATCH_PAGE_SIZE
     settings.watching.initial_streaming = initial_streaming
-    # A Node event only queues a small record (see build_registry): kopf need not wait for more events about
-    # the same Node before calling the handler (0.1 s by default), and its per-Node worker, with the decoded
-    # body it holds, can end soon after (5 s by default).
-    settings.batching.batch_window = 0.01
+    # A Node event only queues a small record (see build_registry): kopf's per-Node worker, with the decoded
+    # body it holds, can end soon after (5 s by default). (kopf 1.45 has no time-based batching any more:
+    # its batch_window setting only warns.)
     settings.queueing.idle_timeout = 0.2
     return settings
 
