@@ -355,15 +355,23 @@ def overlaps(pools: Iterable[PoolSpec], service_cidrs: Iterable[netaddr.IPNetwor
     """Pools refused because a CIDR of theirs overlaps an earlier pool's (or a service range): name -> why.
 
     The earlier pool keeps serving; the later one serves no Node until fixed.
-    Pools overlapping only refused pools are not refused for it.
+    Pools overlapping only refused pools are not refused for it. Of several
+    clashes the message names the one with the earliest pool, then the
+    pool's own CIDRs in spec order (IPv4 first), then the earlier pool's.
+    One sort and sweep finds every overlapping pair: O(k log k + pairs) for
+    k CIDRs, not every pool against every other.
     """
     services = tuple(service_cidrs)
-    accepted: list[PoolSpec] = []
+    ordered = sorted(pools, key=_seniority)
+    clashes = _clashing_pairs(ordered)
+    accepted: list[bool] = []
     refused: dict[str, str] = {}
-    for pool in sorted(pools, key=_seniority):
-        clash = _first_clash(pool, accepted)
-        if clash is None and not pool.is_default:
-            clash = next(
+    for rank, pool in enumerate(ordered):
+        earlier = [clash for clash in clashes.get(rank, ()) if clash[0] < rank and accepted[clash[0]]]
+        clash = min(earlier, default=None)
+        why = f"{clash[4]} overlaps {clash[5]} of pool {ordered[clash[0]].name}" if clash is not None else None
+        if why is None and not pool.is_default:
+            why = next(
                 (
                     f"{entry.cidr} overlaps the service range {service}"
                     for family in pool.families
@@ -373,24 +381,43 @@ def overlaps(pools: Iterable[PoolSpec], service_cidrs: Iterable[netaddr.IPNetwor
                 ),
                 None,
             )
-        if clash is None:
-            accepted.append(pool)
-        else:
-            refused[pool.name] = clash
+        accepted.append(why is None)
+        if why is not None:
+            refused[pool.name] = why
     return refused
 
 
-def _first_clash(pool: PoolSpec, earlier: Iterable[PoolSpec]) -> str | None:
-    for other in earlier:
-        for family in pool.families:
-            theirs = other.family(family.version)
-            if theirs is None:
+#: A clash of one pool with another, ordered as the message picks it:
+#: (other pool's rank, own family index, own CIDR index, other's CIDR index, own CIDR, other's CIDR).
+_Clash = tuple[int, int, int, int, netaddr.IPNetwork, netaddr.IPNetwork]
+
+
+def _clashing_pairs(ordered: Sequence[PoolSpec]) -> dict[int, list[_Clash]]:
+    """Every pair of overlapping CIDRs of two different pools, listed under both: pool rank -> clashes.
+
+    CIDRs nest or are disjoint, so, sorted by first address (the wider first),
+    the CIDRs still open when one starts all contain it: a stack.
+    """
+    # (version, first, -last, rank, family index, CIDR index, CIDR)
+    spans = sorted(
+        (int(entry.cidr.version), int(entry.cidr.first), -int(entry.cidr.last), rank, family_index, index, entry.cidr)
+        for rank, pool in enumerate(ordered)
+        for family_index, family in enumerate(pool.families)
+        for index, entry in enumerate(family.cidrs)
+    )
+    clashes: dict[int, list[_Clash]] = {}
+    open_spans: list[tuple[int, int, int, int, int, int, netaddr.IPNetwork]] = []
+    for span in spans:
+        version, first, _, rank, family_index, index, cidr = span
+        while open_spans and (open_spans[-1][0] != version or -open_spans[-1][2] < first):
+            open_spans.pop()
+        for _, _, _, other_rank, other_family, other_index, other_cidr in open_spans:
+            if other_rank == rank:
                 continue
-            for entry in family.cidrs:
-                for their_entry in theirs.cidrs:
-                    if _overlap(entry.cidr, their_entry.cidr):
-                        return f"{entry.cidr} overlaps {their_entry.cidr} of pool {other.name}"
-    return None
+            clashes.setdefault(rank, []).append((other_rank, family_index, index, other_index, cidr, other_cidr))
+            clashes.setdefault(other_rank, []).append((rank, other_family, other_index, index, other_cidr, cidr))
+        open_spans.append(span)
+    return clashes
 
 
 # -- usage -----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from typing import Any
 
 import netaddr
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.config import FamilyRange
 from controller.pools import (
@@ -394,6 +396,162 @@ def test_the_later_of_two_overlapping_pools_is_refused(
     assert set(found) == set(refused)
     for name, message in refused.items():
         assert message in found[name]
+
+
+@pytest.mark.parametrize(
+    ("pools", "refused"),
+    [
+        pytest.param(
+            # (name, CIDRs, created day): the message names the earliest pool clashed with, not the first CIDR that clashes
+            [("first", ["10.245.0.0/16"], 1), ("second", ["10.246.0.0/16"], 2), ("late", ["10.246.1.0/24", "10.245.1.0/24"], 3)],
+            {"late": "10.245.1.0/24 overlaps 10.245.0.0/16 of pool first"},
+            id="ipv4-earliest-pool-first",
+        ),
+        pytest.param(
+            [("first", ["fd00:20::/56"], 1), ("second", ["fd00:30::/56"], 2), ("late", ["fd00:30::/64", "fd00:20::/64"], 3)],
+            {"late": "fd00:20::/64 overlaps fd00:20::/56 of pool first"},
+            id="ipv6-earliest-pool-first",
+        ),
+        pytest.param(
+            # of one pool's clashes: its own CIDRs in spec order
+            [("first", ["10.245.0.0/24", "10.245.1.0/24"], 1), ("late", ["10.245.1.0/25", "10.245.0.0/24"], 2)],
+            {"late": "10.245.1.0/25 overlaps 10.245.1.0/24 of pool first"},
+            id="ipv4-own-cidrs-in-order",
+        ),
+        pytest.param(
+            [("first", ["fd00:20::/64", "fd00:20:0:1::/64"], 1), ("late", ["fd00:20:0:1::/65", "fd00:20::/64"], 2)],
+            {"late": "fd00:20:0:1::/65 overlaps fd00:20:0:1::/64 of pool first"},
+            id="ipv6-own-cidrs-in-order",
+        ),
+        pytest.param(
+            # then the earlier pool's CIDRs in its spec order, not by address
+            [("first", ["10.245.1.0/24", "10.245.0.0/24"], 1), ("late", ["10.245.0.0/23"], 2)],
+            {"late": "10.245.0.0/23 overlaps 10.245.1.0/24 of pool first"},
+            id="ipv4-their-cidrs-in-order",
+        ),
+        pytest.param(
+            [("first", ["fd00:20:0:1::/64", "fd00:20::/64"], 1), ("late", ["fd00:20::/63"], 2)],
+            {"late": "fd00:20::/63 overlaps fd00:20:0:1::/64 of pool first"},
+            id="ipv6-their-cidrs-in-order",
+        ),
+        pytest.param(
+            # a pool overlapping only a refused pool serves; the same CIDR twice: the later is refused
+            [
+                ("first", ["10.245.1.0/24"], 1),
+                ("wide", ["10.245.0.0/16"], 2),
+                ("inside", ["10.245.0.0/24"], 3),
+                ("again", ["10.245.1.0/24"], 4),
+            ],
+            {
+                "wide": "10.245.0.0/16 overlaps 10.245.1.0/24 of pool first",
+                "again": "10.245.1.0/24 overlaps 10.245.1.0/24 of pool first",
+            },
+            id="ipv4-only-refused-pools-do-not-refuse",
+        ),
+        pytest.param(
+            [
+                ("first", ["fd00:20:0:1::/64"], 1),
+                ("wide", ["fd00:20::/56"], 2),
+                ("inside", ["fd00:20::/64"], 3),
+                ("again", ["fd00:20:0:1::/64"], 4),
+            ],
+            {
+                "wide": "fd00:20::/56 overlaps fd00:20:0:1::/64 of pool first",
+                "again": "fd00:20:0:1::/64 overlaps fd00:20:0:1::/64 of pool first",
+            },
+            id="ipv6-only-refused-pools-do-not-refuse",
+        ),
+    ],
+)
+def test_overlaps_names_the_first_clash_in_priority_order(
+    pools: list[tuple[str, list[str], int]], refused: dict[str, str]
+) -> None:
+    specs = [
+        PoolSpec.from_body(
+            body(
+                name,
+                {f"ipv{netaddr.IPNetwork(cidrs[0]).version}": family(28 if "." in cidrs[0] else 72, *cidrs)},
+                created=f"2026-01-{day:02d}T00:00:00Z",
+            )
+        )
+        for name, cidrs, day in reversed(pools)
+    ]
+    assert overlaps(specs) == refused
+
+
+def pairwise_overlaps(pools: list[PoolSpec], services: list[netaddr.IPNetwork]) -> dict[str, str]:
+    """The definition: every pool, in order of seniority, against every CIDR of every earlier pool kept."""
+    accepted: list[PoolSpec] = []
+    refused: dict[str, str] = {}
+    for pool in sorted(pools, key=lambda p: (0 if p.is_default else 1, p.created, p.name)):
+        clash = next(
+            (
+                f"{entry.cidr} overlaps {theirs.cidr} of pool {other.name}"
+                for other in accepted
+                for own in pool.families
+                for entry in own.cidrs
+                for theirs in (other.family(own.version).cidrs if other.family(own.version) else ())
+                if entry.cidr.first <= theirs.cidr.last and theirs.cidr.first <= entry.cidr.last
+            ),
+            None,
+        )
+        if clash is None and not pool.is_default:
+            clash = next(
+                (
+                    f"{entry.cidr} overlaps the service range {service}"
+                    for own in pool.families
+                    for entry in own.cidrs
+                    for service in services
+                    if service.version == own.version and entry.cidr.first <= service.last and service.first <= entry.cidr.last
+                ),
+                None,
+            )
+        if clash is None:
+            accepted.append(pool)
+        else:
+            refused[pool.name] = clash
+    return refused
+
+
+def random_pools(draw: st.DrawFn, base: str, version: int) -> tuple[list[PoolSpec], list[netaddr.IPNetwork]]:
+    """Up to six pools of up to three disjoint CIDRs each, nested in or beside each other's, in a small range."""
+    space = netaddr.IPNetwork(base)
+    lengths = st.integers(min_value=space.prefixlen, max_value=space.prefixlen + 4)
+    pools = []
+    for index in range(draw(st.integers(min_value=0, max_value=6))):
+        cidrs: list[netaddr.IPNetwork] = []
+        for _ in range(draw(st.integers(min_value=1, max_value=3))):
+            length = draw(lengths)
+            cidr = netaddr.IPNetwork(
+                (
+                    space.first
+                    + draw(st.integers(0, 2 ** (length - space.prefixlen) - 1)) * 2 ** ((32 if version == 4 else 128) - length),
+                    length,
+                ),
+                version,
+            )
+            if not any(cidr.first <= c.last and c.first <= cidr.last for c in cidrs):
+                cidrs.append(cidr)
+        mask = space.prefixlen + 6
+        spec = {f"ipv{version}": family(mask, *map(str, cidrs))}
+        pools.append(PoolSpec.from_body(body(f"p{index}", spec, created=f"2026-01-{draw(st.integers(1, 3)):02d}T00:00:00Z")))
+    pools.append(
+        PoolSpec.default([FamilyRange(netaddr.IPNetwork((space.first, space.prefixlen + 2), version), space.prefixlen + 6)])
+    )
+    services = [
+        netaddr.IPNetwork(
+            (space.last - 2 ** ((32 if version == 4 else 128) - space.prefixlen - 3) + 1, space.prefixlen + 3), version
+        )
+    ]
+    return pools, services if draw(st.booleans()) else []
+
+
+@pytest.mark.parametrize(("base", "version"), [("10.0.0.0/20", 4), ("fd00::/100", 6)], ids=["ipv4", "ipv6"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_overlaps_by_sweep_equals_the_pairwise_definition(base: str, version: int, data: st.DataObject) -> None:
+    pools, services = data.draw(st.composite(lambda draw: random_pools(draw, base, version))())
+    assert overlaps(pools, services) == pairwise_overlaps(pools, services)
 
 
 # -- usage -------------------------------------------------------------------------------------------
