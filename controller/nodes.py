@@ -35,8 +35,11 @@ from typing import Any
 import netaddr
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
+from controller.cidrindex import CIDRIndex
 from controller.config import FamilyRange
-from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, holder, overlaps, rank
+from controller.poolindex import PoolCIDRKey, PoolIndex
+from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
+from controller.poolusage import PoolUsageBook
 
 #: Event reason for a podCIDR the controller cannot account for cleanly.
 REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
@@ -157,17 +160,31 @@ def _shows(node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
         return False
 
 
-def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) -> Classified:
+class ServedRanges:
+    """The ranges podCIDRs are judged against, in order, and a lookup of the first one a podCIDR overlaps."""
+
+    def __init__(self, ranges: Iterable[FamilyRange]) -> None:
+        self.ranges = tuple(ranges)
+        self.versions = frozenset(family.version for family in self.ranges)
+        self._index = CIDRIndex((family.cluster_cidr, family) for family in self.ranges)
+
+    def first_overlapping(self, cidr: netaddr.IPNetwork) -> FamilyRange | None:
+        found = self._index.overlapping(cidr)
+        return found[0] if found else None
+
+
+def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange] | ServedRanges) -> Classified:
     """Decide which of a Node's podCIDRs to occupy, and what to warn about.
 
     `ranges` are the cluster CIDRs, or every CIDR of every pool (several per
-    family): a podCIDR is judged against the one it overlaps. A podCIDR that
+    family): a podCIDR is judged against the first one it overlaps. A podCIDR that
     overlaps one is occupied even when its mask is wrong or it sticks out, so
     that no overlapping range is ever handed out. Values are read as
     kube-controller-manager reads them (leading zeros as decimal), so that
-    both agree on which ranges are taken.
+    both agree on which ranges are taken. Judging many Nodes: pass a
+    `ServedRanges`, made once.
     """
-    served = tuple(ranges)
+    served = ranges if isinstance(ranges, ServedRanges) else ServedRanges(ranges)
     usable: list[netaddr.IPNetwork] = []
     problems: list[Problem] = []
     for text in pod_cidrs:
@@ -176,9 +193,8 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
         except (netaddr.AddrFormatError, ValueError, TypeError):
             problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text!r} is not a CIDR; ignored"))
             continue
-        same_family = [family for family in served if family.version == cidr.version]
-        if not same_family:
-            listed = ", ".join(str(f.cluster_cidr) for f in served)
+        if cidr.version not in served.versions:
+            listed = ", ".join(str(f.cluster_cidr) for f in served.ranges)
             problems.append(
                 Problem(
                     REASON_INVALID_POD_CIDR,
@@ -186,8 +202,9 @@ def classify_pod_cidrs(pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange]) 
                 )
             )
             continue
-        family = next((f for f in same_family if _overlaps(cidr, f.cluster_cidr)), None)
+        family = served.first_overlapping(cidr)
         if family is None:
+            same_family = [f for f in served.ranges if f.version == cidr.version]
             where = (
                 f"the cluster CIDR {same_family[0].cluster_cidr}"
                 if len(same_family) == 1
@@ -307,6 +324,9 @@ class NodeAllocations:
     (`_claimed`) so that a set made later, for a pool created or grown at
     runtime, starts with every claim already made on its range: whichever
     pool hands out a range, no other can hand out one overlapping it.
+
+    `pool_usage` is told of every claim and every range held or reserved,
+    so that each pool's usage is known without a pass over the Nodes.
     """
 
     def __init__(
@@ -319,14 +339,17 @@ class NodeAllocations:
         self._default = PoolSpec.default(self.ranges)
         self._versions = tuple(family.version for family in self.ranges)  # flag order: the order of a Node's podCIDRs
         self._claimed: collections.Counter[netaddr.IPNetwork] = collections.Counter()
+        self.pool_usage = PoolUsageBook()
         self._entries: dict[str, tuple[_PoolSet, ...]] = {
             DEFAULT_POOL: tuple(self._new_set(DEFAULT_POOL, family.cluster_cidr, family.node_mask_size) for family in self.ranges)
         }
+        self._entry_index = _index_of(self._entries)
+        self._index = PoolIndex([self._default])
         self.sets = tuple(entry.claims.cidr_set for entry in self._entries[DEFAULT_POOL])  # the default pool's, in flag order
         self._pools: dict[str, PoolSpec] = {}
         self._refused: dict[str, str] = {}
         self._reserved: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
-        self._served: tuple[FamilyRange, ...] = self.ranges
+        self._served = ServedRanges(self.ranges)
         self._holdings: dict[str, _Holding] = {}
         self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -352,7 +375,8 @@ class NodeAllocations:
         being deleted should come in disabled.
         """
         specs = {pool.name: pool for pool in pools if not pool.is_default}
-        refused = overlaps([self._default, *specs.values()], self.all_service_cidrs)
+        index = PoolIndex([self._default, *specs.values()], self.all_service_cidrs)
+        refused = index.refused
         # A pool's reserved ranges are claimed while it is accepted: a refused pool serves nothing, so it must
         # not take ranges from the pool it overlaps either.
         for name, cidrs in list(self._reserved.items()):
@@ -362,6 +386,7 @@ class NodeAllocations:
                 for cidr in cidrs:
                     self._unclaim(cidr)
         entries: dict[str, tuple[_PoolSet, ...]] = {DEFAULT_POOL: self._entries[DEFAULT_POOL]}
+        new: list[_PoolSet] = []
         for name, spec in specs.items():
             kept = {(entry.cidr, entry.node_mask_size): entry for entry in self._entries.get(name, ())}
             made = []
@@ -369,24 +394,36 @@ class NodeAllocations:
                 for pool_cidr in family.cidrs:
                     entry = kept.get((pool_cidr.cidr, family.node_mask_size))
                     if entry is None:
-                        entry = self._new_set(name, pool_cidr.cidr, family.node_mask_size)
+                        entry = _empty_set(name, pool_cidr.cidr, family.node_mask_size)
+                        new.append(entry)
                     entry.draining = pool_cidr.draining
                     made.append(entry)
             entries[name] = tuple(made)
+        self._claim_so_far(new)
         self._entries = entries
+        self._entry_index = _index_of(entries)
         for name, spec in specs.items():
             if name not in self._reserved and spec.reserved and name not in refused:
                 self._reserved[name] = spec.reserved
                 for cidr in spec.reserved:
                     self._claim(cidr)
         self._pools = specs
-        self._refused = {name: why for name, why in refused.items() if name != DEFAULT_POOL}
+        self._refused = dict(refused)
+        self._index = index
+        self.pool_usage.serve(
+            index,
+            {PoolCIDRKey(entry.pool, entry.cidr): entry.claims.cidr_set for pool in entries.values() for entry in pool},
+            self.all_service_cidrs,
+        )
         ordered = sorted(specs.values(), key=lambda spec: (spec.name in self._refused, spec.created, spec.name))
-        self._served = self.ranges + tuple(
-            FamilyRange(entry.cidr, family.node_mask_size)
-            for spec in ordered
-            for family in spec.families
-            for entry in family.cidrs
+        self._served = ServedRanges(
+            self.ranges
+            + tuple(
+                FamilyRange(entry.cidr, family.node_mask_size)
+                for spec in ordered
+                for family in spec.families
+                for entry in family.cidrs
+            )
         )
         self._claim_newly_served()
         return dict(self._refused)
@@ -400,33 +437,23 @@ class NodeAllocations:
 
     def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
-        owner = holder(cidr, [pool for pool in self.pools() if pool.name not in self._refused])
-        return owner.name if owner is not None else None
+        pool_cidr = self._index.pool_cidr_of(cidr)
+        return pool_cidr.pool if pool_cidr is not None else None
 
     def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool whose deletion waits for the Node holding `cidr`: the serving pool that contains it, else a
         refused one that does (refused after it handed the range out, e.g. when an earlier pool grew over it)."""
-        owner = self.pool_of(cidr)
-        if owner is None:
-            refused = holder(cidr, [pool for pool in self._pools.values() if pool.name in self._refused])
-            owner = refused.name if refused is not None else None
-        return owner
+        pool_cidr = self._index.holding_pool_cidr_of(cidr)
+        return pool_cidr.pool if pool_cidr is not None else None
 
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
-        return any(
-            _overlaps(cidr, entry.cidr)
-            for name, entries in self._entries.items()
-            if name not in self._refused
-            for entry in entries
-        )
+        return self._index.overlaps_serving(cidr)
 
     def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
         """The CIDR (of the pool `pool_of` names) that contains a range."""
-        name = self.pool_of(cidr)
-        if name is None:
-            return None
-        return next((entry.cidr for entry in self._entries.get(name, ()) if cidr in entry.cidr), None)
+        pool_cidr = self._index.pool_cidr_of(cidr)
+        return pool_cidr.cidr if pool_cidr is not None else None
 
     def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
@@ -436,12 +463,19 @@ class NodeAllocations:
         return list(found.items())
 
     def _new_set(self, pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
-        entry = _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
+        entry = _empty_set(pool, cidr, node_mask_size)
+        self._claim_so_far([entry])
+        return entry
+
+    def _claim_so_far(self, entries: list[_PoolSet]) -> None:
+        """Every claim made so far, in new sets: one pass over the claims, whatever the number of sets."""
+        if not entries:
+            return
+        index = CIDRIndex((entry.cidr, entry) for entry in entries)
         for claimed, count in self._claimed.items():
-            if _overlaps(claimed, cidr):
+            for entry in index.overlapping(claimed):
                 for _ in range(count):
                     entry.claims.claim(claimed)
-        return entry
 
     def _claim_newly_served(self) -> None:
         """Claim what Nodes show that lay in no pool before, and lies in one now (a pool created around it)."""
@@ -624,6 +658,8 @@ class NodeAllocations:
             self._sequence += 1
             reservation = Reservation(node.name, node.uid, taken, self._sequence)
             self._reservations[node.name] = reservation
+            for cidr in taken:
+                self.pool_usage.hold(node.name, cidr)
             return reservation
         self._waiting[node.name] = node
         if not self._pools:
@@ -633,17 +669,7 @@ class NodeAllocations:
 
     def _candidates(self) -> list[Candidate]:
         """Every pool that may hand out ranges, with its free ranges per family (draining CIDRs have none)."""
-        candidates = []
-        for spec in self.pools():
-            if spec.name in self._refused:
-                continue
-            entries = self._entries.get(spec.name, ())
-            free = tuple(
-                sum(entry.free for entry in entries if entry.cidr.version == family.version and not entry.draining)
-                for family in spec.families
-            )
-            candidates.append(Candidate(spec, free))
-        return candidates
+        return self.pool_usage.candidates()
 
     def _take(self, pool: str) -> tuple[netaddr.IPNetwork, ...] | None:
         """One range per served family from `pool`, in flag order; None (nothing taken) when one family has none."""
@@ -660,9 +686,11 @@ class NodeAllocations:
             except NoCIDRsRemainingError:
                 break
             self._claimed[subnet] += 1
+            self.pool_usage.claims_changed(entry.pool)
             for other in self._sets_overlapping(subnet):
                 if other is not entry:
                     other.claims.claim(subnet)
+                    self.pool_usage.claims_changed(other.pool)
             taken.append(subnet)
         else:
             return tuple(taken)
@@ -771,13 +799,14 @@ class NodeAllocations:
     # -- bookkeeping -------------------------------------------------------------
 
     def _sets_overlapping(self, cidr: netaddr.IPNetwork) -> list[_PoolSet]:
-        return [entry for entries in self._entries.values() for entry in entries if _overlaps(cidr, entry.cidr)]
+        return self._entry_index.overlapping(cidr)
 
     def _claim(self, cidr: netaddr.IPNetwork) -> None:
         """One claim on `cidr`, in every set it overlaps now, and remembered for sets made later."""
         self._claimed[cidr] += 1
         for entry in self._sets_overlapping(cidr):
             entry.claims.claim(cidr)
+            self.pool_usage.claims_changed(entry.pool)
 
     def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
         """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
@@ -788,7 +817,11 @@ class NodeAllocations:
             del self._claimed[cidr]
         else:
             self._claimed[cidr] = count - 1
-        return sum(entry.claims.unclaim(cidr) for entry in self._sets_overlapping(cidr))
+        freed = 0
+        for entry in self._sets_overlapping(cidr):
+            freed += entry.claims.unclaim(cidr)
+            self.pool_usage.claims_changed(entry.pool)
+        return freed
 
     def _check_current(self, reservation: Reservation) -> None:
         if self._reservations.get(reservation.name) is not reservation:
@@ -860,6 +893,8 @@ class NodeAllocations:
     def _release_reservation(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
         del self._reservations[reservation.name]
         reservation.state = ReservationState.RELEASED
+        for cidr in reservation.cidrs:
+            self.pool_usage.release(reservation.name, cidr)
         return tuple(cidr for cidr in reservation.cidrs if self._unclaim(cidr))
 
     def _close_as_committed(self, reservation: Reservation) -> None:
@@ -872,7 +907,8 @@ class NodeAllocations:
         as_written = tuple(str(cidr) for cidr in reservation.cidrs)
         self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
         for cidr in reservation.cidrs:
-            self._holders_by_cidr.setdefault(cidr, set()).add(reservation.name)
+            self._hold(reservation.name, cidr)  # the holding's reference to the range, before the reservation's goes
+            self.pool_usage.release(reservation.name, cidr)
 
     def _tick(self) -> int:
         self._sequence += 1
@@ -882,7 +918,13 @@ class NodeAllocations:
         """One claim per distinct range a holder shows (a range listed twice is claimed once)."""
         for cidr in dict.fromkeys(cidrs):
             self._claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
-            self._holders_by_cidr.setdefault(cidr, set()).add(name)
+            self._hold(name, cidr)
+
+    def _hold(self, name: str, cidr: netaddr.IPNetwork) -> None:
+        holders = self._holders_by_cidr.setdefault(cidr, set())
+        if name not in holders:
+            holders.add(name)
+            self.pool_usage.hold(name, cidr)
 
     def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:
         released = []
@@ -893,6 +935,7 @@ class NodeAllocations:
             holders.discard(name)
             if not holders:
                 del self._holders_by_cidr[cidr]
+            self.pool_usage.release(name, cidr)
             if self._unclaim(cidr):
                 released.append(cidr)
         return released
@@ -904,3 +947,12 @@ class NodeAllocations:
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
     return ",".join(str(cidr) for cidr in cidrs)
+
+
+def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
+    return _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
+
+
+def _index_of(entries: Mapping[str, Iterable[_PoolSet]]) -> CIDRIndex[_PoolSet]:
+    """The sets of every pool, found by the ranges they overlap."""
+    return CIDRIndex((entry.cidr, entry) for pool in entries.values() for entry in pool)

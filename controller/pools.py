@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import netaddr
 
-from controller.allocators import CIDRSet
 from controller.config import FamilyRange
 
 #: The pool made of the --cluster-cidr and mask flags; not a valid object name, so no NodeCIDRPool can take it.
@@ -180,7 +180,7 @@ class PoolFamily:
     node_mask_size: int
     cidrs: tuple[PoolCIDR, ...]
 
-    @property
+    @functools.cached_property  # read for every pool on every allocation
     def version(self) -> int:
         return int(self.cidrs[0].cidr.version)
 
@@ -202,7 +202,7 @@ class PoolSpec:
     def is_default(self) -> bool:
         return self.name == DEFAULT_POOL
 
-    @property
+    @functools.cached_property  # read for every pool on every allocation
     def versions(self) -> tuple[int, ...]:
         return tuple(family.version for family in self.families)
 
@@ -430,7 +430,7 @@ BLOCKING_NODES_SHOWN = 10
 class CIDRUsage:
     cidr: str
     capacity: int  # Node ranges it holds, reserved ones excluded
-    allocated: int  # Node ranges held by Nodes
+    allocated: int  # Node ranges taken: held by Nodes, reserved for a patch, or covered by a podCIDR sticking out of another
     draining: bool
 
 
@@ -466,89 +466,6 @@ class PoolUsage:
         fullest = max(self.families, key=lambda f: (f.allocated / f.capacity) if f.capacity else 1.0)
         percent = 100 * fullest.allocated // fullest.capacity if fullest.capacity else 100
         return f"{fullest.allocated}/{fullest.capacity} ({percent}%)"
-
-
-class _CIDRTally:
-    """Distinct Node ranges of one pool CIDR: reserved ones first, then what Nodes hold."""
-
-    def __init__(self, entry: PoolCIDR, mask: int, reserved: Iterable[netaddr.IPNetwork]) -> None:
-        self.entry = entry
-        self.set = CIDRSet(entry.cidr, mask)
-        for cidr in reserved:
-            if _overlap(cidr, entry.cidr):
-                self.set.occupy(cidr)
-        self.reserved = self.set.allocated
-
-    def usage(self) -> CIDRUsage:
-        capacity = self.set.max_cidrs - self.reserved
-        return CIDRUsage(str(self.entry.cidr), capacity, self.set.allocated - self.reserved, self.entry.draining)
-
-
-def compute_usage(
-    pools: Sequence[PoolSpec],
-    holdings: Iterable[tuple[str, Sequence[netaddr.IPNetwork]]],
-    service_cidrs: Iterable[netaddr.IPNetwork] = (),
-) -> tuple[list[PoolUsage], list[tuple[str, netaddr.IPNetwork]]]:
-    """Usage of every pool from what Nodes hold ((name, podCIDRs) pairs); and the ranges no pool holds.
-
-    A range counts for the pool whose CIDRs contain it (`holder`), whatever
-    the Node's labels say now. A refused pool holds nothing: its ranges count
-    for the earlier pool they overlap, or for none. The service ranges are
-    reserved in the default pool, as the controller keeps them out of it.
-    """
-    services = tuple(service_cidrs)
-    refused = overlaps(pools, services)
-    accepted = [pool for pool in pools if pool.name not in refused]
-    tallies: dict[str, list[list[_CIDRTally]]] = {}
-    for pool in pools:
-        reserved = (*pool.reserved, *(services if pool.is_default else ()))
-        tallies[pool.name] = [
-            [_CIDRTally(entry, family.node_mask_size, reserved) for entry in family.cidrs] for family in pool.families
-        ]
-    holders: dict[str, set[str]] = {pool.name: set() for pool in pools}
-    blocking: dict[str, set[str]] = {pool.name: set() for pool in pools}
-    outside: list[tuple[str, netaddr.IPNetwork]] = []
-    for node, cidrs in holdings:
-        for cidr in cidrs:
-            owner = holder(cidr, accepted)
-            if owner is None:
-                outside.append((node, cidr))
-                continue
-            holders[owner.name].add(node)
-            for family_tallies in tallies[owner.name]:
-                for tally in family_tallies:
-                    if cidr in tally.entry.cidr:
-                        tally.set.occupy(cidr)
-                        if tally.entry.draining:
-                            blocking[owner.name].add(node)
-    usages = []
-    for pool in pools:
-        families = []
-        for family, family_tallies in zip(pool.families, tallies[pool.name], strict=True):
-            per_cidr = tuple(tally.usage() for tally in family_tallies)
-            free = sum(usage.capacity - usage.allocated for usage in per_cidr if not usage.draining)
-            families.append(
-                FamilyUsage(
-                    family.node_mask_size,
-                    sum(usage.capacity for usage in per_cidr),
-                    sum(usage.allocated for usage in per_cidr),
-                    free,
-                    per_cidr,
-                )
-            )
-        usages.append(
-            PoolUsage(
-                name=pool.name,
-                priority=pool.priority,
-                selector=str(pool.selector),
-                disabled=pool.disabled,
-                families=tuple(families),
-                nodes=len(holders[pool.name]),
-                blocking_nodes=tuple(sorted(blocking[pool.name])[:BLOCKING_NODES_SHOWN]),
-                refused=refused.get(pool.name, ""),
-            )
-        )
-    return usages, outside
 
 
 # -- status ------------------------------------------------------------------------------------------

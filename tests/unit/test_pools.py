@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import netaddr
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.config import FamilyRange
+from controller.nodes import NodeAllocations, NodeInfo
 from controller.pools import (
     DEFAULT_POOL,
     Candidate,
@@ -17,9 +19,9 @@ from controller.pools import (
     Operator,
     PoolSpec,
     PoolSpecError,
+    PoolUsage,
     Requirement,
     choose,
-    compute_usage,
     holder,
     overlaps,
     rank,
@@ -561,74 +563,17 @@ def nets(*cidrs: str) -> list[netaddr.IPNetwork]:
     return [netaddr.IPNetwork(cidr) for cidr in cidrs]
 
 
-@pytest.mark.parametrize(
-    ("pool_family", "default_range", "services", "holdings", "expected"),
-    [
-        (
-            {"ipv4": family(24, "10.245.0.0/23", "10.246.0.0/24", draining=("10.246.0.0/24",)), "reserved": ["10.245.0.0/24"]},
-            ("10.244.0.0/22", 24),
-            ["10.244.3.0/24"],
-            [
-                ("a", nets("10.245.1.0/24")),
-                ("b", nets("10.246.0.0/24")),
-                ("c", nets("10.244.0.0/24")),
-                ("d", nets("10.99.0.0/24")),
-            ],
-            {
-                # pool: 10.245.0.0/23 has 2 ranges, 1 reserved; the draining /24 has 1 (held by b)
-                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
-                # default: 4 ranges, the service range takes one
-                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
-            },
-        ),
-        (
-            {"ipv6": family(64, "fd00:20::/63", "fd00:21::/64", draining=("fd00:21::/64",)), "reserved": ["fd00:20::/64"]},
-            ("fd00:10::/62", 64),
-            ["fd00:10:0:3::/64"],
-            [
-                ("a", nets("fd00:20:0:1::/64")),
-                ("b", nets("fd00:21::/64")),
-                ("c", nets("fd00:10::/64")),
-                ("d", nets("fd00:99::/64")),
-            ],
-            {
-                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
-                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
-            },
-        ),
-    ],
-    ids=["ipv4", "ipv6"],
-)
-def test_usage_counts_ranges_by_containment_and_names_blocking_nodes(
-    pool_family: dict[str, Any],
-    default_range: tuple[str, int],
-    services: list[str],
-    holdings: list[tuple[str, list[netaddr.IPNetwork]]],
-    expected: dict[str, tuple[list[tuple[int, int, bool]], int, int, list[str], str]],
-) -> None:
-    pools = [
-        PoolSpec.from_body(body("pool", {**pool_family, "nodeSelector": selector(GPU)})),
-        PoolSpec.default([FamilyRange(netaddr.IPNetwork(default_range[0]), default_range[1])]),
-    ]
-    usages, outside = compute_usage(pools, holdings, nets(*services))
-    assert [(node, str(cidr)) for node, cidr in outside] == [("d", str(holdings[3][1][0]))]
-    for usage in usages:
-        per_cidr, nodes, free, blocking, summary = expected[usage.name]
-        (family_usage,) = usage.families
-        assert [(c.capacity, c.allocated, c.draining) for c in family_usage.per_cidr] == per_cidr
-        assert (usage.nodes, family_usage.free, list(usage.blocking_nodes), usage.summary) == (nodes, free, blocking, summary)
+DEFAULT_RANGES = [FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)]
 
 
-def test_usage_of_a_refused_pool_is_empty_and_its_ranges_count_for_the_earlier_one() -> None:
-    default = PoolSpec.default(
-        [FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24), FamilyRange(netaddr.IPNetwork("fd00:10::/56"), 64)]
-    )
-    later = PoolSpec.from_body(body("later", {"ipv4": family(24, "10.244.0.0/20"), "ipv6": family(64, "fd00:10::/60")}))
-    usages, outside = compute_usage([later, default], [("a", nets("10.244.1.0/24", "fd00:10:0:1::/64"))])
-    by_name = {usage.name: usage for usage in usages}
-    assert by_name["later"].refused and by_name["later"].nodes == 0
-    assert [f.allocated for f in by_name[DEFAULT_POOL].families] == [1, 1] and outside == []
-    assert by_name["later"].summary == "0/16 (0%)"
+def usage_of(spec: PoolSpec, holdings: Sequence[tuple[str, Sequence[netaddr.IPNetwork]]] = ()) -> PoolUsage:
+    """The pool's usage as the controller keeps it, once these Nodes hold these ranges."""
+    allocations = NodeAllocations(DEFAULT_RANGES, pools=[spec])
+    for name, cidrs in holdings:
+        allocations.observe(NodeInfo(name, f"uid-{name}", tuple(str(cidr) for cidr in cidrs)))
+    usage = allocations.pool_usage.usage(spec.name)
+    assert usage is not None
+    return usage
 
 
 # -- status --------------------------------------------------------------------------------------------
@@ -669,7 +614,7 @@ def test_status_body_shows_usage_conditions_and_columns(
     exhausted: bool,
 ) -> None:
     spec = PoolSpec.from_body(body("gpu", {**pool_spec, "nodeSelector": selector(GPU)}, generation=4))
-    (usage,), _ = compute_usage([spec], holdings)
+    usage = usage_of(spec, holdings)
     status = status_body(spec, usage, now="2026-11-28T10:00:00Z")
     assert status["observedGeneration"] == 4 and status["columns"] == columns and status["summary"] == summary
     assert status["blockingNodes"] == ["b"] and status[key]["perCIDR"][1]["draining"] is True
@@ -699,8 +644,6 @@ def test_status_body_of_a_refused_or_disabled_pool_is_not_ready(
     pool_spec: dict[str, Any], refused: bool, ready: tuple[str, str]
 ) -> None:
     spec = PoolSpec.from_body(body("p", pool_spec))
-    default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
-    usages, _ = compute_usage([spec, default], [])
-    status = status_body(spec, usages[0], now="2026-11-28T10:00:00Z")
+    status = status_body(spec, usage_of(spec), now="2026-11-28T10:00:00Z")
     assert conditions_of(status)["Ready"] == ready
     assert conditions_of(status)["Overlapping"][0] == ("True" if refused else "False")
