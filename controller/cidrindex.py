@@ -1,10 +1,11 @@
 """Which of many CIDRs overlap, or contain, a range: found by lookups, not by comparing with each.
 
 Two CIDRs either nest or are disjoint. So the ones overlapping a range are
-its supernets (and itself), found with one dict lookup per prefix length the
-index holds, and its subnets, a slice of the CIDRs sorted by first address.
-A query costs O(prefix lengths + log n + answers), whatever n is. Built once
-from a fixed list; to change it, build another. Pure: netaddr only.
+its supernets (and itself), one dict lookup per prefix length held, and its
+subnets. `CIDRIndex`, built once from a fixed list, finds those in a slice of
+its CIDRs sorted by first address: O(prefix lengths + log n + answers),
+whatever n is. `CIDRCounter` counts CIDRs as they come and go, grouped by
+prefix length. Pure: netaddr only.
 """
 
 from __future__ import annotations
@@ -67,3 +68,64 @@ class CIDRIndex(Generic[T]):
             network = first >> (bits - held) << (bits - held)
             found += self._by_network.get((version, held, network), ())
         return found
+
+
+class CIDRCounter:
+    """CIDRs counted (one may be added several times), and the ones overlapping a range found by lookups.
+
+    Grouped by prefix length: the supernets of a range are one lookup per
+    length, its subnets of one length either the few that fit in it, looked
+    up one by one, or, if that length holds fewer, those of that length
+    filtered. A new pool CIDR of 64 node ranges, with 100,000 Node ranges
+    counted, costs 64 lookups, not 100,000 comparisons.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[netaddr.IPNetwork, int] = {}
+        self._by_length: dict[tuple[int, int], dict[int, netaddr.IPNetwork]] = {}  # (version, prefixlen) -> first -> CIDR
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def count(self, cidr: netaddr.IPNetwork) -> int:
+        return self._counts.get(cidr, 0)
+
+    def add(self, cidr: netaddr.IPNetwork) -> None:
+        count = self._counts.get(cidr, 0)
+        self._counts[cidr] = count + 1
+        if count == 0:
+            self._by_length.setdefault((int(cidr.version), int(cidr.prefixlen)), {})[int(cidr.first)] = cidr
+
+    def remove(self, cidr: netaddr.IPNetwork) -> int:
+        """One count less (none: a no-op); returns how many are left."""
+        count = self._counts.get(cidr, 0)
+        if count > 1:
+            self._counts[cidr] = count - 1
+            return count - 1
+        if count == 1:
+            del self._counts[cidr]
+            key = (int(cidr.version), int(cidr.prefixlen))
+            group = self._by_length[key]
+            del group[int(cidr.first)]
+            if not group:
+                del self._by_length[key]
+        return 0
+
+    def overlapping(self, cidr: netaddr.IPNetwork) -> list[tuple[netaddr.IPNetwork, int]]:
+        """The counted CIDRs that overlap `cidr`, each with its count."""
+        version, length, first, last = int(cidr.version), int(cidr.prefixlen), int(cidr.first), int(cidr.last)
+        bits = 32 if version == 4 else 128
+        found: list[netaddr.IPNetwork] = []
+        for (group_version, held), group in self._by_length.items():
+            if group_version != version:
+                continue
+            if held <= length:
+                network = first >> (bits - held) << (bits - held)
+                if network in group:
+                    found.append(group[network])
+            elif 2 ** (held - length) <= len(group):
+                step = 2 ** (bits - held)
+                found += [group[start] for start in range(first, last + 1, step) if start in group]
+            else:
+                found += [other for start, other in group.items() if first <= start <= last]
+        return [(other, self._counts[other]) for other in found]

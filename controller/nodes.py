@@ -35,7 +35,7 @@ from typing import Any
 import netaddr
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
-from controller.cidrindex import CIDRIndex
+from controller.cidrindex import CIDRCounter, CIDRIndex
 from controller.config import FamilyRange
 from controller.poolindex import PoolCIDRKey, PoolIndex
 from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
@@ -338,7 +338,7 @@ class NodeAllocations:
         self.ranges = tuple(ranges)
         self._default = PoolSpec.default(self.ranges)
         self._versions = tuple(family.version for family in self.ranges)  # flag order: the order of a Node's podCIDRs
-        self._claimed: collections.Counter[netaddr.IPNetwork] = collections.Counter()
+        self._claimed = CIDRCounter()
         self.pool_usage = PoolUsageBook()
         self._entries: dict[str, tuple[_PoolSet, ...]] = {
             DEFAULT_POOL: tuple(self._new_set(DEFAULT_POOL, family.cluster_cidr, family.node_mask_size) for family in self.ranges)
@@ -471,9 +471,8 @@ class NodeAllocations:
         """Every claim made so far, in new sets: one pass over the claims, whatever the number of sets."""
         if not entries:
             return
-        index = CIDRIndex((entry.cidr, entry) for entry in entries)
-        for claimed, count in self._claimed.items():
-            for entry in index.overlapping(claimed):
+        for entry in entries:
+            for claimed, count in self._claimed.overlapping(entry.cidr):
                 for _ in range(count):
                     entry.claims.claim(claimed)
 
@@ -685,7 +684,7 @@ class NodeAllocations:
                 subnet = entry.claims.allocate_next()
             except NoCIDRsRemainingError:
                 break
-            self._claimed[subnet] += 1
+            self._claimed.add(subnet)
             self.pool_usage.claims_changed(entry.pool)
             for other in self._sets_overlapping(subnet):
                 if other is not entry:
@@ -803,20 +802,16 @@ class NodeAllocations:
 
     def _claim(self, cidr: netaddr.IPNetwork) -> None:
         """One claim on `cidr`, in every set it overlaps now, and remembered for sets made later."""
-        self._claimed[cidr] += 1
+        self._claimed.add(cidr)
         for entry in self._sets_overlapping(cidr):
             entry.claims.claim(cidr)
             self.pool_usage.claims_changed(entry.pool)
 
     def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
         """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
-        count = self._claimed.get(cidr, 0)
-        if count == 0:
+        if not self._claimed.count(cidr):
             return 0
-        if count == 1:
-            del self._claimed[cidr]
-        else:
-            self._claimed[cidr] = count - 1
+        self._claimed.remove(cidr)
         freed = 0
         for entry in self._sets_overlapping(cidr):
             freed += entry.claims.unclaim(cidr)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.cidrindex import CIDRIndex
+from controller.cidrindex import CIDRCounter, CIDRIndex
 
 N = netaddr.IPNetwork
 
@@ -64,3 +64,52 @@ def test_the_index_finds_what_a_scan_finds(version: int, data: st.DataObject) ->
     index = CIDRIndex((cidr, position) for position, cidr in enumerate(held))
     assert index.overlapping(query) == [i for i, c in enumerate(held) if c.first <= query.last and query.first <= c.last]
     assert index.containing(query) == [i for i, c in enumerate(held) if c.first <= query.first and query.last <= c.last]
+
+
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_the_counter_finds_what_a_scan_finds_as_cidrs_come_and_go(version: int, data: st.DataObject) -> None:
+    counter = CIDRCounter()
+    model: dict[netaddr.IPNetwork, int] = {}
+    for add, cidr in data.draw(st.lists(st.tuples(st.booleans(), cidrs(version)), max_size=40)):
+        if add:
+            counter.add(cidr)
+            model[cidr] = model.get(cidr, 0) + 1
+        else:
+            left = counter.remove(cidr)
+            if model.get(cidr, 0) > 1:
+                model[cidr] -= 1
+            else:
+                model.pop(cidr, None)
+            assert left == model.get(cidr, 0)
+    query = data.draw(cidrs(version))
+    expected = {c: n for c, n in model.items() if c.first <= query.last and query.first <= c.last}
+    assert dict(counter.overlapping(query)) == expected
+    assert len(counter) == len(model) and all(counter.count(c) == n for c, n in model.items())
+
+
+@pytest.mark.parametrize(
+    ("counted", "query", "expected"),
+    [
+        pytest.param(
+            ["10.0.0.0/26"] * 2 + ["10.0.0.64/26", "10.0.1.0/26", "10.0.0.0/16"],
+            "10.0.0.0/25",
+            {"10.0.0.0/26": 2, "10.0.0.64/26": 1, "10.0.0.0/16": 1},
+            id="ipv4",
+        ),
+        pytest.param(
+            ["fd00::/64"] * 2 + ["fd00:0:0:1::/64", "fd00:0:0:2::/64", "fd00::/48"],
+            "fd00::/63",
+            {"fd00::/64": 2, "fd00:0:0:1::/64": 1, "fd00::/48": 1},
+            id="ipv6",
+        ),
+    ],
+)
+def test_the_counter_counts_each_cidr_and_finds_those_overlapping(
+    counted: list[str], query: str, expected: dict[str, int]
+) -> None:
+    counter = CIDRCounter()
+    for cidr in counted:
+        counter.add(N(cidr))
+    assert {str(c): n for c, n in counter.overlapping(N(query))} == expected
