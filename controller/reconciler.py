@@ -726,9 +726,12 @@ class Reconciler:
         self._pool_usage_changed()
         for cidr in cidrs:
             label = self._cluster_label(cidr)
+            pool = self.allocations.pool_of(cidr) or ""
             self.metrics.allocations.labels(label).inc()
-            self.metrics.pool_allocations.labels(self.allocations.pool_of(cidr) or "").inc()
-            if attempts is not None:
+            self.metrics.pool_allocations.labels(pool).inc()
+            if attempts is not None and pool not in ("", DEFAULT_POOL):
+                self.metrics.pool_tries.labels(pool).observe(attempts)
+            elif attempts is not None:
                 self.metrics.tries.labels(label).observe(attempts)
         if seen_at is not None:
             self.metrics.allocation_seconds.observe(time.monotonic() - seen_at)

@@ -449,3 +449,27 @@ def test_a_finalizer_taken_off_by_hand_is_put_back_although_no_usage_changed(fam
 
     run(go)
     assert api.pools is not None and api.pools["p1"]["metadata"]["finalizers"] == [reconciler_module.POOL_FINALIZER]
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+def test_a_pool_of_many_cidrs_adds_one_tries_histogram_not_one_per_cidr(family_range: FamilyRange) -> None:
+    two_ranges = N(POOL_CIDRS[family_range.version][1])
+    first, second = (str(cidr) for cidr in two_ranges.subnet(two_ranges.prefixlen + 1))
+    api = FakeApi(pools={"p": pool_body("p", family_range, first, second, priority=1)})
+    for name in ("a", "b", "c"):
+        api.add(name)
+
+    async def go() -> Reconciler:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        return reconciler
+
+    registry = run(go).metrics.registry
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"node_ipam_controller_{name}", labels)
+
+    assert sample("pool_allocation_tries_per_request_count", pool="p") == 2
+    assert sample("cidrset_allocation_tries_per_request_count", clusterCIDR=first) is None
+    assert sample("cidrset_allocation_tries_per_request_count", clusterCIDR=str(family_range.cluster_cidr)) == 1
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=second) == 1, "the counters stay per pool CIDR"
