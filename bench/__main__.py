@@ -1,8 +1,8 @@
 """Side-by-side figures: nodeipam vs kube-controller-manager's nodeipam, one API server, one run.
 
-    python -m bench [--profile small|scale] [--nodes 2000[,20000...]] [--restart-nodes 20000[,...]]
-                    [--only burst,startup,restart] [--controllers nodeipam,kube-controller-manager]
-                    [--skip-throttled] [--json PATH]
+    python -m bench [--profile small|scale|pools] [--nodes 2000[,20000...]] [--restart-nodes 20000[,...]]
+                    [--only burst,startup,restart,pools] [--controllers nodeipam,kube-controller-manager]
+                    [--skip-throttled] [--create-rate N] [--pools 100] [--pool-cidrs 16] [--json PATH]
 
 Every Node is a realistic ~10 KB body (labels, conditions, addresses,
 capacity, 40 images), created 64 at a time, as kubelets registering would.
@@ -25,6 +25,14 @@ Profiles (explicit --nodes, --restart-nodes, --only, --skip-throttled win):
                    Roughly 45-60 min on 2 cores (estimate: the API server takes
                    ~310 Node creates/s, so 100000 Nodes are ~6 min of creates per
                    scenario, plus their deletion; ~424000 creates in all).
+  pools            nodeipam alone, a burst of 20000 paced at 100 creates/s, twice:
+                   with the flags' range only, then with --pools NodeCIDRPools of
+                   --pool-cidrs CIDRs each (100 x 16) serving the Nodes. During each
+                   burst /healthz is probed every 0.1 s and /metrics scraped every
+                   1 s (bench/probe.py, a process of its own, with the control
+                   plane's admin token); printed: lag after the last create, p99 and
+                   worst probe and scrape latency, side by side, and their ratio.
+                   Roughly 15 min on 2 cores (estimate).
 
 Address space: 10.0.0.0/8 for both controllers, /24 per Node while a scenario
 needs at most 65536 subnets, /25 (131072 subnets) above. kube-controller-manager
@@ -39,6 +47,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -53,10 +62,11 @@ from typing import Any
 import aiohttp
 import netaddr
 
+from bench.probe import probe
 from bench.watch import watch_nodes
-from controller.kube import ApiError, Credentials, KubeClient
+from controller.kube import POOLS_PATH, ApiError, Credentials, KubeClient
 from controller.localcluster.binaries import ensure_binaries
-from controller.localcluster.cluster import LocalControlPlane
+from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
 from controller.localcluster.nodebodies import realistic_node
 
 CLUSTER_CIDR = "10.0.0.0/8"
@@ -65,7 +75,7 @@ SERVICE_CIDR = "192.168.0.0/16"  # outside the cluster CIDR, so neither controll
 #: nodeipam-elected: nodeipam with leader election on, as the chart runs it (every patch waits for the Lease to
 #: record it first); the others run alone, without election.
 CONTROLLERS = ("nodeipam", "kube-controller-manager", "nodeipam-elected")
-SCENARIOS = ("burst", "startup", "restart")
+SCENARIOS = ("burst", "startup", "restart", "pools")
 CREATE_PARALLELISM = 64
 SETTLE_TIMEOUT = 900.0
 SETTLE_SECONDS = 30.0  # after the restart scenario, before the end RSS is read
@@ -79,7 +89,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "only": ["burst", "restart"],
         "skip_throttled": True,
     },
+    "pools": {"nodes": [20000], "restart_nodes": [], "only": ["pools"], "skip_throttled": True, "create_rate": 100.0},
 }
+#: The NodeCIDRPool CRD, from its one source: the chart's crds/ directory.
+POOL_CRD = Path(__file__).resolve().parents[1] / "manifests" / "charts" / "nodeipam" / "crds" / "nodecidrpools.yaml"
+#: The flags' range in a run with pools: outside every pool, tried last.
+POOLS_DEFAULT_CIDR = "172.16.0.0/12"
 
 
 def address_space(subnets: int) -> tuple[str, int]:
@@ -130,6 +145,10 @@ class Result:
     apiserver_cpu_seconds: float = 0.0  # while the controller ran
     etcd_cpu_seconds: float = 0.0
     series: Series = field(default_factory=Series)
+    pools: str = ""  # the pools scenario: which pools served the Nodes
+    healthz_seconds: list[float] = field(default_factory=list)  # /healthz latencies during the burst
+    scrape_seconds: list[float] = field(default_factory=list)  # /metrics latencies during the burst
+    probe_failures: int = 0  # requests that timed out or were not answered 200
 
     @classmethod
     def of(
@@ -217,8 +236,16 @@ class Controller:
     nodeipam_flags: tuple[str, ...] = ()
 
     def __init__(
-        self, kind: str, plane: LocalControlPlane, log_dir: Path, cluster_cidr: str, node_mask: int, throttled: bool = False
+        self,
+        kind: str,
+        plane: LocalControlPlane,
+        log_dir: Path,
+        cluster_cidr: str,
+        node_mask: int,
+        throttled: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
+        """`metrics_port`: nodeipam serves /metrics and /healthz there (on 127.0.0.1); None: not at all."""
         self.kind = kind
         self.label = kind + (" (QPS 20/30)" if throttled else "")
         ours = kind in ("nodeipam", "nodeipam-elected")
@@ -244,7 +271,7 @@ class Controller:
                 f"--node-cidr-mask-size={node_mask}",
                 f"--service-cluster-ip-range={plane.service_cidr}",
                 *election,
-                "--metrics-bind-address=0",
+                f"--metrics-bind-address=127.0.0.1:{metrics_port}" if metrics_port else "--metrics-bind-address=0",
                 "--log-level=warning",
             ]
             if throttled:
@@ -385,6 +412,26 @@ class Watcher:
         if self._process is not None:
             self._process.terminate()
             await asyncio.to_thread(self._process.join, 10)
+
+
+class Prober:
+    """Probes /healthz and scrapes /metrics of the controller from a process of its own (bench/probe.py)."""
+
+    def __init__(self, port: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=probe, args=(port, ADMIN_TOKEN, child), daemon=True)
+        self._process.start()
+        child.close()
+
+    async def stop(self) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
+        """Stop; (healthz samples, scrape samples), each (sent at, seconds, HTTP status)."""
+        self._connection.send("stop")
+        samples: tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]] = await asyncio.to_thread(
+            self._connection.recv
+        )
+        await asyncio.to_thread(self._process.join, 10)
+        return samples
 
 
 class Sampler:
@@ -580,6 +627,150 @@ async def restart(
     return results
 
 
+def pool_layout(nodes: int, pools: int, cidrs: int) -> tuple[int, list[list[str]]]:
+    """The node mask and the CIDRs of `pools` pools of `cidrs` CIDRs each, side by side in CLUSTER_CIDR, that hold
+    `nodes` Nodes between them: /24 per Node where that fits, as in a burst, else /25, /26."""
+    per_cidr = 2 ** max(0, math.ceil(math.log2(math.ceil(nodes / (pools * cidrs)))))
+    space = netaddr.IPNetwork(CLUSTER_CIDR)
+    for mask in (24, 25, 26):
+        if pools * cidrs * per_cidr <= 2 ** (mask - space.prefixlen):
+            prefix = mask - int(math.log2(per_cidr))
+            return mask, [
+                [nth_subnet(CLUSTER_CIDR, prefix, pool * cidrs + index) for index in range(cidrs)] for pool in range(pools)
+            ]
+    raise ValueError(f"{pools} pools of {cidrs} CIDRs for {nodes} Nodes do not fit in {CLUSTER_CIDR}")
+
+
+def pool_body(name: str, mask: int, cidrs: list[str]) -> dict[str, Any]:
+    """A NodeCIDRPool with no selector: it serves every Node; of several, the fullest first."""
+    return {
+        "apiVersion": "nodeipam.io/v1alpha1",
+        "kind": "NodeCIDRPool",
+        "metadata": {"name": name},
+        "spec": {"ipv4": {"nodeMaskSize": mask, "cidrs": [{"cidr": cidr} for cidr in cidrs]}},
+    }
+
+
+async def delete_all_pools(kube: KubeClient) -> None:
+    """Take the controller's finalizer off every NodeCIDRPool (it is stopped), delete them, until none is left."""
+    while pools := await kube.list_pools():
+        for body in pools:
+            metadata = body["metadata"]
+            with contextlib.suppress(ApiError):
+                if metadata.get("finalizers"):
+                    await kube.set_pool_finalizers(metadata["name"], [], metadata["resourceVersion"])
+                await kube.request("DELETE", f"{POOLS_PATH}/{metadata['name']}")
+        await asyncio.sleep(0.5)
+
+
+async def wait_ready(port: int, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Until the controller's /readyz answers 200: it listed the pools and Nodes and serves."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"https://127.0.0.1:{port}/readyz", ssl=False) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"the controller's /readyz on port {port} never answered 200")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value at `fraction` of the sorted values (nearest rank); 0 for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+async def pools_burst(
+    kube: KubeClient, plane: LocalControlPlane, logs: Path, n: int, pools: int, cidrs: int, per_second: float | None
+) -> list[Result]:
+    """The same burst twice: the flags' range only, then `pools` NodeCIDRPools of `cidrs` CIDRs each serving every
+    Node; /healthz probed and /metrics scraped all along. The CRD is installed in both, so that the controller
+    watches pools and writes their status in both."""
+    mask, layout = pool_layout(n, pools, cidrs)
+    plane.kubectl("apply", "-f", str(POOL_CRD))
+    plane.kubectl("wait", "--for=condition=established", "--timeout=60s", "crd/nodecidrpools.nodeipam.io")
+    setups = [("flags' range only", CLUSTER_CIDR, []), (f"{pools} pools x {cidrs} CIDRs", POOLS_DEFAULT_CIDR, layout)]
+    results = []
+    for label, cluster_cidr, pool_cidrs in setups:
+        await delete_all_nodes(kube, plane)
+        await delete_all_pools(kube)
+        for index, entries in enumerate(pool_cidrs):
+            await kube.request("POST", POOLS_PATH, body=pool_body(f"bench-{index:04d}", mask, entries))
+        port = free_port()
+        controller = Controller("nodeipam", plane, logs, cluster_cidr, mask, metrics_port=port)
+        watcher = Watcher(plane.kubeconfig)
+        await watcher.start()
+        sampler = Sampler(controller, watcher)
+        await wait_ready(port)
+        prober = Prober(port)
+        await asyncio.sleep(3)  # a few probes before the burst
+        names = [f"pools-{i}" for i in range(n)]
+        started = time.monotonic()
+        created = await create_nodes(kube, names, per_second=per_second)
+        done = await watcher.wait_all(names)
+        healthz, scrapes = await prober.stop()
+        await asyncio.sleep(AFTER_BURST_SECONDS)
+        sampler.stop(started)
+        controller.stop()
+        await watcher.stop()
+        during = [sample for sample in healthz + scrapes if started <= sample[0] <= done]
+        nodes, _ = await kube.list_nodes()
+        in_pools = sum(
+            1 for node in nodes if node.pod_cidrs and netaddr.IPNetwork(node.pod_cidrs[0]) in netaddr.IPNetwork(CLUSTER_CIDR)
+        )
+        notes = [await check_disjoint(kube, names), f"{in_pools} Nodes in {CLUSTER_CIDR}" if pool_cidrs else ""]
+        result = Result.of(
+            f"burst of {n}: {label}",
+            "pools",
+            controller,
+            n,
+            done - started,
+            sampler,
+            [round(watcher.assigned[name] - created[name], 4) for name in names],
+            done - max(created.values()),
+            " ".join(filter(None, notes)),
+        )
+        result.pools = label
+        result.healthz_seconds = [round(took, 4) for sent, took, _ in healthz if started <= sent <= done]
+        result.scrape_seconds = [round(took, 4) for sent, took, _ in scrapes if started <= sent <= done]
+        result.probe_failures = sum(1 for _, _, status in during if status != 200)
+        results.append(result)
+    return results
+
+
+POOLS_TABLE_HEADER = (
+    "| burst | setup | lag after last create s | p50 s | /healthz p99 ms | /healthz worst ms | /metrics p99 ms "
+    "| /metrics worst ms | probes, scrapes (failed) | CPU ms/Node | note |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def pools_row(result: Result) -> str:
+    lag = f"{result.lag_seconds:.2f}" if result.lag_seconds is not None else "-"
+    return (
+        f"| {result.nodes} | {result.pools} | {lag} | {percentile(result.latencies, 0.5):.2f} "
+        f"| {1000 * percentile(result.healthz_seconds, 0.99):.0f} | {1000 * max(result.healthz_seconds, default=0):.0f} "
+        f"| {1000 * percentile(result.scrape_seconds, 0.99):.0f} | {1000 * max(result.scrape_seconds, default=0):.0f} "
+        f"| {len(result.healthz_seconds)}, {len(result.scrape_seconds)} ({result.probe_failures}) "
+        f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {result.note} |"
+    )
+
+
+def pools_ratio(baseline: Result, pooled: Result) -> str:
+    """How much worse the run with pools was than the one without, on one line."""
+
+    def ratio(ours: float, theirs: float) -> str:
+        return f"{ours / theirs:.2f}x" if theirs > 0 else "-"
+
+    return (
+        f"burst of {pooled.nodes}: {pooled.pools} / {baseline.pools}: "
+        f"lag {ratio(pooled.lag_seconds or 0.0, baseline.lag_seconds or 0.0)}, "
+        f"/healthz p99 {ratio(percentile(pooled.healthz_seconds, 0.99), percentile(baseline.healthz_seconds, 0.99))}, "
+        f"/metrics p99 {ratio(percentile(pooled.scrape_seconds, 0.99), percentile(baseline.scrape_seconds, 0.99))}"
+    )
+
+
 class Report:
     """Results so far, printed as they come and rewritten to the JSON file after every scenario,
     so a long run that stops early keeps what it measured."""
@@ -600,6 +791,8 @@ class Report:
             "nodeipam_flags": args.nodeipam_flag,
             "create_parallelism": CREATE_PARALLELISM,
             "create_rate": args.create_rate,
+            "pools": args.pools,
+            "pool_cidrs": args.pool_cidrs,
             "service_cidr": SERVICE_CIDR,
         }
 
@@ -655,6 +848,12 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                         if kcm_fits(kind, f"start with {n} waiting", n, report):
                             print(f"running start with {n} waiting: {kind} ...", file=sys.stderr)
                             report.add(await startup(kube, plane, logs, kind, n, address_space(n)))
+            if "pools" in args.only:
+                for n in args.nodes:
+                    print(f"running pools burst of {n}: {args.pools} x {args.pool_cidrs} ...", file=sys.stderr)
+                    for result in await pools_burst(kube, plane, logs, n, args.pools, args.pool_cidrs, args.create_rate):
+                        print(pools_row(result), file=sys.stderr, flush=True)
+                        report.add(result)
             if "restart" in args.only:
                 for n in args.restart_nodes:
                     subnets = n + 2 * len(args.controllers)  # the held Nodes and two newcomers per controller
@@ -681,6 +880,16 @@ def positive_rate(text: str) -> float:
         value = 0.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected Nodes per second above 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
@@ -728,6 +937,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NODES_PER_SECOND",
         help="in the burst, create Nodes no faster than this (default: as fast as 64 creates in flight allow)",
     )
+    parser.add_argument("--pools", type=positive_int, default=100, help="NodeCIDRPools in the pools scenario (default 100)")
+    parser.add_argument("--pool-cidrs", type=positive_int, default=16, help="CIDRs per NodeCIDRPool there (default 16)")
     args = parser.parse_args(argv)
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key) is None:
@@ -735,6 +946,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for n in args.nodes + args.restart_nodes:
         try:
             address_space(n + 2 * len(args.controllers))
+            if "pools" in args.only:
+                pool_layout(n, args.pools, args.pool_cidrs)
         except ValueError as error:
             parser.error(str(error))
     if args.json is None:
@@ -751,6 +964,14 @@ def main() -> None:
     for result in report.results:
         print(result.row())
     print()
+    pooled = [result for result in report.results if result.kind == "pools"]
+    if pooled:
+        print(POOLS_TABLE_HEADER)
+        for result in pooled:
+            print(pools_row(result))
+        for baseline, with_pools in zip(pooled[::2], pooled[1::2], strict=False):
+            print(pools_ratio(baseline, with_pools))
+        print()
     for note in report.skipped:
         print(f"note: {note}")
     by_scenario: dict[str, dict[str, Result]] = {}

@@ -18,8 +18,8 @@ import netaddr
 
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.kube import ApiError, Credentials, KubeClient
-from controller.nodes import NodeAllocations, NodeInfo, classify_pod_cidrs, parse_cidr_sloppy
-from controller.pools import PoolSpec, PoolSpecError, PoolUsage, compute_usage, overlaps
+from controller.nodes import NodeAllocations, NodeInfo, ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
+from controller.pools import PoolSpec, PoolSpecError, PoolUsage, overlaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +72,14 @@ def compute_status(
     service_cidrs: Sequence[netaddr.IPNetwork] = (),
     pool_bodies: Sequence[Mapping[str, Any]] = (),
 ) -> Status:
-    """Usage per cluster CIDR as the controller would see it after a rebuild; and per pool, when there are NodeCIDRPools."""
-    allocations = NodeAllocations(ranges, service_cidrs)
+    """Usage per cluster CIDR as the controller would see it after a rebuild; and per pool, when there are NodeCIDRPools.
+
+    The pools are served as the controller serves them, and their usage read
+    as it reads it (`NodeAllocations.pool_usage`).
+    """
+    problems: list[str] = []
+    specs = _pool_specs(pool_bodies, problems)
+    allocations = NodeAllocations(ranges, service_cidrs, specs)
     waiting = []
     count = 0
     nodes = list(nodes)
@@ -94,38 +100,41 @@ def compute_status(
         )
         for cidr_set in allocations.sets
     )
-    pools, problems = _pool_rows(nodes, ranges, service_cidrs, pool_bodies) if pool_bodies else ((), ())
-    return Status(usage, count, tuple(sorted(waiting)), pools, problems)
+    if not pool_bodies:
+        return Status(usage, count, tuple(sorted(waiting)))
+    problems += _outside(allocations, nodes)
+    return Status(usage, count, tuple(sorted(waiting)), _pool_rows(allocations), tuple(problems))
 
 
-def _pool_rows(
-    nodes: Sequence[NodeInfo],
-    ranges: Sequence[FamilyRange],
-    service_cidrs: Sequence[netaddr.IPNetwork],
-    pool_bodies: Sequence[Mapping[str, Any]],
-) -> tuple[tuple[PoolRow, ...], tuple[str, ...]]:
-    problems: list[str] = []
-    specs: list[PoolSpec] = []
+def _pool_specs(pool_bodies: Sequence[Mapping[str, Any]], problems: list[str]) -> list[PoolSpec]:
+    specs = []
     for body in pool_bodies:
         try:
             specs.append(PoolSpec.from_body(body))
         except PoolSpecError as error:
             problems.append(str(error))
-    specs.sort(key=lambda spec: (-spec.priority, spec.name))
-    specs.append(PoolSpec.default(ranges))
-    holdings = []
+    return specs
+
+
+def _pool_rows(allocations: NodeAllocations) -> tuple[PoolRow, ...]:
+    """Every pool, highest priority first, then by name; the default pool last."""
+    default, *others = allocations.pools()
+    specs = [*sorted(others, key=lambda spec: (-spec.priority, spec.name)), default]
+    usages = {usage.name: usage for usage in allocations.pool_usage.usages()}
+    return tuple(_pool_row(spec, usages[spec.name]) for spec in specs)
+
+
+def _outside(allocations: NodeAllocations, nodes: Sequence[NodeInfo]) -> list[str]:
+    found = []
     for node in nodes:
-        cidrs = []
         for text in node.pod_cidrs:
             try:
-                cidrs.append(parse_cidr_sloppy(text)[0])
+                cidr = parse_cidr_sloppy(text)[0]
             except ValueError:
                 continue  # `nodeipam check` reports it
-        holdings.append((node.name, cidrs))
-    usages, outside = compute_usage(specs, holdings, service_cidrs)
-    problems.extend(f"node {name}: podCIDR {cidr} lies in no pool" for name, cidr in outside)
-    rows = tuple(_pool_row(spec, usage) for spec, usage in zip(specs, usages, strict=True))
-    return rows, tuple(problems)
+            if allocations.pool_of(cidr) is None:
+                found.append(f"node {node.name}: podCIDR {cidr} lies in no pool")
+    return found
 
 
 def _pool_row(spec: PoolSpec, usage: PoolUsage) -> PoolRow:
@@ -191,7 +200,7 @@ def find_problems(
     pools that cannot be used, or that overlap an earlier pool, are findings too.
     """
     findings: list[str] = []
-    ranges = [*ranges, *_pool_ranges(ranges, pool_bodies, findings)]
+    served = ServedRanges([*ranges, *_pool_ranges(ranges, pool_bodies, findings)])
     claimed: list[tuple[netaddr.IPNetwork, str]] = []
     for node in sorted(nodes, key=lambda n: n.name):
         if not node.pod_cidrs:
@@ -199,7 +208,7 @@ def find_problems(
             continue
         if node.pod_cidr and node.pod_cidr != node.pod_cidrs[0]:
             findings.append(f"node {node.name}: spec.podCIDR {node.pod_cidr} != spec.podCIDRs[0] {node.pod_cidrs[0]}")
-        classified = classify_pod_cidrs(node.pod_cidrs, ranges)
+        classified = classify_pod_cidrs(node.pod_cidrs, served)
         findings.extend(f"node {node.name}: {problem.message}" for problem in classified.problems)
         claimed.extend((cidr, node.name) for cidr in classified.usable)
     claimed.sort(key=lambda item: (item[0].version, item[0].first, -item[0].last))

@@ -21,6 +21,7 @@ from controller.secure_serving import REFUSAL_REASONS
 NAMESPACE = "node_ipam_controller"
 CLUSTER_CIDR_LABEL = "clusterCIDR"
 POOL_LABEL = "pool"
+TRIES_BUCKETS = (1, 5, 25, 125, 625)
 
 
 class Metrics:
@@ -66,9 +67,9 @@ class Metrics:
         )
         self.tries = Histogram(
             "cidrset_allocation_tries_per_request",
-            "Attempts (reserve + patch) needed to give a Node its podCIDRs.",
+            "Attempts (reserve + patch) needed to give a Node its podCIDRs, per cluster CIDR of the flags.",
             labels,
-            buckets=(1, 5, 25, 125, 625),
+            buckets=TRIES_BUCKETS,
             namespace=NAMESPACE,
             registry=self.registry,
         )
@@ -129,6 +130,16 @@ class Metrics:
             "pool_cidrs_releases",
             "Node CIDRs released, per pool.",
             [POOL_LABEL],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        # Per pool, not per pool CIDR: a histogram is nine series, and 100 pools of 16 CIDRs would make a scrape
+        # format 14,000 of them.
+        self.pool_tries = Histogram(
+            "pool_allocation_tries_per_request",
+            "Attempts (reserve + patch) needed to give a Node its podCIDRs from a NodeCIDRPool, per pool.",
+            [POOL_LABEL],
+            buckets=TRIES_BUCKETS,
             namespace=NAMESPACE,
             registry=self.registry,
         )

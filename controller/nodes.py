@@ -35,8 +35,11 @@ from typing import Any
 import netaddr
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
+from controller.cidrindex import CIDRCounter, CIDRIndex
 from controller.config import FamilyRange
-from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, holder, overlaps, rank
+from controller.poolindex import PoolCIDRKey, PoolIndex
+from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
+from controller.poolusage import PoolUsageBook
 
 #: Event reason for a podCIDR the controller cannot account for cleanly.
 REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
@@ -157,21 +160,36 @@ def _shows(node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
         return False
 
 
+class ServedRanges:
+    """The ranges podCIDRs are judged against, in order, and a lookup of the first one a podCIDR overlaps."""
+
+    def __init__(self, ranges: Iterable[FamilyRange]) -> None:
+        self.ranges = tuple(ranges)
+        self.versions = frozenset(family.version for family in self.ranges)
+        self._index = CIDRIndex((family.cluster_cidr, family) for family in self.ranges)
+
+    def first_overlapping(self, cidr: netaddr.IPNetwork) -> FamilyRange | None:
+        found = self._index.overlapping(cidr)
+        return found[0] if found else None
+
+
 def classify_pod_cidrs(
-    pod_cidrs: Iterable[str], ranges: Iterable[FamilyRange], service_cidrs: Iterable[netaddr.IPNetwork] = ()
+    pod_cidrs: Iterable[str],
+    ranges: Iterable[FamilyRange] | ServedRanges,
+    service_cidrs: Iterable[netaddr.IPNetwork] = (),
 ) -> Classified:
     """Decide which of a Node's podCIDRs to occupy, and what to warn about.
 
     `ranges` are the cluster CIDRs, or every CIDR of every pool (several per
-    family): a podCIDR is judged against the one it overlaps. A podCIDR that
+    family): a podCIDR is judged against the first one it overlaps. A podCIDR that
     overlaps one is occupied even when its mask is wrong or it sticks out, so
     that no overlapping range is ever handed out. Values are read as
     kube-controller-manager reads them (leading zeros as decimal), so that
     both agree on which ranges are taken. A podCIDR overlapping one of
     `service_cidrs` is occupied too, and reported: its pods may get the
-    addresses of Services.
+    addresses of Services. Judging many Nodes: pass a `ServedRanges`, made once.
     """
-    served = tuple(ranges)
+    served = ranges if isinstance(ranges, ServedRanges) else ServedRanges(ranges)
     services = tuple(service_cidrs)
     usable: list[netaddr.IPNetwork] = []
     problems: list[Problem] = []
@@ -181,9 +199,8 @@ def classify_pod_cidrs(
         except (netaddr.AddrFormatError, ValueError, TypeError):
             problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text!r} is not a CIDR; ignored"))
             continue
-        same_family = [family for family in served if family.version == cidr.version]
-        if not same_family:
-            listed = ", ".join(str(f.cluster_cidr) for f in served)
+        if cidr.version not in served.versions:
+            listed = ", ".join(str(f.cluster_cidr) for f in served.ranges)
             problems.append(
                 Problem(
                     REASON_INVALID_POD_CIDR,
@@ -191,8 +208,9 @@ def classify_pod_cidrs(
                 )
             )
             continue
-        family = next((f for f in same_family if _overlaps(cidr, f.cluster_cidr)), None)
+        family = served.first_overlapping(cidr)
         if family is None:
+            same_family = [f for f in served.ranges if f.version == cidr.version]
             where = (
                 f"the cluster CIDR {same_family[0].cluster_cidr}"
                 if len(same_family) == 1
@@ -337,6 +355,9 @@ class NodeAllocations:
     (`_claimed`) so that a set made later, for a pool created or grown at
     runtime, starts with every claim already made on its range: whichever
     pool hands out a range, no other can hand out one overlapping it.
+
+    `pool_usage` is told of every claim and every range held or reserved,
+    so that each pool's usage is known without a pass over the Nodes.
     """
 
     def __init__(
@@ -348,15 +369,18 @@ class NodeAllocations:
         self.ranges = tuple(ranges)
         self._default = PoolSpec.default(self.ranges)
         self._versions = tuple(family.version for family in self.ranges)  # flag order: the order of a Node's podCIDRs
-        self._claimed: collections.Counter[netaddr.IPNetwork] = collections.Counter()
+        self._claimed = CIDRCounter()
+        self.pool_usage = PoolUsageBook()
         self._entries: dict[str, tuple[_PoolSet, ...]] = {
             DEFAULT_POOL: tuple(self._new_set(DEFAULT_POOL, family.cluster_cidr, family.node_mask_size) for family in self.ranges)
         }
+        self._entry_index = _index_of(self._entries)
+        self._index = PoolIndex([self._default])
         self.sets = tuple(entry.claims.cidr_set for entry in self._entries[DEFAULT_POOL])  # the default pool's, in flag order
         self._pools: dict[str, PoolSpec] = {}
         self._refused: dict[str, str] = {}
         self._reserved: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
-        self._served: tuple[FamilyRange, ...] = self.ranges
+        self._served = ServedRanges(self.ranges)
         self._holdings: dict[str, _Holding] = {}
         self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
         self._held_prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, prefix length)
@@ -385,7 +409,8 @@ class NodeAllocations:
         being deleted should come in disabled.
         """
         specs = {pool.name: pool for pool in pools if not pool.is_default}
-        refused = overlaps([self._default, *specs.values()], self.all_service_cidrs)
+        index = PoolIndex([self._default, *specs.values()], self.all_service_cidrs)
+        refused = index.refused
         # A pool's reserved ranges are claimed while it is accepted: a refused pool serves nothing, so it must
         # not take ranges from the pool it overlaps either.
         for name, cidrs in list(self._reserved.items()):
@@ -395,6 +420,7 @@ class NodeAllocations:
                 for cidr in cidrs:
                     self._unclaim(cidr)
         entries: dict[str, tuple[_PoolSet, ...]] = {DEFAULT_POOL: self._entries[DEFAULT_POOL]}
+        new: list[_PoolSet] = []
         for name, spec in specs.items():
             kept = {(entry.cidr, entry.node_mask_size): entry for entry in self._entries.get(name, ())}
             made = []
@@ -402,24 +428,36 @@ class NodeAllocations:
                 for pool_cidr in family.cidrs:
                     entry = kept.get((pool_cidr.cidr, family.node_mask_size))
                     if entry is None:
-                        entry = self._new_set(name, pool_cidr.cidr, family.node_mask_size)
+                        entry = _empty_set(name, pool_cidr.cidr, family.node_mask_size)
+                        new.append(entry)
                     entry.draining = pool_cidr.draining
                     made.append(entry)
             entries[name] = tuple(made)
+        self._claim_so_far(new)
         self._entries = entries
+        self._entry_index = _index_of(entries)
         for name, spec in specs.items():
             if name not in self._reserved and spec.reserved and name not in refused:
                 self._reserved[name] = spec.reserved
                 for cidr in spec.reserved:
                     self._claim(cidr)
         self._pools = specs
-        self._refused = {name: why for name, why in refused.items() if name != DEFAULT_POOL}
+        self._refused = dict(refused)
+        self._index = index
+        self.pool_usage.serve(
+            index,
+            {PoolCIDRKey(entry.pool, entry.cidr): entry.claims.cidr_set for pool in entries.values() for entry in pool},
+            self.all_service_cidrs,
+        )
         ordered = sorted(specs.values(), key=lambda spec: (spec.name in self._refused, spec.created, spec.name))
-        self._served = self.ranges + tuple(
-            FamilyRange(entry.cidr, family.node_mask_size)
-            for spec in ordered
-            for family in spec.families
-            for entry in family.cidrs
+        self._served = ServedRanges(
+            self.ranges
+            + tuple(
+                FamilyRange(entry.cidr, family.node_mask_size)
+                for spec in ordered
+                for family in spec.families
+                for entry in family.cidrs
+            )
         )
         self._claim_newly_served()
         return dict(self._refused)
@@ -433,33 +471,23 @@ class NodeAllocations:
 
     def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
-        owner = holder(cidr, [pool for pool in self.pools() if pool.name not in self._refused])
-        return owner.name if owner is not None else None
+        pool_cidr = self._index.pool_cidr_of(cidr)
+        return pool_cidr.pool if pool_cidr is not None else None
 
     def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool whose deletion waits for the Node holding `cidr`: the serving pool that contains it, else a
         refused one that does (refused after it handed the range out, e.g. when an earlier pool grew over it)."""
-        owner = self.pool_of(cidr)
-        if owner is None:
-            refused = holder(cidr, [pool for pool in self._pools.values() if pool.name in self._refused])
-            owner = refused.name if refused is not None else None
-        return owner
+        pool_cidr = self._index.holding_pool_cidr_of(cidr)
+        return pool_cidr.pool if pool_cidr is not None else None
 
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
-        return any(
-            _overlaps(cidr, entry.cidr)
-            for name, entries in self._entries.items()
-            if name not in self._refused
-            for entry in entries
-        )
+        return self._index.overlaps_serving(cidr)
 
     def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
         """The CIDR (of the pool `pool_of` names) that contains a range."""
-        name = self.pool_of(cidr)
-        if name is None:
-            return None
-        return next((entry.cidr for entry in self._entries.get(name, ()) if cidr in entry.cidr), None)
+        pool_cidr = self._index.pool_cidr_of(cidr)
+        return pool_cidr.cidr if pool_cidr is not None else None
 
     def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
@@ -469,12 +497,18 @@ class NodeAllocations:
         return list(found.items())
 
     def _new_set(self, pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
-        entry = _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
-        for claimed, count in self._claimed.items():
-            if _overlaps(claimed, cidr):
+        entry = _empty_set(pool, cidr, node_mask_size)
+        self._claim_so_far([entry])
+        return entry
+
+    def _claim_so_far(self, entries: list[_PoolSet]) -> None:
+        """Every claim made so far, in new sets: one pass over the claims, whatever the number of sets."""
+        if not entries:
+            return
+        for entry in entries:
+            for claimed, count in self._claimed.overlapping(entry.cidr):
                 for _ in range(count):
                     entry.claims.claim(claimed)
-        return entry
 
     def _claim_newly_served(self) -> None:
         """Claim what Nodes show that lay in no pool before, and lies in one now (a pool created around it)."""
@@ -703,6 +737,8 @@ class NodeAllocations:
             self._sequence += 1
             reservation = Reservation(node.name, node.uid, taken, self._sequence)
             self._reservations[node.name] = reservation
+            for cidr in taken:
+                self.pool_usage.hold(node.name, cidr)
             return reservation
         self._waiting[node.name] = node
         if not self._pools:
@@ -712,17 +748,7 @@ class NodeAllocations:
 
     def _candidates(self) -> list[Candidate]:
         """Every pool that may hand out ranges, with its free ranges per family (draining CIDRs have none)."""
-        candidates = []
-        for spec in self.pools():
-            if spec.name in self._refused:
-                continue
-            entries = self._entries.get(spec.name, ())
-            free = tuple(
-                sum(entry.free for entry in entries if entry.cidr.version == family.version and not entry.draining)
-                for family in spec.families
-            )
-            candidates.append(Candidate(spec, free))
-        return candidates
+        return self.pool_usage.candidates()
 
     def _take(self, pool: str) -> tuple[netaddr.IPNetwork, ...] | None:
         """One range per served family from `pool`, in flag order; None (nothing taken) when one family has none."""
@@ -738,10 +764,12 @@ class NodeAllocations:
                 subnet = entry.claims.allocate_next()
             except NoCIDRsRemainingError:
                 break
-            self._claimed[subnet] += 1
+            self._claimed.add(subnet)
+            self.pool_usage.claims_changed(entry.pool)
             for other in self._sets_overlapping(subnet):
                 if other is not entry:
                     other.claims.claim(subnet)
+                    self.pool_usage.claims_changed(other.pool)
             taken.append(subnet)
         else:
             return tuple(taken)
@@ -798,6 +826,8 @@ class NodeAllocations:
         reservation = Reservation(node.name, node.uid, cidrs, self._tick(), state=ReservationState.UNKNOWN, owned=False)
         reservation.maybe_applied = True
         self._reservations[node.name] = reservation
+        for cidr in cidrs:
+            self.pool_usage.hold(node.name, cidr)
         self._waiting.pop(node.name, None)
         return Adopted.RESUMED, ""
 
@@ -906,24 +936,25 @@ class NodeAllocations:
     # -- bookkeeping -------------------------------------------------------------
 
     def _sets_overlapping(self, cidr: netaddr.IPNetwork) -> list[_PoolSet]:
-        return [entry for entries in self._entries.values() for entry in entries if _overlaps(cidr, entry.cidr)]
+        return self._entry_index.overlapping(cidr)
 
     def _claim(self, cidr: netaddr.IPNetwork) -> None:
         """One claim on `cidr`, in every set it overlaps now, and remembered for sets made later."""
-        self._claimed[cidr] += 1
+        self._claimed.add(cidr)
         for entry in self._sets_overlapping(cidr):
             entry.claims.claim(cidr)
+            self.pool_usage.claims_changed(entry.pool)
 
     def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
         """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
-        count = self._claimed.get(cidr, 0)
-        if count == 0:
+        if not self._claimed.count(cidr):
             return 0
-        if count == 1:
-            del self._claimed[cidr]
-        else:
-            self._claimed[cidr] = count - 1
-        return sum(entry.claims.unclaim(cidr) for entry in self._sets_overlapping(cidr))
+        self._claimed.remove(cidr)
+        freed = 0
+        for entry in self._sets_overlapping(cidr):
+            freed += entry.claims.unclaim(cidr)
+            self.pool_usage.claims_changed(entry.pool)
+        return freed
 
     def _check_current(self, reservation: Reservation) -> None:
         if self._reservations.get(reservation.name) is not reservation:
@@ -988,6 +1019,8 @@ class NodeAllocations:
     def _release_reservation(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
         del self._reservations[reservation.name]
         reservation.state = ReservationState.RELEASED
+        for cidr in reservation.cidrs:
+            self.pool_usage.release(reservation.name, cidr)
         return tuple(cidr for cidr in reservation.cidrs if self._unclaim(cidr))
 
     def _close_as_committed(self, reservation: Reservation) -> None:
@@ -1003,7 +1036,8 @@ class NodeAllocations:
         self._record_overlaps(reservation.name, reservation.cidrs)
         self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
         for cidr in reservation.cidrs:
-            self._hold(reservation.name, cidr)
+            self._hold(reservation.name, cidr)  # the holding's reference to the range, before the reservation's goes
+            self.pool_usage.release(reservation.name, cidr)
 
     def _tick(self) -> int:
         self._sequence += 1
@@ -1017,9 +1051,12 @@ class NodeAllocations:
 
     def _hold(self, name: str, cidr: netaddr.IPNetwork) -> None:
         holders = self._holders_by_cidr.setdefault(cidr, set())
+        if name in holders:
+            return
         if not holders:
             self._held_prefixes[(cidr.version, cidr.prefixlen)] += 1
         holders.add(name)
+        self.pool_usage.hold(name, cidr)
 
     def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:
         released = []
@@ -1033,6 +1070,7 @@ class NodeAllocations:
                 self._held_prefixes[(cidr.version, cidr.prefixlen)] -= 1
                 if not self._held_prefixes[(cidr.version, cidr.prefixlen)]:
                     del self._held_prefixes[(cidr.version, cidr.prefixlen)]
+            self.pool_usage.release(name, cidr)
             if self._unclaim(cidr):
                 released.append(cidr)
         return released
@@ -1099,3 +1137,12 @@ def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable
 
 def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
     return ",".join(str(cidr) for cidr in cidrs)
+
+
+def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
+    return _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
+
+
+def _index_of(entries: Mapping[str, Iterable[_PoolSet]]) -> CIDRIndex[_PoolSet]:
+    """The sets of every pool, found by the ranges they overlap."""
+    return CIDRIndex((entry.cidr, entry) for pool in entries.values() for entry in pool)

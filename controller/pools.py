@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import netaddr
 
-from controller.allocators import CIDRSet
 from controller.config import FamilyRange
 
 #: The pool made of the --cluster-cidr and mask flags; not a valid object name, so no NodeCIDRPool can take it.
@@ -180,7 +180,7 @@ class PoolFamily:
     node_mask_size: int
     cidrs: tuple[PoolCIDR, ...]
 
-    @property
+    @functools.cached_property  # read for every pool on every allocation
     def version(self) -> int:
         return int(self.cidrs[0].cidr.version)
 
@@ -202,7 +202,7 @@ class PoolSpec:
     def is_default(self) -> bool:
         return self.name == DEFAULT_POOL
 
-    @property
+    @functools.cached_property  # read for every pool on every allocation
     def versions(self) -> tuple[int, ...]:
         return tuple(family.version for family in self.families)
 
@@ -355,15 +355,23 @@ def overlaps(pools: Iterable[PoolSpec], service_cidrs: Iterable[netaddr.IPNetwor
     """Pools refused because a CIDR of theirs overlaps an earlier pool's (or a service range): name -> why.
 
     The earlier pool keeps serving; the later one serves no Node until fixed.
-    Pools overlapping only refused pools are not refused for it.
+    Pools overlapping only refused pools are not refused for it. Of several
+    clashes the message names the one with the earliest pool, then the
+    pool's own CIDRs in spec order (IPv4 first), then the earlier pool's.
+    One sort and sweep finds every overlapping pair: O(k log k + pairs) for
+    k CIDRs, not every pool against every other.
     """
     services = tuple(service_cidrs)
-    accepted: list[PoolSpec] = []
+    ordered = sorted(pools, key=_seniority)
+    clashes = _clashing_pairs(ordered)
+    accepted: list[bool] = []
     refused: dict[str, str] = {}
-    for pool in sorted(pools, key=_seniority):
-        clash = _first_clash(pool, accepted)
-        if clash is None and not pool.is_default:
-            clash = next(
+    for rank, pool in enumerate(ordered):
+        earlier = [clash for clash in clashes.get(rank, ()) if clash[0] < rank and accepted[clash[0]]]
+        clash = min(earlier, default=None)
+        why = f"{clash[4]} overlaps {clash[5]} of pool {ordered[clash[0]].name}" if clash is not None else None
+        if why is None and not pool.is_default:
+            why = next(
                 (
                     f"{entry.cidr} overlaps the service range {service}"
                     for family in pool.families
@@ -373,24 +381,43 @@ def overlaps(pools: Iterable[PoolSpec], service_cidrs: Iterable[netaddr.IPNetwor
                 ),
                 None,
             )
-        if clash is None:
-            accepted.append(pool)
-        else:
-            refused[pool.name] = clash
+        accepted.append(why is None)
+        if why is not None:
+            refused[pool.name] = why
     return refused
 
 
-def _first_clash(pool: PoolSpec, earlier: Iterable[PoolSpec]) -> str | None:
-    for other in earlier:
-        for family in pool.families:
-            theirs = other.family(family.version)
-            if theirs is None:
+#: A clash of one pool with another, ordered as the message picks it:
+#: (other pool's rank, own family index, own CIDR index, other's CIDR index, own CIDR, other's CIDR).
+_Clash = tuple[int, int, int, int, netaddr.IPNetwork, netaddr.IPNetwork]
+
+
+def _clashing_pairs(ordered: Sequence[PoolSpec]) -> dict[int, list[_Clash]]:
+    """Every pair of overlapping CIDRs of two different pools, listed under both: pool rank -> clashes.
+
+    CIDRs nest or are disjoint, so, sorted by first address (the wider first),
+    the CIDRs still open when one starts all contain it: a stack.
+    """
+    # (version, first, -last, rank, family index, CIDR index, CIDR)
+    spans = sorted(
+        (int(entry.cidr.version), int(entry.cidr.first), -int(entry.cidr.last), rank, family_index, index, entry.cidr)
+        for rank, pool in enumerate(ordered)
+        for family_index, family in enumerate(pool.families)
+        for index, entry in enumerate(family.cidrs)
+    )
+    clashes: dict[int, list[_Clash]] = {}
+    open_spans: list[tuple[int, int, int, int, int, int, netaddr.IPNetwork]] = []
+    for span in spans:
+        version, first, _, rank, family_index, index, cidr = span
+        while open_spans and (open_spans[-1][0] != version or -open_spans[-1][2] < first):
+            open_spans.pop()
+        for _, _, _, other_rank, other_family, other_index, other_cidr in open_spans:
+            if other_rank == rank:
                 continue
-            for entry in family.cidrs:
-                for their_entry in theirs.cidrs:
-                    if _overlap(entry.cidr, their_entry.cidr):
-                        return f"{entry.cidr} overlaps {their_entry.cidr} of pool {other.name}"
-    return None
+            clashes.setdefault(rank, []).append((other_rank, family_index, index, other_index, cidr, other_cidr))
+            clashes.setdefault(other_rank, []).append((rank, other_family, other_index, index, other_cidr, cidr))
+        open_spans.append(span)
+    return clashes
 
 
 # -- usage -----------------------------------------------------------------------------------------
@@ -403,7 +430,7 @@ BLOCKING_NODES_SHOWN = 10
 class CIDRUsage:
     cidr: str
     capacity: int  # Node ranges it holds, reserved ones excluded
-    allocated: int  # Node ranges held by Nodes
+    allocated: int  # Node ranges taken: held by Nodes, reserved for a patch, or covered by a podCIDR sticking out of another
     draining: bool
 
 
@@ -439,89 +466,6 @@ class PoolUsage:
         fullest = max(self.families, key=lambda f: (f.allocated / f.capacity) if f.capacity else 1.0)
         percent = 100 * fullest.allocated // fullest.capacity if fullest.capacity else 100
         return f"{fullest.allocated}/{fullest.capacity} ({percent}%)"
-
-
-class _CIDRTally:
-    """Distinct Node ranges of one pool CIDR: reserved ones first, then what Nodes hold."""
-
-    def __init__(self, entry: PoolCIDR, mask: int, reserved: Iterable[netaddr.IPNetwork]) -> None:
-        self.entry = entry
-        self.set = CIDRSet(entry.cidr, mask)
-        for cidr in reserved:
-            if _overlap(cidr, entry.cidr):
-                self.set.occupy(cidr)
-        self.reserved = self.set.allocated
-
-    def usage(self) -> CIDRUsage:
-        capacity = self.set.max_cidrs - self.reserved
-        return CIDRUsage(str(self.entry.cidr), capacity, self.set.allocated - self.reserved, self.entry.draining)
-
-
-def compute_usage(
-    pools: Sequence[PoolSpec],
-    holdings: Iterable[tuple[str, Sequence[netaddr.IPNetwork]]],
-    service_cidrs: Iterable[netaddr.IPNetwork] = (),
-) -> tuple[list[PoolUsage], list[tuple[str, netaddr.IPNetwork]]]:
-    """Usage of every pool from what Nodes hold ((name, podCIDRs) pairs); and the ranges no pool holds.
-
-    A range counts for the pool whose CIDRs contain it (`holder`), whatever
-    the Node's labels say now. A refused pool holds nothing: its ranges count
-    for the earlier pool they overlap, or for none. The service ranges are
-    reserved in the default pool, as the controller keeps them out of it.
-    """
-    services = tuple(service_cidrs)
-    refused = overlaps(pools, services)
-    accepted = [pool for pool in pools if pool.name not in refused]
-    tallies: dict[str, list[list[_CIDRTally]]] = {}
-    for pool in pools:
-        reserved = (*pool.reserved, *(services if pool.is_default else ()))
-        tallies[pool.name] = [
-            [_CIDRTally(entry, family.node_mask_size, reserved) for entry in family.cidrs] for family in pool.families
-        ]
-    holders: dict[str, set[str]] = {pool.name: set() for pool in pools}
-    blocking: dict[str, set[str]] = {pool.name: set() for pool in pools}
-    outside: list[tuple[str, netaddr.IPNetwork]] = []
-    for node, cidrs in holdings:
-        for cidr in cidrs:
-            owner = holder(cidr, accepted)
-            if owner is None:
-                outside.append((node, cidr))
-                continue
-            holders[owner.name].add(node)
-            for family_tallies in tallies[owner.name]:
-                for tally in family_tallies:
-                    if cidr in tally.entry.cidr:
-                        tally.set.occupy(cidr)
-                        if tally.entry.draining:
-                            blocking[owner.name].add(node)
-    usages = []
-    for pool in pools:
-        families = []
-        for family, family_tallies in zip(pool.families, tallies[pool.name], strict=True):
-            per_cidr = tuple(tally.usage() for tally in family_tallies)
-            free = sum(usage.capacity - usage.allocated for usage in per_cidr if not usage.draining)
-            families.append(
-                FamilyUsage(
-                    family.node_mask_size,
-                    sum(usage.capacity for usage in per_cidr),
-                    sum(usage.allocated for usage in per_cidr),
-                    free,
-                    per_cidr,
-                )
-            )
-        usages.append(
-            PoolUsage(
-                name=pool.name,
-                priority=pool.priority,
-                selector=str(pool.selector),
-                disabled=pool.disabled,
-                families=tuple(families),
-                nodes=len(holders[pool.name]),
-                blocking_nodes=tuple(sorted(blocking[pool.name])[:BLOCKING_NODES_SHOWN]),
-                refused=refused.get(pool.name, ""),
-            )
-        )
-    return usages, outside
 
 
 # -- status ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ them back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -46,7 +47,7 @@ from controller.nodes import (
     Reservation,
     ReservationError,
 )
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, compute_usage, status_body
+from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
 from controller.workqueue import KeyedQueue
 
 logger = logging.getLogger("nodeipam")
@@ -475,7 +476,8 @@ class Reconciler:
             self._remember_pool(body)
         finalizers = (body.get("metadata") or {}).get("finalizers") or ()
         if kind != "DELETED" and (self._pool_deleting(name) or POOL_FINALIZER not in finalizers):
-            self._pool_usage_changed()  # a finalizer to add, or to drop once no Node holds a range in it
+            self.allocations.pool_usage.recheck(name)  # a finalizer to add, or to drop once no Node holds a range in it
+            self._pool_usage_changed()
         if (self._pool_specs.get(name), self._pool_deleting(name)) == before and kind != "DELETED":
             return  # its status or finalizers changed (our own writes, mostly): nothing to serve differently
         self._apply_pools()
@@ -520,9 +522,8 @@ class Reconciler:
     # -- pool status and finalizers -------------------------------------------------
 
     def pool_usages(self) -> list[PoolUsage]:
-        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now."""
-        usages, _ = compute_usage(self.allocations.pools(), self.allocations.holdings(), self.allocations.all_service_cidrs)
-        return usages
+        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now (kept up to date)."""
+        return self.allocations.pool_usage.usages()
 
     def _pool_usage_changed(self) -> None:
         if self.pools_served:
@@ -550,39 +551,45 @@ class Reconciler:
         await self._supervise(LOOP_POOL_STATUS, loop)
 
     async def sync_pools(self) -> None:
-        """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones."""
-        specs = self.allocations.pools()
-        in_use = self.allocations.holdings()
-        usages, outside = compute_usage(specs, in_use, self.allocations.all_service_cidrs)
-        await self._report_outside(outside)
-        holders: dict[str, set[str]] = {}
-        for node, cidrs in in_use:
-            for cidr in cidrs:
-                pool = self.allocations.holding_pool(cidr)
-                if pool is not None:
-                    holders.setdefault(pool, set()).add(node)
-        now = _now()
-        for spec, usage in zip(specs, usages, strict=True):
-            body = self._pool_bodies.get(spec.name)
-            if spec.name == DEFAULT_POOL or body is None:
-                continue
-            metadata = body.get("metadata") or {}
-            deleting = self._pool_deleting(spec.name)
-            held_by = sorted(holders.get(spec.name, ()))
-            if deleting:
-                usage = dataclasses.replace(usage, blocking_nodes=tuple(held_by[:BLOCKING_NODES_SHOWN]))
-            previous = (body.get("status") or {}).get("conditions") or ()
-            status = status_body(self._pool_specs.get(spec.name, spec), usage, now, previous, deleting=deleting)
-            try:
-                # The finalizer first: it needs the resourceVersion seen, which a status write would change.
-                await self._keep_finalizer(spec.name, metadata, needed=not deleting or bool(held_by))
-                if _without_times(status) != _without_times(self._status_written.get(spec.name, {})):
-                    await self.kube.patch_pool_status(spec.name, status)
-                    self._status_written[spec.name] = status
-            except ApiError as error:
-                if error.status != 404:
-                    logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", spec.name, error)
-                    self._pool_status_due.set()
+        """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones.
+
+        Only the pools whose usage changed since the last round (or that asked for a look) are looked at.
+        """
+        book = self.allocations.pool_usage
+        await self._report_outside(book.take_new_outside())
+        pending = collections.deque(book.take_dirty())
+        try:
+            while pending:
+                await self._sync_pool(pending[0])
+                pending.popleft()
+        finally:
+            for name in pending:  # cancelled or failed: the next round looks at them
+                book.recheck(name)
+
+    async def _sync_pool(self, name: str) -> None:
+        book = self.allocations.pool_usage
+        body = self._pool_bodies.get(name)
+        usage = book.usage(name)
+        if name == DEFAULT_POOL or body is None or usage is None:
+            return
+        metadata = body.get("metadata") or {}
+        deleting = self._pool_deleting(name)
+        if deleting:
+            usage = dataclasses.replace(usage, blocking_nodes=tuple(book.holders(name, BLOCKING_NODES_SHOWN)))
+        previous = (body.get("status") or {}).get("conditions") or ()
+        spec = self._pool_specs.get(name) or book.index.pools[name]
+        status = status_body(spec, usage, _now(), previous, deleting=deleting)
+        try:
+            # The finalizer first: it needs the resourceVersion seen, which a status write would change.
+            await self._keep_finalizer(name, metadata, needed=not deleting or book.is_held(name))
+            if _without_times(status) != _without_times(self._status_written.get(name, {})):
+                await self.kube.patch_pool_status(name, status)
+                self._status_written[name] = status
+        except ApiError as error:
+            if error.status != 404:
+                logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", name, error)
+                book.recheck(name)
+                self._pool_status_due.set()
 
     async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:
         """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""
@@ -604,6 +611,7 @@ class Reconciler:
             patched = await self.kube.set_pool_finalizers(name, wanted, str(metadata.get("resourceVersion", "")))
         except ApiError as error:
             if error.status == 409:  # changed meanwhile: its event brings the new version, and another round
+                self.allocations.pool_usage.recheck(name)
                 self._pool_status_due.set()
                 return
             raise
@@ -797,9 +805,12 @@ class Reconciler:
         self._pool_usage_changed()
         for cidr in cidrs:
             label = self._cluster_label(cidr)
+            pool = self.allocations.pool_of(cidr) or ""
             self.metrics.allocations.labels(label).inc()
-            self.metrics.pool_allocations.labels(self.allocations.pool_of(cidr) or "").inc()
-            if attempts is not None:
+            self.metrics.pool_allocations.labels(pool).inc()
+            if attempts is not None and pool not in ("", DEFAULT_POOL):
+                self.metrics.pool_tries.labels(pool).observe(attempts)
+            elif attempts is not None:
                 self.metrics.tries.labels(label).observe(attempts)
         if seen_at is not None:
             self.metrics.allocation_seconds.observe(time.monotonic() - seen_at)

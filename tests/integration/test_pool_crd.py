@@ -13,8 +13,10 @@ import netaddr
 import pytest
 import yaml
 
+from controller.config import FamilyRange
 from controller.localcluster.cluster import LocalControlPlane
-from controller.pools import PoolSpec, compute_usage, status_body
+from controller.nodes import NodeAllocations, NodeInfo
+from controller.pools import PoolSpec, status_body
 from tests.integration.conftest import Cluster, run_cli
 
 pytestmark = pytest.mark.integration
@@ -330,7 +332,13 @@ def test_status_fits_the_schema_and_fills_the_columns(
     spec = {**pool_family, "priority": 10, "nodeSelector": selector({"key": "gpu", "operator": "In", "values": ["true"]})}
     assert apply(plane, "gpu", spec).returncode == 0
     pool = PoolSpec.from_body(yaml.safe_load(plane.kubectl("get", "nodecidrpool", "gpu", "-o", "yaml")))
-    (usage,), _ = compute_usage([pool], [(node, [netaddr.IPNetwork(cidr)]) for node, cidr in holdings])
+    allocations = NodeAllocations(
+        [FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24), FamilyRange(netaddr.IPNetwork("fd00:10::/56"), 64)], pools=[pool]
+    )
+    for node, cidr in holdings:
+        allocations.observe(NodeInfo(node, f"uid-{node}", (cidr,)))
+    usage = allocations.pool_usage.usage("gpu")
+    assert usage is not None
     status = status_body(pool, usage, now="2026-11-28T10:00:00Z")
     plane.kubectl("patch", "nodecidrpool", "gpu", "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
     stored = yaml.safe_load(plane.kubectl("get", "nodecidrpool", "gpu", "-o", "yaml"))["status"]

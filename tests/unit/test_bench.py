@@ -9,9 +9,10 @@ import time
 from typing import Any, cast
 
 import msgspec
+import netaddr
 import pytest
 
-from bench.__main__ import CREATE_PARALLELISM, create_nodes, overlapping, parse_args
+from bench.__main__ import CREATE_PARALLELISM, create_nodes, overlapping, parse_args, percentile, pool_layout
 from bench.watch import _WatchEvent
 
 
@@ -118,3 +119,35 @@ def test_the_create_rate_is_a_positive_number(text: str, accepted: float | None,
     with pytest.raises(SystemExit):
         parse_args(["--create-rate", text])
     assert "--create-rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("nodes", "pools", "cidrs", "mask", "first", "last"),
+    [
+        pytest.param(20000, 100, 16, 24, "10.0.0.0/20", "10.99.240.0/20", id="twenty-thousand-at-24"),
+        pytest.param(100000, 100, 16, 25, "10.0.0.0/19", "10.199.224.0/19", id="a-hundred-thousand-at-25"),
+        pytest.param(10, 1, 1, 24, "10.0.0.0/20", "10.0.0.0/20", id="one-pool"),
+    ],
+)
+def test_the_pools_hold_the_burst_side_by_side_without_overlap(
+    nodes: int, pools: int, cidrs: int, mask: int, first: str, last: str
+) -> None:
+    found_mask, layout = pool_layout(nodes, pools, cidrs)
+    flat = [cidr for pool in layout for cidr in pool]
+    assert (found_mask, len(layout), {len(pool) for pool in layout}, flat[0], flat[-1]) == (mask, pools, {cidrs}, first, last)
+    assert overlapping(flat) == 0
+    assert sum(2 ** (found_mask - netaddr.IPNetwork(cidr).prefixlen) for cidr in flat) >= nodes
+
+
+def test_pools_that_cannot_hold_the_burst_are_refused_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--profile", "pools"]).pools == 100
+    with pytest.raises(SystemExit):
+        parse_args(["--profile", "pools", "--nodes", "20000000"])
+    assert "do not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("values", "fraction", "expected"), [([], 0.99, 0.0), ([3.0, 1.0, 2.0], 0.5, 2.0), ([1.0] * 99 + [9.0], 0.99, 9.0)]
+)
+def test_percentile_is_the_nearest_rank(values: list[float], fraction: float, expected: float) -> None:
+    assert percentile(values, fraction) == expected

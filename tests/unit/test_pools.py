@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import netaddr
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.config import FamilyRange
+from controller.nodes import NodeAllocations, NodeInfo
 from controller.pools import (
     DEFAULT_POOL,
     Candidate,
@@ -15,9 +19,9 @@ from controller.pools import (
     Operator,
     PoolSpec,
     PoolSpecError,
+    PoolUsage,
     Requirement,
     choose,
-    compute_usage,
     holder,
     overlaps,
     rank,
@@ -396,6 +400,162 @@ def test_the_later_of_two_overlapping_pools_is_refused(
         assert message in found[name]
 
 
+@pytest.mark.parametrize(
+    ("pools", "refused"),
+    [
+        pytest.param(
+            # (name, CIDRs, created day): the message names the earliest pool clashed with, not the first CIDR that clashes
+            [("first", ["10.245.0.0/16"], 1), ("second", ["10.246.0.0/16"], 2), ("late", ["10.246.1.0/24", "10.245.1.0/24"], 3)],
+            {"late": "10.245.1.0/24 overlaps 10.245.0.0/16 of pool first"},
+            id="ipv4-earliest-pool-first",
+        ),
+        pytest.param(
+            [("first", ["fd00:20::/56"], 1), ("second", ["fd00:30::/56"], 2), ("late", ["fd00:30::/64", "fd00:20::/64"], 3)],
+            {"late": "fd00:20::/64 overlaps fd00:20::/56 of pool first"},
+            id="ipv6-earliest-pool-first",
+        ),
+        pytest.param(
+            # of one pool's clashes: its own CIDRs in spec order
+            [("first", ["10.245.0.0/24", "10.245.1.0/24"], 1), ("late", ["10.245.1.0/25", "10.245.0.0/24"], 2)],
+            {"late": "10.245.1.0/25 overlaps 10.245.1.0/24 of pool first"},
+            id="ipv4-own-cidrs-in-order",
+        ),
+        pytest.param(
+            [("first", ["fd00:20::/64", "fd00:20:0:1::/64"], 1), ("late", ["fd00:20:0:1::/65", "fd00:20::/64"], 2)],
+            {"late": "fd00:20:0:1::/65 overlaps fd00:20:0:1::/64 of pool first"},
+            id="ipv6-own-cidrs-in-order",
+        ),
+        pytest.param(
+            # then the earlier pool's CIDRs in its spec order, not by address
+            [("first", ["10.245.1.0/24", "10.245.0.0/24"], 1), ("late", ["10.245.0.0/23"], 2)],
+            {"late": "10.245.0.0/23 overlaps 10.245.1.0/24 of pool first"},
+            id="ipv4-their-cidrs-in-order",
+        ),
+        pytest.param(
+            [("first", ["fd00:20:0:1::/64", "fd00:20::/64"], 1), ("late", ["fd00:20::/63"], 2)],
+            {"late": "fd00:20::/63 overlaps fd00:20:0:1::/64 of pool first"},
+            id="ipv6-their-cidrs-in-order",
+        ),
+        pytest.param(
+            # a pool overlapping only a refused pool serves; the same CIDR twice: the later is refused
+            [
+                ("first", ["10.245.1.0/24"], 1),
+                ("wide", ["10.245.0.0/16"], 2),
+                ("inside", ["10.245.0.0/24"], 3),
+                ("again", ["10.245.1.0/24"], 4),
+            ],
+            {
+                "wide": "10.245.0.0/16 overlaps 10.245.1.0/24 of pool first",
+                "again": "10.245.1.0/24 overlaps 10.245.1.0/24 of pool first",
+            },
+            id="ipv4-only-refused-pools-do-not-refuse",
+        ),
+        pytest.param(
+            [
+                ("first", ["fd00:20:0:1::/64"], 1),
+                ("wide", ["fd00:20::/56"], 2),
+                ("inside", ["fd00:20::/64"], 3),
+                ("again", ["fd00:20:0:1::/64"], 4),
+            ],
+            {
+                "wide": "fd00:20::/56 overlaps fd00:20:0:1::/64 of pool first",
+                "again": "fd00:20:0:1::/64 overlaps fd00:20:0:1::/64 of pool first",
+            },
+            id="ipv6-only-refused-pools-do-not-refuse",
+        ),
+    ],
+)
+def test_overlaps_names_the_first_clash_in_priority_order(
+    pools: list[tuple[str, list[str], int]], refused: dict[str, str]
+) -> None:
+    specs = [
+        PoolSpec.from_body(
+            body(
+                name,
+                {f"ipv{netaddr.IPNetwork(cidrs[0]).version}": family(28 if "." in cidrs[0] else 72, *cidrs)},
+                created=f"2026-01-{day:02d}T00:00:00Z",
+            )
+        )
+        for name, cidrs, day in reversed(pools)
+    ]
+    assert overlaps(specs) == refused
+
+
+def pairwise_overlaps(pools: list[PoolSpec], services: list[netaddr.IPNetwork]) -> dict[str, str]:
+    """The definition: every pool, in order of seniority, against every CIDR of every earlier pool kept."""
+    accepted: list[PoolSpec] = []
+    refused: dict[str, str] = {}
+    for pool in sorted(pools, key=lambda p: (0 if p.is_default else 1, p.created, p.name)):
+        clash = next(
+            (
+                f"{entry.cidr} overlaps {theirs.cidr} of pool {other.name}"
+                for other in accepted
+                for own in pool.families
+                for entry in own.cidrs
+                for theirs in (other.family(own.version).cidrs if other.family(own.version) else ())
+                if entry.cidr.first <= theirs.cidr.last and theirs.cidr.first <= entry.cidr.last
+            ),
+            None,
+        )
+        if clash is None and not pool.is_default:
+            clash = next(
+                (
+                    f"{entry.cidr} overlaps the service range {service}"
+                    for own in pool.families
+                    for entry in own.cidrs
+                    for service in services
+                    if service.version == own.version and entry.cidr.first <= service.last and service.first <= entry.cidr.last
+                ),
+                None,
+            )
+        if clash is None:
+            accepted.append(pool)
+        else:
+            refused[pool.name] = clash
+    return refused
+
+
+def random_pools(draw: st.DrawFn, base: str, version: int) -> tuple[list[PoolSpec], list[netaddr.IPNetwork]]:
+    """Up to six pools of up to three disjoint CIDRs each, nested in or beside each other's, in a small range."""
+    space = netaddr.IPNetwork(base)
+    lengths = st.integers(min_value=space.prefixlen, max_value=space.prefixlen + 4)
+    pools = []
+    for index in range(draw(st.integers(min_value=0, max_value=6))):
+        cidrs: list[netaddr.IPNetwork] = []
+        for _ in range(draw(st.integers(min_value=1, max_value=3))):
+            length = draw(lengths)
+            cidr = netaddr.IPNetwork(
+                (
+                    space.first
+                    + draw(st.integers(0, 2 ** (length - space.prefixlen) - 1)) * 2 ** ((32 if version == 4 else 128) - length),
+                    length,
+                ),
+                version,
+            )
+            if not any(cidr.first <= c.last and c.first <= cidr.last for c in cidrs):
+                cidrs.append(cidr)
+        mask = space.prefixlen + 6
+        spec = {f"ipv{version}": family(mask, *map(str, cidrs))}
+        pools.append(PoolSpec.from_body(body(f"p{index}", spec, created=f"2026-01-{draw(st.integers(1, 3)):02d}T00:00:00Z")))
+    pools.append(
+        PoolSpec.default([FamilyRange(netaddr.IPNetwork((space.first, space.prefixlen + 2), version), space.prefixlen + 6)])
+    )
+    services = [
+        netaddr.IPNetwork(
+            (space.last - 2 ** ((32 if version == 4 else 128) - space.prefixlen - 3) + 1, space.prefixlen + 3), version
+        )
+    ]
+    return pools, services if draw(st.booleans()) else []
+
+
+@pytest.mark.parametrize(("base", "version"), [("10.0.0.0/20", 4), ("fd00::/100", 6)], ids=["ipv4", "ipv6"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_overlaps_by_sweep_equals_the_pairwise_definition(base: str, version: int, data: st.DataObject) -> None:
+    pools, services = data.draw(st.composite(lambda draw: random_pools(draw, base, version))())
+    assert overlaps(pools, services) == pairwise_overlaps(pools, services)
+
+
 # -- usage -------------------------------------------------------------------------------------------
 
 
@@ -403,74 +563,17 @@ def nets(*cidrs: str) -> list[netaddr.IPNetwork]:
     return [netaddr.IPNetwork(cidr) for cidr in cidrs]
 
 
-@pytest.mark.parametrize(
-    ("pool_family", "default_range", "services", "holdings", "expected"),
-    [
-        (
-            {"ipv4": family(24, "10.245.0.0/23", "10.246.0.0/24", draining=("10.246.0.0/24",)), "reserved": ["10.245.0.0/24"]},
-            ("10.244.0.0/22", 24),
-            ["10.244.3.0/24"],
-            [
-                ("a", nets("10.245.1.0/24")),
-                ("b", nets("10.246.0.0/24")),
-                ("c", nets("10.244.0.0/24")),
-                ("d", nets("10.99.0.0/24")),
-            ],
-            {
-                # pool: 10.245.0.0/23 has 2 ranges, 1 reserved; the draining /24 has 1 (held by b)
-                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
-                # default: 4 ranges, the service range takes one
-                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
-            },
-        ),
-        (
-            {"ipv6": family(64, "fd00:20::/63", "fd00:21::/64", draining=("fd00:21::/64",)), "reserved": ["fd00:20::/64"]},
-            ("fd00:10::/62", 64),
-            ["fd00:10:0:3::/64"],
-            [
-                ("a", nets("fd00:20:0:1::/64")),
-                ("b", nets("fd00:21::/64")),
-                ("c", nets("fd00:10::/64")),
-                ("d", nets("fd00:99::/64")),
-            ],
-            {
-                "pool": ([(1, 1, False), (1, 1, True)], 2, 0, ["b"], "2/2 (100%)"),
-                DEFAULT_POOL: ([(3, 1, False)], 1, 2, [], "1/3 (33%)"),
-            },
-        ),
-    ],
-    ids=["ipv4", "ipv6"],
-)
-def test_usage_counts_ranges_by_containment_and_names_blocking_nodes(
-    pool_family: dict[str, Any],
-    default_range: tuple[str, int],
-    services: list[str],
-    holdings: list[tuple[str, list[netaddr.IPNetwork]]],
-    expected: dict[str, tuple[list[tuple[int, int, bool]], int, int, list[str], str]],
-) -> None:
-    pools = [
-        PoolSpec.from_body(body("pool", {**pool_family, "nodeSelector": selector(GPU)})),
-        PoolSpec.default([FamilyRange(netaddr.IPNetwork(default_range[0]), default_range[1])]),
-    ]
-    usages, outside = compute_usage(pools, holdings, nets(*services))
-    assert [(node, str(cidr)) for node, cidr in outside] == [("d", str(holdings[3][1][0]))]
-    for usage in usages:
-        per_cidr, nodes, free, blocking, summary = expected[usage.name]
-        (family_usage,) = usage.families
-        assert [(c.capacity, c.allocated, c.draining) for c in family_usage.per_cidr] == per_cidr
-        assert (usage.nodes, family_usage.free, list(usage.blocking_nodes), usage.summary) == (nodes, free, blocking, summary)
+DEFAULT_RANGES = [FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)]
 
 
-def test_usage_of_a_refused_pool_is_empty_and_its_ranges_count_for_the_earlier_one() -> None:
-    default = PoolSpec.default(
-        [FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24), FamilyRange(netaddr.IPNetwork("fd00:10::/56"), 64)]
-    )
-    later = PoolSpec.from_body(body("later", {"ipv4": family(24, "10.244.0.0/20"), "ipv6": family(64, "fd00:10::/60")}))
-    usages, outside = compute_usage([later, default], [("a", nets("10.244.1.0/24", "fd00:10:0:1::/64"))])
-    by_name = {usage.name: usage for usage in usages}
-    assert by_name["later"].refused and by_name["later"].nodes == 0
-    assert [f.allocated for f in by_name[DEFAULT_POOL].families] == [1, 1] and outside == []
-    assert by_name["later"].summary == "0/16 (0%)"
+def usage_of(spec: PoolSpec, holdings: Sequence[tuple[str, Sequence[netaddr.IPNetwork]]] = ()) -> PoolUsage:
+    """The pool's usage as the controller keeps it, once these Nodes hold these ranges."""
+    allocations = NodeAllocations(DEFAULT_RANGES, pools=[spec])
+    for name, cidrs in holdings:
+        allocations.observe(NodeInfo(name, f"uid-{name}", tuple(str(cidr) for cidr in cidrs)))
+    usage = allocations.pool_usage.usage(spec.name)
+    assert usage is not None
+    return usage
 
 
 # -- status --------------------------------------------------------------------------------------------
@@ -511,7 +614,7 @@ def test_status_body_shows_usage_conditions_and_columns(
     exhausted: bool,
 ) -> None:
     spec = PoolSpec.from_body(body("gpu", {**pool_spec, "nodeSelector": selector(GPU)}, generation=4))
-    (usage,), _ = compute_usage([spec], holdings)
+    usage = usage_of(spec, holdings)
     status = status_body(spec, usage, now="2026-11-28T10:00:00Z")
     assert status["observedGeneration"] == 4 and status["columns"] == columns and status["summary"] == summary
     assert status["blockingNodes"] == ["b"] and status[key]["perCIDR"][1]["draining"] is True
@@ -541,8 +644,6 @@ def test_status_body_of_a_refused_or_disabled_pool_is_not_ready(
     pool_spec: dict[str, Any], refused: bool, ready: tuple[str, str]
 ) -> None:
     spec = PoolSpec.from_body(body("p", pool_spec))
-    default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
-    usages, _ = compute_usage([spec, default], [])
-    status = status_body(spec, usages[0], now="2026-11-28T10:00:00Z")
+    status = status_body(spec, usage_of(spec), now="2026-11-28T10:00:00Z")
     assert conditions_of(status)["Ready"] == ready
     assert conditions_of(status)["Overlapping"][0] == ("True" if refused else "False")

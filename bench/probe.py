@@ -1,0 +1,70 @@
+"""The bench's liveness probe and Prometheus scrape of the controller, in a process of its own.
+
+As a kubelet probes and Prometheus scrapes: each request on a new HTTPS
+connection, /healthz without a token every PROBE_INTERVAL, /metrics with a
+bearer token every SCRAPE_INTERVAL, each with a timeout. A process of its
+own, so that the bench's own load (64 creates in flight) does not delay the
+requests and inflate what is measured. A module of its own so that a spawned
+process can import its entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import ssl
+import threading
+import time
+from multiprocessing.connection import Connection
+
+PROBE_INTERVAL = 0.1  # seconds between /healthz requests (a kubelet probes every 10 s; this looks closer)
+SCRAPE_INTERVAL = 1.0  # seconds between /metrics requests
+TIMEOUT = 10.0  # a request that takes longer counts as this long, and failed
+
+#: One request: (when it was sent, monotonic clock; how long it took, s; HTTP status, 0: no answer).
+Sample = tuple[float, float, int]
+
+
+def probe(port: int, token: str, connection: Connection) -> None:
+    """The probe process: request until told to stop, then send back (healthz samples, scrape samples)."""
+    os.setsid()  # a CPU share of its own where the kernel groups CPU time by session, as a kubelet has
+    stop = threading.Event()
+    healthz: list[Sample] = []
+    scrapes: list[Sample] = []
+    threads = [
+        threading.Thread(target=_loop, args=(port, "/healthz", None, PROBE_INTERVAL, stop, healthz), daemon=True),
+        threading.Thread(target=_loop, args=(port, "/metrics", token, SCRAPE_INTERVAL, stop, scrapes), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(KeyboardInterrupt, EOFError):
+        connection.recv()
+    stop.set()
+    for thread in threads:
+        thread.join(TIMEOUT + 1)
+    connection.send((healthz, scrapes))
+
+
+def _loop(port: int, path: str, token: str | None, interval: float, stop: threading.Event, samples: list[Sample]) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the controller's certificate is self-signed
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    while not stop.is_set():
+        sent = time.monotonic()
+        status = 0
+        try:
+            client = http.client.HTTPSConnection("127.0.0.1", port, timeout=TIMEOUT, context=context)
+            try:
+                client.request("GET", path, headers=headers)
+                response = client.getresponse()
+                response.read()
+                status = response.status
+            finally:
+                client.close()
+        except (OSError, http.client.HTTPException):
+            pass
+        took = time.monotonic() - sent
+        samples.append((sent, min(took, TIMEOUT) if status else TIMEOUT, status))
+        stop.wait(max(0.0, interval - took))
