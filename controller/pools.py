@@ -142,13 +142,29 @@ class NodeSelector:
         return " | ".join(str(term) for term in self.terms) if self.terms else "<all nodes>"
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any] | None) -> NodeSelector:
+    def from_body(cls, body: Any) -> NodeSelector:
         if body is None:
             return cls()
-        terms = body.get("nodeSelectorTerms") or []
+        terms = _list(_mapping(body, "nodeSelector").get("nodeSelectorTerms"), "nodeSelectorTerms")
         if not terms:
             raise PoolSpecError("nodeSelector has no nodeSelectorTerms; omit nodeSelector to match every Node")
-        return cls(tuple(_term(term) for term in terms))
+        return cls(tuple(_term(_mapping(term, "a nodeSelectorTerm")) for term in terms))
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    """`value` as a mapping, or PoolSpecError: a CRD without the chart's schema lets any shape through."""
+    if not isinstance(value, Mapping):
+        raise PoolSpecError(f"{what} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    """`value` as a list (None: empty), or PoolSpecError."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PoolSpecError(f"{what} is a {type(value).__name__}, not a list")
+    return value
 
 
 def _requirement(body: Mapping[str, Any]) -> Requirement:
@@ -156,15 +172,17 @@ def _requirement(body: Mapping[str, Any]) -> Requirement:
         operator = Operator(body.get("operator"))
     except ValueError:
         raise PoolSpecError(f"{body.get('key')}: unknown operator {body.get('operator')!r}") from None
-    return Requirement(str(body.get("key", "")), operator, tuple(str(value) for value in body.get("values") or ()))
+    values = _list(body.get("values"), f"{body.get('key')}: values")
+    return Requirement(str(body.get("key", "")), operator, tuple(str(value) for value in values))
 
 
 def _term(body: Mapping[str, Any]) -> SelectorTerm:
-    fields = tuple(_requirement(field) for field in body.get("matchFields") or ())
+    fields = tuple(_requirement(_mapping(field, "a matchField")) for field in _list(body.get("matchFields"), "matchFields"))
     for field in fields:
         if field.key != NODE_NAME_FIELD or field.operator not in (Operator.IN, Operator.NOT_IN) or len(field.values) != 1:
             raise PoolSpecError(f"matchFields supports only {NODE_NAME_FIELD} In/NotIn one name, not {field}")
-    return SelectorTerm(tuple(_requirement(expression) for expression in body.get("matchExpressions") or ()), fields)
+    expressions = _list(body.get("matchExpressions"), "matchExpressions")
+    return SelectorTerm(tuple(_requirement(_mapping(expression, "a matchExpression")) for expression in expressions), fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,17 +243,20 @@ class PoolSpec:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PoolSpec:
-        """Parse a NodeCIDRPool; raises PoolSpecError naming what is wrong."""
-        metadata = body.get("metadata") or {}
-        spec = body.get("spec") or {}
+        """Parse a NodeCIDRPool; raises PoolSpecError naming what is wrong, whatever the shape of the body."""
+        found = body.get("metadata")
+        metadata: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
         name = str(metadata.get("name", ""))
         try:
+            spec = _mapping(body.get("spec") or {}, "spec")
             families = tuple(
-                _family(spec[key], version) for key, version in (("ipv4", 4), ("ipv6", 6)) if spec.get(key) is not None
+                _family(_mapping(spec[key], key), version)
+                for key, version in (("ipv4", 4), ("ipv6", 6))
+                if spec.get(key) is not None
             )
             if not families:
                 raise PoolSpecError("it has neither ipv4 nor ipv6")
-            reserved = tuple(_cidr(text) for text in spec.get("reserved") or ())
+            reserved = tuple(_cidr(text) for text in _list(spec.get("reserved"), "reserved"))
             pool = cls(
                 name=name,
                 families=families,
@@ -248,7 +269,7 @@ class PoolSpec:
             )
         except PoolSpecError as error:
             raise PoolSpecError(f"NodeCIDRPool {name}: {error}") from None
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PoolSpecError(f"NodeCIDRPool {name}: malformed spec ({error!r})") from None
         for cidr in reserved:
             if not pool.holds(cidr):
@@ -268,7 +289,10 @@ def _cidr(text: Any) -> netaddr.IPNetwork:
 
 def _family(body: Mapping[str, Any], version: int) -> PoolFamily:
     mask = int(body["nodeMaskSize"])
-    entries = tuple(PoolCIDR(_cidr(entry["cidr"]), bool(entry.get("draining", False))) for entry in body.get("cidrs") or ())
+    entries = tuple(
+        PoolCIDR(_cidr(_mapping(entry, f"an ipv{version} cidrs entry")["cidr"]), bool(entry.get("draining", False)))
+        for entry in _list(body.get("cidrs"), f"ipv{version}.cidrs")
+    )
     if not entries:
         raise PoolSpecError(f"ipv{version} has no cidrs")
     for entry in entries:
@@ -480,6 +504,15 @@ def _condition(type_: str, status: bool, reason: str, message: str) -> dict[str,
     return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message}
 
 
+#: The largest count the status schema holds (format int64). An IPv6 pool of /112s in a /48 has 2^64 ranges:
+#: its counts are reported as this, which the API server accepts, where the true one made every write a 422.
+STATUS_COUNT_MAX = 2**63 - 1
+
+
+def _count(value: int) -> int:
+    return min(value, STATUS_COUNT_MAX)
+
+
 def status_body(
     spec: PoolSpec,
     usage: PoolUsage,
@@ -549,11 +582,11 @@ def status_body(
     for family, counts in zip(spec.families, usage.families, strict=True):
         key = f"ipv{family.version}"
         body[key] = {
-            "capacity": counts.capacity,
-            "allocated": counts.allocated,
-            "free": counts.free,
+            "capacity": _count(counts.capacity),
+            "allocated": _count(counts.allocated),
+            "free": _count(counts.free),
             "perCIDR": [
-                {"cidr": c.cidr, "capacity": c.capacity, "allocated": c.allocated, "draining": c.draining}
+                {"cidr": c.cidr, "capacity": _count(c.capacity), "allocated": _count(c.allocated), "draining": c.draining}
                 for c in counts.per_cidr
             ],
         }

@@ -576,7 +576,8 @@ class Reconciler:
         deleting = self._pool_deleting(name)
         if deleting:
             usage = dataclasses.replace(usage, blocking_nodes=tuple(book.holders(name, BLOCKING_NODES_SHOWN)))
-        previous = (body.get("status") or {}).get("conditions") or ()
+        status_seen = body.get("status")  # anything at all, where the CRD has no schema
+        previous = status_seen.get("conditions") or () if isinstance(status_seen, Mapping) else ()
         spec = self._pool_specs.get(name) or book.index.pools[name]
         status = status_body(spec, usage, _now(), previous, deleting=deleting)
         try:
@@ -586,10 +587,17 @@ class Reconciler:
                 await self.kube.patch_pool_status(name, status)
                 self._status_written[name] = status
         except ApiError as error:
-            if error.status != 404:
-                logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", name, error)
-                book.recheck(name)
-                self._pool_status_due.set()
+            if error.status == 404:
+                return
+            if 400 <= error.status < 500 and error.status not in (409, 429):
+                # Refused as it is: sent again only once it changes, not every round.
+                self._status_written[name] = status
+                logger.warning("the status of NodeCIDRPool %s was refused: %s; sent again once it changes", name, error)
+                await self._warn_pool(name, REASON_INVALID_POOL, f"its status was refused: {error}")
+                return
+            logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", name, error)
+            book.recheck(name)
+            self._pool_status_due.set()
 
     async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:
         """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""

@@ -356,3 +356,26 @@ def table(output: str) -> list[dict[str, str]]:
     names = header.split()
     bounds = [*starts[1:], None]
     return [{name: line[start:end].strip() for name, start, end in zip(names, starts, bounds, strict=True)} for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("pool_family", "capacity"),
+    [
+        pytest.param(with_cidrs("ipv4", 32, ("10.0.0.0/8", False)), 2**24, id="ipv4-every-address"),
+        pytest.param(with_cidrs("ipv6", 112, ("fd00:30::/48", False)), 2**63 - 1, id="ipv6-past-int64"),
+    ],
+)
+def test_the_status_of_a_pool_with_more_ranges_than_int64_counts_is_accepted(
+    plane: LocalControlPlane, pool_family: dict[str, Any], capacity: int
+) -> None:
+    """fd00:30::/48 of /112s holds 2^64 ranges: past what the schema's int64 counts hold; the status caps them."""
+    assert apply(plane, "huge", pool_family).returncode == 0
+    pool = PoolSpec.from_body(yaml.safe_load(plane.kubectl("get", "nodecidrpool", "huge", "-o", "yaml")))
+    allocations = NodeAllocations([FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24)], pools=[pool])
+    usage = allocations.pool_usage.usage("huge")
+    assert usage is not None
+    status = status_body(pool, usage, now="2026-11-28T10:00:00Z")
+    plane.kubectl("patch", "nodecidrpool", "huge", "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+    stored = yaml.safe_load(plane.kubectl("get", "nodecidrpool", "huge", "-o", "yaml"))["status"]
+    (key,) = (key for key in ("ipv4", "ipv6") if key in stored)
+    assert stored[key]["capacity"] == stored[key]["free"] == stored[key]["perCIDR"][0]["capacity"] == capacity

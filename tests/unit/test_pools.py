@@ -14,6 +14,7 @@ from controller.config import FamilyRange
 from controller.nodes import NodeAllocations, NodeInfo
 from controller.pools import (
     DEFAULT_POOL,
+    STATUS_COUNT_MAX,
     Candidate,
     NodeSelector,
     Operator,
@@ -647,3 +648,34 @@ def test_status_body_of_a_refused_or_disabled_pool_is_not_ready(
     status = status_body(spec, usage_of(spec), now="2026-11-28T10:00:00Z")
     assert conditions_of(status)["Ready"] == ready
     assert conditions_of(status)["Overlapping"][0] == ("True" if refused else "False")
+
+
+@pytest.mark.parametrize(
+    ("pool_spec", "key", "capacity"),
+    [
+        pytest.param({"ipv4": family(32, "10.0.0.0/8")}, "ipv4", 2**24, id="ipv4-as-counted"),
+        pytest.param({"ipv6": family(112, "fd00:30::/48")}, "ipv6", STATUS_COUNT_MAX, id="ipv6-2^64-capped"),
+    ],
+)
+def test_status_counts_past_int64_are_capped(pool_spec: dict[str, Any], key: str, capacity: int) -> None:
+    spec = PoolSpec.from_body(body("huge", pool_spec))
+    status = status_body(spec, usage_of(spec), now="2026-11-28T10:00:00Z")
+    assert status[key]["capacity"] == status[key]["free"] == status[key]["perCIDR"][0]["capacity"] == capacity
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        pytest.param(
+            {"ipv4": V4, "nodeSelector": "gpu=true"}, "nodeSelector is a str, not an object", id="ipv4-selector-a-string"
+        ),
+        pytest.param({"ipv6": V6, "nodeSelector": {"nodeSelectorTerms": "gpu"}}, "nodeSelectorTerms is a str", id="ipv6-terms"),
+        pytest.param({"ipv4": V4, "nodeSelector": selector(["gpu"])}, "a matchExpression is a str", id="ipv4-expression"),
+        pytest.param({"ipv6": {"nodeMaskSize": 64, "cidrs": "fd00:20::/56"}}, "ipv6.cidrs is a str, not a list", id="ipv6-cidrs"),
+        pytest.param({"ipv4": "10.245.0.0/16"}, "ipv4 is a str, not an object", id="ipv4-a-string"),
+        pytest.param("ipv4", "spec is a str", id="spec-a-string"),
+    ],
+)
+def test_a_pool_of_any_shape_is_refused_by_name_not_raised(spec: Any, message: str) -> None:
+    with pytest.raises(PoolSpecError, match="NodeCIDRPool bad: " + message):
+        PoolSpec.from_body(body("bad", spec))

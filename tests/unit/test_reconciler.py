@@ -50,6 +50,8 @@ class FakeApi:
     pools: dict[str, dict[str, Any]] | None = None  # None: the NodeCIDRPool CRD is not installed
     pool_events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     statuses: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)  # every status written, per pool
+    status_refusal: ApiError | None = None  # raised by every status write while set
+    status_writes: int = 0  # status writes sent, refused ones too
 
     def add(self, name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
         node = NodeInfo(name, uid or f"uid-{name}", tuple(cidrs))
@@ -109,6 +111,9 @@ class FakeApi:
         return True
 
     async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None:
+        self.status_writes += 1
+        if self.status_refusal is not None:
+            raise self.status_refusal
         if self.pools is None or name not in self.pools:
             raise ApiError(404, "NotFound", f"nodecidrpools {name} not found")
         self.pools[name]["status"] = dict(status)
@@ -860,3 +865,80 @@ def test_a_range_left_in_no_pool_is_reported_and_kept(family: FamilyRange) -> No
     assert [(name, reason) for name, reason, _ in api.events] == [("a", "InvalidPodCIDR")]
     assert f"podCIDR {held[0]} lies in no serving pool" in api.events[0][2]
     assert reconciler.allocations.holding("a") == tuple(map(netaddr.IPNetwork, held))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    ("refusal", "writes"),
+    [
+        pytest.param(ApiError(422, "Invalid", "status.ipv6.capacity: must be of type int64"), 1, id="refused-once"),
+        pytest.param(ApiError(503, "ServiceUnavailable", "etcd"), 3, id="transient-retried"),
+    ],
+)
+def test_a_refused_status_is_not_sent_again_until_it_changes(family: FamilyRange, refusal: ApiError, writes: int) -> None:
+    first, _ = POOL_CIDRS[family.version]
+
+    async def go() -> FakeApi:
+        api = FakeApi(pools={"p": pool_body("p", family, first, priority=1)}, status_refusal=refusal)
+        reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        for _ in range(3):
+            await reconciler.sync_pools()
+        return api
+
+    api = run(go)
+    assert api.status_writes == writes
+    if refusal.status == 422:
+        assert [(name, reason) for name, reason, _ in api.pool_events] == [("p", "InvalidPool")]
+        assert "status.ipv6.capacity" in api.pool_events[0][2]
+
+
+MALFORMED_SPECS = [
+    pytest.param({"nodeSelector": "gpu=true"}, id="selector-a-string"),
+    pytest.param({"nodeSelector": {"nodeSelectorTerms": "gpu"}}, id="terms-a-string"),
+    pytest.param({"nodeSelector": {"nodeSelectorTerms": ["gpu"]}}, id="term-a-string"),
+    pytest.param({"nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": "gpu In true"}]}}, id="expressions-a-string"),
+    pytest.param({"nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": ["gpu"]}]}}, id="expression-a-string"),
+    pytest.param({"nodeSelector": {"nodeSelectorTerms": [{"matchFields": "metadata.name"}]}}, id="fields-a-string"),
+    pytest.param({"reserved": "10.1.0.0/24"}, id="reserved-a-string"),
+    pytest.param({"priority": {"high": True}}, id="priority-a-map"),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("malformed", MALFORMED_SPECS)
+def test_a_malformed_pool_is_an_event_not_a_crash_and_every_node_is_served(
+    family: FamilyRange, malformed: dict[str, Any]
+) -> None:
+    """A CRD without the chart's schema (older, or none) lets any shape through: the start-up rebuild survives it."""
+    first, second = POOL_CIDRS[family.version]
+    bad = pool_body("bad", family, first, priority=1)
+    bad["spec"].update(malformed)
+    api = FakeApi(pools={"bad": bad, "good": pool_body("good", family, second)})
+    api.add("a")
+    reconciler = rebuilt(family, api)
+    assert api.nodes["a"].pod_cidrs, "served"
+    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "good"
+    assert [(name, reason) for name, reason, _ in api.pool_events] == [("bad", "InvalidPool")]
+    run(lambda: reconciler.pool_event("MODIFIED", bad))  # as the watch shows it: no crash either
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"metadata": {"name": "p"}, "spec": "ipv4"}, id="spec-a-string"),
+        pytest.param({"metadata": {"name": "p"}, "spec": {"ipv4": "10.1.0.0/23"}}, id="ipv4-a-string"),
+        pytest.param(
+            {"metadata": {"name": "p"}, "spec": {"ipv6": {"nodeMaskSize": 64, "cidrs": "fd01::/63"}}}, id="ipv6-cidrs-a-string"
+        ),
+        pytest.param(
+            {"metadata": {"name": "p"}, "spec": {"ipv6": {"nodeMaskSize": 64, "cidrs": ["fd01::/63"]}}}, id="ipv6-cidr-a-string"
+        ),
+    ],
+)
+def test_a_malformed_family_is_an_event_not_a_crash(body: dict[str, Any]) -> None:
+    api = FakeApi(pools={"p": body})
+    api.add("a")
+    reconciler = rebuilt(V4, api)
+    assert api.nodes["a"].pod_cidrs and [(name, reason) for name, reason, _ in api.pool_events] == [("p", "InvalidPool")]
+    assert reconciler.problem() is None
