@@ -200,14 +200,20 @@ def test_a_pool_overlapping_an_earlier_one_is_refused(
     start_controller(*family.flags())
     pools.apply("earlier", {family.key: family.family(family.wide)})
     pools.wait_status("earlier", lambda s: "summary" in s, "the earlier pool's status")
-    pools.apply("later", {"priority": 100, family.key: family.family(family.wide)})
+    # The later pool has a CIDR of its own beside the clashing one: refused, it hands out neither.
+    pools.apply("later", {"priority": 100, family.key: family.family(family.wide, family.first)})
     pools.wait_status("later", lambda s: pools.condition("later", "Overlapping").get("status") == "True", "Overlapping")
     assert pools.condition("later", "Ready")["status"] == "False"
     wait_for(lambda: "PoolOverlapping" in pools.events("later"), what="a PoolOverlapping event")
-    create(cluster, "n", 0)
-    (cidr,) = cluster.wait_assigned(["n"])["n"]
-    assert inside(cidr, family.wide)
-    pools.wait_status("earlier", lambda s: s.get("nodes") == 1, "the earlier pool to hold the Node")
+    names = [f"n{index}" for index in range(4)]  # the earlier pool's two ranges, the flags' one, and one more
+    for index, name in enumerate(names):
+        create(cluster, name, index)
+    wait_for(lambda: sum(1 for cidrs in cluster.pod_cidrs().values() if cidrs) == 3, what="three Nodes served")
+    waiting = next(name for name, cidrs in cluster.pod_cidrs().items() if not cidrs)
+    cluster.wait_event(waiting, "CIDRNotAvailable")
+    held = [cidr for cidrs in cluster.pod_cidrs().values() for cidr in cidrs]
+    assert sum(inside(cidr, family.wide) for cidr in held) == 2 and not any(inside(cidr, family.first) for cidr in held)
+    pools.wait_status("earlier", lambda s: s.get("nodes") == 2, "the earlier pool to hold two Nodes")
     assert pools.status("later").get("nodes") == 0
 
 

@@ -150,13 +150,17 @@ def test_a_pool_overlapping_an_earlier_one_is_refused_and_hands_out_nothing(
     version: int, default: FamilyRange, mask: int, gpu_cidr: str, more_cidr: str, outside: str
 ) -> None:
     earlier = pool("earlier", version, mask, gpu_cidr, created="2026-01-01T00:00:00Z")
-    later = pool("later", version, mask, gpu_cidr, created="2026-01-02T00:00:00Z", priority=100)
+    # The later pool has a CIDR of its own beside the clashing one: refused, it hands out neither.
+    later = pool("later", version, mask, gpu_cidr, more_cidr, created="2026-01-02T00:00:00Z", priority=100)
     allocations = NodeAllocations([default])
     refused = allocations.set_pools([earlier, later])
     assert set(refused) == {"later"}
     assert "earlier" in refused["later"]
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(4)]
     assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier", DEFAULT_POOL, DEFAULT_POOL]
+    with pytest.raises(NoCIDRsRemainingError):
+        commit(allocations, node("n4"))
+    assert not any(cidr in netaddr.IPNetwork(more_cidr) for cidr in taken)
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)

@@ -51,12 +51,41 @@ def overlapping(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
     return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
 
 
-def test_a_range_in_a_removed_pool_cidr_is_not_handed_out_when_a_pool_with_another_mask_covers_it_again() -> None:
-    allocations = NodeAllocations([V4_DEFAULT], pools=[pool("p", priority=1, ipv4=family(24, "10.1.0.0/23"))])
+class Space:
+    """The tests' ranges, written in IPv4; the IPv6 row reads each 10.B.C.0/P as fd0B:0:0:C::/(P+40)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.key = f"ipv{version}"
+        self.default = V4_DEFAULT if version == 4 else V6_DEFAULT
+
+    def mask(self, ipv4_mask: int) -> int:
+        return ipv4_mask if self.version == 4 else ipv4_mask + 40
+
+    def cidr(self, ipv4: str) -> str:
+        if self.version == 4:
+            return ipv4
+        address, length = ipv4.split("/")
+        _, second, third, _ = (int(part) for part in address.split("."))
+        return str(N(f"fd{second:02x}:0:0:{third:x}::/{int(length) + 40}"))
+
+    def net(self, ipv4: str) -> netaddr.IPNetwork:
+        return N(self.cidr(ipv4))
+
+    def family(self, ipv4_mask: int, *ipv4_cidrs: str) -> dict[str, Any]:
+        return {self.key: family(self.mask(ipv4_mask), *(self.cidr(c) for c in ipv4_cidrs))}
+
+
+SPACES = [pytest.param(Space(4), id="ipv4"), pytest.param(Space(6), id="ipv6")]
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_a_range_in_a_removed_pool_cidr_is_not_handed_out_when_a_pool_with_another_mask_covers_it_again(space: Space) -> None:
+    allocations = NodeAllocations([space.default], pools=[pool("p", priority=1, **space.family(24, "10.1.0.0/23"))])
     (held,) = commit(allocations, node("a"))
-    assert held in N("10.1.0.0/23")
-    allocations.set_pools([pool("p", priority=1, ipv4=family(24, "10.2.0.0/24"))])  # the CIDR is gone, "a" keeps its range
-    allocations.set_pools([pool("q", priority=1, ipv4=family(25, "10.1.0.0/22"))])  # another pool, finer, over it
+    assert held in space.net("10.1.0.0/23")
+    allocations.set_pools([pool("p", priority=1, **space.family(24, "10.2.0.0/24"))])  # the CIDR is gone, "a" keeps its range
+    allocations.set_pools([pool("q", priority=1, **space.family(25, "10.1.0.0/22"))])  # another pool, finer, over it
     taken = drain(allocations, "n")
     assert not any(overlapping(cidr, held) for cidr in taken)
     allocations.forget("a", "uid-a")
@@ -64,10 +93,11 @@ def test_a_range_in_a_removed_pool_cidr_is_not_handed_out_when_a_pool_with_anoth
     assert overlapping(again, held), "once its holder is gone the range comes back"
 
 
-def test_a_refused_pool_fixed_by_deleting_the_earlier_one_skips_what_the_earlier_one_handed_out() -> None:
-    earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, ipv4=family(24, "10.1.0.0/23"))
-    later = pool("later", "2026-01-02T00:00:00Z", priority=2, ipv4=family(25, "10.1.0.0/22"))
-    allocations = NodeAllocations([V4_DEFAULT], pools=[earlier, later])
+@pytest.mark.parametrize("space", SPACES)
+def test_a_refused_pool_fixed_by_deleting_the_earlier_one_skips_what_the_earlier_one_handed_out(space: Space) -> None:
+    earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, **space.family(24, "10.1.0.0/23"))
+    later = pool("later", "2026-01-02T00:00:00Z", priority=2, **space.family(25, "10.1.0.0/22"))
+    allocations = NodeAllocations([space.default], pools=[earlier, later])
     assert set(allocations.refused()) == {"later"}
     held = [commit(allocations, node(f"e{i}"))[0] for i in range(2)]
     assert all(allocations.pool_of(cidr) == "earlier" for cidr in held)
@@ -75,13 +105,14 @@ def test_a_refused_pool_fixed_by_deleting_the_earlier_one_skips_what_the_earlier
     assert allocations.refused() == {}
     taken = drain(allocations, "n")
     assert not any(overlapping(cidr, h) for cidr in taken for h in held)
-    assert sum(1 for cidr in taken if cidr in N("10.1.0.0/22")) == 8 - 4  # the /25s of the two held /24s stay taken
+    assert sum(1 for cidr in taken if cidr in space.net("10.1.0.0/22")) == 8 - 4  # the halves of the two held ranges stay taken
 
 
-def test_a_pool_overlapping_the_default_is_refused_and_its_set_follows_the_default() -> None:
-    allocations = NodeAllocations([V4_DEFAULT])
+@pytest.mark.parametrize("space", SPACES)
+def test_a_pool_overlapping_the_default_is_refused_and_its_set_follows_the_default(space: Space) -> None:
+    allocations = NodeAllocations([space.default])
     (first,) = commit(allocations, node("d0"))
-    refused = allocations.set_pools([pool("over", priority=9, ipv4=family(25, "10.0.0.0/22"))])
+    refused = allocations.set_pools([pool("over", priority=9, **space.family(25, "10.0.0.0/22"))])
     assert set(refused) == {"over"}
     (second,) = commit(allocations, node("d1"))
     assert allocations.pool_of(second) == DEFAULT_POOL
@@ -89,15 +120,16 @@ def test_a_pool_overlapping_the_default_is_refused_and_its_set_follows_the_defau
         allocations.reserve(node("d2"))
     # The default keeps the addresses; nothing a refused pool could ever hand out overlaps what Nodes hold.
     entry = next(e for e in allocations._entries["over"])
-    for subnet in N("10.0.0.0/23").subnet(25):
+    for subnet in space.net("10.0.0.0/23").subnet(space.mask(25)):
         assert entry.claims.cidr_set.is_allocated(subnet)
-    for subnet in N("10.0.2.0/23").subnet(25):
+    for subnet in space.net("10.0.2.0/23").subnet(space.mask(25)):
         assert not entry.claims.cidr_set.is_allocated(subnet)
     assert first != second
 
 
-def test_a_reservation_whose_pool_cidr_goes_away_stays_claimed_when_a_pool_covers_it_again() -> None:
-    allocations = NodeAllocations([V4_DEFAULT], pools=[pool("p", priority=1, ipv4=family(24, "10.1.0.0/23"))])
+@pytest.mark.parametrize("space", SPACES)
+def test_a_reservation_whose_pool_cidr_goes_away_stays_claimed_when_a_pool_covers_it_again(space: Space) -> None:
+    allocations = NodeAllocations([space.default], pools=[pool("p", priority=1, **space.family(24, "10.1.0.0/23"))])
     reservation = allocations.reserve(node("a"))
     allocations.patching(reservation)
     allocations.unknown(reservation)
@@ -106,45 +138,55 @@ def test_a_reservation_whose_pool_cidr_goes_away_stays_claimed_when_a_pool_cover
     allocations.set_pools([])  # the pool is gone while the answer is unknown
     observation = allocations.resolve(reservation, node("a", str(reserved)), allocations.sequence)
     assert observation.outcome in (Outcome.COMMITTED, Outcome.OCCUPIED)
-    allocations.set_pools([pool("q", priority=1, ipv4=family(24, "10.1.0.0/23"))])
+    allocations.set_pools([pool("q", priority=1, **space.family(24, "10.1.0.0/23"))])
     taken = drain(allocations, "n")
     assert reserved not in taken
 
 
-def test_a_read_of_a_dual_stack_node_whose_pool_lost_one_cidr_reports_no_range_it_holds_as_released() -> None:
-    dual = pool("dual", priority=1, ipv4=family(24, "10.1.0.0/23"), ipv6=family(64, "fd01::/63"))
+@pytest.mark.parametrize(
+    ("lost", "kept"),
+    [pytest.param(Space(4), Space(6), id="ipv4-cidr-removed"), pytest.param(Space(6), Space(4), id="ipv6-cidr-removed")],
+)
+def test_a_read_of_a_dual_stack_node_whose_pool_lost_one_cidr_reports_no_range_it_holds_as_released(
+    lost: Space, kept: Space
+) -> None:
+    dual = pool("dual", priority=1, **lost.family(24, "10.1.0.0/23"), **kept.family(24, "10.1.0.0/23"))
     allocations = NodeAllocations([V4_DEFAULT, V6_DEFAULT], pools=[dual])
     reservation = allocations.reserve(node("a"))
     allocations.patching(reservation)
     allocations.unknown(reservation)
     allocations.abandon(reservation)
-    v4, v6 = reservation.cidrs
-    # The pool's IPv4 CIDR is removed while the answer is unknown; its IPv6 CIDR stays.
-    allocations.set_pools([pool("dual", priority=1, ipv4=family(24, "10.3.0.0/23"), ipv6=family(64, "fd01::/63"))])
-    observation = allocations.resolve(reservation, node("a", str(v4), str(v6)), allocations.sequence)
-    assert v6 in allocations.holding("a")
-    assert not set(observation.released) & {v4, v6}, f"reported released while node a holds them: {observation.released}"
+    held = {cidr.version: cidr for cidr in reservation.cidrs}
+    # One family's CIDR is removed from the pool while the answer is unknown; the other family's stays.
+    allocations.set_pools([pool("dual", priority=1, **lost.family(24, "10.3.0.0/23"), **kept.family(24, "10.1.0.0/23"))])
+    observation = allocations.resolve(reservation, node("a", str(held[4]), str(held[6])), allocations.sequence)
+    assert held[kept.version] in allocations.holding("a")
+    released = set(observation.released) & set(held.values())
+    assert not released, f"reported released while node a holds them: {observation.released}"
 
 
-def test_a_reserved_range_is_freed_when_the_pool_drops_it_and_kept_while_a_node_holds_it() -> None:
+@pytest.mark.parametrize("space", SPACES)
+def test_a_reserved_range_is_freed_when_the_pool_drops_it_and_kept_while_a_node_holds_it(space: Space) -> None:
+    pool_family = space.family(24, "10.1.0.0/23")
     allocations = NodeAllocations(
-        [V4_DEFAULT], pools=[pool("p", priority=1, reserved=["10.1.0.0/24"], ipv4=family(24, "10.1.0.0/23"))]
+        [space.default], pools=[pool("p", priority=1, reserved=[space.cidr("10.1.0.0/24")], **pool_family)]
     )
     (held,) = commit(allocations, node("a"))
-    assert held == N("10.1.1.0/24")
-    allocations.set_pools([pool("p", priority=1, reserved=["10.1.1.0/24"], ipv4=family(24, "10.1.0.0/23"))])
+    assert held == space.net("10.1.1.0/24")
+    allocations.set_pools([pool("p", priority=1, reserved=[space.cidr("10.1.1.0/24")], **pool_family)])
     (freed,) = commit(allocations, node("b"))
-    assert freed == N("10.1.0.0/24")
+    assert freed == space.net("10.1.0.0/24")
     allocations.forget("a", "uid-a")
-    with pytest.raises(NoCIDRsRemainingError):  # 10.1.1.0/24 is reserved now; the default's two are left
+    with pytest.raises(NoCIDRsRemainingError):  # the held range is reserved now; the default's two are left
         for i in range(3):
-            assert commit(allocations, node(f"c{i}"))[0] in V4_DEFAULT.cluster_cidr
+            assert commit(allocations, node(f"c{i}"))[0] in space.default.cluster_cidr
 
 
-def test_a_refused_pool_reserves_nothing_in_the_earlier_pool_it_overlaps() -> None:
-    earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, ipv4=family(24, "10.1.0.0/23"))
-    later = pool("later", "2026-01-02T00:00:00Z", reserved=["10.1.0.0/24"], ipv4=family(24, "10.1.0.0/23"))
-    allocations = NodeAllocations([V4_DEFAULT], pools=[earlier, later])
+@pytest.mark.parametrize("space", SPACES)
+def test_a_refused_pool_reserves_nothing_in_the_earlier_pool_it_overlaps(space: Space) -> None:
+    earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, **space.family(24, "10.1.0.0/23"))
+    later = pool("later", "2026-01-02T00:00:00Z", reserved=[space.cidr("10.1.0.0/24")], **space.family(24, "10.1.0.0/23"))
+    allocations = NodeAllocations([space.default], pools=[earlier, later])
     assert set(allocations.refused()) == {"later"}
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(2)]
     assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier"], "a refused pool's spec takes nothing"

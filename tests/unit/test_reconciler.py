@@ -719,13 +719,15 @@ def test_a_pool_created_at_runtime_serves_a_waiting_node(family: FamilyRange) ->
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_an_overlapping_pool_is_reported_on_the_pool_and_hands_out_nothing(family: FamilyRange) -> None:
-    first, _ = POOL_CIDRS[family.version]
+    first, second = POOL_CIDRS[family.version]
     earlier = pool_body("earlier", family, first)
-    later = pool_body("later", family, first, priority=10)
+    later = pool_body("later", family, first, second, priority=10)  # a CIDR of its own beside the clashing one
     earlier["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
     later["metadata"]["creationTimestamp"] = "2026-01-02T00:00:00Z"
     api = FakeApi(pools={"earlier": earlier, "later": later})
     api.add("a")
+    for index in range(6):  # the earlier pool's two ranges and the flags' four, and one more
+        api.add(f"more-{index}")
 
     async def go() -> Reconciler:
         reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
@@ -735,6 +737,8 @@ def test_an_overlapping_pool_is_reported_on_the_pool_and_hands_out_nothing(famil
 
     reconciler = run(go)
     assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "earlier"
+    held = [netaddr.IPNetwork(cidr) for node in api.nodes.values() for cidr in node.pod_cidrs]
+    assert len(held) == 6 and not any(cidr in netaddr.IPNetwork(second) for cidr in held), "nothing from the refused pool"
     assert [(name, reason) for name, reason, _ in api.pool_events] == [("later", "PoolOverlapping")]
     assert "earlier" in api.pool_events[0][2]
 
