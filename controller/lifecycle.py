@@ -21,7 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controller import gcpolicy, handlers, inflight
+from controller import gcpolicy, handlers, inflight, loopwatch
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
 from controller.leader import LeaseKeeper
@@ -124,6 +124,17 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()
+    heartbeat = loopwatch.Heartbeat()
+    pulse = asyncio.ensure_future(loopwatch.watch_loop(heartbeat, metrics.event_loop_lag.observe))
+    try:
+        await _serve(settings, credentials, stopping, metrics)
+    finally:
+        pulse.cancel()
+    logger.info("stopped")
+
+
+async def _serve(settings: Settings, credentials: Credentials, stopping: Stopping, metrics: Metrics) -> None:
+    """The health server and the Lease from the start; leading once the Lease is ours, until stopped."""
     # kopf leaves a reference cycle per watch event: see gcpolicy for why, and what it costs otherwise.
     gcpolicy.collect_young_less_often()
     with gcpolicy.PauseRecorder() as gc_pauses:
@@ -161,7 +172,6 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
             finally:
                 stopping.deadline.arm("shutdown")
                 await health.stop()
-    logger.info("stopped")
 
 
 async def _lead(
