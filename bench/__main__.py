@@ -241,7 +241,7 @@ class Controller:
     #: Flags added to nodeipam's command line (`--nodeipam-flag`), to measure a setting other than the default.
     nodeipam_flags: tuple[str, ...] = ()
     #: Run nodeipam under bench.stallwatch, which writes its stalls next to its log (`--stall-log`).
-    stall_log = False
+    record_stalls = False
 
     def __init__(
         self,
@@ -269,7 +269,7 @@ class Controller:
                     f"--leader-elect-resource-name=bench-{int(time.time() * 1000)}",
                     "--leader-elect-resource-namespace=kube-system",
                 ]
-            self.stall_log = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl" if Controller.stall_log else None
+            self.stall_log: Path | None = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl" if Controller.record_stalls else None
             entry = ["bench.stallwatch", str(self.stall_log)] if self.stall_log else ["controller"]
             argv = [
                 sys.executable,
@@ -989,7 +989,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     Controller.nodeipam_flags = tuple(args.nodeipam_flag)
-    Controller.stall_log = args.stall_log
+    Controller.record_stalls = args.stall_log
     report = Report(args.json, args)
     asyncio.run(main_async(args, report))
     print(TABLE_HEADER)

@@ -1,6 +1,7 @@
 """What the controller's main thread was doing while its event loop stalled: a watcher thread in its process.
 
     python -m bench.stallwatch OUT.jsonl run --kubeconfig=... (the controller's own arguments)
+    python -m bench.stallwatch --explain RESULTS.json (a bench run with --stall-log: each slow probe, and why)
 
 Runs the controller as `python -m controller` would, with a thread that samples the main thread's stack
 every TICK. A stall is a run of samples in which the main thread is not waiting in the event loop's
@@ -45,7 +46,7 @@ def idle(frame: FrameType) -> bool:
 
 
 def stack(frame: FrameType | None) -> str:
-    frames = []
+    frames: list[str] = []
     while frame is not None and len(frames) < DEPTH:
         code = frame.f_code
         frames.append(f"{Path(code.co_filename).stem}:{code.co_name}:{frame.f_lineno}")
@@ -127,7 +128,39 @@ class Watcher:
                 self.write({"kind": "late", "at": round(now, 4), "late": round(late, 4), "gc": self.gc.within(now - late, now)})
 
 
+def explain(results: Path) -> None:
+    """For each /healthz over the target in a bench run, the phases of its time and the stalls it overlapped."""
+    for result in json.loads(results.read_text())["results"]:
+        if not result.get("stall_log"):
+            continue
+        records = [json.loads(line) for line in Path(result["stall_log"]).read_text().splitlines()]
+        stalls = [record for record in records if record["kind"] == "stall"]
+        print(f"{result['scenario']}: {len(result['slow_probes'])} slow probes, {len(stalls)} stalls over {STALL}s")
+        for slow in result["slow_probes"]:
+            sent, took = slow["monotonic"], slow["took"]
+            print(
+                f"  at {slow['at']:.1f}s: {1000 * took:.0f} ms (TCP {1000 * slow['tcp']:.0f}, TLS {1000 * slow['tls']:.0f}, "
+                f"probe's own CPU wait {1000 * slow['probe_wait']:.0f})"
+            )
+            for stall in stalls:
+                if stall["end"] >= sent and stall["start"] <= sent + took:
+                    gc_seconds = sum(seconds for _, seconds, _ in stall["gc"])
+                    print(
+                        f"    stall {stall['start'] - sent:+.3f}s, {1000 * stall['seconds']:.0f} ms: main thread on CPU "
+                        f"{1000 * stall['main_cpu']:.0f}, waiting for a CPU {1000 * stall['main_runqueue_wait']:.0f}, "
+                        f"GC {1000 * gc_seconds:.0f}, watcher late {1000 * stall['watcher_worst_late']:.0f} ms"
+                    )
+                    for where, count in stall["stacks"][:3]:
+                        print(f"      {count} x {where[:160]}")
+            for late in records:
+                if late["kind"] == "late" and sent <= late["at"] <= sent + took + LATE:
+                    print(f"    watcher late {1000 * late['late']:.0f} ms at {late['at'] - sent:+.3f}s, GC {late['gc']}")
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "--explain":
+        explain(Path(argv[1]))
+        return 0
     out = open(argv[0], "a", buffering=1)  # noqa: SIM115 -- open for the life of the process
     watcher = Watcher(out)
     threading.Thread(target=watcher.run, name="stallwatch", daemon=True).start()
