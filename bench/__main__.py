@@ -62,7 +62,7 @@ from typing import Any
 import aiohttp
 import netaddr
 
-from bench.probe import probe
+from bench.probe import Sample, probe
 from bench.watch import watch_nodes
 from controller.kube import POOLS_PATH, ApiError, Credentials, KubeClient
 from controller.localcluster.binaries import ensure_binaries
@@ -81,6 +81,7 @@ SETTLE_TIMEOUT = 900.0
 SETTLE_SECONDS = 30.0  # after the restart scenario, before the end RSS is read
 AFTER_BURST_SECONDS = 5.0  # after a burst or start-up is assigned, before the end RSS is read
 SAMPLE_INTERVAL = 1.0
+SLOW_PROBE = 0.1  # a /healthz slower than this misses the target
 PROFILES: dict[str, dict[str, Any]] = {
     "small": {"nodes": [2000], "restart_nodes": [20000], "only": list(SCENARIOS), "skip_throttled": False},
     "scale": {
@@ -125,6 +126,7 @@ class Series:
     t: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     assigned: list[int] = field(default_factory=list)
+    load1: list[float] = field(default_factory=list)  # the machine's 1-minute load average
 
 
 @dataclass
@@ -149,6 +151,10 @@ class Result:
     healthz_seconds: list[float] = field(default_factory=list)  # /healthz latencies during the burst
     scrape_seconds: list[float] = field(default_factory=list)  # /metrics latencies during the burst
     probe_failures: int = 0  # requests that timed out or were not answered 200
+    #: /healthz requests over SLOW_PROBE: sent (s since the start; and monotonic, as the controller's stall log),
+    #: took, and of that the TCP connect, the TLS handshake and the probe's own wait for a CPU, s.
+    slow_probes: list[dict[str, float]] = field(default_factory=list)
+    stall_log: str = ""  # bench.stallwatch's record of the controller's stalls (--stall-log)
 
     @classmethod
     def of(
@@ -234,6 +240,8 @@ class Controller:
 
     #: Flags added to nodeipam's command line (`--nodeipam-flag`), to measure a setting other than the default.
     nodeipam_flags: tuple[str, ...] = ()
+    #: Run nodeipam under bench.stallwatch, which writes its stalls next to its log (`--stall-log`).
+    record_stalls = False
 
     def __init__(
         self,
@@ -261,10 +269,12 @@ class Controller:
                     f"--leader-elect-resource-name=bench-{int(time.time() * 1000)}",
                     "--leader-elect-resource-namespace=kube-system",
                 ]
+            self.stall_log: Path | None = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl" if Controller.record_stalls else None
+            entry = ["bench.stallwatch", str(self.stall_log)] if self.stall_log else ["controller"]
             argv = [
                 sys.executable,
                 "-m",
-                "controller",
+                *entry,
                 "run",
                 f"--kubeconfig={plane.kubeconfig}",
                 f"--cluster-cidr={cluster_cidr}",
@@ -292,6 +302,7 @@ class Controller:
                 "-v=0",
             ]
             argv += [] if throttled else ["--kube-api-qps=10000", "--kube-api-burst=10000"]
+            self.stall_log = None
         self.log = open(log_dir / f"{kind}-{int(time.time() * 1000)}.log", "wb")  # noqa: SIM115
         # The API server's and etcd's CPU while this controller runs: what serving it (and the load) cost them.
         self.plane = plane
@@ -424,12 +435,10 @@ class Prober:
         self._process.start()
         child.close()
 
-    async def stop(self) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
-        """Stop; (healthz samples, scrape samples), each (sent at, seconds, HTTP status)."""
+    async def stop(self) -> tuple[list[Sample], list[Sample]]:
+        """Stop; (healthz samples, scrape samples): see bench.probe.Sample."""
         self._connection.send("stop")
-        samples: tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]] = await asyncio.to_thread(
-            self._connection.recv
-        )
+        samples: tuple[list[Sample], list[Sample]] = await asyncio.to_thread(self._connection.recv)
         await asyncio.to_thread(self._process.join, 10)
         return samples
 
@@ -440,7 +449,7 @@ class Sampler:
     def __init__(self, controller: Controller, watcher: Watcher) -> None:
         self.controller = controller
         self.watcher = watcher
-        self._samples: list[tuple[float, float, int]] = []
+        self._samples: list[tuple[float, float, int, float]] = []
         self._task = asyncio.ensure_future(self._run())
         self.series = Series()
 
@@ -448,16 +457,17 @@ class Sampler:
         while True:
             rss = self.controller.rss_mb()
             if rss is not None:
-                self._samples.append((time.monotonic(), rss, len(self.watcher.assigned)))
+                self._samples.append((time.monotonic(), rss, len(self.watcher.assigned), os.getloadavg()[0]))
             await asyncio.sleep(SAMPLE_INTERVAL)
 
     def stop(self, started: float) -> None:
         """Stop sampling; times become seconds since `started`."""
         self._task.cancel()
         self.series = Series(
-            [round(at - started, 2) for at, _, _ in self._samples],
-            [round(rss, 1) for _, rss, _ in self._samples],
-            [count for _, _, count in self._samples],
+            [round(at - started, 2) for at, _, _, _ in self._samples],
+            [round(rss, 1) for _, rss, _, _ in self._samples],
+            [count for _, _, count, _ in self._samples],
+            [round(load, 2) for _, _, _, load in self._samples],
         )
 
 
@@ -733,27 +743,42 @@ async def pools_burst(
             " ".join(filter(None, notes)),
         )
         result.pools = label
-        result.healthz_seconds = [round(took, 4) for sent, took, _ in healthz if started <= sent <= done]
-        result.scrape_seconds = [round(took, 4) for sent, took, _ in scrapes if started <= sent <= done]
-        result.probe_failures = sum(1 for _, _, status in during if status != 200)
+        result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
+        result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
+        result.slow_probes = [
+            {"at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
+            | {"tcp": tcp, "tls": tls, "probe_wait": wait}
+            for sent, took, _, tcp, tls, wait in healthz
+            if started <= sent <= done and took > SLOW_PROBE
+        ]
+        result.stall_log = str(controller.stall_log or "")
+        result.probe_failures = sum(1 for sample in during if sample[2] != 200)
         results.append(result)
     return results
 
 
 POOLS_TABLE_HEADER = (
-    "| burst | setup | lag after last create s | p50 s | /healthz p99 ms | /healthz worst ms | /metrics p99 ms "
-    "| /metrics worst ms | probes, scrapes (failed) | CPU ms/Node | note |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "| burst | setup | lag after last create s | p50 s | /healthz p50 / p99 / worst ms | /healthz over 100 ms "
+    "| /metrics p50 / p99 / worst ms | probes, scrapes (failed) | CPU ms/Node | load avg mean / max | note |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def pools_row(result: Result) -> str:
     lag = f"{result.lag_seconds:.2f}" if result.lag_seconds is not None else "-"
+
+    def ms(values: list[float]) -> str:
+        figures = (percentile(values, 0.5), percentile(values, 0.99), max(values, default=0))
+        return " / ".join(f"{1000 * value:.0f}" for value in figures)
+
+    slow = sum(1 for took in result.healthz_seconds if took > SLOW_PROBE)
+    load = result.series.load1
+    loads = f"{statistics.fmean(load):.1f} / {max(load):.1f}" if load else "-"
     return (
         f"| {result.nodes} | {result.pools} | {lag} | {percentile(result.latencies, 0.5):.2f} "
-        f"| {1000 * percentile(result.healthz_seconds, 0.99):.0f} | {1000 * max(result.healthz_seconds, default=0):.0f} "
-        f"| {1000 * percentile(result.scrape_seconds, 0.99):.0f} | {1000 * max(result.scrape_seconds, default=0):.0f} "
+        f"| {ms(result.healthz_seconds)} | {slow} of {len(result.healthz_seconds)} | {ms(result.scrape_seconds)} "
         f"| {len(result.healthz_seconds)}, {len(result.scrape_seconds)} ({result.probe_failures}) "
-        f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {result.note} |"
+        f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {loads} | {result.note} |"
     )
 
 
@@ -793,6 +818,7 @@ class Report:
             "create_rate": args.create_rate,
             "pools": args.pools,
             "pool_cidrs": args.pool_cidrs,
+            "stall_log": args.stall_log,
             "service_cidr": SERVICE_CIDR,
         }
 
@@ -939,6 +965,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pools", type=positive_int, default=100, help="NodeCIDRPools in the pools scenario (default 100)")
     parser.add_argument("--pool-cidrs", type=positive_int, default=16, help="CIDRs per NodeCIDRPool there (default 16)")
+    parser.add_argument(
+        "--stall-log",
+        action="store_true",
+        help="run nodeipam under bench.stallwatch: its event loop's stalls, with stacks, next to its log",
+    )
     args = parser.parse_args(argv)
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key) is None:
@@ -958,6 +989,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     Controller.nodeipam_flags = tuple(args.nodeipam_flag)
+    Controller.record_stalls = args.stall_log
     report = Report(args.json, args)
     asyncio.run(main_async(args, report))
     print(TABLE_HEADER)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import socket
 import ssl
 import threading
 import time
@@ -22,8 +23,10 @@ PROBE_INTERVAL = 0.1  # seconds between /healthz requests (a kubelet probes ever
 SCRAPE_INTERVAL = 1.0  # seconds between /metrics requests
 TIMEOUT = 10.0  # a request that takes longer counts as this long, and failed
 
-#: One request: (when it was sent, monotonic clock; how long it took, s; HTTP status, 0: no answer).
-Sample = tuple[float, float, int]
+#: One request: (when it was sent, monotonic clock; how long it took, s; HTTP status, 0: no answer; of the time
+#: it took: the TCP connect, the TLS handshake, and the probe thread's own wait for a CPU), so that a slow probe
+#: says where its time went.
+Sample = tuple[float, float, int, float, float, float]
 
 
 def probe(port: int, token: str, connection: Connection) -> None:
@@ -51,12 +54,19 @@ def _loop(port: int, path: str, token: str | None, interval: float, stop: thread
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the controller's certificate is self-signed
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    tid = threading.get_native_id()
     while not stop.is_set():
         sent = time.monotonic()
+        waited = _runqueue_wait(tid)
         status = 0
+        connected = handshaken = sent
         try:
             client = http.client.HTTPSConnection("127.0.0.1", port, timeout=TIMEOUT, context=context)
             try:
+                client.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+                connected = time.monotonic()
+                client.sock = context.wrap_socket(client.sock, server_hostname="127.0.0.1")
+                handshaken = time.monotonic()
                 client.request("GET", path, headers=headers)
                 response = client.getresponse()
                 response.read()
@@ -66,5 +76,15 @@ def _loop(port: int, path: str, token: str | None, interval: float, stop: thread
         except (OSError, http.client.HTTPException):
             pass
         took = time.monotonic() - sent
-        samples.append((sent, min(took, TIMEOUT) if status else TIMEOUT, status))
+        phases = (round(connected - sent, 4), round(max(0.0, handshaken - connected), 4), round(_runqueue_wait(tid) - waited, 4))
+        samples.append((sent, min(took, TIMEOUT) if status else TIMEOUT, status, *phases))
         stop.wait(max(0.0, interval - took))
+
+
+def _runqueue_wait(tid: int) -> float:
+    """Seconds thread `tid` of this process has been runnable but waiting for a CPU, so far."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as file:
+            return int(file.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0

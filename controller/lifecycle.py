@@ -1,8 +1,10 @@
 """The application's lifecycle: start-up, leader election, the health server, shutdown.
 
-One process: a health server from the start, a Lease to compete for, and,
+One process: a health server from the start (on a thread and event loop of
+its own, controller.server_thread), a Lease to compete for (on another), and,
 once leading, the rebuild, the start-up sweep, the background loops and kopf
-(wired in handlers.py). Losing the lease stops allocating at once and exits.
+(wired in handlers.py) on the main loop. Losing the lease stops allocating at
+once and exits.
 
 Stopping is bounded: once a signal or a lost lease starts it, the process
 exits within `SHUTDOWN_GRACE_SECONDS` whatever holds the cleanup up, and a
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controller import gcpolicy, handlers, inflight
+from controller import gcpolicy, handlers, inflight, loopwatch
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
 from controller.leader import LeaseKeeper
@@ -29,7 +31,7 @@ from controller.metrics import Metrics
 from controller.nodes import NodeAllocations
 from controller.reconciler import Reconciler
 from controller.secure_serving import REVIEWS_IN_FLIGHT
-from controller.server import HealthServer
+from controller.server_thread import ServerThread
 
 logger = logging.getLogger("nodeipam")
 
@@ -124,6 +126,20 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()
+    # The main loop's lag, and the heartbeat that the metrics port's thread reads for /healthz.
+    heartbeat = loopwatch.Heartbeat()
+    pulse = asyncio.ensure_future(loopwatch.watch_loop(heartbeat, metrics.event_loop_lag.observe))
+    try:
+        await _serve(settings, credentials, stopping, metrics, heartbeat)
+    finally:
+        pulse.cancel()
+    logger.info("stopped")
+
+
+async def _serve(
+    settings: Settings, credentials: Credentials, stopping: Stopping, metrics: Metrics, heartbeat: loopwatch.Heartbeat
+) -> None:
+    """The metrics port and the Lease from the start; leading once the Lease is ours, until stopped."""
     # kopf leaves a reference cycle per watch event: see gcpolicy for why, and what it costs otherwise.
     gcpolicy.collect_young_less_often()
     with gcpolicy.PauseRecorder() as gc_pauses:
@@ -143,15 +159,16 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
                 settings.max_in_flight,
                 may_write=elector.is_leading,
             ) as kube,
-            # The token reviews of /metrics scrapes: a client of their own, so they neither wait behind Node
-            # patches nor take a connection a Lease renewal needs. As many connections as reviews at once.
-            KubeClient(credentials, max_in_flight=REVIEWS_IN_FLIGHT, transient_attempts=1) as review_kube,
         ):
-            health = HealthServer(
+            # The metrics port, on a thread and event loop of its own, so that the probes never wait for this
+            # loop. The token reviews of /metrics scrapes get a client of their own there, so they neither wait
+            # behind Node patches nor take a connection a Lease renewal needs: as many connections as reviews.
+            health = ServerThread(
                 settings.metrics_bind_address,
                 metrics.registry,
+                heartbeat,
                 serving=settings.serving,
-                reviews=review_kube,
+                open_reviews=lambda: KubeClient(credentials, max_in_flight=REVIEWS_IN_FLIGHT, transient_attempts=1),
                 refused=metrics.refused_on_metrics_port,
             )
             await health.start()
@@ -161,7 +178,6 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
             finally:
                 stopping.deadline.arm("shutdown")
                 await health.stop()
-    logger.info("stopped")
 
 
 async def _lead(
@@ -169,7 +185,7 @@ async def _lead(
     credentials: Credentials,
     kube: KubeClient,
     metrics: Metrics,
-    health: HealthServer,
+    health: ServerThread,
     elector: LeaseKeeper,
     stopping: Stopping,
 ) -> None:

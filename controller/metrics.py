@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from controller.allocators import CIDRSet
 from controller.gcpolicy import GENERATIONS, PauseRecorder
+from controller.loopwatch import LAG_BUCKETS
 from controller.pools import PoolUsage
 from controller.secure_serving import REFUSAL_REASONS
 
@@ -147,6 +148,14 @@ class Metrics:
             "background_failures",
             "Failures of background work, by loop: restarts of a loop, or one Node's handling ('node').",
             ["loop"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+
+        self.event_loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How much later than due the main event loop ran a 0.1 s timer: the time something else held it.",
+            buckets=LAG_BUCKETS,
             namespace=NAMESPACE,
             registry=self.registry,
         )

@@ -50,10 +50,12 @@ class HealthServer:
         serving: ServingOptions | None = None,
         reviews: ReviewAPI | None = None,
         refused: Callable[[str], None] | None = None,
+        collect: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         """`reviews`: the client that sends TokenReviews and SubjectAccessReviews (None: /metrics is refused).
 
-        `refused` is told why each time the port refuses or cuts short a connection or a request.
+        `refused` is told why each time the port refuses or cuts short a connection or a request. `collect`
+        produces the text of /metrics (default: the registry's, on this loop); a TimeoutError from it is a 503.
         """
         self.bind = split_bind_address(bind_address)
         self.registry = registry
@@ -64,6 +66,7 @@ class HealthServer:
         self._liveness: Callable[[], str | None] = lambda: None
         self._runner: web.AppRunner | None = None
         self._listener: GuardedListener | None = None
+        self._collect = collect or self._generate
 
     def watch(self, ready: asyncio.Event) -> None:
         """This replica now leads: report ready once `ready` (the rebuild) is set."""
@@ -136,7 +139,14 @@ class HealthServer:
             return response
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        try:
+            text = await self._collect()
+        except TimeoutError:
+            return web.Response(status=503, text="service unavailable: the metrics were not collected in time")
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _generate(self) -> bytes:
+        return generate_latest(self.registry)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         problem = self._liveness()
