@@ -269,7 +269,8 @@ class Controller:
                     f"--leader-elect-resource-name=bench-{int(time.time() * 1000)}",
                     "--leader-elect-resource-namespace=kube-system",
                 ]
-            self.stall_log: Path | None = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl" if Controller.record_stalls else None
+            stalls = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl"
+            self.stall_log: Path | None = stalls if Controller.record_stalls else None
             entry = ["bench.stallwatch", str(self.stall_log)] if self.stall_log else ["controller"]
             argv = [
                 sys.executable,
