@@ -14,7 +14,17 @@ Two settings take most of it away (BENCHMARKS.md, "Garbage collection"):
 what is alive once the controller has started, its modules and the Nodes
 rebuilt from the start-up LIST, is frozen (never scanned again), and the
 young generation is collected every 10,000 allocations, so that an event's
-cycle is freed while young. Nothing here imports kopf or a client.
+cycle is freed while young.
+
+The full collections left still scanned every Node registered since the
+start: at 20,000 Nodes a pause of ~0.3 s about once a minute, which holds
+every thread of the process (the collector holds the GIL), the metrics
+port's too, so a probe then waited for it. So what survives a full
+collection is frozen as well (`FreezeSurvivors`): the next one scans only
+what came since. Something frozen that later becomes a cycle of garbage
+(most objects are freed by their reference count, which freezing does not
+stop) is kept until the hourly thaw, after which one full collection scans
+everything again. Nothing here imports kopf or a client.
 """
 
 from __future__ import annotations
@@ -22,9 +32,12 @@ from __future__ import annotations
 import bisect
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+#: How often what full collections froze is thawed, so that one full collection scans it all again and
+#: frees the cycles of garbage kept frozen meanwhile: one long pause an hour instead of one a minute.
+THAW_INTERVAL_SECONDS = 3600.0
 #: Allocations between two young collections (Python's default: 700). 50,000 halved the CPU of
 #: collecting again but made each young collection a pause of ~0.1 s, and latency worse, in the same bench.
 YOUNG_COLLECTION_ALLOCATIONS = 10_000
@@ -86,3 +99,38 @@ class PauseRecorder:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
+
+
+class FreezeSurvivors:
+    """A collector callback: freezes what each full collection left, so that the next scans only newer objects.
+
+    Right after a full collection every generation is empty but the oldest, so freezing then takes
+    exactly the survivors. Once `thaw_interval` has passed since the last thaw, a full collection
+    thaws instead: the next one scans everything frozen and frees any cycle of garbage among it.
+    """
+
+    def __init__(self, thaw_interval: float = THAW_INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.thaw_interval = thaw_interval
+        self._clock = clock
+        self._thawed_at = clock()
+        self.thaws = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase != "stop" or info["generation"] != GENERATIONS[-1]:
+            return
+        now = self._clock()
+        if now - self._thawed_at >= self.thaw_interval:
+            gc.unfreeze()
+            self._thawed_at = now
+            self.thaws += 1
+        else:
+            gc.freeze()
+
+    def __enter__(self) -> FreezeSurvivors:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leave the collector as found: nothing frozen (at the end of the process, or of a test)."""
+        gc.callbacks.remove(self)
+        gc.unfreeze()

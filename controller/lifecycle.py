@@ -142,7 +142,7 @@ async def _serve(
     """The metrics port and the Lease from the start; leading once the Lease is ours, until stopped."""
     # kopf leaves a reference cycle per watch event: see gcpolicy for why, and what it costs otherwise.
     gcpolicy.collect_young_less_often()
-    with gcpolicy.PauseRecorder() as gc_pauses:
+    with gcpolicy.PauseRecorder() as gc_pauses, gcpolicy.FreezeSurvivors():
         metrics.track_gc_pauses(gc_pauses)
         # Leases get a client of their own, on a thread and event loop of their own: no rate limit, their own
         # connections, no retries of their own (each attempt is cut off at the renew deadline and the elector

@@ -7,6 +7,7 @@ on import, so tests and several controllers in one process do not collide.
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -198,7 +199,13 @@ class _GcPauseCollector(Collector):
     def __init__(self, pauses: PauseRecorder) -> None:
         self._pauses = pauses
 
-    def collect(self) -> Iterator[HistogramMetricFamily]:
+    def collect(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_gc_frozen_objects",
+            "Objects frozen for the cyclic garbage collector (never scanned until thawed): the start-up state "
+            "and what full collections left.",
+            value=gc.get_freeze_count(),
+        )
         family = HistogramMetricFamily(
             f"{NAMESPACE}_gc_pause_seconds",
             "Pauses of Python's cyclic garbage collector, per generation; in a pause nothing else runs.",
@@ -210,7 +217,7 @@ class _GcPauseCollector(Collector):
             )
         yield family
 
-    def describe(self) -> Iterator[HistogramMetricFamily]:
+    def describe(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
         return iter(())
 
 
