@@ -65,9 +65,9 @@ import netaddr
 from bench.probe import Sample, probe
 from bench.watch import watch_nodes
 from controller.kube import POOLS_PATH, ApiError, Credentials, KubeClient
-from controller.localcluster.binaries import ensure_binaries
-from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.binaries import ensure_binaries
+from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
+from localcluster.nodebodies import realistic_node
 
 CLUSTER_CIDR = "10.0.0.0/8"
 KCM_MAX_SUBNETS = 2**16  # kube-controller-manager's cidrset refuses more node subnets per cluster CIDR

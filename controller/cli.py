@@ -1,4 +1,4 @@
-"""The `nodeipam` command: run, demo, status, check.
+"""The `nodeipam` command: run, status, check.
 
 `nodeipam run` takes kube-controller-manager's nodeipam flags by name, so
 existing flags can be pasted. Flags are validated into one frozen Settings
@@ -131,13 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_serving_flags(run)
 
-    demo = commands.add_parser(
-        "demo", help="start a local control plane, run the controller, register Nodes, show their podCIDRs"
-    )
-    demo.add_argument("--nodes", type=int, default=5, help="how many Nodes to register (default 5)")
-    demo.add_argument("--cluster-cidr", default="10.244.0.0/16")
-    demo.add_argument("--once", action="store_true", help="print the Nodes and exit instead of running until Ctrl-C")
-
     status = commands.add_parser("status", help="usage per cluster CIDR, from the Nodes")
     check = commands.add_parser("check", help="audit podCIDRs: duplicates, overlaps, out of range, missing")
     for inspector in (status, check):
@@ -229,17 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
-    if args.command == "demo":
-        try:
-            from controller import demo
-        except ImportError:
-            # The image ships what runs in a cluster; the demo and its local control plane stay in the source tree.
-            return _fail("demo", ImportError("not in this installation: run it from a checkout (make demo)"), status=1)
-        try:
-            demo.check_args(args.nodes, args.cluster_cidr)
-        except ConfigError as error:
-            return _fail("demo", error)
-        return demo.main(nodes=args.nodes, cluster_cidr=args.cluster_cidr, once=args.once)
     return _inspect(args)
 
 

@@ -19,7 +19,7 @@ import pytest
 from kopf._cogs.clients import watching
 
 from controller import handlers
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.nodebodies import realistic_node
 
 
 async def our_stream() -> AsyncIterator[int]:

@@ -1,6 +1,6 @@
 """A real etcd + kube-apiserver on loopback, in a temporary directory.
 
-Shared by the tests, `nodeipam demo` and the benchmarks. It is a real API
+Shared by the tests, the demo (`make demo`) and the benchmarks. It is a real API
 server (validation, 422s, watches, RBAC), not a mock; it starts in seconds.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from controller.localcluster.binaries import ensure_binaries
+from localcluster.binaries import ensure_binaries
 
 ADMIN_TOKEN = "nodeipam-admin-token"
 STARTUP_TIMEOUT = 90.0
