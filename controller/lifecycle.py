@@ -23,7 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controller import gcpolicy, handlers, inflight, loopwatch
+from controller import gcpolicy, handlers, inflight, kopfpatches, loopwatch
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
 from controller.leader import LeaseKeeper
@@ -122,7 +122,7 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     `deadline` bounds the stop; the caller cancels it once the event loop is closed too.
     """
     credentials = credentials or Credentials.load(settings.kubeconfig, settings.master)
-    handlers.quiet_closing_of_kopf_streams(asyncio.get_running_loop())
+    kopfpatches.quiet_closing_of_kopf_streams(asyncio.get_running_loop())
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()
