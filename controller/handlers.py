@@ -161,9 +161,11 @@ async def operate(
     and `on_restart` called. Any other failure of kopf's still ends the run.
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
-    shutdown for 5 s; the caller cancels the task instead. `on_started` is
-    called each time kopf's startup is done, which is after it installed its
-    own signal handlers (the caller takes the signals back then).
+    shutdown for 5 s; the caller cancels the task instead. kopf's operator is
+    its public `spawn_tasks` then `run_tasks`, which is what `kopf.operator`
+    does: `on_started` is called in between, each time kopf has spawned its
+    tasks and installed its own signal handlers, with no await between the two
+    (the caller takes the signals back then, so none reaches kopf's handlers).
     """
     kopfpatches.decode_kopf_watch_events_with_msgspec()
     kopfpatches.cancel_kopfs_discovery_reads_with_it()
@@ -172,24 +174,21 @@ async def operate(
     backoff = RestartBackoff()
     while True:
         started_at = time.monotonic()
-        ready = asyncio.Event()
-        notify = asyncio.ensure_future(ready.wait())
-        if on_started is not None:
-            notify.add_done_callback(lambda done: None if done.cancelled() else on_started())
+        existing = asyncio.all_tasks()  # kopf stops what it spawned at its end, never these
         try:
-            await kopf.operator(
+            tasks = await kopf.spawn_tasks(
                 registry=registry,
                 settings=kopf_settings(initial_streaming),
                 clusterwide=True,
                 standalone=True,
-                ready_flag=ready,
             )
+            if on_started is not None:
+                on_started()
+            await kopf.run_tasks(tasks, ignored=existing)
             return
         except watch_error as error:
             delay = backoff.delay_after(time.monotonic() - started_at)
             logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", error, delay)
             if on_restart is not None:
                 on_restart()
-        finally:
-            notify.cancel()
         await asyncio.sleep(delay)

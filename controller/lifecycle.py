@@ -96,8 +96,8 @@ class Stopping:
         self.deadline = deadline
 
     def listen(self) -> None:
-        """Route SIGTERM and SIGINT here: at start, and again once kopf runs (it installs handlers of its own
-        that, once it has stopped, only log an error and leave the process running)."""
+        """Route SIGTERM and SIGINT here: at start, and again each time kopf has spawned its tasks (it installs
+        handlers of its own that, once it has stopped, only log an error and leave the process running)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.on_signal, signum)
@@ -248,7 +248,6 @@ async def _lead(
         try:
             await asyncio.wait({operator})
         finally:
-            stopping.listen()
             stopped.cancel()
             for task in tasks:
                 task.cancel()
