@@ -272,19 +272,14 @@ class Controller:
             stalls = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl"
             self.stall_log: Path | None = stalls if Controller.record_stalls else None
             entry = ["bench.stallwatch", str(self.stall_log)] if self.stall_log else ["controller"]
-            argv = [
-                sys.executable,
-                "-m",
-                *entry,
-                "run",
-                f"--kubeconfig={plane.kubeconfig}",
-                f"--cluster-cidr={cluster_cidr}",
+            argv = plane.controller_command(
+                cluster_cidr,
                 f"--node-cidr-mask-size={node_mask}",
-                f"--service-cluster-ip-range={plane.service_cidr}",
                 *election,
                 f"--metrics-bind-address=127.0.0.1:{metrics_port}" if metrics_port else "--metrics-bind-address=0",
                 "--log-level=warning",
-            ]
+                module=entry,
+            )
             if throttled:
                 argv += ["--kube-api-qps=20", "--kube-api-burst=30"]
             argv += self.nodeipam_flags

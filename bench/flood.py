@@ -353,10 +353,7 @@ def run_controller(idle: int, pending: int) -> Figures:
 
     with LocalControlPlane() as plane, tempfile.TemporaryFile() as log:
         port = free_port()
-        argv = [
-            *(sys.executable, "-m", "controller", "run", f"--kubeconfig={plane.kubeconfig}"),
-            *("--cluster-cidr=10.244.0.0/16", "--leader-elect=false", f"--metrics-bind-address=127.0.0.1:{port}"),
-        ]
+        argv = plane.controller_command("10.244.0.0/16", "--leader-elect=false", f"--metrics-bind-address=127.0.0.1:{port}")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             wait_for_port(port)
