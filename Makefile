@@ -23,7 +23,7 @@ setup: $(STAMP)
 
 ## binaries: etcd, kube-apiserver, kubectl, helm for the tests (cached in ~/.cache/nodeipam; ~10 min cold)
 binaries: $(STAMP)
-	$(BIN)/python -m controller.localcluster.binaries etcd kube-apiserver kubectl helm
+	$(BIN)/python -m localcluster.binaries etcd kube-apiserver kubectl helm
 
 ## node-assets: what the real-Node suite adds: kube-scheduler, kubelet, flanneld, flannel's CNI plugin, the sandbox image, the image base (cold: ~30 min on 2 cores)
 node-assets: $(STAMP)
@@ -31,8 +31,8 @@ node-assets: $(STAMP)
 
 ## lint: ruff, mypy (strict), import-linter layering contracts
 lint: $(STAMP)
-	$(BIN)/ruff check controller tests e2e bench
-	$(BIN)/ruff format --check controller tests e2e bench
+	$(BIN)/ruff check controller localcluster tests e2e bench
+	$(BIN)/ruff format --check controller localcluster tests e2e bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -46,7 +46,7 @@ chaos: binaries
 
 ## demo: start a local control plane, run the controller, register Nodes, show their podCIDRs (Ctrl-C stops)
 demo: $(STAMP)
-	$(BIN)/nodeipam demo
+	$(BIN)/python -m localcluster.demo
 
 ## demo-node: as root, a real Node (containerd, kubelet, flannel) and the chart's Pod from the built image; ends with a pod's IP in its Node's podCIDR
 demo-node: $(STAMP)
@@ -54,13 +54,13 @@ demo-node: $(STAMP)
 
 ## bench: side-by-side figures against kube-controller-manager on the same API server
 bench: binaries
-	$(BIN)/python -m controller.localcluster.binaries kube-controller-manager
+	$(BIN)/python -m localcluster.binaries kube-controller-manager
 	$(BIN)/python -m bench
 
 ## bench-scale: bursts of 2,000 to 100,000 Nodes and restarts at 60,000 and 100,000 (about an hour here), then the plot
 bench-scale: binaries
 	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[bench]'
-	$(BIN)/python -m controller.localcluster.binaries kube-controller-manager
+	$(BIN)/python -m localcluster.binaries kube-controller-manager
 	$(BIN)/python -m bench --profile scale --json bench/results/scale.json
 	$(BIN)/python -m bench.plot bench/results/scale.json -o docs/bench-scale.png --memory-limit-mb 816 --memory-limit-label "chart limit, sizing.nodes=100000"
 

@@ -65,9 +65,9 @@ import netaddr
 from bench.probe import Sample, probe
 from bench.watch import watch_nodes
 from controller.kube import POOLS_PATH, ApiError, Credentials, KubeClient
-from controller.localcluster.binaries import ensure_binaries
-from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.binaries import ensure_binaries
+from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
+from localcluster.nodebodies import realistic_node
 
 CLUSTER_CIDR = "10.0.0.0/8"
 KCM_MAX_SUBNETS = 2**16  # kube-controller-manager's cidrset refuses more node subnets per cluster CIDR
@@ -272,19 +272,14 @@ class Controller:
             stalls = log_dir / f"{kind}-{int(time.time() * 1000)}.stalls.jsonl"
             self.stall_log: Path | None = stalls if Controller.record_stalls else None
             entry = ["bench.stallwatch", str(self.stall_log)] if self.stall_log else ["controller"]
-            argv = [
-                sys.executable,
-                "-m",
-                *entry,
-                "run",
-                f"--kubeconfig={plane.kubeconfig}",
-                f"--cluster-cidr={cluster_cidr}",
+            argv = plane.controller_command(
+                cluster_cidr,
                 f"--node-cidr-mask-size={node_mask}",
-                f"--service-cluster-ip-range={plane.service_cidr}",
                 *election,
                 f"--metrics-bind-address=127.0.0.1:{metrics_port}" if metrics_port else "--metrics-bind-address=0",
                 "--log-level=warning",
-            ]
+                module=entry,
+            )
             if throttled:
                 argv += ["--kube-api-qps=20", "--kube-api-burst=30"]
             argv += self.nodeipam_flags

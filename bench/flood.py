@@ -248,7 +248,7 @@ class HealthServerProcess:
 
 @contextlib.contextmanager
 def health_server(review_seconds: float) -> Iterator[HealthServerProcess]:
-    from controller.localcluster.cluster import free_port
+    from localcluster.cluster import free_port
 
     server = HealthServerProcess(free_port(), review_seconds)
     try:
@@ -349,14 +349,11 @@ def run_health(idle: int, pending: int, review_seconds: float) -> Figures:
 
 
 def run_controller(idle: int, pending: int) -> Figures:
-    from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
+    from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
 
     with LocalControlPlane() as plane, tempfile.TemporaryFile() as log:
         port = free_port()
-        argv = [
-            *(sys.executable, "-m", "controller", "run", f"--kubeconfig={plane.kubeconfig}"),
-            *("--cluster-cidr=10.244.0.0/16", "--leader-elect=false", f"--metrics-bind-address=127.0.0.1:{port}"),
-        ]
+        argv = plane.controller_command("10.244.0.0/16", "--leader-elect=false", f"--metrics-bind-address=127.0.0.1:{port}")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             wait_for_port(port)

@@ -1,4 +1,4 @@
-"""The `nodeipam` command: run, demo, status, check.
+"""The `nodeipam` command: run, status, check.
 
 `nodeipam run` takes kube-controller-manager's nodeipam flags by name, so
 existing flags can be pasted. Flags are validated into one frozen Settings
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import netaddr
 
 from controller import config
-from controller.config import ConfigError, FamilyRange, Settings
+from controller.config import ConfigError, FamilyRange, LeaderElection, Settings
 from controller.kube import Credentials, CredentialsError
 from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS, ServingOptions, parse_always_allow_paths
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--kube-api-qps",
         type=float,
-        default=0.0,
+        default=Settings.kube_api_qps,
         help=f"client-side rate limit in requests/s: 0 (default) leaves it to the API server's priority and fairness,"
         f" else at least {config.MIN_KUBE_API_QPS:g}",
     )
@@ -98,45 +98,51 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="requests allowed at once above --kube-api-qps, at least 1 when given with it (not given: 1)",
     )
-    run.add_argument("--max-requests-in-flight", type=int, default=64, help="concurrent API requests (default 64)")
+    run.add_argument(
+        "--max-requests-in-flight",
+        type=int,
+        default=Settings.max_in_flight,
+        help=f"concurrent API requests (default {Settings.max_in_flight})",
+    )
     run.add_argument(
         "--resync-period",
-        default="3m",
+        default=config.go_duration(Settings.resync_period),
         help=(
             "how often to re-read the Nodes left open (no range yet, a patch of unknown outcome), a Go duration of at "
-            "least 1s (default 3m); all Nodes are listed again only after a gap in the watch"
+            f"least 1s (default {config.go_duration(Settings.resync_period)}); all Nodes are listed again only after a"
+            " gap in the watch"
         ),
     )
     run.add_argument(
         "--leader-elect",
         nargs="?",
         const="true",
-        default="true",
+        default=str(LeaderElection.enabled).lower(),
         metavar="BOOL",
-        help="use a Lease so only one replica allocates (default true)",
+        help=f"use a Lease so only one replica allocates (default {str(LeaderElection.enabled).lower()})",
     )
-    run.add_argument("--leader-elect-lease-duration", default="15s", help="whole seconds, at least 1s (default 15s)")
+    lease, renew, retry = (
+        config.go_duration(seconds)
+        for seconds in (LeaderElection.lease_duration, LeaderElection.renew_deadline, LeaderElection.retry_period)
+    )
+    run.add_argument("--leader-elect-lease-duration", default=lease, help=f"whole seconds, at least 1s (default {lease})")
     run.add_argument(
-        "--leader-elect-renew-deadline", default="10s", help="below the lease duration, above 1.2 x retry period (default 10s)"
+        "--leader-elect-renew-deadline",
+        default=renew,
+        help=f"below the lease duration, above 1.2 x retry period (default {renew})",
     )
-    run.add_argument("--leader-elect-retry-period", default="2s", help="at least 100ms (default 2s)")
-    run.add_argument("--leader-elect-resource-name", default="nodeipam", help="Lease name (default nodeipam)")
-    run.add_argument("--leader-elect-resource-namespace", default="kube-system", help="Lease namespace (default kube-system)")
-    run.add_argument("--leader-elect-identity", default="", help="holder identity (default hostname_uuid)")
+    run.add_argument("--leader-elect-retry-period", default=retry, help=f"at least 100ms (default {retry})")
+    name, namespace = LeaderElection.resource_name, LeaderElection.resource_namespace
+    run.add_argument("--leader-elect-resource-name", default=name, help=f"Lease name (default {name})")
+    run.add_argument("--leader-elect-resource-namespace", default=namespace, help=f"Lease namespace (default {namespace})")
+    run.add_argument("--leader-elect-identity", default=LeaderElection.identity, help="holder identity (default hostname_uuid)")
     run.add_argument(
         "--metrics-bind-address",
-        default="0.0.0.0:9254",
-        help="host:port for /metrics, /healthz, /readyz; 0 disables (default 0.0.0.0:9254)",
+        default=Settings.metrics_bind_address,
+        help=f"host:port for /metrics, /healthz, /readyz; 0 disables (default {Settings.metrics_bind_address})",
     )
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-level", default=Settings.log_level, choices=["debug", "info", "warning", "error"])
     _add_serving_flags(run)
-
-    demo = commands.add_parser(
-        "demo", help="start a local control plane, run the controller, register Nodes, show their podCIDRs"
-    )
-    demo.add_argument("--nodes", type=int, default=5, help="how many Nodes to register (default 5)")
-    demo.add_argument("--cluster-cidr", default="10.244.0.0/16")
-    demo.add_argument("--once", action="store_true", help="print the Nodes and exit instead of running until Ctrl-C")
 
     status = commands.add_parser("status", help="usage per cluster CIDR, from the Nodes")
     check = commands.add_parser("check", help="audit podCIDRs: duplicates, overlaps, out of range, missing")
@@ -202,11 +208,12 @@ def check_can_listen(flag: str, address: str) -> None:
     The port is free again for the server a moment later (SO_REUSEADDR, as
     the server sets it); a process that takes it in between fails at start.
     """
-    if address in ("", "0"):
+    bind = config.split_bind_address(address)
+    if bind is None:
         return
-    host, _, port = address.rpartition(":")
+    host, port = bind
     try:
-        found = socket.getaddrinfo(host.strip("[]") or "0.0.0.0", int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, protocol, _, where in found:
             with socket.socket(family, kind, protocol) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -229,17 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
-    if args.command == "demo":
-        try:
-            from controller import demo
-        except ImportError:
-            # The image ships what runs in a cluster; the demo and its local control plane stay in the source tree.
-            return _fail("demo", ImportError("not in this installation: run it from a checkout (make demo)"), status=1)
-        try:
-            demo.check_args(args.nodes, args.cluster_cidr)
-        except ConfigError as error:
-            return _fail("demo", error)
-        return demo.main(nodes=args.nodes, cluster_cidr=args.cluster_cidr, once=args.once)
     return _inspect(args)
 
 

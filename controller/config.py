@@ -141,6 +141,14 @@ def parse_duration(flag: str, text: str) -> float:
     return nanoseconds / 1e9
 
 
+def go_duration(seconds: float) -> str:
+    """A whole number of hours, minutes or seconds as Go writes it ("3m", "15s"): a default's text for its flag."""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
 def parse_bool(flag: str, text: str | bool) -> bool:
     """Accept the boolean spellings Go's flag package accepts."""
     if isinstance(text, bool):
@@ -366,6 +374,19 @@ def check_bind_address(flag: str, address: str) -> None:
     problem = _host_problem(host) if host else None
     if problem:
         raise ConfigError(flag, f"{address!r}: {problem}", fix)
+
+
+def split_bind_address(address: str) -> tuple[str, int] | None:
+    """A bind address that `check_bind_address` passed -> (host, port); None for "0" or "", which turn it off.
+
+    The brackets of an IPv6 host go; an empty host is 0.0.0.0, as
+    kube-controller-manager reads it. One home for the split, for the
+    listen check at start (cli.py) and the server that then listens.
+    """
+    if address in ("", "0"):
+        return None
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _parse_cidr_list(flag: str, text: str, limit: int) -> list[netaddr.IPNetwork]:

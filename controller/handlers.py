@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
-import importlib
-import importlib.metadata
-import inspect
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import kopf
-import msgspec
 
+from controller import kopfpatches
 from controller.kube import Credentials
 from controller.nodes import NodeInfo
 from controller.reconciler import Reconciler
@@ -35,127 +28,7 @@ WATCH_PAGE_SIZE = 500
 KOPF_RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 #: A kopf run at least this long was healthy: a watch error after it waits the first delay again.
 KOPF_HEALTHY_RUN_SECONDS = 600.0
-_KOPF_DIR = os.path.dirname(kopf.__file__) + os.sep
-
 logger = logging.getLogger("nodeipam")
-
-
-def _kopf_internal(name: str) -> ModuleType | None:
-    """One of kopf's private modules; None if this kopf release has no module of that name."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-# kopf's private modules, adjusted below only while their code is as expected. A kopf release that moves one
-# leaves its adjustment not applied (said in the log when it would be), never this module unimportable.
-kopf_api = _kopf_internal("kopf._cogs.clients.api")
-kopf_scanning = _kopf_internal("kopf._cogs.clients.scanning")
-kopf_watching = _kopf_internal("kopf._cogs.clients.watching")
-
-
-def _kopf_version() -> str:
-    return importlib.metadata.version("kopf")
-
-
-class _NoSuchError(Exception):
-    """Stands for kopf's watch error class if a kopf release renames it: then no failure of kopf's is retried."""
-
-
-def kopf_watch_error() -> type[Exception]:
-    """What kopf raises for an ERROR event in a watch stream (other than 410 Gone, which it handles itself).
-
-    _NoSuchError, with a log line, if this kopf release has no such class where 1.45 has it.
-    """
-    error = getattr(kopf_watching, "WatchingError", None)
-    if isinstance(error, type) and issubclass(error, Exception):
-        return error
-    logger.info("kopf %s: its watch errors are unknown here: one ends the controller instead of restarting kopf", _kopf_version())
-    return _NoSuchError
-
-
-def quiet_closing_of_kopf_streams(loop: asyncio.AbstractEventLoop) -> None:
-    """At exit, a kopf watch stream that failed to close is a debug line, not an ERROR traceback.
-
-    When kopf's watcher is cancelled between two events, its watch generator
-    stays suspended inside kopf's own `streaming_block` context manager;
-    asyncio closes it as the loop ends, and that context manager answers
-    the close with "generator didn't stop after athrow()". By then every
-    handler has returned: nothing is lost, only the log line is alarming.
-    Any other exception the loop reports keeps its default handling.
-    """
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        generator = context.get("asyncgen")
-        code = getattr(generator, "ag_code", None)
-        if code is not None and code.co_filename.startswith(_KOPF_DIR):
-            logger.debug("kopf's watch stream %s ended at exit: %r", code.co_name, context.get("exception"))
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)
-
-
-class _MsgspecJson:
-    """What kopf's API module calls on its `json` name: `loads`, as msgspec's decoder."""
-
-    loads = staticmethod(msgspec.json.decode)
-
-
-def decode_kopf_watch_events_with_msgspec() -> bool:
-    """kopf decodes every watch event with msgspec instead of the stdlib's json; False if kopf's code has changed.
-
-    kopf has no setting for its decoder, and it decodes every event of the
-    Node watch (two per Node: its creation and our patch, ~10 KB each) with
-    `json.loads` in its API module; that was a fifth of the controller's CPU
-    in a burst. msgspec gives the same dicts and lists, about twice as fast.
-    Only the module's `json` name is replaced, and only while it is the
-    stdlib's json module: a kopf release that decodes differently is left as it is.
-    """
-    decoder = getattr(kopf_api, "json", None)
-    if decoder is _MsgspecJson:
-        return True  # a second operator in this process
-    if kopf_api is None or decoder is not json:
-        logger.info("kopf %s: its watch events are decoded by its own decoder", _kopf_version())
-        return False
-    kopf_api.json = _MsgspecJson  # type: ignore[attr-defined]
-    return True
-
-
-def cancel_kopfs_discovery_reads_with_it() -> bool:
-    """Cancelling kopf's scan of the API's discovery documents cancels every read it started; False if kopf changed.
-
-    kopf reads the documents concurrently with `asyncio.as_completed`, which
-    leaves its reads running when the scan is cancelled (a SIGTERM within a
-    second of kopf's start). They went on after kopf had closed its HTTP
-    session, failed there ("Connector is closed"), and kopf logged each as
-    an ERROR while the controller stopped cleanly. The scan is wrapped so
-    that, as it ends, it cancels the reads of kopf's scanning module that
-    began during it and still run. Only a coroutine function is wrapped, once.
-    """
-    scanning = kopf_scanning
-    scan = getattr(scanning, "scan_resources", None)
-    if getattr(scan, "cancels_its_reads", False):
-        return True  # a second operator in this process
-    if scanning is None or not inspect.iscoroutinefunction(scan):
-        logger.info("kopf %s: its discovery is left as it is", _kopf_version())
-        return False
-
-    @functools.wraps(scan)
-    async def scan_resources(**kwargs: Any) -> Any:
-        before = asyncio.all_tasks()
-        try:
-            return await scan(**kwargs)
-        finally:  # none is left when the scan ends by itself
-            for task in asyncio.all_tasks() - before:
-                code = getattr(task.get_coro(), "cr_code", None)
-                if code is not None and code.co_filename == scanning.__file__:
-                    task.cancel()
-
-    scan_resources.cancels_its_reads = True  # type: ignore[attr-defined]
-    scanning.scan_resources = scan_resources  # type: ignore[attr-defined]
-    return True
 
 
 class NoProgressStorage(kopf.ProgressStorage):
@@ -288,35 +161,34 @@ async def operate(
     and `on_restart` called. Any other failure of kopf's still ends the run.
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
-    shutdown for 5 s; the caller cancels the task instead. `on_started` is
-    called each time kopf's startup is done, which is after it installed its
-    own signal handlers (the caller takes the signals back then).
+    shutdown for 5 s; the caller cancels the task instead. kopf's operator is
+    its public `spawn_tasks` then `run_tasks`, which is what `kopf.operator`
+    does: `on_started` is called in between, each time kopf has spawned its
+    tasks and installed its own signal handlers, with no await between the two
+    (the caller takes the signals back then, so none reaches kopf's handlers).
     """
-    decode_kopf_watch_events_with_msgspec()
-    cancel_kopfs_discovery_reads_with_it()
-    watch_error = kopf_watch_error()
+    kopfpatches.decode_kopf_watch_events_with_msgspec()
+    kopfpatches.cancel_kopfs_discovery_reads_with_it()
+    watch_error = kopfpatches.kopf_watch_error()
     registry = build_registry(credentials, reconciler)
     backoff = RestartBackoff()
     while True:
         started_at = time.monotonic()
-        ready = asyncio.Event()
-        notify = asyncio.ensure_future(ready.wait())
-        if on_started is not None:
-            notify.add_done_callback(lambda done: None if done.cancelled() else on_started())
+        existing = asyncio.all_tasks()  # kopf stops what it spawned at its end, never these
         try:
-            await kopf.operator(
+            tasks = await kopf.spawn_tasks(
                 registry=registry,
                 settings=kopf_settings(initial_streaming),
                 clusterwide=True,
                 standalone=True,
-                ready_flag=ready,
             )
+            if on_started is not None:
+                on_started()
+            await kopf.run_tasks(tasks, ignored=existing)
             return
         except watch_error as error:
             delay = backoff.delay_after(time.monotonic() - started_at)
             logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", error, delay)
             if on_restart is not None:
                 on_restart()
-        finally:
-            notify.cancel()
         await asyncio.sleep(delay)

@@ -107,6 +107,7 @@ def compute_status(
 
 
 def _pool_specs(pool_bodies: Sequence[Mapping[str, Any]], problems: list[str]) -> list[PoolSpec]:
+    """The NodeCIDRPools parsed, for `status` and `check` alike; why a pool cannot be parsed goes into `problems`."""
     specs = []
     for body in pool_bodies:
         try:
@@ -225,12 +226,7 @@ def _pool_ranges(
     ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]], findings: list[str]
 ) -> list[FamilyRange]:
     """The CIDRs of the usable NodeCIDRPools as ranges; what makes a pool unusable goes into `findings`."""
-    specs = []
-    for body in pool_bodies:
-        try:
-            specs.append(PoolSpec.from_body(body))
-        except PoolSpecError as error:
-            findings.append(str(error))
+    specs = _pool_specs(pool_bodies, findings)
     refused = overlaps([*specs, PoolSpec.default(ranges)])
     findings.extend(f"NodeCIDRPool {name}: refused: {why}" for name, why in sorted(refused.items()))
     return [

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controller import gcpolicy, handlers, inflight, loopwatch
+from controller import gcpolicy, handlers, inflight, kopfpatches, loopwatch
 from controller.config import Settings
 from controller.kube import Credentials, KubeClient
 from controller.leader import LeaseKeeper
@@ -96,8 +96,8 @@ class Stopping:
         self.deadline = deadline
 
     def listen(self) -> None:
-        """Route SIGTERM and SIGINT here: at start, and again once kopf runs (it installs handlers of its own
-        that, once it has stopped, only log an error and leave the process running)."""
+        """Route SIGTERM and SIGINT here: at start, and again each time kopf has spawned its tasks (it installs
+        handlers of its own that, once it has stopped, only log an error and leave the process running)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.on_signal, signum)
@@ -122,7 +122,7 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     `deadline` bounds the stop; the caller cancels it once the event loop is closed too.
     """
     credentials = credentials or Credentials.load(settings.kubeconfig, settings.master)
-    handlers.quiet_closing_of_kopf_streams(asyncio.get_running_loop())
+    kopfpatches.quiet_closing_of_kopf_streams(asyncio.get_running_loop())
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()
@@ -248,7 +248,6 @@ async def _lead(
         try:
             await asyncio.wait({operator})
         finally:
-            stopping.listen()
             stopped.cancel()
             for task in tasks:
                 task.cancel()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from controller.config import split_bind_address
 from controller.secure_serving import MAX_REQUEST_HEADERS, ServingOptions, is_always_allowed, server_ssl_context
 from controller.serving_connections import GuardedListener
 from controller.serving_reviews import DelegatingAuth, ReviewAPI
@@ -30,15 +31,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: a scrape waiting on a TokenReview from a slow API server must not hold a stopping process (aiohttp's
 #: default is a minute, twice a Pod's grace period).
 SHUTDOWN_TIMEOUT = 1.0
-
-
-def split_bind_address(address: str) -> tuple[str, int] | None:
-    """ "host:port", ":port" or "[::]:port" -> (host, port); "0" or "" disables the server."""
-    if address in ("", "0"):
-        return None
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 class HealthServer:

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from controller.config import split_bind_address
 from controller.loopwatch import Heartbeat
 from controller.secure_serving import ServingOptions
-from controller.server import HealthServer, split_bind_address
+from controller.server import HealthServer
 from controller.serving_reviews import ReviewAPI
 
 logger = logging.getLogger("nodeipam.server")

@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
-HELM="$("$PYTHON" -c 'from controller.localcluster.binaries import ensure_binaries; print(ensure_binaries(("helm",))["helm"])')"
+HELM="$("$PYTHON" -c 'from localcluster.binaries import ensure_binaries; print(ensure_binaries(("helm",))["helm"])')"
 
 # The values of the rendered file, also written verbatim into its header. --kube-version pins the
 # version `helm template` checks the chart's kubeVersion against (the chart's minimum); otherwise it

@@ -23,8 +23,8 @@ from kubernetes.client.rest import ApiException
 
 from controller import config
 from controller.inspect import find_problems
-from controller.localcluster.cluster import LocalControlPlane
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.cluster import LocalControlPlane
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.integration.conftest import (  # noqa: F401 - fixtures
     Cluster,

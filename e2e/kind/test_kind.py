@@ -121,7 +121,7 @@ spec:
 
 
 def _binary(name: str) -> Path:
-    from controller.localcluster.binaries import ensure_binaries
+    from localcluster.binaries import ensure_binaries
 
     return ensure_binaries((name,))[name]
 

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.localcluster.binaries import ensure_binaries
-from controller.localcluster.cluster import LocalControlPlane
+from localcluster.binaries import ensure_binaries
+from localcluster.cluster import LocalControlPlane
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, run_cli
 

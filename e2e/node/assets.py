@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from controller.localcluster.binaries import BinariesError, cache_dir, ensure_binaries
+from localcluster.binaries import BinariesError, cache_dir, ensure_binaries
 
 FLANNEL_VERSION = "v0.27.4"
 FLANNEL_PACKAGE = "github.com/flannel-io/flannel"

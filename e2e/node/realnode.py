@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from controller.localcluster.binaries import ensure_binaries
-from controller.localcluster.cluster import LocalControlPlane, free_port
 from e2e.node import assets
+from localcluster.binaries import ensure_binaries
+from localcluster.cluster import LocalControlPlane, free_port
 
 CLUSTER_CIDR = "10.244.0.0/16"
 NODE_MASK = 25

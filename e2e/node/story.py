@@ -17,10 +17,10 @@ from typing import Any
 
 import netaddr
 
-from controller.localcluster.binaries import ensure_binaries
 from e2e.node import assets
 from e2e.node.image import Docker, build_images
 from e2e.node.realnode import CLUSTER_CIDR, NODE_MASK, RealNode, wait_until
+from localcluster.binaries import ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "manifests" / "charts" / "nodeipam"
@@ -85,7 +85,8 @@ class Story:
             self.image_demo = docker.status(
                 "run", "--rm", "--network=none", "--read-only", "--user=65532:65532", "--cap-drop=ALL", names[0], "demo"
             )
-            say(f"docker run {names[0]} demo (read-only, non-root) -> exit {self.image_demo[0]}: {self.image_demo[1].strip()}")
+            last = (self.image_demo[1].strip().splitlines() or [""])[-1]
+            say(f"docker run {names[0]} demo (read-only, non-root) -> exit {self.image_demo[0]}: {last}")
         finally:
             docker.stop()
         self.node.ctr("images", "import", str(archive))

@@ -18,7 +18,7 @@ import yaml
 
 from controller import cli
 from controller.config import ConfigError, Settings
-from controller.localcluster.binaries import ensure_binaries
+from localcluster.binaries import ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "manifests" / "charts" / "nodeipam"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.faultproxy import FaultProxy
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.localcluster.cluster import LocalControlPlane
+from localcluster.cluster import LocalControlPlane
 from tests.integration.conftest import Cluster, run_cli
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ import pytest
 from bench.flood import REVIEWS_AT_ONCE, apiserver_token_reviews, measure, raise_open_files_limit
 from controller import handlers
 from controller.kube import Credentials
-from controller.localcluster.cluster import ADMIN_TOKEN
-from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
 from controller.reconciler import Reconciler
+from localcluster.cluster import ADMIN_TOKEN
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
+from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, run_cli
 from tests.integration.test_cli_errors import assert_one_line

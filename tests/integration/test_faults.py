@@ -24,9 +24,9 @@ from kubernetes import client
 from controller import config
 from controller.inspect import compute_status, find_problems
 from controller.lifecycle import SHUTDOWN_GRACE_SECONDS
-from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
-from controller.localcluster.nodebodies import realistic_node
 from controller.nodes import NodeInfo
+from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_resumed_watch, is_watch, not_watch
 from tests.integration.conftest import (

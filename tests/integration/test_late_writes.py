@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from controller.localcluster.cluster import ADMIN_TOKEN
+from localcluster.cluster import ADMIN_TOKEN
 from tests.conftest import wait_for
 from tests.faultproxy import Action, Rule
 from tests.integration.conftest import Cluster, ControllerProcess, Proxied, fetch, no_duplicates, run_cli

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.faultproxy import Action, Rule
 from tests.integration.conftest import LEASE_SECONDS, Cluster, ControllerProcess, Proxied, leader_flags, no_duplicates, run_cli

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from controller.config import FamilyRange
-from controller.localcluster.cluster import LocalControlPlane
 from controller.nodes import NodeAllocations, NodeInfo
 from controller.pools import PoolSpec, status_body
+from localcluster.cluster import LocalControlPlane
 from tests.integration.conftest import Cluster, run_cli
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.localcluster.cluster import LocalControlPlane
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.cluster import LocalControlPlane
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates
 

@@ -24,8 +24,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
+from localcluster.nodebodies import realistic_node
 from tests import etcdraw
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, fetch

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-import controller
-from controller import cli, demo, lifecycle
+from controller import cli, lifecycle
 from controller.config import Settings
 from controller.kube import Credentials, CredentialsError
 
@@ -55,16 +53,12 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 @pytest.fixture(autouse=True)
 def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bad input must be refused before the controller or the demo's control plane starts."""
+    """Bad input must be refused before the controller starts."""
 
     async def run(settings: Settings, credentials: Credentials | None = None, *_: object) -> None:
         raise AssertionError("the controller started")
 
-    def demo_main(nodes: int, cluster_cidr: str, once: bool) -> int:
-        raise AssertionError("the demo started")
-
     monkeypatch.setattr(lifecycle, "run", run)
-    monkeypatch.setattr(demo, "main", demo_main)
 
 
 def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -391,53 +385,13 @@ def test_inspect_refuses_bad_flags_before_reading_credentials(
     assert_one_line(stderr, command, fragment)
 
 
-# -- demo ---------------------------------------------------------------------------
+# -- no demo ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("argv", "fragment"),
-    [
-        pytest.param(["--nodes", "-1"], "--nodes: -1 is not between 1 and", id="negative"),
-        pytest.param(["--nodes", "0"], "--nodes: 0", id="zero"),
-        pytest.param(["--nodes", "100000000"], "--nodes: 100000000", id="absurd"),
-        pytest.param(["--cluster-cidr=garbage"], "--cluster-cidr: 'garbage' is not a CIDR", id="garbage-range"),
-        pytest.param(["--cluster-cidr=10.0.0.0"], "--cluster-cidr", id="no-prefix"),
-        pytest.param(["--nodes=300", "--cluster-cidr=10.0.0.0/16"], "do not fit", id="too-many-ipv4"),
-        pytest.param(["--nodes=300", "--cluster-cidr=fd00::/56"], "do not fit", id="too-many-ipv6"),
-        pytest.param(["--cluster-cidr=10.96.0.0/16"], "overlaps the demo's service range", id="service-overlap"),
-    ],
-)
-def test_demo_refuses_bad_input_before_starting(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
-    code, stderr = call(capsys, "demo", *argv)
-    assert code == 2
-    assert_one_line(stderr, "demo", fragment)
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        pytest.param([], id="defaults"),
-        pytest.param(["--nodes=256", "--cluster-cidr=10.0.0.0/16"], id="full-ipv4"),
-        pytest.param(["--nodes=1000", "--cluster-cidr=fd00::/48"], id="ipv6"),
-        pytest.param(["--nodes=3", "--cluster-cidr=10.244.0.0/16,fd00::/48"], id="dual-stack"),
-    ],
-)
-def test_demo_starts_with_good_input(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
-    calls: list[tuple[int, str]] = []
-
-    def demo_main(nodes: int, cluster_cidr: str, once: bool) -> int:
-        calls.append((nodes, cluster_cidr))
-        return 0
-
-    monkeypatch.setattr(demo, "main", demo_main)
-    assert cli.main(["demo", *argv]) == 0
-    assert len(calls) == 1
-
-
-def test_demo_absent_from_the_installation_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """The image leaves the demo and the local control plane out: one line, exit 1, no traceback."""
-    monkeypatch.setitem(sys.modules, "controller.demo", None)  # import now raises ImportError
-    monkeypatch.delattr(controller, "demo", raising=False)
-    code, stderr = call(capsys, "demo")
-    assert code == 1
-    assert_one_line(stderr, "demo", "not in this installation", "make demo")
+def test_demo_is_not_a_command_of_the_installation(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo needs a checkout's binaries, so it is `make demo` (localcluster.demo), not a command of the wheel."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'demo'" in capsys.readouterr().err
+    assert " demo " not in cli.build_parser().format_help()

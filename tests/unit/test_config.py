@@ -7,7 +7,16 @@ from collections.abc import Callable
 import pytest
 
 from controller.cli import build_parser, settings_from_args
-from controller.config import ConfigError, Settings, build_ranges, build_service_cidrs, parse_bool, parse_duration
+from controller.config import (
+    ConfigError,
+    Settings,
+    build_ranges,
+    build_service_cidrs,
+    go_duration,
+    parse_bool,
+    parse_duration,
+    split_bind_address,
+)
 
 
 def settings(*flags: str):  # type: ignore[no-untyped-def]
@@ -133,6 +142,42 @@ def test_defaults_follow_kube_controller_manager_but_do_not_throttle() -> None:
     assert result.leader_election.retry_period == 2.0
     assert result.kube_api_qps == 0.0, "no client-side limit by default"
     assert result.resync_period == 180.0
+
+
+def test_the_flags_defaults_are_the_settings_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """One home: `nodeipam run` with no optional flag gives exactly the defaults of Settings and LeaderElection."""
+    result = settings("--cluster-cidr=10.244.0.0/16")
+    assert result == Settings(ranges=result.ranges)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default 3m)", "(default 15s)", "(default 10s)", "(default 2s)", "(default 64)", "(default 0.0.0.0:9254)"):
+        assert shown in help_text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(180.0, "3m"), (15.0, "15s"), (10.0, "10s"), (2.0, "2s"), (3600.0, "1h"), (90.0, "90s"), (0.5, "500ms")],
+)
+def test_go_duration_is_what_parse_duration_reads_back(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+    assert parse_duration("--flag", text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("address", "split"),
+    [
+        ("0", None),
+        ("", None),
+        ("127.0.0.1:9254", ("127.0.0.1", 9254)),
+        (":9254", ("0.0.0.0", 9254)),
+        ("[::]:9254", ("::", 9254)),
+        ("[fd00::5]:0", ("fd00::5", 0)),
+        ("metrics.example.com:8443", ("metrics.example.com", 8443)),
+    ],
+)
+def test_split_bind_address(address: str, split: tuple[str, int] | None) -> None:
+    assert split_bind_address(address) == split
 
 
 @pytest.mark.parametrize(

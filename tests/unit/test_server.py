@@ -18,7 +18,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from controller.localcluster.cluster import free_port
 from controller.metrics import Metrics
 from controller.secure_serving import (
     ACCESS_REVIEWS,
@@ -39,6 +38,7 @@ from controller.secure_serving import (
 )
 from controller.server import HealthServer
 from controller.serving_reviews import Decision, DelegatingAuth, TTLCache
+from localcluster.cluster import free_port
 
 USERS = {"scraper-token": "system:serviceaccount:monitoring:prometheus", "nobody-token": "system:serviceaccount:x:nobody"}
 ALLOWED = {("system:serviceaccount:monitoring:prometheus", "/metrics", "get")}

@@ -1,24 +1,28 @@
-"""`nodeipam demo`: the controller against a real local control plane, end to end.
+"""`make demo` (`python -m localcluster.demo`): the controller against a real local control plane, end to end.
 
 Starts etcd + kube-apiserver, runs `nodeipam run` against them, registers
 Nodes as a kubelet would, and prints what an operator would check with kubectl.
+It lives beside the package, not in it: it needs the Go-built binaries of a
+checkout, so the wheel and the image carry no command that cannot run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import netaddr
 
 from controller import config
 from controller.config import ConfigError
-from controller.localcluster.binaries import BinariesError
-from controller.localcluster.cluster import LocalControlPlane
-from controller.localcluster.nodebodies import realistic_node
+from localcluster.binaries import BinariesError
+from localcluster.cluster import LocalControlPlane
+from localcluster.nodebodies import realistic_node
 
 WAIT_TIMEOUT = 60.0
 MAX_NODES = 1000  # each is a realistic ~10 KB Node created in one request; more would outlast WAIT_TIMEOUT
@@ -54,7 +58,29 @@ def check_args(nodes: int, cluster_cidr: str) -> None:
             )
 
 
-def main(nodes: int, cluster_cidr: str, once: bool) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster.demo",
+        description="Start a local control plane, run the controller, register Nodes, show their podCIDRs.",
+    )
+    parser.add_argument("--nodes", type=int, default=5, help="how many Nodes to register (default 5)")
+    parser.add_argument("--cluster-cidr", default="10.244.0.0/16")
+    parser.add_argument("--once", action="store_true", help="print the Nodes and exit instead of running until Ctrl-C")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 2 for bad input, before anything starts; else what `demo` returns."""
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args.nodes, args.cluster_cidr)
+    except ConfigError as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 2
+    return demo(nodes=args.nodes, cluster_cidr=args.cluster_cidr, once=args.once)
+
+
+def demo(nodes: int, cluster_cidr: str, once: bool) -> int:
     """Exit status 0 once the Nodes are shown (or on Ctrl-C), 1 when the control plane or the controller fails."""
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C: no stray etcd/apiserver
     print("starting etcd and kube-apiserver on loopback ...", flush=True)
@@ -62,7 +88,7 @@ def main(nodes: int, cluster_cidr: str, once: bool) -> int:
         plane = LocalControlPlane(service_cidr=SERVICE_CIDR)
         plane.start()
     except (BinariesError, RuntimeError) as error:
-        print(f"nodeipam demo: error: the local control plane did not start: {error}", file=sys.stderr)
+        print(f"demo: error: the local control plane did not start: {error}", file=sys.stderr)
         return 1
     try:
         return _show(plane, nodes, cluster_cidr, once)
@@ -73,17 +99,7 @@ def main(nodes: int, cluster_cidr: str, once: bool) -> int:
 def _show(plane: LocalControlPlane, nodes: int, cluster_cidr: str, once: bool) -> int:
     """Run the controller against `plane`, register the Nodes and print their podCIDRs."""
     controller = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller",
-            "run",
-            f"--kubeconfig={plane.kubeconfig}",
-            f"--cluster-cidr={cluster_cidr}",
-            f"--service-cluster-ip-range={plane.service_cidr}",
-            "--leader-elect=false",
-            "--metrics-bind-address=127.0.0.1:0",
-        ]
+        plane.controller_command(cluster_cidr, "--leader-elect=false", "--metrics-bind-address=127.0.0.1:0")
     )
     try:
         names = [f"worker-{index}" for index in range(1, nodes + 1)]
@@ -112,3 +128,7 @@ def _show(plane: LocalControlPlane, nodes: int, cluster_cidr: str, once: bool) -
         if controller.poll() is None:
             controller.terminate()
             controller.wait(timeout=15)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

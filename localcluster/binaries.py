@@ -150,7 +150,7 @@ def build(names: list[str]) -> None:
 
 
 def main() -> None:
-    """``python -m controller.localcluster.binaries [names...]``: warm the cache."""
+    """``python -m localcluster.binaries [names...]``: warm the cache."""
     names = tuple(sys.argv[1:]) or ALL_BINARIES
     for name, path in ensure_binaries(names).items():
         print(f"{name}: {path}")

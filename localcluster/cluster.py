@@ -1,6 +1,6 @@
 """A real etcd + kube-apiserver on loopback, in a temporary directory.
 
-Shared by the tests, `nodeipam demo` and the benchmarks. It is a real API
+Shared by the tests, the demo (`make demo`) and the benchmarks. It is a real API
 server (validation, 422s, watches, RBAC), not a mock; it starts in seconds.
 """
 
@@ -13,15 +13,17 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from controller.localcluster.binaries import ensure_binaries
+from localcluster.binaries import ensure_binaries
 
 ADMIN_TOKEN = "nodeipam-admin-token"
 STARTUP_TIMEOUT = 90.0
@@ -103,6 +105,23 @@ class LocalControlPlane:
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
+
+    def controller_command(self, cluster_cidr: str, *flags: str, module: Sequence[str] = ("controller",)) -> list[str]:
+        """`nodeipam run` against this control plane (its kubeconfig and service range), then `flags`.
+
+        One command line for the demo and the benchmarks. `module`: what
+        `python -m` runs, the controller or a wrapper that takes its arguments.
+        """
+        return [
+            sys.executable,
+            "-m",
+            *module,
+            "run",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--cluster-cidr={cluster_cidr}",
+            f"--service-cluster-ip-range={self.service_cidr}",
+            *flags,
+        ]
 
     def env(self) -> dict[str, str]:
         """An environment whose KUBECONFIG points here."""
