@@ -30,67 +30,19 @@ import enum
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import netaddr
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
 from controller.cidrindex import CIDRCounter, CIDRIndex
 from controller.config import FamilyRange
+from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo, Problem
 from controller.poolindex import PoolCIDRKey, PoolIndex
 from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
 from controller.poolusage import PoolUsageBook
 
-#: Event reason for a podCIDR the controller cannot account for cleanly.
-REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
-#: Event reason for a podCIDR that another Node holds too.
-REASON_DUPLICATE_POD_CIDR = "DuplicatePodCIDR"
-
 #: UIDs of deleted Nodes remembered, so that late events about them are ignored.
 RETIRED_UIDS_KEPT = 100_000
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeInfo:
-    """The few fields of a Node the allocator needs."""
-
-    name: str
-    uid: str
-    pod_cidrs: tuple[str, ...] = ()
-    resource_version: str = ""
-    pod_cidr: str = ""  # spec.podCIDR as written; must equal pod_cidrs[0]
-    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: they choose a pool for a Node without a range
-
-    @property
-    def label_map(self) -> dict[str, str]:
-        return dict(self.labels)
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> NodeInfo:
-        metadata = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-        return cls(
-            name=str(metadata.get("name", "")),
-            uid=str(metadata.get("uid", "")),
-            pod_cidrs=tuple(str(cidr) for cidr in cidrs),
-            resource_version=str(metadata.get("resourceVersion", "")),
-            pod_cidr=str(spec.get("podCIDR") or ""),
-            labels=labels_of(metadata.get("labels")),
-        )
-
-
-def labels_of(labels: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """A Node's labels as sorted pairs, so that NodeInfo stays a frozen, comparable value."""
-    return tuple(sorted((str(key), str(value)) for key, value in (labels or {}).items()))
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Something wrong with a Node's podCIDRs, worth a Warning event."""
-
-    reason: str
-    message: str
 
 
 @dataclasses.dataclass(frozen=True)

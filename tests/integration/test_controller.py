@@ -17,7 +17,7 @@ from controller import handlers
 from controller.kube import Credentials
 from controller.localcluster.cluster import ADMIN_TOKEN
 from controller.localcluster.nodebodies import realistic_node
-from controller.nodes import NodeInfo
+from controller.model import NodeInfo
 from controller.reconciler import Reconciler
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, no_duplicates, run_cli

@@ -23,10 +23,11 @@ from kubernetes import client
 
 from controller import config
 from controller.inspect import compute_status, find_problems
+from controller.kube import node_of
 from controller.lifecycle import SHUTDOWN_GRACE_SECONDS
 from controller.localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from controller.localcluster.nodebodies import realistic_node
-from controller.nodes import NodeInfo
+from controller.model import NodeInfo
 from tests.conftest import wait_for
 from tests.faultproxy import Action, FaultProxy, Forwarded, Rule, is_list_continue, is_resumed_watch, is_watch, not_watch
 from tests.integration.conftest import (
@@ -59,7 +60,7 @@ SMALL_RANGES = pytest.mark.parametrize(
 def node_infos(core: client.CoreV1Api) -> list[NodeInfo]:
     """Every Node as the controller reads it (raw JSON, as kube.py sees it)."""
     response = core.list_node(_preload_content=False)
-    return [NodeInfo.from_body(item) for item in json.loads(response.data)["items"]]
+    return [node_of(item) for item in json.loads(response.data)["items"]]
 
 
 def allocated_metric(controller: ControllerProcess) -> dict[str, int] | None:

@@ -15,7 +15,8 @@ import yaml
 
 from controller.config import FamilyRange
 from controller.localcluster.cluster import LocalControlPlane
-from controller.nodes import NodeAllocations, NodeInfo
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations
 from controller.pools import PoolSpec, status_body
 from tests.integration.conftest import Cluster, run_cli
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import netaddr
 import pytest
 
 from controller.allocators import NoCIDRsRemainingError
 from controller.config import FamilyRange
+from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo
 from controller.nodes import (
-    REASON_DUPLICATE_POD_CIDR,
-    REASON_INVALID_POD_CIDR,
     AlreadyInFlightError,
     NodeAllocations,
-    NodeInfo,
     Outcome,
     Reservation,
     ReservationState,
@@ -30,14 +26,6 @@ SMALL_V6 = FamilyRange(netaddr.IPNetwork("fd00::/63"), 64)
 
 def node(name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
     return NodeInfo(name=name, uid=uid or f"uid-{name}", pod_cidrs=tuple(cidrs))
-
-
-def test_node_info_from_body_prefers_pod_cidrs_and_falls_back_to_pod_cidr() -> None:
-    body: dict[str, Any] = {"metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "spec": {"podCIDR": "10.0.0.0/24"}}
-    assert NodeInfo.from_body(body) == NodeInfo("a", "u", ("10.0.0.0/24",), "7", "10.0.0.0/24")
-    body["spec"] = {"podCIDR": "10.0.0.0/24", "podCIDRs": ["10.0.0.0/24", "fd00::/64"]}
-    assert NodeInfo.from_body(body).pod_cidrs == ("10.0.0.0/24", "fd00::/64")
-    assert NodeInfo.from_body({"metadata": {"name": "b"}}).pod_cidrs == ()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import pytest
 
 from controller.allocators import NoCIDRsRemainingError
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo, Outcome, labels_of
+from controller.model import NodeInfo, labels_of
+from controller.nodes import NodeAllocations, Outcome
 from controller.pools import DEFAULT_POOL, PoolSpec
 
 

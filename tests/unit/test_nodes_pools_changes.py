@@ -9,7 +9,8 @@ import pytest
 
 from controller.allocators import NoCIDRsRemainingError
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo, Outcome
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations, Outcome
 from controller.pools import DEFAULT_POOL, PoolSpec
 
 N = netaddr.IPNetwork

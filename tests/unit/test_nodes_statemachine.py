@@ -30,10 +30,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
 from controller.config import FamilyRange
+from controller.model import NodeInfo
 from controller.nodes import (
     AlreadyInFlightError,
     NodeAllocations,
-    NodeInfo,
     Observation,
     Outcome,
     Reservation,

@@ -8,7 +8,8 @@ import netaddr
 import pytest
 
 from controller.config import FamilyRange
-from controller.nodes import REASON_DUPLICATE_POD_CIDR, Adopted, NodeAllocations, NodeInfo, Outcome, ReservationState
+from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo
+from controller.nodes import Adopted, NodeAllocations, Outcome, ReservationState
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/28"), 30)
 V6 = FamilyRange(netaddr.IPNetwork("fd00:10::/62"), 64)

@@ -23,7 +23,8 @@ from controller.allocators import CIDRSet, NoCIDRsRemainingError
 from controller.config import FamilyRange
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, Reservation, ReservationError
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations, Reservation, ReservationError
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, holder, overlaps
 from controller.reconciler import Reconciler
 from tests.unit.test_reconciler import FAMILIES, POOL_CIDRS, FakeApi, pool_body, run

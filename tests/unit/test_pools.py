@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations
 from controller.pools import (
     DEFAULT_POOL,
     STATUS_COUNT_MAX,

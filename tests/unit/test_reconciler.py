@@ -20,7 +20,8 @@ from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, ReservationState
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations, ReservationState
 from controller.reconciler import NodeApi, Reconciler
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/22"), 24)
