@@ -27,175 +27,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 
 import netaddr
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
 from controller.cidrindex import CIDRCounter, CIDRIndex
+from controller.cidrs import ServedRanges, classify_pod_cidrs, join, overlaps, parse_cidr_sloppy, reads_as
 from controller.config import FamilyRange
-from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo, Problem
+from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo, Problem
 from controller.poolindex import PoolCIDRKey, PoolIndex
 from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
 from controller.poolusage import PoolUsageBook
 
 #: UIDs of deleted Nodes remembered, so that late events about them are ignored.
 RETIRED_UIDS_KEPT = 100_000
-
-
-@dataclasses.dataclass(frozen=True)
-class Classified:
-    """A Node's podCIDRs sorted into what can be occupied and what is wrong."""
-
-    usable: tuple[netaddr.IPNetwork, ...]
-    problems: tuple[Problem, ...]
-
-
-def _overlaps(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
-
-
-_DECIMAL = re.compile(r"[0-9]+")
-
-
-def _sloppy_ipv4(text: str) -> tuple[int, bool]:
-    """An IPv4 address as Go's pre-1.17 parser reads it: octets in decimal, leading zeros allowed.
-
-    Returns the address and whether any octet had a leading zero.
-    """
-    octets = text.split(".")
-    if len(octets) != 4 or not all(_DECIMAL.fullmatch(octet) and len(octet) <= 3 for octet in octets):
-        raise ValueError(f"{text!r} is not an IPv4 address")
-    values = [int(octet) for octet in octets]
-    if any(value > 255 for value in values):
-        raise ValueError(f"{text!r} has an octet above 255")
-    return int.from_bytes(bytes(values), "big"), any(len(octet) > 1 and octet[0] == "0" for octet in octets)
-
-
-def parse_cidr_sloppy(text: str) -> tuple[netaddr.IPNetwork, bool]:
-    """A CIDR read as kube-controller-manager's ParseCIDRSloppy reads it; and whether it had leading zeros.
-
-    Leading zeros in IPv4 octets (also in an IPv6 address's embedded IPv4
-    part) and in the prefix length are decimal, never octal: 10.244.01.0/24
-    is 10.244.1.0/24. Host bits are cleared, as Go's ParseCIDR does. Raises
-    ValueError for anything Go's parser would refuse.
-    """
-    address, slash, prefix = text.partition("/")
-    if not slash or not _DECIMAL.fullmatch(prefix) or len(prefix) > 3:
-        raise ValueError(f"{text!r} is not in CIDR notation")
-    sloppy = len(prefix) > 1 and prefix[0] == "0"
-    if ":" in address:
-        if "%" in address:
-            raise ValueError(f"{text!r} has a zone")
-        head, _, tail = address.rpartition(":")
-        if "." in tail:
-            embedded, zeros = _sloppy_ipv4(tail)
-            sloppy = sloppy or zeros
-            address = f"{head}:{ipaddress.IPv4Address(embedded)}"
-        value, version, bits = int(ipaddress.IPv6Address(address)), 6, 128
-    else:
-        value, zeros = _sloppy_ipv4(address)
-        sloppy, version, bits = sloppy or zeros, 4, 32
-    length = int(prefix)
-    if length > bits:
-        raise ValueError(f"{text!r} has a prefix longer than {bits} bits")
-    return netaddr.IPNetwork((value, length), version).cidr, sloppy
-
-
-def _shows(node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
-    """Whether the Node's podCIDRs are exactly `cidrs`, in order (read as kube-controller-manager reads them)."""
-    try:
-        return tuple(parse_cidr_sloppy(text)[0] for text in node.pod_cidrs) == cidrs
-    except ValueError:
-        return False
-
-
-class ServedRanges:
-    """The ranges podCIDRs are judged against, in order, and a lookup of the first one a podCIDR overlaps."""
-
-    def __init__(self, ranges: Iterable[FamilyRange]) -> None:
-        self.ranges = tuple(ranges)
-        self.versions = frozenset(family.version for family in self.ranges)
-        self._index = CIDRIndex((family.cluster_cidr, family) for family in self.ranges)
-
-    def first_overlapping(self, cidr: netaddr.IPNetwork) -> FamilyRange | None:
-        found = self._index.overlapping(cidr)
-        return found[0] if found else None
-
-
-def classify_pod_cidrs(
-    pod_cidrs: Iterable[str],
-    ranges: Iterable[FamilyRange] | ServedRanges,
-    service_cidrs: Iterable[netaddr.IPNetwork] = (),
-) -> Classified:
-    """Decide which of a Node's podCIDRs to occupy, and what to warn about.
-
-    `ranges` are the cluster CIDRs, or every CIDR of every pool (several per
-    family): a podCIDR is judged against the first one it overlaps. A podCIDR that
-    overlaps one is occupied even when its mask is wrong or it sticks out, so
-    that no overlapping range is ever handed out. Values are read as
-    kube-controller-manager reads them (leading zeros as decimal), so that
-    both agree on which ranges are taken. A podCIDR overlapping one of
-    `service_cidrs` is occupied too, and reported: its pods may get the
-    addresses of Services. Judging many Nodes: pass a `ServedRanges`, made once.
-    """
-    served = ranges if isinstance(ranges, ServedRanges) else ServedRanges(ranges)
-    services = tuple(service_cidrs)
-    usable: list[netaddr.IPNetwork] = []
-    problems: list[Problem] = []
-    for text in pod_cidrs:
-        try:
-            cidr, sloppy = parse_cidr_sloppy(text)
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text!r} is not a CIDR; ignored"))
-            continue
-        if cidr.version not in served.versions:
-            listed = ", ".join(str(f.cluster_cidr) for f in served.ranges)
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} is IPv{cidr.version}, but this controller serves only {listed}; ignored",
-                )
-            )
-            continue
-        family = served.first_overlapping(cidr)
-        if family is None:
-            same_family = [f for f in served.ranges if f.version == cidr.version]
-            where = (
-                f"the cluster CIDR {same_family[0].cluster_cidr}"
-                if len(same_family) == 1
-                else "every pool CIDR (" + ", ".join(str(f.cluster_cidr) for f in same_family) + ")"
-            )
-            problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text} is outside {where}; ignored"))
-            continue
-        if sloppy:
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} is not in canonical form (leading zeros); read as {cidr}, as kube-controller-manager"
-                    " reads it, and kept out of the pool",
-                )
-            )
-        if cidr.prefixlen != family.node_mask_size or cidr not in family.cluster_cidr:
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} does not match the node subnets of {family}; the ranges it covers are kept out of the pool",
-                )
-            )
-        for service in services:
-            if _overlaps(cidr, service):
-                problems.append(
-                    Problem(
-                        REASON_INVALID_POD_CIDR,
-                        f"podCIDR {text} overlaps the service range {service} (--service-cluster-ip-range): pods on this"
-                        " Node may get the addresses of Services; both stay out of the pool",
-                    )
-                )
-        usable.append(cidr)
-    return Classified(tuple(usable), tuple(problems))
 
 
 class Outcome(enum.Enum):
@@ -346,7 +192,7 @@ class NodeAllocations:
         for cidr in self.all_service_cidrs:
             self._claim(cidr)  # never unclaimed: the service range is never a Node's to free
         self.service_cidrs = tuple(
-            cidr for cidr in self.all_service_cidrs if any(_overlaps(cidr, family.cluster_cidr) for family in self.ranges)
+            cidr for cidr in self.all_service_cidrs if any(overlaps(cidr, family.cluster_cidr) for family in self.ranges)
         )
         self.set_pools(pools)
 
@@ -547,7 +393,7 @@ class NodeAllocations:
             (other, theirs)
             for other in self.overlapping_with(name)
             for theirs in self.holding(other)
-            if any(_overlaps(theirs, ours) for ours in held)
+            if any(overlaps(theirs, ours) for ours in held)
         ]
         return Observation(Outcome.NOTHING, tuple(_duplicate_problems(held, pairs)), overlapping=tuple(pairs))
 
@@ -585,7 +431,7 @@ class NodeAllocations:
             if not reservation.owned:
                 return self._settle_reservation(reservation, node)
             sent = reservation.state is not ReservationState.RESERVED
-            if node.pod_cidrs and not (sent and _shows(node, reservation.cidrs)):
+            if node.pod_cidrs and not (sent and reads_as(node.pod_cidrs, reservation.cidrs)):
                 # Someone else set ranges while our patch is in flight (other ones: it will be refused), or
                 # before it was sent (even our very values: a patch never sent wrote nothing): the Node
                 # holds them now, so they are claimed now, beside the reservation until it ends.
@@ -667,7 +513,7 @@ class NodeAllocations:
             raise ReservationError(f"node {node.name} (UID {node.uid}) is deleted")
         held = self._holdings.get(node.name)
         if held is not None and held.cidrs:
-            raise ReservationError(f"node {node.name} holds {_join(held.cidrs)} already")
+            raise ReservationError(f"node {node.name} holds {join(held.cidrs)} already")
         tried: list[str] = []
         candidates = self._candidates()
         # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
@@ -910,7 +756,7 @@ class NodeAllocations:
 
     def _check_current(self, reservation: Reservation) -> None:
         if self._reservations.get(reservation.name) is not reservation:
-            raise ReservationError(f"the reservation of {_join(reservation.cidrs)} for node {reservation.name} is settled")
+            raise ReservationError(f"the reservation of {join(reservation.cidrs)} for node {reservation.name} is settled")
 
     def _retire(self, name: str, uid: str) -> None:
         """Remember a deleted incarnation, so that late events about it change nothing."""
@@ -941,8 +787,8 @@ class NodeAllocations:
         previous = self._holdings.get(node.name)
         before = set(previous.cidrs) if previous is not None else set()
         since = previous.since if previous is not None else self._tick()
-        self._forget_overlaps(node.name)
-        overlapping = self._record_overlaps(node.name, usable)
+        self._forgetoverlaps(node.name)
+        overlapping = self._recordoverlaps(node.name, usable)
         problems += _duplicate_problems(usable, overlapping)
         self._holdings[node.name] = _Holding(node.uid, usable, since, node.pod_cidrs)
         self._claim_all(node.name, [cidr for cidr in usable if cidr not in before])
@@ -955,7 +801,7 @@ class NodeAllocations:
             return Observation(Outcome.RESUME, why="its patch may or may not have applied: patch again with the same ranges")
         # Judged by the values alone, not by which pools serve them now: a pool that lost a CIDR meanwhile
         # does not make our own applied patch look like someone else's.
-        if _shows(node, reservation.cidrs):
+        if reads_as(node.pod_cidrs, reservation.cidrs):
             self._close_as_committed(reservation)
             return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
         # Another value is set, and podCIDRs never change once set: ours can never land.
@@ -984,8 +830,8 @@ class NodeAllocations:
             self._unclaim_all(reservation.name, previous.cidrs)
         as_written = tuple(str(cidr) for cidr in reservation.cidrs)
         # Claims keep our own ranges apart; only someone else's write (seen while ours was in flight) can overlap.
-        self._forget_overlaps(reservation.name)
-        self._record_overlaps(reservation.name, reservation.cidrs)
+        self._forgetoverlaps(reservation.name)
+        self._recordoverlaps(reservation.name, reservation.cidrs)
         self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
         for cidr in reservation.cidrs:
             self._hold(reservation.name, cidr)  # the holding's reference to the range, before the reservation's goes
@@ -1029,7 +875,7 @@ class NodeAllocations:
 
     def _drop_holding(self, name: str) -> list[netaddr.IPNetwork]:
         held = self._holdings.pop(name)
-        self._forget_overlaps(name)
+        self._forgetoverlaps(name)
         return self._unclaim_all(name, held.cidrs)
 
     # -- duplicates someone else made ------------------------------------------------
@@ -1053,12 +899,12 @@ class NodeAllocations:
                 found += [
                     (name, held)
                     for held, names in self._holders_by_cidr.items()
-                    if held.version == version and held.prefixlen == prefixlen and _overlaps(held, cidr)
+                    if held.version == version and held.prefixlen == prefixlen and overlaps(held, cidr)
                     for name in names
                 ]
         return found
 
-    def _record_overlaps(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[tuple[str, netaddr.IPNetwork]]:
+    def _recordoverlaps(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[tuple[str, netaddr.IPNetwork]]:
         """Note which other Nodes hold ranges overlapping `cidrs`; returns them (Node, its range)."""
         found = [(other, theirs) for cidr in cidrs for other, theirs in self._holders_overlapping(cidr) if other != name]
         for other, _ in found:
@@ -1066,7 +912,7 @@ class NodeAllocations:
             self._overlapping.setdefault(other, set()).add(name)
         return list(dict.fromkeys(found))
 
-    def _forget_overlaps(self, name: str) -> None:
+    def _forgetoverlaps(self, name: str) -> None:
         for other in self._overlapping.pop(name, ()):
             others = self._overlapping.get(other)
             if others is not None:
@@ -1080,15 +926,11 @@ def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable
     return [
         Problem(
             REASON_DUPLICATE_POD_CIDR,
-            f"podCIDR {_join(c for c in ours if _overlaps(c, theirs))} overlaps {theirs} of node {other}; "
+            f"podCIDR {join(c for c in ours if overlaps(c, theirs))} overlaps {theirs} of node {other}; "
             "both stay out of the pool until every holder is gone",
         )
         for other, theirs in overlapping
     ]
-
-
-def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
-    return ",".join(str(cidr) for cidr in cidrs)
 
 
 def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:

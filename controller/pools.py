@@ -21,6 +21,7 @@ from typing import Any
 
 import netaddr
 
+from controller import cidrs
 from controller.config import FamilyRange
 
 #: The pool made of the --cluster-cidr and mask flags; not a valid object name, so no NodeCIDRPool can take it.
@@ -302,13 +303,9 @@ def _family(body: Mapping[str, Any], version: int) -> PoolFamily:
             raise PoolSpecError(f"nodeMaskSize {mask} does not fit {entry.cidr}")
     for index, entry in enumerate(entries):
         for other in entries[index + 1 :]:
-            if _overlap(entry.cidr, other.cidr):
+            if cidrs.overlaps(entry.cidr, other.cidr):
                 raise PoolSpecError(f"{entry.cidr} and {other.cidr} overlap")
     return PoolFamily(mask, entries)
-
-
-def _overlap(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
 
 
 # -- choosing pools --------------------------------------------------------------------------------
@@ -401,7 +398,7 @@ def overlaps(pools: Iterable[PoolSpec], service_cidrs: Iterable[netaddr.IPNetwor
                     for family in pool.families
                     for entry in family.cidrs
                     for service in services
-                    if _overlap(entry.cidr, service)
+                    if cidrs.overlaps(entry.cidr, service)
                 ),
                 None,
             )

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 import netaddr
 
 from controller.allocators import CIDRSet
+from controller.cidrs import overlaps
 from controller.poolindex import PoolCIDRKey, PoolIndex
 from controller.pools import BLOCKING_NODES_SHOWN, Candidate, CIDRUsage, FamilyUsage, PoolSpec, PoolUsage
 
@@ -280,14 +281,10 @@ class PoolUsageBook:
 def _reserved_slots(pool: PoolSpec, cidr_set: CIDRSet, services: tuple[netaddr.IPNetwork, ...]) -> int:
     """Node ranges of one pool CIDR that its reserved ranges (the service range, in the default pool) cover."""
     cidr = cidr_set.cluster_cidr
-    reserved = [r for r in (*pool.reserved, *(services if pool.is_default else ())) if _overlap(r, cidr)]
+    reserved = [r for r in (*pool.reserved, *(services if pool.is_default else ())) if overlaps(r, cidr)]
     if not reserved:
         return 0
     tally = CIDRSet(cidr, cidr_set.node_mask_size)
     for r in reserved:
         tally.occupy(r)
     return tally.allocated
-
-
-def _overlap(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)

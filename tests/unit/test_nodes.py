@@ -6,17 +6,10 @@ import netaddr
 import pytest
 
 from controller.allocators import NoCIDRsRemainingError
+from controller.cidrs import classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange
 from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo
-from controller.nodes import (
-    AlreadyInFlightError,
-    NodeAllocations,
-    Outcome,
-    Reservation,
-    ReservationState,
-    classify_pod_cidrs,
-    parse_cidr_sloppy,
-)
+from controller.nodes import AlreadyInFlightError, NodeAllocations, Outcome, Reservation, ReservationState
 
 V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24)
 V6 = FamilyRange(netaddr.IPNetwork("fd00:10:244::/48"), 64)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
+from controller.cidrs import classify_pod_cidrs
 from controller.config import FamilyRange
 from controller.model import NodeInfo
 from controller.nodes import (
@@ -39,7 +40,6 @@ from controller.nodes import (
     Reservation,
     ReservationError,
     ReservationState,
-    classify_pod_cidrs,
 )
 
 NAMES = ["a", "b", "c", "d"]
