@@ -2,14 +2,15 @@
 
 Nothing here talks to the cluster. `NodeAllocations` is the single source of
 truth for which ranges are taken and by whom; the reconciler feeds it what it
-sees and carries out what it decides.
+sees and carries out what it decides. The sets it claims ranges in are a
+`poolsets.PoolSets` of their own.
 
 Invariants kept here:
 - A node subnet is marked in the sets iff at least one claim covers it: a
   Node's podCIDR (whole, part of a subnet, or several subnets), a reservation
   for a patch, a service range, or a pool's reserved range. It comes free
-  only when its last claim goes. With several pools, every set a claim
-  overlaps carries it, including sets made after the claim.
+  only when its last claim goes (the ledger makes and drops the claims; the
+  pool sets carry each to every set it overlaps, made before or after it).
 - Every holding and every reservation carries the Node's UID; nothing about
   one incarnation of a name is ever done to another.
 - A Node that already has podCIDRs is only occupied, never changed.
@@ -31,13 +32,12 @@ from collections.abc import Iterable, Mapping
 
 import netaddr
 
-from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
-from controller.cidrindex import CIDRCounter, CIDRIndex
-from controller.cidrs import ServedRanges, classify_pod_cidrs, join, overlaps, parse_cidr_sloppy, reads_as
+from controller.allocators import CIDRSet, NoCIDRsRemainingError
+from controller.cidrs import classify_pod_cidrs, join, overlaps, parse_cidr_sloppy, reads_as
 from controller.config import FamilyRange
 from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo, Problem
-from controller.poolindex import PoolCIDRKey, PoolIndex
-from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
+from controller.pools import PoolSpec, rank
+from controller.poolsets import PoolSets
 from controller.poolusage import PoolUsageBook
 
 #: UIDs of deleted Nodes remembered, so that late events about them are ignored.
@@ -130,32 +130,13 @@ class Release:
     cidrs: tuple[netaddr.IPNetwork, ...]
 
 
-@dataclasses.dataclass(eq=False)
-class _PoolSet:
-    """The node subnets of one CIDR of one pool, and the claims on them."""
-
-    pool: str
-    cidr: netaddr.IPNetwork
-    node_mask_size: int
-    draining: bool
-    claims: ClaimedSubnets
-
-    @property
-    def free(self) -> int:
-        cidr_set = self.claims.cidr_set
-        return int(cidr_set.max_cidrs - cidr_set.allocated)
-
-
 class NodeAllocations:
-    """The sets of every pool (the flags' default pool, NodeCIDRPools), the claims on them, and who holds what.
+    """Who holds what: every Node's ranges, its reservation while a patch is settled, and what they claim.
 
-    A claim goes to every set whose CIDR it overlaps, and is remembered
-    (`_claimed`) so that a set made later, for a pool created or grown at
-    runtime, starts with every claim already made on its range: whichever
-    pool hands out a range, no other can hand out one overlapping it.
-
-    `pool_usage` is told of every claim and every range held or reserved,
-    so that each pool's usage is known without a pass over the Nodes.
+    The sets of every pool and the claims on them are a `PoolSets` of its
+    own, told of each claim this ledger makes and drops. `pool_usage` is
+    told of every range held or reserved, so that each pool's usage is
+    known without a pass over the Nodes.
     """
 
     def __init__(
@@ -165,20 +146,10 @@ class NodeAllocations:
         pools: Iterable[PoolSpec] = (),
     ) -> None:
         self.ranges = tuple(ranges)
-        self._default = PoolSpec.default(self.ranges)
-        self._versions = tuple(family.version for family in self.ranges)  # flag order: the order of a Node's podCIDRs
-        self._claimed = CIDRCounter()
         self.pool_usage = PoolUsageBook()
-        self._entries: dict[str, tuple[_PoolSet, ...]] = {
-            DEFAULT_POOL: tuple(self._new_set(DEFAULT_POOL, family.cluster_cidr, family.node_mask_size) for family in self.ranges)
-        }
-        self._entry_index = _index_of(self._entries)
-        self._index = PoolIndex([self._default])
-        self.sets = tuple(entry.claims.cidr_set for entry in self._entries[DEFAULT_POOL])  # the default pool's, in flag order
-        self._pools: dict[str, PoolSpec] = {}
-        self._refused: dict[str, str] = {}
-        self._reserved: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
-        self._served = ServedRanges(self.ranges)
+        self.all_service_cidrs = tuple(service_cidrs)
+        self.pool_sets = PoolSets(self.ranges, self.all_service_cidrs, self.pool_usage)
+        self.sets = self.pool_sets.sets  # the default pool's, in flag order
         self._holdings: dict[str, _Holding] = {}
         self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
         self._held_prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, prefix length)
@@ -188,9 +159,6 @@ class NodeAllocations:
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sequence = 0
-        self.all_service_cidrs = tuple(service_cidrs)
-        for cidr in self.all_service_cidrs:
-            self._claim(cidr)  # never unclaimed: the service range is never a Node's to free
         self.service_cidrs = tuple(
             cidr for cidr in self.all_service_cidrs if any(overlaps(cidr, family.cluster_cidr) for family in self.ranges)
         )
@@ -201,91 +169,35 @@ class NodeAllocations:
     def set_pools(self, pools: Iterable[PoolSpec]) -> dict[str, str]:
         """Serve these NodeCIDRPools (beside the default pool); returns the refused ones: name -> why.
 
-        Sets of CIDRs a pool keeps are kept; a CIDR new to it gets a set holding
-        every claim made so far. A pool that overlaps an earlier one (or the
-        service range) is refused: it hands out nothing until fixed. A pool
-        being deleted should come in disabled.
+        See `PoolSets.set_pools`. What Nodes show in ranges served only now
+        (a pool created around them) is claimed now.
         """
-        specs = {pool.name: pool for pool in pools if not pool.is_default}
-        index = PoolIndex([self._default, *specs.values()], self.all_service_cidrs)
-        refused = index.refused
-        # A pool's reserved ranges are claimed while it is accepted: a refused pool serves nothing, so it must
-        # not take ranges from the pool it overlaps either.
-        for name, cidrs in list(self._reserved.items()):
-            spec = specs.get(name)
-            if spec is None or spec.reserved != cidrs or name in refused:
-                del self._reserved[name]
-                for cidr in cidrs:
-                    self._unclaim(cidr)
-        entries: dict[str, tuple[_PoolSet, ...]] = {DEFAULT_POOL: self._entries[DEFAULT_POOL]}
-        new: list[_PoolSet] = []
-        for name, spec in specs.items():
-            kept = {(entry.cidr, entry.node_mask_size): entry for entry in self._entries.get(name, ())}
-            made = []
-            for family in spec.families:
-                for pool_cidr in family.cidrs:
-                    entry = kept.get((pool_cidr.cidr, family.node_mask_size))
-                    if entry is None:
-                        entry = _empty_set(name, pool_cidr.cidr, family.node_mask_size)
-                        new.append(entry)
-                    entry.draining = pool_cidr.draining
-                    made.append(entry)
-            entries[name] = tuple(made)
-        self._claim_so_far(new)
-        self._entries = entries
-        self._entry_index = _index_of(entries)
-        for name, spec in specs.items():
-            if name not in self._reserved and spec.reserved and name not in refused:
-                self._reserved[name] = spec.reserved
-                for cidr in spec.reserved:
-                    self._claim(cidr)
-        self._pools = specs
-        self._refused = dict(refused)
-        self._index = index
-        self.pool_usage.serve(
-            index,
-            {PoolCIDRKey(entry.pool, entry.cidr): entry.claims.cidr_set for pool in entries.values() for entry in pool},
-            self.all_service_cidrs,
-        )
-        ordered = sorted(specs.values(), key=lambda spec: (spec.name in self._refused, spec.created, spec.name))
-        self._served = ServedRanges(
-            self.ranges
-            + tuple(
-                FamilyRange(entry.cidr, family.node_mask_size)
-                for spec in ordered
-                for family in spec.families
-                for entry in family.cidrs
-            )
-        )
-        self._claim_newly_served()
-        return dict(self._refused)
+        if self.pool_sets.set_pools(pools):
+            self._claim_newly_served()
+        return self.pool_sets.refused
 
     def pools(self) -> list[PoolSpec]:
         """The default pool, then every NodeCIDRPool served (refused ones too)."""
-        return [self._default, *self._pools.values()]
+        return self.pool_sets.pools()
 
     def refused(self) -> dict[str, str]:
-        return dict(self._refused)
+        return self.pool_sets.refused
 
     def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
-        pool_cidr = self._index.pool_cidr_of(cidr)
-        return pool_cidr.pool if pool_cidr is not None else None
+        return self.pool_sets.pool_of(cidr)
 
     def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
-        """The pool whose deletion waits for the Node holding `cidr`: the serving pool that contains it, else a
-        refused one that does (refused after it handed the range out, e.g. when an earlier pool grew over it)."""
-        pool_cidr = self._index.holding_pool_cidr_of(cidr)
-        return pool_cidr.pool if pool_cidr is not None else None
+        """The pool whose deletion waits for the Node holding `cidr` (see `PoolSets.holding_pool`)."""
+        return self.pool_sets.holding_pool(cidr)
 
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
-        return self._index.overlaps_serving(cidr)
+        return self.pool_sets.overlaps_served(cidr)
 
     def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
         """The CIDR (of the pool `pool_of` names) that contains a range."""
-        pool_cidr = self._index.pool_cidr_of(cidr)
-        return pool_cidr.cidr if pool_cidr is not None else None
+        return self.pool_sets.pool_cidr_of(cidr)
 
     def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
@@ -294,26 +206,12 @@ class NodeAllocations:
             found[name] = tuple(dict.fromkeys((*found.get(name, ()), *reservation.cidrs)))
         return list(found.items())
 
-    def _new_set(self, pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
-        entry = _empty_set(pool, cidr, node_mask_size)
-        self._claim_so_far([entry])
-        return entry
-
-    def _claim_so_far(self, entries: list[_PoolSet]) -> None:
-        """Every claim made so far, in new sets: one pass over the claims, whatever the number of sets."""
-        if not entries:
-            return
-        for entry in entries:
-            for claimed, count in self._claimed.overlapping(entry.cidr):
-                for _ in range(count):
-                    entry.claims.claim(claimed)
-
     def _claim_newly_served(self) -> None:
         """Claim what Nodes show that lay in no pool before, and lies in one now (a pool created around it)."""
         for name, held in self._holdings.items():
             if len(held.cidrs) >= len(held.as_written):
                 continue
-            usable = classify_pod_cidrs(held.as_written, self._served).usable
+            usable = classify_pod_cidrs(held.as_written, self.pool_sets.served).usable
             new = [cidr for cidr in dict.fromkeys(usable) if cidr not in held.cidrs]
             if new:
                 held.cidrs = (*held.cidrs, *new)
@@ -515,9 +413,10 @@ class NodeAllocations:
         if held is not None and held.cidrs:
             raise ReservationError(f"node {node.name} holds {join(held.cidrs)} already")
         tried: list[str] = []
-        candidates = self._candidates()
+        candidates = self.pool_usage.candidates()
         # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
-        ranked = rank(candidates, node.label_map, node.name, self._versions) if self._pools else candidates
+        pools = self.pool_sets
+        ranked = rank(candidates, node.label_map, node.name, pools.versions) if pools.has_pools else candidates
         for candidate in ranked:
             if not candidate.has_room:
                 full = [
@@ -527,7 +426,7 @@ class NodeAllocations:
                 ]
                 tried.append(f"{candidate.name} ({' and '.join(full)} full)")
                 continue
-            taken = self._take(candidate.name)
+            taken = pools.take(candidate.name)
             if taken is None:
                 tried.append(f"{candidate.name} (no free range)")
                 continue
@@ -539,41 +438,9 @@ class NodeAllocations:
                 self.pool_usage.hold(node.name, cidr)
             return reservation
         self._waiting[node.name] = node
-        if not self._pools:
-            exhausted = ", ".join(str(entry.cidr) for entry in self._entries[DEFAULT_POOL] if entry.free <= 0)
-            raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {exhausted}")
+        if not pools.has_pools:
+            raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {pools.exhausted()}")
         raise NoCIDRsRemainingError("no pool has a free range for it; tried " + ("; ".join(tried) or "none (no pool matches)"))
-
-    def _candidates(self) -> list[Candidate]:
-        """Every pool that may hand out ranges, with its free ranges per family (draining CIDRs have none)."""
-        return self.pool_usage.candidates()
-
-    def _take(self, pool: str) -> tuple[netaddr.IPNetwork, ...] | None:
-        """One range per served family from `pool`, in flag order; None (nothing taken) when one family has none."""
-        taken: list[netaddr.IPNetwork] = []
-        for version in self._versions:
-            entry = next(
-                (e for e in self._entries[pool] if e.cidr.version == version and not e.draining and e.free > 0),
-                None,
-            )
-            if entry is None:
-                break
-            try:
-                subnet = entry.claims.allocate_next()
-            except NoCIDRsRemainingError:
-                break
-            self._claimed.add(subnet)
-            self.pool_usage.claims_changed(entry.pool)
-            for other in self._sets_overlapping(subnet):
-                if other is not entry:
-                    other.claims.claim(subnet)
-                    self.pool_usage.claims_changed(other.pool)
-            taken.append(subnet)
-        else:
-            return tuple(taken)
-        for cidr in taken:
-            self._unclaim(cidr)
-        return None
 
     def resume(self, node: NodeInfo) -> Reservation:
         """Take over an UNKNOWN reservation left for the resync, to patch again with the same ranges."""
@@ -609,15 +476,15 @@ class NodeAllocations:
         if node.pod_cidrs or node.uid in self._retired or not parsed:
             return Adopted.DROPPED, "it holds podCIDRs already" if node.pod_cidrs else "it is deleted or the patch sets nothing"
         cidrs = tuple(dict.fromkeys(parsed))
-        classified = classify_pod_cidrs(texts, self._served)
+        classified = classify_pod_cidrs(texts, self.pool_sets.served)
         why = "; ".join(problem.message for problem in classified.problems)
         if not why and node.name in self._reservations:
             why = "it has a reservation already"
         for cidr in cidrs if not why else ():
-            if any(entry.claims.cidr_set.used_count(cidr) for entry in self._sets_overlapping(cidr)):
+            if self.pool_sets.in_use(cidr):
                 why = f"{cidr} is in use"
         for cidr in cidrs:
-            self._claim(cidr)
+            self.pool_sets.claim(cidr)
         if why:
             self._kept_apart[node.name] = _KeptApart(node.uid, cidrs, self._tick())
             return Adopted.KEPT_APART, why
@@ -636,7 +503,7 @@ class NodeAllocations:
         if apart is None:
             return []
         del self._kept_apart[name]
-        return [cidr for cidr in apart.cidrs if self._unclaim(cidr)]
+        return [cidr for cidr in apart.cidrs if self.pool_sets.unclaim(cidr)]
 
     def patching(self, reservation: Reservation) -> None:
         """The patch with the reserved ranges is about to be sent."""
@@ -733,27 +600,6 @@ class NodeAllocations:
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _sets_overlapping(self, cidr: netaddr.IPNetwork) -> list[_PoolSet]:
-        return self._entry_index.overlapping(cidr)
-
-    def _claim(self, cidr: netaddr.IPNetwork) -> None:
-        """One claim on `cidr`, in every set it overlaps now, and remembered for sets made later."""
-        self._claimed.add(cidr)
-        for entry in self._sets_overlapping(cidr):
-            entry.claims.claim(cidr)
-            self.pool_usage.claims_changed(entry.pool)
-
-    def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
-        """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
-        if not self._claimed.count(cidr):
-            return 0
-        self._claimed.remove(cidr)
-        freed = 0
-        for entry in self._sets_overlapping(cidr):
-            freed += entry.claims.unclaim(cidr)
-            self.pool_usage.claims_changed(entry.pool)
-        return freed
-
     def _check_current(self, reservation: Reservation) -> None:
         if self._reservations.get(reservation.name) is not reservation:
             raise ReservationError(f"the reservation of {join(reservation.cidrs)} for node {reservation.name} is settled")
@@ -777,7 +623,7 @@ class NodeAllocations:
         if held is not None and held.as_written == node.pod_cidrs:
             return Observation(Outcome.NOTHING, why="already accounted for")  # every status update lands here
         self._waiting.pop(node.name, None)
-        classified = classify_pod_cidrs(node.pod_cidrs, self._served, self.all_service_cidrs)
+        classified = classify_pod_cidrs(node.pod_cidrs, self.pool_sets.served, self.all_service_cidrs)
         usable = classified.usable
         if held is not None and held.cidrs == usable:
             held.as_written = node.pod_cidrs
@@ -819,7 +665,7 @@ class NodeAllocations:
         reservation.state = ReservationState.RELEASED
         for cidr in reservation.cidrs:
             self.pool_usage.release(reservation.name, cidr)
-        return tuple(cidr for cidr in reservation.cidrs if self._unclaim(cidr))
+        return tuple(cidr for cidr in reservation.cidrs if self.pool_sets.unclaim(cidr))
 
     def _close_as_committed(self, reservation: Reservation) -> None:
         """The reservation's claims become the Node's holding (no claim moves)."""
@@ -844,7 +690,7 @@ class NodeAllocations:
     def _claim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> None:
         """One claim per distinct range a holder shows (a range listed twice is claimed once)."""
         for cidr in dict.fromkeys(cidrs):
-            self._claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
+            self.pool_sets.claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
             self._hold(name, cidr)
 
     def _hold(self, name: str, cidr: netaddr.IPNetwork) -> None:
@@ -869,7 +715,7 @@ class NodeAllocations:
                 if not self._held_prefixes[(cidr.version, cidr.prefixlen)]:
                     del self._held_prefixes[(cidr.version, cidr.prefixlen)]
             self.pool_usage.release(name, cidr)
-            if self._unclaim(cidr):
+            if self.pool_sets.unclaim(cidr):
                 released.append(cidr)
         return released
 
@@ -931,12 +777,3 @@ def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable
         )
         for other, theirs in overlapping
     ]
-
-
-def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
-    return _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
-
-
-def _index_of(entries: Mapping[str, Iterable[_PoolSet]]) -> CIDRIndex[_PoolSet]:
-    """The sets of every pool, found by the ranges they overlap."""
-    return CIDRIndex((entry.cidr, entry) for pool in entries.values() for entry in pool)

@@ -13,6 +13,7 @@ from controller.allocators import NoCIDRsRemainingError
 from controller.config import FamilyRange
 from controller.model import NodeInfo, labels_of
 from controller.nodes import NodeAllocations, Outcome
+from controller.poolindex import PoolCIDRKey
 from controller.pools import DEFAULT_POOL, PoolSpec
 
 
@@ -276,7 +277,7 @@ def check_sets(allocations: NodeAllocations) -> None:
     for spec in allocations.pools():
         for family in spec.families:
             for entry in family.cidrs:
-                cidr_set = next(e.claims.cidr_set for e in allocations._entries[spec.name] if e.cidr == entry.cidr)
+                cidr_set = allocations.pool_sets.cidr_sets()[PoolCIDRKey(spec.name, entry.cidr)]
                 for subnet in entry.cidr.subnet(family.node_mask_size):
                     covered = any(
                         c.first <= subnet.last and subnet.first <= c.last for c in claims if c.version == subnet.version
