@@ -180,9 +180,6 @@ class NodeAllocations:
         """The default pool, then every NodeCIDRPool served (refused ones too)."""
         return self.pool_sets.pools()
 
-    def refused(self) -> dict[str, str]:
-        return self.pool_sets.refused
-
     def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
         return self.pool_sets.pool_of(cidr)
@@ -236,9 +233,6 @@ class NodeAllocations:
     def reservation(self, name: str) -> Reservation | None:
         """The open reservation for a Node name, if any."""
         return self._reservations.get(name)
-
-    def is_in_flight(self, name: str) -> bool:
-        return name in self._reservations
 
     def unsettled(self) -> list[Reservation]:
         """UNKNOWN reservations no task is working on: the resync settles them."""

@@ -353,11 +353,6 @@ def rank(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: 
     return [candidate for _, candidate in ranked]
 
 
-def choose(ranked: Sequence[Candidate]) -> Candidate | None:
-    """The first ranked pool with room in every family, if any."""
-    return next((candidate for candidate in ranked if candidate.has_room), None)
-
-
 def holder(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:
     """The pool a Node's range belongs to: the one whose CIDRs contain it, never the one its labels pick.
 
