@@ -593,7 +593,7 @@ def _now_micro() -> str:
 
 
 class KubeClient:
-    """Nodes, Events and Leases over one pooled aiohttp session."""
+    """Nodes, NodeCIDRPools, Events and Leases over one pooled aiohttp session."""
 
     def __init__(
         self,
@@ -850,14 +850,14 @@ class KubeClient:
             raise
         return list(listed.get("items") or [])
 
-    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> NodeInfo:
-        """Set spec.podCIDR(s) in one merge patch, only on the Node with this UID."""
+    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> None:
+        """Set spec.podCIDR(s) in one merge patch, only on the Node with this UID.
+
+        The answer is not decoded: the caller needs only to know the patch applied (its watch event follows).
+        """
         values = [str(cidr) for cidr in cidrs]
         patch = {"metadata": {"uid": node.uid}, "spec": {"podCIDR": values[0], "podCIDRs": values}}
-        answer = await self.request_bytes(
-            "PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json"
-        )
-        return _decode_node(answer).info()  # the few fields read, not the whole ~10 KB Node
+        await self.request_bytes("PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json")
 
     # -- Events --------------------------------------------------------------
 
