@@ -22,6 +22,7 @@ from typing import Any
 import netaddr
 
 from controller import cidrs
+from controller.allocators import node_mask_bounds
 from controller.config import FamilyRange
 
 #: The pool made of the --cluster-cidr and mask flags; not a valid object name, so no NodeCIDRPool can take it.
@@ -299,7 +300,8 @@ def _family(body: Mapping[str, Any], version: int) -> PoolFamily:
     for entry in entries:
         if entry.cidr.version != version:
             raise PoolSpecError(f"{entry.cidr} is not IPv{version}")
-        if not entry.cidr.prefixlen <= mask <= (32 if version == 4 else 128):
+        shortest, longest = node_mask_bounds(entry.cidr)
+        if not shortest <= mask <= longest:
             raise PoolSpecError(f"nodeMaskSize {mask} does not fit {entry.cidr}")
     for index, entry in enumerate(entries):
         for other in entries[index + 1 :]:

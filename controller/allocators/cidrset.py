@@ -30,6 +30,14 @@ class NoCIDRsRemainingError(CIDRSetError):
     """Every node subnet of the cluster CIDR is in use."""
 
 
+def node_mask_bounds(cidr: netaddr.IPNetwork) -> tuple[int, int]:
+    """The shortest and longest node mask a CIDR can be carved with: its own prefix, and one address.
+
+    The one home of that rule: the flags, NodeCIDRPools and the sets all check masks against it.
+    """
+    return int(cidr.prefixlen), ADDRESS_BITS[int(cidr.version)]
+
+
 def _parse(cidr: CIDRLike, what: str) -> netaddr.IPNetwork:
     """``cidr`` as an IPNetwork (host bits kept), or CIDRSetError for anything malformed."""
     if isinstance(cidr, netaddr.IPNetwork):
@@ -60,8 +68,7 @@ class CIDRSet:
     ) -> None:
         """``word_bits`` sets the bitmap fan-out (2**word_bits); only tests need to change it."""
         cluster = _parse(cluster_cidr, "cluster CIDR").cidr
-        address_bits: int = ADDRESS_BITS[cluster.version]
-        prefix: int = cluster.prefixlen
+        prefix, address_bits = node_mask_bounds(cluster)
         if node_mask_size < prefix:
             raise CIDRSetError(f"node mask size {node_mask_size} is shorter than the cluster CIDR prefix /{prefix} of {cluster}")
         if node_mask_size > address_bits:
