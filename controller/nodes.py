@@ -35,6 +35,7 @@ import netaddr
 from controller.allocators import CIDRSet, NoCIDRsRemainingError
 from controller.cidrs import classify_pod_cidrs, join, overlaps, parse_cidr_sloppy, reads_as
 from controller.config import FamilyRange
+from controller.holders import Holders
 from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo, Problem
 from controller.pools import PoolSpec, rank
 from controller.poolsets import PoolSets
@@ -151,9 +152,7 @@ class NodeAllocations:
         self.pool_sets = PoolSets(self.ranges, self.all_service_cidrs, self.pool_usage)
         self.sets = self.pool_sets.sets  # the default pool's, in flag order
         self._holdings: dict[str, _Holding] = {}
-        self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
-        self._held_prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, prefix length)
-        self._overlapping: dict[str, set[str]] = {}  # Node -> the other Nodes whose ranges overlap its own
+        self._holders = Holders()  # who holds each range, and whose ranges overlap
         self._reservations: dict[str, Reservation] = {}
         self._kept_apart: dict[str, _KeptApart] = {}  # ranges a deposed leader's patch may set on a Node
         self._waiting: dict[str, NodeInfo] = {}
@@ -272,11 +271,11 @@ class NodeAllocations:
 
     def overlapping_count(self) -> int:
         """How many Nodes hold a range that overlaps another Node's (a duplicate someone made)."""
-        return len(self._overlapping)
+        return self._holders.overlapping_count()
 
     def overlapping_with(self, name: str) -> list[str]:
         """The other Nodes whose ranges overlap this Node's."""
-        return sorted(self._overlapping.get(name, ()))
+        return self._holders.overlapping_with(name)
 
     def overlaps_of(self, name: str) -> Observation:
         """The duplicates this Node's ranges are part of, as `observe` reports them (after a commit, say)."""
@@ -627,8 +626,8 @@ class NodeAllocations:
         previous = self._holdings.get(node.name)
         before = set(previous.cidrs) if previous is not None else set()
         since = previous.since if previous is not None else self._tick()
-        self._forgetoverlaps(node.name)
-        overlapping = self._recordoverlaps(node.name, usable)
+        self._holders.forget_overlaps(node.name)
+        overlapping = self._holders.record_overlaps(node.name, usable)
         problems += _duplicate_problems(usable, overlapping)
         self._holdings[node.name] = _Holding(node.uid, usable, since, node.pod_cidrs)
         self._claim_all(node.name, [cidr for cidr in usable if cidr not in before])
@@ -670,8 +669,8 @@ class NodeAllocations:
             self._unclaim_all(reservation.name, previous.cidrs)
         as_written = tuple(str(cidr) for cidr in reservation.cidrs)
         # Claims keep our own ranges apart; only someone else's write (seen while ours was in flight) can overlap.
-        self._forgetoverlaps(reservation.name)
-        self._recordoverlaps(reservation.name, reservation.cidrs)
+        self._holders.forget_overlaps(reservation.name)
+        self._holders.record_overlaps(reservation.name, reservation.cidrs)
         self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
         for cidr in reservation.cidrs:
             self._hold(reservation.name, cidr)  # the holding's reference to the range, before the reservation's goes
@@ -688,26 +687,14 @@ class NodeAllocations:
             self._hold(name, cidr)
 
     def _hold(self, name: str, cidr: netaddr.IPNetwork) -> None:
-        holders = self._holders_by_cidr.setdefault(cidr, set())
-        if name in holders:
-            return
-        if not holders:
-            self._held_prefixes[(cidr.version, cidr.prefixlen)] += 1
-        holders.add(name)
-        self.pool_usage.hold(name, cidr)
+        if self._holders.add(name, cidr):
+            self.pool_usage.hold(name, cidr)
 
     def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:
         released = []
         for cidr in dict.fromkeys(cidrs):
-            holders = self._holders_by_cidr.get(cidr)
-            if holders is None or name not in holders:
+            if not self._holders.remove(name, cidr):
                 continue
-            holders.discard(name)
-            if not holders:
-                del self._holders_by_cidr[cidr]
-                self._held_prefixes[(cidr.version, cidr.prefixlen)] -= 1
-                if not self._held_prefixes[(cidr.version, cidr.prefixlen)]:
-                    del self._held_prefixes[(cidr.version, cidr.prefixlen)]
             self.pool_usage.release(name, cidr)
             if self.pool_sets.unclaim(cidr):
                 released.append(cidr)
@@ -715,50 +702,8 @@ class NodeAllocations:
 
     def _drop_holding(self, name: str) -> list[netaddr.IPNetwork]:
         held = self._holdings.pop(name)
-        self._forgetoverlaps(name)
+        self._holders.forget_overlaps(name)
         return self._unclaim_all(name, held.cidrs)
-
-    # -- duplicates someone else made ------------------------------------------------
-
-    def _holders_overlapping(self, cidr: netaddr.IPNetwork) -> list[tuple[str, netaddr.IPNetwork]]:
-        """(Node, its range) of every holding that overlaps `cidr`.
-
-        One lookup per prefix length held (normally one: the node mask); only a
-        range wider than some held one (bad data) scans the holdings.
-        """
-        found: list[tuple[str, netaddr.IPNetwork]] = []
-        bits = 32 if cidr.version == 4 else 128
-        for version, prefixlen in list(self._held_prefixes):
-            if version != cidr.version:
-                continue
-            if prefixlen <= cidr.prefixlen:
-                host_bits = bits - prefixlen
-                containing = netaddr.IPNetwork((cidr.first >> host_bits << host_bits, prefixlen), version)
-                found += [(name, containing) for name in self._holders_by_cidr.get(containing, ())]
-            else:
-                found += [
-                    (name, held)
-                    for held, names in self._holders_by_cidr.items()
-                    if held.version == version and held.prefixlen == prefixlen and overlaps(held, cidr)
-                    for name in names
-                ]
-        return found
-
-    def _recordoverlaps(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[tuple[str, netaddr.IPNetwork]]:
-        """Note which other Nodes hold ranges overlapping `cidrs`; returns them (Node, its range)."""
-        found = [(other, theirs) for cidr in cidrs for other, theirs in self._holders_overlapping(cidr) if other != name]
-        for other, _ in found:
-            self._overlapping.setdefault(name, set()).add(other)
-            self._overlapping.setdefault(other, set()).add(name)
-        return list(dict.fromkeys(found))
-
-    def _forgetoverlaps(self, name: str) -> None:
-        for other in self._overlapping.pop(name, ()):
-            others = self._overlapping.get(other)
-            if others is not None:
-                others.discard(name)
-                if not others:
-                    del self._overlapping[other]
 
 
 def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable[tuple[str, netaddr.IPNetwork]]) -> list[Problem]:
