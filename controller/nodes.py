@@ -183,9 +183,9 @@ class NodeAllocations:
         """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
         return self.pool_sets.pool_of(cidr)
 
-    def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
-        """The pool whose deletion waits for the Node holding `cidr` (see `PoolSets.holding_pool`)."""
-        return self.pool_sets.holding_pool(cidr)
+    def owning_pool(self, cidr: netaddr.IPNetwork) -> str | None:
+        """The pool whose deletion waits for the Node holding `cidr` (see `PoolSets.owning_pool`)."""
+        return self.pool_sets.owning_pool(cidr)
 
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""

@@ -229,7 +229,7 @@ class PoolSpec:
     def family(self, version: int) -> PoolFamily | None:
         return next((family for family in self.families if family.version == version), None)
 
-    def holds(self, cidr: netaddr.IPNetwork) -> bool:
+    def contains(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether `cidr` lies inside one of the pool's CIDRs (draining ones included)."""
         family = self.family(int(cidr.version))
         return family is not None and any(cidr in entry.cidr for entry in family.cidrs)
@@ -274,7 +274,7 @@ class PoolSpec:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PoolSpecError(f"NodeCIDRPool {name}: malformed spec ({error!r})") from None
         for cidr in reserved:
-            if not pool.holds(cidr):
+            if not pool.contains(cidr):
                 raise PoolSpecError(f"NodeCIDRPool {name}: reserved {cidr} lies outside the pool's CIDRs")
         return pool
 
@@ -355,13 +355,14 @@ def rank(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: 
     return [candidate for _, candidate in ranked]
 
 
-def holder(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:
-    """The pool a Node's range belongs to: the one whose CIDRs contain it, never the one its labels pick.
+def owner(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:
+    """The pool a Node's range belongs to (Nodes hold ranges, pools own them): the one whose CIDRs contain it,
+    never the one its labels pick.
 
     A range in two pools (which overlap, and one of them is refused) belongs
     to the earlier one: the default pool first, then by creation time, then name.
     """
-    containing = [pool for pool in pools if pool.holds(cidr)]
+    containing = [pool for pool in pools if pool.contains(cidr)]
     return min(containing, key=_seniority, default=None)
 
 

@@ -160,10 +160,10 @@ class PoolSets:
         pool_cidr = self._index.pool_cidr_of(cidr)
         return pool_cidr.pool if pool_cidr is not None else None
 
-    def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
+    def owning_pool(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool whose deletion waits for the Node holding `cidr`: the serving pool that contains it, else a
         refused one that does (refused after it handed the range out, e.g. when an earlier pool grew over it)."""
-        pool_cidr = self._index.holding_pool_cidr_of(cidr)
+        pool_cidr = self._index.owner_cidr_of(cidr)
         return pool_cidr.pool if pool_cidr is not None else None
 
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:

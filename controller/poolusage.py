@@ -104,7 +104,7 @@ class PoolUsageBook:
                 moved.append(holding)
         for holding in moved:
             held = self._held[holding]
-            held.pool_cidr = index.holding_pool_cidr_of(holding[1])
+            held.pool_cidr = index.owner_cidr_of(holding[1])
             self._add(holding, held.pool_cidr)
         self._holders = {pool: counter for pool, counter in self._holders.items() if pool in index.pools}
         self._counts.clear()
@@ -121,7 +121,7 @@ class PoolUsageBook:
             if held.pool_cidr is None:
                 self._new_outside[holding] = None  # shown again, e.g. a reservation became a holding
             return
-        held = _Held(1, self._index.holding_pool_cidr_of(cidr))
+        held = _Held(1, self._index.owner_cidr_of(cidr))
         self._held[holding] = held
         self._add(holding, held.pool_cidr)
 

@@ -217,11 +217,11 @@ def test_a_pool_refused_after_it_handed_out_a_range_still_holds_it_for_its_final
     allocations = NodeAllocations([default], pools=[pool("earlier", **{key: family(mask, own)}), second])
     (held,) = commit(allocations, node("a"))
     assert held == next(N(later).subnet(mask))
-    assert allocations.holding_pool(held) == "later"
+    assert allocations.owning_pool(held) == "later"
     # The earlier pool grows beside the held range, overlapping the later pool: the later one is refused.
     allocations.set_pools([pool("earlier", **{key: family(mask, own, beside)}), second])
     assert "later" in refused_pools(allocations)
-    assert allocations.holding_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
+    assert allocations.owning_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
     # The earlier pool grows over the held range: that serving pool holds it now.
     allocations.set_pools([pool("earlier", **{key: family(mask, own, grown)}), second])
-    assert allocations.holding_pool(held) == "earlier"
+    assert allocations.owning_pool(held) == "earlier"

@@ -23,8 +23,8 @@ from controller.pools import (
     PoolSpecError,
     PoolUsage,
     Requirement,
-    holder,
     overlaps,
+    owner,
     rank,
     status_body,
 )
@@ -339,7 +339,7 @@ def test_holder_is_decided_by_containment_of_the_range(cidr: str, expected: str 
         )
     )
     default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
-    found = holder(netaddr.IPNetwork(cidr), [gpu, default])
+    found = owner(netaddr.IPNetwork(cidr), [gpu, default])
     assert (found.name if found else None) == expected
 
 
