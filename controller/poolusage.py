@@ -9,7 +9,8 @@ reserved ones, which are not capacity either. Which Nodes hold ranges in a
 pool is kept per pool CIDR (`PoolIndex`: containment, never labels), changed
 on every hold and release; when the pools change, only the ranges whose pool
 CIDR changed are placed again. Pure: the sets are handed in by their owner,
-`nodes.NodeAllocations`, which tells this book of every change to them.
+`poolsets.PoolSets`, which tells this book whenever their claims change; the
+ledger, `nodes.NodeAllocations`, tells it of every range held and released.
 """
 
 from __future__ import annotations
