@@ -33,7 +33,8 @@ from prometheus_client import generate_latest
 
 from controller.config import FamilyRange
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations
 from controller.pools import PoolSpec, overlaps
 from controller.reconciler import Reconciler
 
@@ -81,7 +82,7 @@ def held_nodes(bodies: Sequence[Mapping[str, Any]], count: int) -> list[NodeInfo
         cidr = cidrs[index % len(cidrs)]
         offset = index // len(cidrs)
         subnet = str(netaddr.IPNetwork((cidr.first + offset * step, NODE_MASK), 4))
-        nodes.append(NodeInfo(f"held-{index}", f"uid-held-{index}", (subnet,), "1", subnet))
+        nodes.append(NodeInfo(f"held-{index}", f"uid-held-{index}", (subnet,), subnet))
     return nodes
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import netaddr
 
+from controller.allocators import node_mask_bounds
 from controller.secure_serving import ServingOptions
 
 DEFAULT_NODE_MASK_IPV4 = 24
@@ -472,13 +473,14 @@ def build_ranges(
     ranges = []
     for cidr, mask in zip(cidrs, masks, strict=True):
         flag = "--node-cidr-mask-size" if node_cidr_mask_size is not None else f"--node-cidr-mask-size-ipv{cidr.version}"
-        if mask < cidr.prefixlen:
+        shortest, longest = node_mask_bounds(cidr)
+        if mask < shortest:
             raise ConfigError(
                 flag,
                 f"node mask size {mask} is shorter than the cluster CIDR prefix /{cidr.prefixlen} of {cidr}",
                 f"use a mask of at least {cidr.prefixlen} or a larger --cluster-cidr",
             )
-        if mask > (32 if cidr.version == 4 else 128):
+        if mask > longest:
             raise ConfigError(flag, f"node mask size {mask} is longer than an IPv{cidr.version} address", "use a smaller mask")
         ranges.append(FamilyRange(cidr, mask))
     return tuple(ranges)

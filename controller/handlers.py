@@ -19,8 +19,7 @@ from typing import Any
 import kopf
 
 from controller import kopfpatches
-from controller.kube import Credentials
-from controller.nodes import NodeInfo
+from controller.kube import Credentials, node_of
 from controller.reconciler import Reconciler
 
 WATCH_PAGE_SIZE = 500
@@ -122,7 +121,7 @@ def build_registry(credentials: Credentials, reconciler: Reconciler) -> kopf.Ope
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
-        await reconciler.node_event(event["type"], NodeInfo.from_body(event["object"]))
+        await reconciler.node_event(event["type"], node_of(event["object"]))
 
     return registry
 

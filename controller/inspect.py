@@ -16,9 +16,11 @@ from typing import Any
 
 import netaddr
 
+from controller.cidrs import ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.kube import ApiError, Credentials, KubeClient
-from controller.nodes import NodeAllocations, NodeInfo, ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations
 from controller.pools import PoolSpec, PoolSpecError, PoolUsage, overlaps
 
 

@@ -30,7 +30,7 @@ import aiohttp
 import msgspec
 import netaddr
 
-from controller.nodes import NodeInfo, labels_of
+from controller.model import NodeInfo, labels_of
 
 logger = logging.getLogger("nodeipam.kube")
 
@@ -62,7 +62,6 @@ POOLS_PATH = f"/apis/{POOLS_API_VERSION}/nodecidrpools"
 class _NodeMetadata(msgspec.Struct, frozen=True):
     name: str = ""
     uid: str = ""
-    resourceVersion: str = ""  # camelCase: the API's field names
     labels: dict[str, str] = {}  # they choose the pool of a Node without a range
 
 
@@ -72,7 +71,11 @@ class _NodeSpec(msgspec.Struct, frozen=True):
 
 
 class _Node(msgspec.Struct, frozen=True):
-    """The only fields of a Node this controller reads; msgspec skips the rest (~10 KB) unparsed."""
+    """The only fields of a Node this controller reads; msgspec skips the rest (~10 KB) unparsed.
+
+    The one decoder of Nodes: the API's answers and watch events (bytes),
+    and kopf's events (already decoded, through `node_of`) all read through it.
+    """
 
     metadata: _NodeMetadata = _NodeMetadata()
     spec: _NodeSpec = _NodeSpec()
@@ -83,7 +86,6 @@ class _Node(msgspec.Struct, frozen=True):
             name=self.metadata.name,
             uid=self.metadata.uid,
             pod_cidrs=spec.podCIDRs or ((spec.podCIDR,) if spec.podCIDR else ()),
-            resource_version=self.metadata.resourceVersion,
             pod_cidr=spec.podCIDR,
             labels=labels_of(self.metadata.labels),
         )
@@ -107,6 +109,11 @@ class _WatchEvent(msgspec.Struct, frozen=True):
 _decode_node = msgspec.json.Decoder(_Node).decode
 _decode_node_list = msgspec.json.Decoder(_NodeList).decode
 _decode_watch_event = msgspec.json.Decoder(_WatchEvent).decode
+
+
+def node_of(body: Mapping[str, Any]) -> NodeInfo:
+    """A Node already decoded into dicts and lists (a kopf event's body), read as the API's bytes are."""
+    return msgspec.convert(body, _Node).info()
 
 
 class ApiError(Exception):
@@ -586,7 +593,7 @@ def _now_micro() -> str:
 
 
 class KubeClient:
-    """Nodes, Events and Leases over one pooled aiohttp session."""
+    """Nodes, NodeCIDRPools, Events and Leases over one pooled aiohttp session."""
 
     def __init__(
         self,
@@ -843,14 +850,14 @@ class KubeClient:
             raise
         return list(listed.get("items") or [])
 
-    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> NodeInfo:
-        """Set spec.podCIDR(s) in one merge patch, only on the Node with this UID."""
+    async def patch_pod_cidrs(self, node: NodeInfo, cidrs: Sequence[netaddr.IPNetwork]) -> None:
+        """Set spec.podCIDR(s) in one merge patch, only on the Node with this UID.
+
+        The answer is not decoded: the caller needs only to know the patch applied (its watch event follows).
+        """
         values = [str(cidr) for cidr in cidrs]
         patch = {"metadata": {"uid": node.uid}, "spec": {"podCIDR": values[0], "podCIDRs": values}}
-        answer = await self.request_bytes(
-            "PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json"
-        )
-        return _decode_node(answer).info()  # the few fields read, not the whole ~10 KB Node
+        await self.request_bytes("PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json")
 
     # -- Events --------------------------------------------------------------
 

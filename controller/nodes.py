@@ -2,14 +2,15 @@
 
 Nothing here talks to the cluster. `NodeAllocations` is the single source of
 truth for which ranges are taken and by whom; the reconciler feeds it what it
-sees and carries out what it decides.
+sees and carries out what it decides. The sets it claims ranges in are a
+`poolsets.PoolSets` of their own.
 
 Invariants kept here:
 - A node subnet is marked in the sets iff at least one claim covers it: a
   Node's podCIDR (whole, part of a subnet, or several subnets), a reservation
   for a patch, a service range, or a pool's reserved range. It comes free
-  only when its last claim goes. With several pools, every set a claim
-  overlaps carries it, including sets made after the claim.
+  only when its last claim goes (the ledger makes and drops the claims; the
+  pool sets carry each to every set it overlaps, made before or after it).
 - Every holding and every reservation carries the Node's UID; nothing about
   one incarnation of a name is ever done to another.
 - A Node that already has podCIDRs is only occupied, never changed.
@@ -27,223 +28,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import netaddr
 
-from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
-from controller.cidrindex import CIDRCounter, CIDRIndex
+from controller.allocators import CIDRSet, NoCIDRsRemainingError
+from controller.cidrs import classify_pod_cidrs, join, overlaps, parse_cidr_sloppy, reads_as
 from controller.config import FamilyRange
-from controller.poolindex import PoolCIDRKey, PoolIndex
-from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, rank
+from controller.holders import Holders
+from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo, Problem
+from controller.pools import PoolSpec, rank
+from controller.poolsets import PoolSets
 from controller.poolusage import PoolUsageBook
-
-#: Event reason for a podCIDR the controller cannot account for cleanly.
-REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
-#: Event reason for a podCIDR that another Node holds too.
-REASON_DUPLICATE_POD_CIDR = "DuplicatePodCIDR"
 
 #: UIDs of deleted Nodes remembered, so that late events about them are ignored.
 RETIRED_UIDS_KEPT = 100_000
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeInfo:
-    """The few fields of a Node the allocator needs."""
-
-    name: str
-    uid: str
-    pod_cidrs: tuple[str, ...] = ()
-    resource_version: str = ""
-    pod_cidr: str = ""  # spec.podCIDR as written; must equal pod_cidrs[0]
-    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: they choose a pool for a Node without a range
-
-    @property
-    def label_map(self) -> dict[str, str]:
-        return dict(self.labels)
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> NodeInfo:
-        metadata = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-        return cls(
-            name=str(metadata.get("name", "")),
-            uid=str(metadata.get("uid", "")),
-            pod_cidrs=tuple(str(cidr) for cidr in cidrs),
-            resource_version=str(metadata.get("resourceVersion", "")),
-            pod_cidr=str(spec.get("podCIDR") or ""),
-            labels=labels_of(metadata.get("labels")),
-        )
-
-
-def labels_of(labels: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """A Node's labels as sorted pairs, so that NodeInfo stays a frozen, comparable value."""
-    return tuple(sorted((str(key), str(value)) for key, value in (labels or {}).items()))
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Something wrong with a Node's podCIDRs, worth a Warning event."""
-
-    reason: str
-    message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Classified:
-    """A Node's podCIDRs sorted into what can be occupied and what is wrong."""
-
-    usable: tuple[netaddr.IPNetwork, ...]
-    problems: tuple[Problem, ...]
-
-
-def _overlaps(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
-
-
-_DECIMAL = re.compile(r"[0-9]+")
-
-
-def _sloppy_ipv4(text: str) -> tuple[int, bool]:
-    """An IPv4 address as Go's pre-1.17 parser reads it: octets in decimal, leading zeros allowed.
-
-    Returns the address and whether any octet had a leading zero.
-    """
-    octets = text.split(".")
-    if len(octets) != 4 or not all(_DECIMAL.fullmatch(octet) and len(octet) <= 3 for octet in octets):
-        raise ValueError(f"{text!r} is not an IPv4 address")
-    values = [int(octet) for octet in octets]
-    if any(value > 255 for value in values):
-        raise ValueError(f"{text!r} has an octet above 255")
-    return int.from_bytes(bytes(values), "big"), any(len(octet) > 1 and octet[0] == "0" for octet in octets)
-
-
-def parse_cidr_sloppy(text: str) -> tuple[netaddr.IPNetwork, bool]:
-    """A CIDR read as kube-controller-manager's ParseCIDRSloppy reads it; and whether it had leading zeros.
-
-    Leading zeros in IPv4 octets (also in an IPv6 address's embedded IPv4
-    part) and in the prefix length are decimal, never octal: 10.244.01.0/24
-    is 10.244.1.0/24. Host bits are cleared, as Go's ParseCIDR does. Raises
-    ValueError for anything Go's parser would refuse.
-    """
-    address, slash, prefix = text.partition("/")
-    if not slash or not _DECIMAL.fullmatch(prefix) or len(prefix) > 3:
-        raise ValueError(f"{text!r} is not in CIDR notation")
-    sloppy = len(prefix) > 1 and prefix[0] == "0"
-    if ":" in address:
-        if "%" in address:
-            raise ValueError(f"{text!r} has a zone")
-        head, _, tail = address.rpartition(":")
-        if "." in tail:
-            embedded, zeros = _sloppy_ipv4(tail)
-            sloppy = sloppy or zeros
-            address = f"{head}:{ipaddress.IPv4Address(embedded)}"
-        value, version, bits = int(ipaddress.IPv6Address(address)), 6, 128
-    else:
-        value, zeros = _sloppy_ipv4(address)
-        sloppy, version, bits = sloppy or zeros, 4, 32
-    length = int(prefix)
-    if length > bits:
-        raise ValueError(f"{text!r} has a prefix longer than {bits} bits")
-    return netaddr.IPNetwork((value, length), version).cidr, sloppy
-
-
-def _shows(node: NodeInfo, cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
-    """Whether the Node's podCIDRs are exactly `cidrs`, in order (read as kube-controller-manager reads them)."""
-    try:
-        return tuple(parse_cidr_sloppy(text)[0] for text in node.pod_cidrs) == cidrs
-    except ValueError:
-        return False
-
-
-class ServedRanges:
-    """The ranges podCIDRs are judged against, in order, and a lookup of the first one a podCIDR overlaps."""
-
-    def __init__(self, ranges: Iterable[FamilyRange]) -> None:
-        self.ranges = tuple(ranges)
-        self.versions = frozenset(family.version for family in self.ranges)
-        self._index = CIDRIndex((family.cluster_cidr, family) for family in self.ranges)
-
-    def first_overlapping(self, cidr: netaddr.IPNetwork) -> FamilyRange | None:
-        found = self._index.overlapping(cidr)
-        return found[0] if found else None
-
-
-def classify_pod_cidrs(
-    pod_cidrs: Iterable[str],
-    ranges: Iterable[FamilyRange] | ServedRanges,
-    service_cidrs: Iterable[netaddr.IPNetwork] = (),
-) -> Classified:
-    """Decide which of a Node's podCIDRs to occupy, and what to warn about.
-
-    `ranges` are the cluster CIDRs, or every CIDR of every pool (several per
-    family): a podCIDR is judged against the first one it overlaps. A podCIDR that
-    overlaps one is occupied even when its mask is wrong or it sticks out, so
-    that no overlapping range is ever handed out. Values are read as
-    kube-controller-manager reads them (leading zeros as decimal), so that
-    both agree on which ranges are taken. A podCIDR overlapping one of
-    `service_cidrs` is occupied too, and reported: its pods may get the
-    addresses of Services. Judging many Nodes: pass a `ServedRanges`, made once.
-    """
-    served = ranges if isinstance(ranges, ServedRanges) else ServedRanges(ranges)
-    services = tuple(service_cidrs)
-    usable: list[netaddr.IPNetwork] = []
-    problems: list[Problem] = []
-    for text in pod_cidrs:
-        try:
-            cidr, sloppy = parse_cidr_sloppy(text)
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text!r} is not a CIDR; ignored"))
-            continue
-        if cidr.version not in served.versions:
-            listed = ", ".join(str(f.cluster_cidr) for f in served.ranges)
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} is IPv{cidr.version}, but this controller serves only {listed}; ignored",
-                )
-            )
-            continue
-        family = served.first_overlapping(cidr)
-        if family is None:
-            same_family = [f for f in served.ranges if f.version == cidr.version]
-            where = (
-                f"the cluster CIDR {same_family[0].cluster_cidr}"
-                if len(same_family) == 1
-                else "every pool CIDR (" + ", ".join(str(f.cluster_cidr) for f in same_family) + ")"
-            )
-            problems.append(Problem(REASON_INVALID_POD_CIDR, f"podCIDR {text} is outside {where}; ignored"))
-            continue
-        if sloppy:
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} is not in canonical form (leading zeros); read as {cidr}, as kube-controller-manager"
-                    " reads it, and kept out of the pool",
-                )
-            )
-        if cidr.prefixlen != family.node_mask_size or cidr not in family.cluster_cidr:
-            problems.append(
-                Problem(
-                    REASON_INVALID_POD_CIDR,
-                    f"podCIDR {text} does not match the node subnets of {family}; the ranges it covers are kept out of the pool",
-                )
-            )
-        for service in services:
-            if _overlaps(cidr, service):
-                problems.append(
-                    Problem(
-                        REASON_INVALID_POD_CIDR,
-                        f"podCIDR {text} overlaps the service range {service} (--service-cluster-ip-range): pods on this"
-                        " Node may get the addresses of Services; both stay out of the pool",
-                    )
-                )
-        usable.append(cidr)
-    return Classified(tuple(usable), tuple(problems))
 
 
 class Outcome(enum.Enum):
@@ -332,32 +131,13 @@ class Release:
     cidrs: tuple[netaddr.IPNetwork, ...]
 
 
-@dataclasses.dataclass(eq=False)
-class _PoolSet:
-    """The node subnets of one CIDR of one pool, and the claims on them."""
-
-    pool: str
-    cidr: netaddr.IPNetwork
-    node_mask_size: int
-    draining: bool
-    claims: ClaimedSubnets
-
-    @property
-    def free(self) -> int:
-        cidr_set = self.claims.cidr_set
-        return int(cidr_set.max_cidrs - cidr_set.allocated)
-
-
 class NodeAllocations:
-    """The sets of every pool (the flags' default pool, NodeCIDRPools), the claims on them, and who holds what.
+    """Who holds what: every Node's ranges, its reservation while a patch is settled, and what they claim.
 
-    A claim goes to every set whose CIDR it overlaps, and is remembered
-    (`_claimed`) so that a set made later, for a pool created or grown at
-    runtime, starts with every claim already made on its range: whichever
-    pool hands out a range, no other can hand out one overlapping it.
-
-    `pool_usage` is told of every claim and every range held or reserved,
-    so that each pool's usage is known without a pass over the Nodes.
+    The sets of every pool and the claims on them are a `PoolSets` of its
+    own, told of each claim this ledger makes and drops. `pool_usage` is
+    told of every range held or reserved, so that each pool's usage is
+    known without a pass over the Nodes.
     """
 
     def __init__(
@@ -367,34 +147,19 @@ class NodeAllocations:
         pools: Iterable[PoolSpec] = (),
     ) -> None:
         self.ranges = tuple(ranges)
-        self._default = PoolSpec.default(self.ranges)
-        self._versions = tuple(family.version for family in self.ranges)  # flag order: the order of a Node's podCIDRs
-        self._claimed = CIDRCounter()
         self.pool_usage = PoolUsageBook()
-        self._entries: dict[str, tuple[_PoolSet, ...]] = {
-            DEFAULT_POOL: tuple(self._new_set(DEFAULT_POOL, family.cluster_cidr, family.node_mask_size) for family in self.ranges)
-        }
-        self._entry_index = _index_of(self._entries)
-        self._index = PoolIndex([self._default])
-        self.sets = tuple(entry.claims.cidr_set for entry in self._entries[DEFAULT_POOL])  # the default pool's, in flag order
-        self._pools: dict[str, PoolSpec] = {}
-        self._refused: dict[str, str] = {}
-        self._reserved: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
-        self._served = ServedRanges(self.ranges)
+        self.all_service_cidrs = tuple(service_cidrs)
+        self.pool_sets = PoolSets(self.ranges, self.all_service_cidrs, self.pool_usage)
+        self.sets = self.pool_sets.sets  # the default pool's, in flag order
         self._holdings: dict[str, _Holding] = {}
-        self._holders_by_cidr: dict[netaddr.IPNetwork, set[str]] = {}
-        self._held_prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, prefix length)
-        self._overlapping: dict[str, set[str]] = {}  # Node -> the other Nodes whose ranges overlap its own
+        self._holders = Holders()  # who holds each range, and whose ranges overlap
         self._reservations: dict[str, Reservation] = {}
         self._kept_apart: dict[str, _KeptApart] = {}  # ranges a deposed leader's patch may set on a Node
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sequence = 0
-        self.all_service_cidrs = tuple(service_cidrs)
-        for cidr in self.all_service_cidrs:
-            self._claim(cidr)  # never unclaimed: the service range is never a Node's to free
         self.service_cidrs = tuple(
-            cidr for cidr in self.all_service_cidrs if any(_overlaps(cidr, family.cluster_cidr) for family in self.ranges)
+            cidr for cidr in self.all_service_cidrs if any(overlaps(cidr, family.cluster_cidr) for family in self.ranges)
         )
         self.set_pools(pools)
 
@@ -403,91 +168,32 @@ class NodeAllocations:
     def set_pools(self, pools: Iterable[PoolSpec]) -> dict[str, str]:
         """Serve these NodeCIDRPools (beside the default pool); returns the refused ones: name -> why.
 
-        Sets of CIDRs a pool keeps are kept; a CIDR new to it gets a set holding
-        every claim made so far. A pool that overlaps an earlier one (or the
-        service range) is refused: it hands out nothing until fixed. A pool
-        being deleted should come in disabled.
+        See `PoolSets.set_pools`. What Nodes show in ranges served only now
+        (a pool created around them) is claimed now.
         """
-        specs = {pool.name: pool for pool in pools if not pool.is_default}
-        index = PoolIndex([self._default, *specs.values()], self.all_service_cidrs)
-        refused = index.refused
-        # A pool's reserved ranges are claimed while it is accepted: a refused pool serves nothing, so it must
-        # not take ranges from the pool it overlaps either.
-        for name, cidrs in list(self._reserved.items()):
-            spec = specs.get(name)
-            if spec is None or spec.reserved != cidrs or name in refused:
-                del self._reserved[name]
-                for cidr in cidrs:
-                    self._unclaim(cidr)
-        entries: dict[str, tuple[_PoolSet, ...]] = {DEFAULT_POOL: self._entries[DEFAULT_POOL]}
-        new: list[_PoolSet] = []
-        for name, spec in specs.items():
-            kept = {(entry.cidr, entry.node_mask_size): entry for entry in self._entries.get(name, ())}
-            made = []
-            for family in spec.families:
-                for pool_cidr in family.cidrs:
-                    entry = kept.get((pool_cidr.cidr, family.node_mask_size))
-                    if entry is None:
-                        entry = _empty_set(name, pool_cidr.cidr, family.node_mask_size)
-                        new.append(entry)
-                    entry.draining = pool_cidr.draining
-                    made.append(entry)
-            entries[name] = tuple(made)
-        self._claim_so_far(new)
-        self._entries = entries
-        self._entry_index = _index_of(entries)
-        for name, spec in specs.items():
-            if name not in self._reserved and spec.reserved and name not in refused:
-                self._reserved[name] = spec.reserved
-                for cidr in spec.reserved:
-                    self._claim(cidr)
-        self._pools = specs
-        self._refused = dict(refused)
-        self._index = index
-        self.pool_usage.serve(
-            index,
-            {PoolCIDRKey(entry.pool, entry.cidr): entry.claims.cidr_set for pool in entries.values() for entry in pool},
-            self.all_service_cidrs,
-        )
-        ordered = sorted(specs.values(), key=lambda spec: (spec.name in self._refused, spec.created, spec.name))
-        self._served = ServedRanges(
-            self.ranges
-            + tuple(
-                FamilyRange(entry.cidr, family.node_mask_size)
-                for spec in ordered
-                for family in spec.families
-                for entry in family.cidrs
-            )
-        )
-        self._claim_newly_served()
-        return dict(self._refused)
+        if self.pool_sets.set_pools(pools):
+            self._claim_newly_served()
+        return self.pool_sets.refused
 
     def pools(self) -> list[PoolSpec]:
         """The default pool, then every NodeCIDRPool served (refused ones too)."""
-        return [self._default, *self._pools.values()]
-
-    def refused(self) -> dict[str, str]:
-        return dict(self._refused)
+        return self.pool_sets.pools()
 
     def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
         """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
-        pool_cidr = self._index.pool_cidr_of(cidr)
-        return pool_cidr.pool if pool_cidr is not None else None
+        return self.pool_sets.pool_of(cidr)
 
-    def holding_pool(self, cidr: netaddr.IPNetwork) -> str | None:
-        """The pool whose deletion waits for the Node holding `cidr`: the serving pool that contains it, else a
-        refused one that does (refused after it handed the range out, e.g. when an earlier pool grew over it)."""
-        pool_cidr = self._index.holding_pool_cidr_of(cidr)
-        return pool_cidr.pool if pool_cidr is not None else None
+    def owning_pool(self, cidr: netaddr.IPNetwork) -> str | None:
+        """The pool whose deletion waits for the Node holding `cidr` (see `PoolSets.owning_pool`)."""
+        return self.pool_sets.owning_pool(cidr)
 
     def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
-        return self._index.overlaps_serving(cidr)
+        return self.pool_sets.overlaps_served(cidr)
 
     def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
         """The CIDR (of the pool `pool_of` names) that contains a range."""
-        pool_cidr = self._index.pool_cidr_of(cidr)
-        return pool_cidr.cidr if pool_cidr is not None else None
+        return self.pool_sets.pool_cidr_of(cidr)
 
     def holdings(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
@@ -496,26 +202,12 @@ class NodeAllocations:
             found[name] = tuple(dict.fromkeys((*found.get(name, ()), *reservation.cidrs)))
         return list(found.items())
 
-    def _new_set(self, pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
-        entry = _empty_set(pool, cidr, node_mask_size)
-        self._claim_so_far([entry])
-        return entry
-
-    def _claim_so_far(self, entries: list[_PoolSet]) -> None:
-        """Every claim made so far, in new sets: one pass over the claims, whatever the number of sets."""
-        if not entries:
-            return
-        for entry in entries:
-            for claimed, count in self._claimed.overlapping(entry.cidr):
-                for _ in range(count):
-                    entry.claims.claim(claimed)
-
     def _claim_newly_served(self) -> None:
         """Claim what Nodes show that lay in no pool before, and lies in one now (a pool created around it)."""
         for name, held in self._holdings.items():
             if len(held.cidrs) >= len(held.as_written):
                 continue
-            usable = classify_pod_cidrs(held.as_written, self._served).usable
+            usable = classify_pod_cidrs(held.as_written, self.pool_sets.served).usable
             new = [cidr for cidr in dict.fromkeys(usable) if cidr not in held.cidrs]
             if new:
                 held.cidrs = (*held.cidrs, *new)
@@ -540,9 +232,6 @@ class NodeAllocations:
     def reservation(self, name: str) -> Reservation | None:
         """The open reservation for a Node name, if any."""
         return self._reservations.get(name)
-
-    def is_in_flight(self, name: str) -> bool:
-        return name in self._reservations
 
     def unsettled(self) -> list[Reservation]:
         """UNKNOWN reservations no task is working on: the resync settles them."""
@@ -582,11 +271,11 @@ class NodeAllocations:
 
     def overlapping_count(self) -> int:
         """How many Nodes hold a range that overlaps another Node's (a duplicate someone made)."""
-        return len(self._overlapping)
+        return self._holders.overlapping_count()
 
     def overlapping_with(self, name: str) -> list[str]:
         """The other Nodes whose ranges overlap this Node's."""
-        return sorted(self._overlapping.get(name, ()))
+        return self._holders.overlapping_with(name)
 
     def overlaps_of(self, name: str) -> Observation:
         """The duplicates this Node's ranges are part of, as `observe` reports them (after a commit, say)."""
@@ -595,7 +284,7 @@ class NodeAllocations:
             (other, theirs)
             for other in self.overlapping_with(name)
             for theirs in self.holding(other)
-            if any(_overlaps(theirs, ours) for ours in held)
+            if any(overlaps(theirs, ours) for ours in held)
         ]
         return Observation(Outcome.NOTHING, tuple(_duplicate_problems(held, pairs)), overlapping=tuple(pairs))
 
@@ -633,7 +322,7 @@ class NodeAllocations:
             if not reservation.owned:
                 return self._settle_reservation(reservation, node)
             sent = reservation.state is not ReservationState.RESERVED
-            if node.pod_cidrs and not (sent and _shows(node, reservation.cidrs)):
+            if node.pod_cidrs and not (sent and reads_as(node.pod_cidrs, reservation.cidrs)):
                 # Someone else set ranges while our patch is in flight (other ones: it will be refused), or
                 # before it was sent (even our very values: a patch never sent wrote nothing): the Node
                 # holds them now, so they are claimed now, beside the reservation until it ends.
@@ -715,11 +404,12 @@ class NodeAllocations:
             raise ReservationError(f"node {node.name} (UID {node.uid}) is deleted")
         held = self._holdings.get(node.name)
         if held is not None and held.cidrs:
-            raise ReservationError(f"node {node.name} holds {_join(held.cidrs)} already")
+            raise ReservationError(f"node {node.name} holds {join(held.cidrs)} already")
         tried: list[str] = []
-        candidates = self._candidates()
+        candidates = self.pool_usage.candidates()
         # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
-        ranked = rank(candidates, node.label_map, node.name, self._versions) if self._pools else candidates
+        pools = self.pool_sets
+        ranked = rank(candidates, node.label_map, node.name, pools.versions) if pools.has_pools else candidates
         for candidate in ranked:
             if not candidate.has_room:
                 full = [
@@ -729,7 +419,7 @@ class NodeAllocations:
                 ]
                 tried.append(f"{candidate.name} ({' and '.join(full)} full)")
                 continue
-            taken = self._take(candidate.name)
+            taken = pools.take(candidate.name)
             if taken is None:
                 tried.append(f"{candidate.name} (no free range)")
                 continue
@@ -741,41 +431,9 @@ class NodeAllocations:
                 self.pool_usage.hold(node.name, cidr)
             return reservation
         self._waiting[node.name] = node
-        if not self._pools:
-            exhausted = ", ".join(str(entry.cidr) for entry in self._entries[DEFAULT_POOL] if entry.free <= 0)
-            raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {exhausted}")
+        if not pools.has_pools:
+            raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {pools.exhausted()}")
         raise NoCIDRsRemainingError("no pool has a free range for it; tried " + ("; ".join(tried) or "none (no pool matches)"))
-
-    def _candidates(self) -> list[Candidate]:
-        """Every pool that may hand out ranges, with its free ranges per family (draining CIDRs have none)."""
-        return self.pool_usage.candidates()
-
-    def _take(self, pool: str) -> tuple[netaddr.IPNetwork, ...] | None:
-        """One range per served family from `pool`, in flag order; None (nothing taken) when one family has none."""
-        taken: list[netaddr.IPNetwork] = []
-        for version in self._versions:
-            entry = next(
-                (e for e in self._entries[pool] if e.cidr.version == version and not e.draining and e.free > 0),
-                None,
-            )
-            if entry is None:
-                break
-            try:
-                subnet = entry.claims.allocate_next()
-            except NoCIDRsRemainingError:
-                break
-            self._claimed.add(subnet)
-            self.pool_usage.claims_changed(entry.pool)
-            for other in self._sets_overlapping(subnet):
-                if other is not entry:
-                    other.claims.claim(subnet)
-                    self.pool_usage.claims_changed(other.pool)
-            taken.append(subnet)
-        else:
-            return tuple(taken)
-        for cidr in taken:
-            self._unclaim(cidr)
-        return None
 
     def resume(self, node: NodeInfo) -> Reservation:
         """Take over an UNKNOWN reservation left for the resync, to patch again with the same ranges."""
@@ -811,15 +469,15 @@ class NodeAllocations:
         if node.pod_cidrs or node.uid in self._retired or not parsed:
             return Adopted.DROPPED, "it holds podCIDRs already" if node.pod_cidrs else "it is deleted or the patch sets nothing"
         cidrs = tuple(dict.fromkeys(parsed))
-        classified = classify_pod_cidrs(texts, self._served)
+        classified = classify_pod_cidrs(texts, self.pool_sets.served)
         why = "; ".join(problem.message for problem in classified.problems)
         if not why and node.name in self._reservations:
             why = "it has a reservation already"
         for cidr in cidrs if not why else ():
-            if any(entry.claims.cidr_set.used_count(cidr) for entry in self._sets_overlapping(cidr)):
+            if self.pool_sets.in_use(cidr):
                 why = f"{cidr} is in use"
         for cidr in cidrs:
-            self._claim(cidr)
+            self.pool_sets.claim(cidr)
         if why:
             self._kept_apart[node.name] = _KeptApart(node.uid, cidrs, self._tick())
             return Adopted.KEPT_APART, why
@@ -838,7 +496,7 @@ class NodeAllocations:
         if apart is None:
             return []
         del self._kept_apart[name]
-        return [cidr for cidr in apart.cidrs if self._unclaim(cidr)]
+        return [cidr for cidr in apart.cidrs if self.pool_sets.unclaim(cidr)]
 
     def patching(self, reservation: Reservation) -> None:
         """The patch with the reserved ranges is about to be sent."""
@@ -935,30 +593,9 @@ class NodeAllocations:
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _sets_overlapping(self, cidr: netaddr.IPNetwork) -> list[_PoolSet]:
-        return self._entry_index.overlapping(cidr)
-
-    def _claim(self, cidr: netaddr.IPNetwork) -> None:
-        """One claim on `cidr`, in every set it overlaps now, and remembered for sets made later."""
-        self._claimed.add(cidr)
-        for entry in self._sets_overlapping(cidr):
-            entry.claims.claim(cidr)
-            self.pool_usage.claims_changed(entry.pool)
-
-    def _unclaim(self, cidr: netaddr.IPNetwork) -> int:
-        """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
-        if not self._claimed.count(cidr):
-            return 0
-        self._claimed.remove(cidr)
-        freed = 0
-        for entry in self._sets_overlapping(cidr):
-            freed += entry.claims.unclaim(cidr)
-            self.pool_usage.claims_changed(entry.pool)
-        return freed
-
     def _check_current(self, reservation: Reservation) -> None:
         if self._reservations.get(reservation.name) is not reservation:
-            raise ReservationError(f"the reservation of {_join(reservation.cidrs)} for node {reservation.name} is settled")
+            raise ReservationError(f"the reservation of {join(reservation.cidrs)} for node {reservation.name} is settled")
 
     def _retire(self, name: str, uid: str) -> None:
         """Remember a deleted incarnation, so that late events about it change nothing."""
@@ -979,7 +616,7 @@ class NodeAllocations:
         if held is not None and held.as_written == node.pod_cidrs:
             return Observation(Outcome.NOTHING, why="already accounted for")  # every status update lands here
         self._waiting.pop(node.name, None)
-        classified = classify_pod_cidrs(node.pod_cidrs, self._served, self.all_service_cidrs)
+        classified = classify_pod_cidrs(node.pod_cidrs, self.pool_sets.served, self.all_service_cidrs)
         usable = classified.usable
         if held is not None and held.cidrs == usable:
             held.as_written = node.pod_cidrs
@@ -989,8 +626,8 @@ class NodeAllocations:
         previous = self._holdings.get(node.name)
         before = set(previous.cidrs) if previous is not None else set()
         since = previous.since if previous is not None else self._tick()
-        self._forget_overlaps(node.name)
-        overlapping = self._record_overlaps(node.name, usable)
+        self._holders.forget_overlaps(node.name)
+        overlapping = self._holders.record_overlaps(node.name, usable)
         problems += _duplicate_problems(usable, overlapping)
         self._holdings[node.name] = _Holding(node.uid, usable, since, node.pod_cidrs)
         self._claim_all(node.name, [cidr for cidr in usable if cidr not in before])
@@ -1003,7 +640,7 @@ class NodeAllocations:
             return Observation(Outcome.RESUME, why="its patch may or may not have applied: patch again with the same ranges")
         # Judged by the values alone, not by which pools serve them now: a pool that lost a CIDR meanwhile
         # does not make our own applied patch look like someone else's.
-        if _shows(node, reservation.cidrs):
+        if reads_as(node.pod_cidrs, reservation.cidrs):
             self._close_as_committed(reservation)
             return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
         # Another value is set, and podCIDRs never change once set: ours can never land.
@@ -1021,7 +658,7 @@ class NodeAllocations:
         reservation.state = ReservationState.RELEASED
         for cidr in reservation.cidrs:
             self.pool_usage.release(reservation.name, cidr)
-        return tuple(cidr for cidr in reservation.cidrs if self._unclaim(cidr))
+        return tuple(cidr for cidr in reservation.cidrs if self.pool_sets.unclaim(cidr))
 
     def _close_as_committed(self, reservation: Reservation) -> None:
         """The reservation's claims become the Node's holding (no claim moves)."""
@@ -1032,8 +669,8 @@ class NodeAllocations:
             self._unclaim_all(reservation.name, previous.cidrs)
         as_written = tuple(str(cidr) for cidr in reservation.cidrs)
         # Claims keep our own ranges apart; only someone else's write (seen while ours was in flight) can overlap.
-        self._forget_overlaps(reservation.name)
-        self._record_overlaps(reservation.name, reservation.cidrs)
+        self._holders.forget_overlaps(reservation.name)
+        self._holders.record_overlaps(reservation.name, reservation.cidrs)
         self._holdings[reservation.name] = _Holding(reservation.uid, reservation.cidrs, reservation.since, as_written)
         for cidr in reservation.cidrs:
             self._hold(reservation.name, cidr)  # the holding's reference to the range, before the reservation's goes
@@ -1046,81 +683,27 @@ class NodeAllocations:
     def _claim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> None:
         """One claim per distinct range a holder shows (a range listed twice is claimed once)."""
         for cidr in dict.fromkeys(cidrs):
-            self._claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
+            self.pool_sets.claim(cidr)  # classify_pod_cidrs only passes ranges that overlap a pool's CIDR
             self._hold(name, cidr)
 
     def _hold(self, name: str, cidr: netaddr.IPNetwork) -> None:
-        holders = self._holders_by_cidr.setdefault(cidr, set())
-        if name in holders:
-            return
-        if not holders:
-            self._held_prefixes[(cidr.version, cidr.prefixlen)] += 1
-        holders.add(name)
-        self.pool_usage.hold(name, cidr)
+        if self._holders.add(name, cidr):
+            self.pool_usage.hold(name, cidr)
 
     def _unclaim_all(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[netaddr.IPNetwork]:
         released = []
         for cidr in dict.fromkeys(cidrs):
-            holders = self._holders_by_cidr.get(cidr)
-            if holders is None or name not in holders:
+            if not self._holders.remove(name, cidr):
                 continue
-            holders.discard(name)
-            if not holders:
-                del self._holders_by_cidr[cidr]
-                self._held_prefixes[(cidr.version, cidr.prefixlen)] -= 1
-                if not self._held_prefixes[(cidr.version, cidr.prefixlen)]:
-                    del self._held_prefixes[(cidr.version, cidr.prefixlen)]
             self.pool_usage.release(name, cidr)
-            if self._unclaim(cidr):
+            if self.pool_sets.unclaim(cidr):
                 released.append(cidr)
         return released
 
     def _drop_holding(self, name: str) -> list[netaddr.IPNetwork]:
         held = self._holdings.pop(name)
-        self._forget_overlaps(name)
+        self._holders.forget_overlaps(name)
         return self._unclaim_all(name, held.cidrs)
-
-    # -- duplicates someone else made ------------------------------------------------
-
-    def _holders_overlapping(self, cidr: netaddr.IPNetwork) -> list[tuple[str, netaddr.IPNetwork]]:
-        """(Node, its range) of every holding that overlaps `cidr`.
-
-        One lookup per prefix length held (normally one: the node mask); only a
-        range wider than some held one (bad data) scans the holdings.
-        """
-        found: list[tuple[str, netaddr.IPNetwork]] = []
-        bits = 32 if cidr.version == 4 else 128
-        for version, prefixlen in list(self._held_prefixes):
-            if version != cidr.version:
-                continue
-            if prefixlen <= cidr.prefixlen:
-                host_bits = bits - prefixlen
-                containing = netaddr.IPNetwork((cidr.first >> host_bits << host_bits, prefixlen), version)
-                found += [(name, containing) for name in self._holders_by_cidr.get(containing, ())]
-            else:
-                found += [
-                    (name, held)
-                    for held, names in self._holders_by_cidr.items()
-                    if held.version == version and held.prefixlen == prefixlen and _overlaps(held, cidr)
-                    for name in names
-                ]
-        return found
-
-    def _record_overlaps(self, name: str, cidrs: Iterable[netaddr.IPNetwork]) -> list[tuple[str, netaddr.IPNetwork]]:
-        """Note which other Nodes hold ranges overlapping `cidrs`; returns them (Node, its range)."""
-        found = [(other, theirs) for cidr in cidrs for other, theirs in self._holders_overlapping(cidr) if other != name]
-        for other, _ in found:
-            self._overlapping.setdefault(name, set()).add(other)
-            self._overlapping.setdefault(other, set()).add(name)
-        return list(dict.fromkeys(found))
-
-    def _forget_overlaps(self, name: str) -> None:
-        for other in self._overlapping.pop(name, ()):
-            others = self._overlapping.get(other)
-            if others is not None:
-                others.discard(name)
-                if not others:
-                    del self._overlapping[other]
 
 
 def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable[tuple[str, netaddr.IPNetwork]]) -> list[Problem]:
@@ -1128,21 +711,8 @@ def _duplicate_problems(ours: Iterable[netaddr.IPNetwork], overlapping: Iterable
     return [
         Problem(
             REASON_DUPLICATE_POD_CIDR,
-            f"podCIDR {_join(c for c in ours if _overlaps(c, theirs))} overlaps {theirs} of node {other}; "
+            f"podCIDR {join(c for c in ours if overlaps(c, theirs))} overlaps {theirs} of node {other}; "
             "both stay out of the pool until every holder is gone",
         )
         for other, theirs in overlapping
     ]
-
-
-def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
-    return ",".join(str(cidr) for cidr in cidrs)
-
-
-def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
-    return _PoolSet(pool, cidr, node_mask_size, False, ClaimedSubnets(CIDRSet(cidr, node_mask_size)))
-
-
-def _index_of(entries: Mapping[str, Iterable[_PoolSet]]) -> CIDRIndex[_PoolSet]:
-    """The sets of every pool, found by the ranges they overlap."""
-    return CIDRIndex((entry.cidr, entry) for pool in entries.values() for entry in pool)

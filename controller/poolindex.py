@@ -1,7 +1,7 @@
 """Which pool, and which of its CIDRs, a range belongs to: one lookup, for pools as they are served now.
 
 A range belongs to the serving pool whose CIDR contains it, never to the
-pool its Node's labels pick (`pools.holder`). Serving pools never overlap
+pool its Node's labels pick (`pools.owner`). Serving pools never overlap
 one another (`pools.overlaps` refuses the later of two), so at most one of
 their CIDRs contains a range. A range no serving pool contains may still lie
 in a refused pool, refused after it handed the range out: that pool's
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import netaddr
 
 from controller.cidrindex import CIDRIndex
-from controller.pools import DEFAULT_POOL, PoolSpec, holder, overlaps
+from controller.pools import DEFAULT_POOL, PoolSpec, overlaps, owner
 
 
 class PoolCIDRKey(NamedTuple):
@@ -51,13 +51,13 @@ class PoolIndex:
         found = self._serving.containing(cidr)
         return found[0] if found else None
 
-    def holding_pool_cidr_of(self, cidr: netaddr.IPNetwork) -> PoolCIDRKey | None:
+    def owner_cidr_of(self, cidr: netaddr.IPNetwork) -> PoolCIDRKey | None:
         """Where a Node's range holds up a pool's deletion: `pool_cidr_of`, else the earliest refused pool containing it."""
         pool_cidr = self.pool_cidr_of(cidr)
         if pool_cidr is not None:
             return pool_cidr
         found = self._refused.containing(cidr)
-        senior = holder(cidr, [self.pools[candidate.pool] for candidate in found])
+        senior = owner(cidr, [self.pools[candidate.pool] for candidate in found])
         return next((candidate for candidate in found if senior is not None and candidate.pool == senior.name), None)
 
     def overlaps_serving(self, cidr: netaddr.IPNetwork) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 
 import netaddr
 
+from controller import cidrs
+from controller.allocators import node_mask_bounds
 from controller.config import FamilyRange
 
 #: The pool made of the --cluster-cidr and mask flags; not a valid object name, so no NodeCIDRPool can take it.
@@ -227,7 +229,7 @@ class PoolSpec:
     def family(self, version: int) -> PoolFamily | None:
         return next((family for family in self.families if family.version == version), None)
 
-    def holds(self, cidr: netaddr.IPNetwork) -> bool:
+    def contains(self, cidr: netaddr.IPNetwork) -> bool:
         """Whether `cidr` lies inside one of the pool's CIDRs (draining ones included)."""
         family = self.family(int(cidr.version))
         return family is not None and any(cidr in entry.cidr for entry in family.cidrs)
@@ -272,7 +274,7 @@ class PoolSpec:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PoolSpecError(f"NodeCIDRPool {name}: malformed spec ({error!r})") from None
         for cidr in reserved:
-            if not pool.holds(cidr):
+            if not pool.contains(cidr):
                 raise PoolSpecError(f"NodeCIDRPool {name}: reserved {cidr} lies outside the pool's CIDRs")
         return pool
 
@@ -298,17 +300,14 @@ def _family(body: Mapping[str, Any], version: int) -> PoolFamily:
     for entry in entries:
         if entry.cidr.version != version:
             raise PoolSpecError(f"{entry.cidr} is not IPv{version}")
-        if not entry.cidr.prefixlen <= mask <= (32 if version == 4 else 128):
+        shortest, longest = node_mask_bounds(entry.cidr)
+        if not shortest <= mask <= longest:
             raise PoolSpecError(f"nodeMaskSize {mask} does not fit {entry.cidr}")
     for index, entry in enumerate(entries):
         for other in entries[index + 1 :]:
-            if _overlap(entry.cidr, other.cidr):
+            if cidrs.overlaps(entry.cidr, other.cidr):
                 raise PoolSpecError(f"{entry.cidr} and {other.cidr} overlap")
     return PoolFamily(mask, entries)
-
-
-def _overlap(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
 
 
 # -- choosing pools --------------------------------------------------------------------------------
@@ -356,18 +355,14 @@ def rank(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: 
     return [candidate for _, candidate in ranked]
 
 
-def choose(ranked: Sequence[Candidate]) -> Candidate | None:
-    """The first ranked pool with room in every family, if any."""
-    return next((candidate for candidate in ranked if candidate.has_room), None)
-
-
-def holder(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:
-    """The pool a Node's range belongs to: the one whose CIDRs contain it, never the one its labels pick.
+def owner(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:
+    """The pool a Node's range belongs to (Nodes hold ranges, pools own them): the one whose CIDRs contain it,
+    never the one its labels pick.
 
     A range in two pools (which overlap, and one of them is refused) belongs
     to the earlier one: the default pool first, then by creation time, then name.
     """
-    containing = [pool for pool in pools if pool.holds(cidr)]
+    containing = [pool for pool in pools if pool.contains(cidr)]
     return min(containing, key=_seniority, default=None)
 
 
@@ -401,7 +396,7 @@ def overlaps(pools: Iterable[PoolSpec], service_cidrs: Iterable[netaddr.IPNetwor
                     for family in pool.families
                     for entry in family.cidrs
                     for service in services
-                    if _overlap(entry.cidr, service)
+                    if cidrs.overlaps(entry.cidr, service)
                 ),
                 None,
             )

@@ -9,7 +9,8 @@ reserved ones, which are not capacity either. Which Nodes hold ranges in a
 pool is kept per pool CIDR (`PoolIndex`: containment, never labels), changed
 on every hold and release; when the pools change, only the ranges whose pool
 CIDR changed are placed again. Pure: the sets are handed in by their owner,
-`nodes.NodeAllocations`, which tells this book of every change to them.
+`poolsets.PoolSets`, which tells this book whenever their claims change; the
+ledger, `nodes.NodeAllocations`, tells it of every range held and released.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping
 import netaddr
 
 from controller.allocators import CIDRSet
+from controller.cidrs import overlaps
 from controller.poolindex import PoolCIDRKey, PoolIndex
 from controller.pools import BLOCKING_NODES_SHOWN, Candidate, CIDRUsage, FamilyUsage, PoolSpec, PoolUsage
 
@@ -103,7 +105,7 @@ class PoolUsageBook:
                 moved.append(holding)
         for holding in moved:
             held = self._held[holding]
-            held.pool_cidr = index.holding_pool_cidr_of(holding[1])
+            held.pool_cidr = index.owner_cidr_of(holding[1])
             self._add(holding, held.pool_cidr)
         self._holders = {pool: counter for pool, counter in self._holders.items() if pool in index.pools}
         self._counts.clear()
@@ -120,7 +122,7 @@ class PoolUsageBook:
             if held.pool_cidr is None:
                 self._new_outside[holding] = None  # shown again, e.g. a reservation became a holding
             return
-        held = _Held(1, self._index.holding_pool_cidr_of(cidr))
+        held = _Held(1, self._index.owner_cidr_of(cidr))
         self._held[holding] = held
         self._add(holding, held.pool_cidr)
 
@@ -280,14 +282,10 @@ class PoolUsageBook:
 def _reserved_slots(pool: PoolSpec, cidr_set: CIDRSet, services: tuple[netaddr.IPNetwork, ...]) -> int:
     """Node ranges of one pool CIDR that its reserved ranges (the service range, in the default pool) cover."""
     cidr = cidr_set.cluster_cidr
-    reserved = [r for r in (*pool.reserved, *(services if pool.is_default else ())) if _overlap(r, cidr)]
+    reserved = [r for r in (*pool.reserved, *(services if pool.is_default else ())) if overlaps(r, cidr)]
     if not reserved:
         return 0
     tally = CIDRSet(cidr, cidr_set.node_mask_size)
     for r in reserved:
         tally.occupy(r)
     return tally.allocated
-
-
-def _overlap(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)

@@ -35,18 +35,8 @@ from controller.allocators import NoCIDRsRemainingError
 from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import (
-    REASON_DUPLICATE_POD_CIDR,
-    REASON_INVALID_POD_CIDR,
-    Adopted,
-    NodeAllocations,
-    NodeInfo,
-    Observation,
-    Outcome,
-    Problem,
-    Reservation,
-    ReservationError,
-)
+from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo, Problem
+from controller.nodes import Adopted, NodeAllocations, Observation, Outcome, Reservation, ReservationError
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
 from controller.workqueue import KeyedQueue
 

@@ -10,7 +10,6 @@ Slot ``i`` is the node subnet ``cluster_base + (i << host_bits) / node_mask_size
 
 from __future__ import annotations
 
-import threading
 from typing import Final, TypeAlias
 
 import netaddr  # type: ignore[import-untyped, unused-ignore]
@@ -31,6 +30,14 @@ class NoCIDRsRemainingError(CIDRSetError):
     """Every node subnet of the cluster CIDR is in use."""
 
 
+def node_mask_bounds(cidr: netaddr.IPNetwork) -> tuple[int, int]:
+    """The shortest and longest node mask a CIDR can be carved with: its own prefix, and one address.
+
+    The one home of that rule: the flags, NodeCIDRPools and the sets all check masks against it.
+    """
+    return int(cidr.prefixlen), ADDRESS_BITS[int(cidr.version)]
+
+
 def _parse(cidr: CIDRLike, what: str) -> netaddr.IPNetwork:
     """``cidr`` as an IPNetwork (host bits kept), or CIDRSetError for anything malformed."""
     if isinstance(cidr, netaddr.IPNetwork):
@@ -45,10 +52,11 @@ class CIDRSet:
     """The node subnets of one cluster CIDR, handed out next-fit like upstream's ``CidrSet``.
 
     ``allocate_next`` searches from the slot after the previous allocation and wraps around, so
-    a just-released subnet is reissued last. ``occupy``/``release`` take any CIDR of the set's
-    family that overlaps the cluster range: a bigger one marks every node subnet it covers
-    (clipped to the cluster range), a smaller one the node subnet that contains it. Counters only
-    move for slots that change state, so repeating either is a no-op. Thread-safe.
+    a just-released subnet is reissued last. ``occupy``, ``used_count`` and ``slot_range`` take any
+    CIDR of the set's family that overlaps the cluster range: a bigger one means every node subnet
+    it covers (clipped to the cluster range), a smaller one the node subnet that contains it.
+    Counters only move for slots that change state, so repeating a mark is a no-op. Not locked: only the event
+    loop's thread uses it.
     """
 
     def __init__(
@@ -60,8 +68,7 @@ class CIDRSet:
     ) -> None:
         """``word_bits`` sets the bitmap fan-out (2**word_bits); only tests need to change it."""
         cluster = _parse(cluster_cidr, "cluster CIDR").cidr
-        address_bits: int = ADDRESS_BITS[cluster.version]
-        prefix: int = cluster.prefixlen
+        prefix, address_bits = node_mask_bounds(cluster)
         if node_mask_size < prefix:
             raise CIDRSetError(f"node mask size {node_mask_size} is shorter than the cluster CIDR prefix /{prefix} of {cluster}")
         if node_mask_size > address_bits:
@@ -76,7 +83,6 @@ class CIDRSet:
         self._host_bits = address_bits - node_mask_size
         self._used = SparseBitmap(node_mask_size - prefix, word_bits)
         self._next_candidate = 0
-        self._lock = threading.Lock()
 
     # -- read-only views ---------------------------------------------------------------------
 
@@ -126,50 +132,27 @@ class CIDRSet:
 
     def allocate_next(self) -> netaddr.IPNetwork:
         """Mark and return the first free node subnet at or after the cursor, wrapping around."""
-        with self._lock:
-            used = self._used
-            candidate = used.find_clear(self._next_candidate)
-            if candidate is None:
-                candidate = used.find_clear(0)
-            if candidate is None:
-                raise NoCIDRsRemainingError(
-                    f"CIDR allocation failed; there are no remaining CIDRs left to allocate in the range {self._cluster}"
-                )
-            used.set(candidate)
-            self._next_candidate = (candidate + 1) % used.size
+        used = self._used
+        candidate = used.find_clear(self._next_candidate)
+        if candidate is None:
+            candidate = used.find_clear(0)
+        if candidate is None:
+            raise NoCIDRsRemainingError(
+                f"CIDR allocation failed; there are no remaining CIDRs left to allocate in the range {self._cluster}"
+            )
+        used.set(candidate)
+        self._next_candidate = (candidate + 1) % used.size
         return self._slot_cidr(candidate)
 
     def occupy(self, cidr: CIDRLike) -> None:
         """Mark every node subnet ``cidr`` touches as used; already used ones stay as they are."""
         lo, hi = self._slot_range(cidr)
-        with self._lock:
-            self._used.set_range(lo, hi)
-
-    def release(self, cidr: CIDRLike) -> None:
-        """Mark every node subnet ``cidr`` touches as free; already free ones stay as they are."""
-        lo, hi = self._slot_range(cidr)
-        with self._lock:
-            self._used.clear_range(lo, hi)
-
-    def contains(self, cidr: CIDRLike) -> bool:
-        """Whether ``cidr`` lies entirely inside the cluster CIDR (False for the other family)."""
-        network = _parse(cidr, "CIDR")
-        if network.version != self._cluster.version:
-            return False
-        inside: bool = self._first <= network.first and network.last <= self._last
-        return inside
-
-    def is_allocated(self, cidr: CIDRLike) -> bool:
-        """Whether every node subnet ``cidr`` touches (clipped to the cluster CIDR) is in use."""
-        lo, hi = self._slot_range(cidr)
-        with self._lock:
-            return self._used.count_range(lo, hi) == hi - lo + 1
+        self._used.set_range(lo, hi)
 
     def used_count(self, cidr: CIDRLike) -> int:
         """How many of the node subnets ``cidr`` touches (clipped to the cluster CIDR) are in use."""
         lo, hi = self._slot_range(cidr)
-        with self._lock:
-            return int(self._used.count_range(lo, hi))
+        return int(self._used.count_range(lo, hi))
 
     # -- slot-level access, for ClaimedSubnets ------------------------------------------------
 
@@ -177,21 +160,13 @@ class CIDRSet:
         """The first and last slot (inclusive) of the node subnets ``cidr`` touches, clipped to the cluster CIDR."""
         return self._slot_range(cidr)
 
-    def subnet(self, slot: int) -> netaddr.IPNetwork:
-        """The node subnet of one slot."""
-        if not 0 <= slot < self._used.size:
-            raise CIDRSetError(f"slot {slot} is outside 0..{self._used.size - 1}")
-        return self._slot_cidr(slot)
-
     def occupy_slots(self, lo: int, hi: int) -> int:
         """Mark slots ``lo..hi``; returns how many were free."""
-        with self._lock:
-            return self._used.set_range(lo, hi)
+        return self._used.set_range(lo, hi)
 
     def release_slots(self, lo: int, hi: int) -> int:
         """Free slots ``lo..hi``; returns how many were in use."""
-        with self._lock:
-            return self._used.clear_range(lo, hi)
+        return self._used.clear_range(lo, hi)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -36,16 +36,6 @@ class ClaimedSubnets:
         self._bounds: list[int] = []
         self._depth: list[int] = []
 
-    # -- queries -----------------------------------------------------------------------------
-
-    def claims_on(self, slot: int) -> int:
-        """How many claims cover one slot."""
-        return self._single.get(slot, 0) + self._wide_depth(slot)
-
-    def wide_claims(self) -> int:
-        """Number of claims covering more than one slot (bad data or service ranges, normally few)."""
-        return sum(self._wide.values())
-
     # -- changes -----------------------------------------------------------------------------
 
     def claim(self, cidr: CIDRLike) -> None:

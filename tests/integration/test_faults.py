@@ -23,8 +23,9 @@ from kubernetes import client
 
 from controller import config
 from controller.inspect import compute_status, find_problems
+from controller.kube import node_of
 from controller.lifecycle import SHUTDOWN_GRACE_SECONDS
-from controller.nodes import NodeInfo
+from controller.model import NodeInfo
 from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
@@ -59,7 +60,7 @@ SMALL_RANGES = pytest.mark.parametrize(
 def node_infos(core: client.CoreV1Api) -> list[NodeInfo]:
     """Every Node as the controller reads it (raw JSON, as kube.py sees it)."""
     response = core.list_node(_preload_content=False)
-    return [NodeInfo.from_body(item) for item in json.loads(response.data)["items"]]
+    return [node_of(item) for item in json.loads(response.data)["items"]]
 
 
 def allocated_metric(controller: ControllerProcess) -> dict[str, int] | None:

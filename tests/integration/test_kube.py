@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from controller.kube import ApiError, Credentials, KubeClient
-from controller.nodes import NodeInfo
+from controller.model import NodeInfo
 from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations
 from controller.pools import PoolSpec, status_body
 from localcluster.cluster import LocalControlPlane
 from tests.integration.conftest import Cluster, run_cli

@@ -7,14 +7,14 @@ import pytest
 
 from controller.config import FamilyRange
 from controller.inspect import compute_status, find_problems, format_status
-from controller.nodes import NodeInfo
+from controller.model import NodeInfo
 
 V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/22"), 24)
 V6 = FamilyRange(netaddr.IPNetwork("fd00::/62"), 64)
 
 
 def node(name: str, *cidrs: str, pod_cidr: str | None = None) -> NodeInfo:
-    return NodeInfo(name, f"uid-{name}", tuple(cidrs), "", pod_cidr if pod_cidr is not None else (cidrs[0] if cidrs else ""))
+    return NodeInfo(name, f"uid-{name}", tuple(cidrs), pod_cidr if pod_cidr is not None else (cidrs[0] if cidrs else ""))
 
 
 @pytest.mark.parametrize(

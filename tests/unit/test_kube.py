@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
-from controller.kube import RateLimiter, _decode_node, _peek_continue
-from controller.nodes import NodeInfo
+from controller.kube import RateLimiter, _decode_node, _peek_continue, node_of
+from controller.model import NodeInfo
 
 
 @pytest.mark.parametrize(
@@ -91,7 +92,18 @@ def test_rate_limiter_off_never_waits() -> None:
         pytest.param(b'{"metadata":{"name":"a"},"spec":{"podCIDRs":["fd00::/64"]}}', (), id="ipv6-no-labels"),
     ],
 )
-def test_node_decoding_keeps_the_labels_as_from_body_does(raw: bytes, labels: tuple[tuple[str, str], ...]) -> None:
+def test_node_decoding_keeps_the_labels_whether_from_bytes_or_from_a_decoded_body(
+    raw: bytes, labels: tuple[tuple[str, str], ...]
+) -> None:
     decoded = _decode_node(raw).info()
     assert decoded.labels == labels
-    assert decoded == NodeInfo.from_body(json.loads(raw))
+    assert decoded == node_of(json.loads(raw))
+
+
+def test_node_decoding_prefers_pod_cidrs_and_falls_back_to_pod_cidr() -> None:
+    body: dict[str, Any] = {"metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "spec": {"podCIDR": "10.0.0.0/24"}}
+    assert node_of(body) == NodeInfo("a", "u", ("10.0.0.0/24",), "10.0.0.0/24")
+    body["spec"] = {"podCIDR": "10.0.0.0/24", "podCIDRs": ["10.0.0.0/24", "fd00::/64"]}
+    assert node_of(body).pod_cidrs == ("10.0.0.0/24", "fd00::/64")
+    assert node_of({"metadata": {"name": "b"}}).pod_cidrs == ()
+    assert _decode_node(json.dumps(body).encode()).info() == node_of(body)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import netaddr
 import pytest
 
 from controller.allocators import NoCIDRsRemainingError
+from controller.cidrs import classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange
-from controller.nodes import (
-    REASON_DUPLICATE_POD_CIDR,
-    REASON_INVALID_POD_CIDR,
-    AlreadyInFlightError,
-    NodeAllocations,
-    NodeInfo,
-    Outcome,
-    Reservation,
-    ReservationState,
-    classify_pod_cidrs,
-    parse_cidr_sloppy,
-)
+from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo
+from controller.nodes import AlreadyInFlightError, NodeAllocations, Outcome, Reservation, ReservationState
+from tests.cidrsets import is_taken
 
 V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24)
 V6 = FamilyRange(netaddr.IPNetwork("fd00:10:244::/48"), 64)
@@ -30,14 +20,6 @@ SMALL_V6 = FamilyRange(netaddr.IPNetwork("fd00::/63"), 64)
 
 def node(name: str, *cidrs: str, uid: str | None = None) -> NodeInfo:
     return NodeInfo(name=name, uid=uid or f"uid-{name}", pod_cidrs=tuple(cidrs))
-
-
-def test_node_info_from_body_prefers_pod_cidrs_and_falls_back_to_pod_cidr() -> None:
-    body: dict[str, Any] = {"metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "spec": {"podCIDR": "10.0.0.0/24"}}
-    assert NodeInfo.from_body(body) == NodeInfo("a", "u", ("10.0.0.0/24",), "7", "10.0.0.0/24")
-    body["spec"] = {"podCIDR": "10.0.0.0/24", "podCIDRs": ["10.0.0.0/24", "fd00::/64"]}
-    assert NodeInfo.from_body(body).pod_cidrs == ("10.0.0.0/24", "fd00::/64")
-    assert NodeInfo.from_body({"metadata": {"name": "b"}}).pod_cidrs == ()
 
 
 @pytest.mark.parametrize(
@@ -146,9 +128,9 @@ def test_duplicate_cidr_stays_occupied_until_every_holder_is_gone(family: Family
     assert "node a" in second.problems[0].message
     release = allocations.forget("a", "uid-a")
     assert release is not None and release.cidrs == ()
-    assert allocations.sets[0].is_allocated(cidr)
+    assert is_taken(allocations.sets[0], cidr)
     allocations.forget("b", "uid-b")
-    assert not allocations.sets[0].is_allocated(cidr)
+    assert not is_taken(allocations.sets[0], cidr)
 
 
 @pytest.mark.parametrize(
@@ -163,10 +145,10 @@ def test_overlapping_ranges_survive_release_of_a_neighbour(family: FamilyRange, 
     allocations.observe(node("wide", wide))
     allocations.observe(node("inside", inside))
     allocations.forget("inside", "uid-inside")
-    assert allocations.sets[0].is_allocated(wide), "the /23 still covers the released subnet"
+    assert is_taken(allocations.sets[0], wide), "the /23 still covers the released subnet"
     allocations.observe(node("inside2", inside))
     allocations.forget("wide", "uid-wide")
-    assert allocations.sets[0].is_allocated(inside), "the subnet is still held by inside2"
+    assert is_taken(allocations.sets[0], inside), "the subnet is still held by inside2"
 
 
 @pytest.mark.parametrize(
@@ -180,7 +162,7 @@ def test_service_cidr_is_pinned(family: FamilyRange, service: str) -> None:
     assert cidr.cidr != netaddr.IPNetwork(service)
     allocations.commit(reservation)
     allocations.forget("a", "uid-a")
-    assert allocations.sets[0].is_allocated(service)
+    assert is_taken(allocations.sets[0], service)
     assert allocations.sets[0].allocated == 1
 
 
@@ -206,7 +188,7 @@ def test_abort_gives_the_reservation_back(family: FamilyRange) -> None:
     reservation = allocations.reserve(fresh)
     assert allocations.abort(reservation) == reservation.cidrs
     assert allocations.sets[0].allocated == 0
-    assert not allocations.is_in_flight("a")
+    assert allocations.reservation("a") is None
 
 
 @pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
@@ -271,7 +253,7 @@ def test_subnet_split_among_longer_masks_stays_taken_until_its_last_part_goes(
         allocations.observe(node(f"part-{index}", str(part)))
     for index in range(len(parts) - 1):
         allocations.forget(f"part-{index}", f"uid-part-{index}")
-        assert allocations.sets[0].is_allocated(subnet), f"{len(parts) - index - 1} parts still hold it"
+        assert is_taken(allocations.sets[0], subnet), f"{len(parts) - index - 1} parts still hold it"
         handed_out = [allocations.reserve(node(f"new-{index}-{n}")).cidrs[0] for n in range(3)]
         assert netaddr.IPNetwork(subnet) not in handed_out
         for n in range(3):
@@ -279,7 +261,7 @@ def test_subnet_split_among_longer_masks_stays_taken_until_its_last_part_goes(
             assert reservation is not None
             allocations.abort(reservation)
     allocations.forget(f"part-{len(parts) - 1}", f"uid-part-{len(parts) - 1}")
-    assert not allocations.sets[0].is_allocated(subnet)
+    assert not is_taken(allocations.sets[0], subnet)
     assert allocations.sets[0].allocated == 0
 
 
@@ -291,7 +273,7 @@ def test_service_range_stays_out_after_a_node_holding_exactly_it_is_deleted(clus
     allocations = NodeAllocations([FamilyRange(netaddr.IPNetwork(cluster), mask)], [netaddr.IPNetwork(service)])
     allocations.observe(node("holds-service", service))
     allocations.forget("holds-service", "uid-holds-service")
-    assert allocations.sets[0].is_allocated(service)
+    assert is_taken(allocations.sets[0], service)
     handed_out = [allocations.reserve(node(f"n{index}")).cidrs[0] for index in range(2)]
     assert all(
         not (cidr.first <= netaddr.IPNetwork(service).last and netaddr.IPNetwork(service).first <= cidr.last)
@@ -320,7 +302,7 @@ def test_a_pod_cidr_in_the_service_range_is_reported_and_stays_taken(
     assert pod_cidr in problem.message and f"service range {service}" in problem.message
     assert allocations.holding("in-services") == (netaddr.IPNetwork(pod_cidr),)
     allocations.forget("in-services", "uid-in-services")
-    assert allocations.sets[0].is_allocated(pod_cidr), "the service range keeps the subnet taken"
+    assert is_taken(allocations.sets[0], pod_cidr), "the service range keeps the subnet taken"
 
     classified = classify_pod_cidrs([pod_cidr], [family], [netaddr.IPNetwork(service)])
     assert [str(cidr) for cidr in classified.usable] == [pod_cidr]
@@ -343,7 +325,7 @@ def test_a_node_holding_a_huge_range_costs_no_per_subnet_state(cluster: str, mas
     cidr_set = allocations.sets[0]
     assert cidr_set.free == 0
     allocations.forget("wide", "uid-wide")
-    assert cidr_set.allocated == 1 and cidr_set.is_allocated(inside)
+    assert cidr_set.allocated == 1 and is_taken(cidr_set, inside)
     allocations.forget("small", "uid-small")
     assert cidr_set.allocated == 0
 
@@ -359,7 +341,7 @@ def test_forget_of_an_old_uid_leaves_the_new_incarnations_reservation_alone(fami
     assert allocations.forget("a", "old") is None
     assert allocations.commit(reservation), "the new Node's patch landed: it holds the range"
     assert allocations.holding("a") == reservation.cidrs
-    assert allocations.sets[0].is_allocated(reservation.cidrs[0])
+    assert is_taken(allocations.sets[0], reservation.cidrs[0])
 
 
 @pytest.mark.parametrize(
@@ -370,7 +352,7 @@ def test_a_late_event_about_an_old_uid_releases_nothing(family: FamilyRange, cid
     allocations.observe(node("a", cidr, uid="new"))
     observation = allocations.observe(node("a", uid="old"))  # e.g. a resync LIST taken before the re-creation
     assert observation.outcome is Outcome.REREAD
-    assert allocations.sets[0].is_allocated(cidr)
+    assert is_taken(allocations.sets[0], cidr)
     mark = allocations.sequence
     settled = allocations.settle("a", node("a", cidr, uid="new"), read_after=mark, seen_uids=["old"])
     assert settled.outcome is Outcome.NOTHING and settled.released == ()
@@ -469,7 +451,7 @@ def test_abandon_before_sending_gives_the_ranges_back(family: FamilyRange) -> No
     allocations = NodeAllocations([family])
     reservation = allocations.reserve(node("a"))
     assert allocations.abandon(reservation) == reservation.cidrs
-    assert allocations.sets[0].allocated == 0 and not allocations.is_in_flight("a")
+    assert allocations.sets[0].allocated == 0 and allocations.reservation("a") is None
 
 
 def _unknown(allocations: NodeAllocations, name: str) -> Reservation:
@@ -492,7 +474,9 @@ def test_resolve_by_a_read(family: FamilyRange, theirs: str) -> None:
     allocations = NodeAllocations([family])
     ours = _unknown(allocations, "a")
     assert allocations.resolve(ours, node("a"), allocations.sequence).outcome is Outcome.RESUME
-    assert allocations.is_in_flight("a") and allocations.sets[0].allocated == 1, "kept: patch again with the same ranges"
+    assert allocations.reservation("a") is not None and allocations.sets[0].allocated == 1, (
+        "kept: patch again with the same ranges"
+    )
 
     other = node("a", theirs)  # e.g. set by another controller: ours can never land
     resolved = allocations.resolve(ours, other, allocations.sequence)
@@ -517,7 +501,7 @@ def test_an_unsettled_reservation_is_settled_by_an_event_or_resumed(family: Fami
         allocations.resume(node("a"))
     allocations.abandon(resumed)
     assert allocations.observe(node("a", *(str(c) for c in ours.cidrs))).outcome is Outcome.COMMITTED
-    assert not allocations.is_in_flight("a") and allocations.holding("a") == ours.cidrs
+    assert allocations.reservation("a") is None and allocations.holding("a") == ours.cidrs
 
 
 @pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
@@ -571,6 +555,6 @@ def test_stored_value_with_leading_zeros_keeps_its_range_taken_and_warns(family:
     allocations = NodeAllocations([family])
     observation = allocations.observe(node("sloppy", stored))
     assert observation.outcome is Outcome.OCCUPIED
-    assert allocations.sets[0].is_allocated(means)
+    assert is_taken(allocations.sets[0], means)
     assert [p.reason for p in observation.problems] == [REASON_INVALID_POD_CIDR]
     assert stored in observation.problems[0].message and "leading zeros" in observation.problems[0].message

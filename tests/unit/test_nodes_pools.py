@@ -11,8 +11,11 @@ import pytest
 
 from controller.allocators import NoCIDRsRemainingError
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo, Outcome, labels_of
+from controller.model import NodeInfo, labels_of
+from controller.nodes import NodeAllocations, Outcome
+from controller.poolindex import PoolCIDRKey
 from controller.pools import DEFAULT_POOL, PoolSpec
+from tests.cidrsets import is_taken
 
 
 def node(name: str, *cidrs: str, **labels: str) -> NodeInfo:
@@ -275,12 +278,12 @@ def check_sets(allocations: NodeAllocations) -> None:
     for spec in allocations.pools():
         for family in spec.families:
             for entry in family.cidrs:
-                cidr_set = next(e.claims.cidr_set for e in allocations._entries[spec.name] if e.cidr == entry.cidr)
+                cidr_set = allocations.pool_sets.cidr_sets()[PoolCIDRKey(spec.name, entry.cidr)]
                 for subnet in entry.cidr.subnet(family.node_mask_size):
                     covered = any(
                         c.first <= subnet.last and subnet.first <= c.last for c in claims if c.version == subnet.version
                     )
-                    assert cidr_set.is_allocated(subnet) == covered, f"{spec.name}: {subnet} marked={not covered}"
+                    assert is_taken(cidr_set, subnet) == covered, f"{spec.name}: {subnet} marked={not covered}"
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -9,8 +9,10 @@ import pytest
 
 from controller.allocators import NoCIDRsRemainingError
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo, Outcome
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations, Outcome
 from controller.pools import DEFAULT_POOL, PoolSpec
+from tests.cidrsets import is_taken
 
 N = netaddr.IPNetwork
 V4_DEFAULT = FamilyRange(N("10.0.0.0/23"), 24)
@@ -19,6 +21,11 @@ V6_DEFAULT = FamilyRange(N("fd00::/63"), 64)
 
 def node(name: str, *cidrs: str) -> NodeInfo:
     return NodeInfo(name=name, uid=f"uid-{name}", pod_cidrs=tuple(cidrs))
+
+
+def refused_pools(allocations: NodeAllocations) -> dict[str, str]:
+    """The refused pools as their status shows them: name -> why."""
+    return {usage.name: usage.refused for usage in allocations.pool_usage.usages() if usage.refused}
 
 
 def pool(name: str, created: str = "2026-01-01T00:00:00Z", **spec: Any) -> PoolSpec:
@@ -98,11 +105,11 @@ def test_a_refused_pool_fixed_by_deleting_the_earlier_one_skips_what_the_earlier
     earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, **space.family(24, "10.1.0.0/23"))
     later = pool("later", "2026-01-02T00:00:00Z", priority=2, **space.family(25, "10.1.0.0/22"))
     allocations = NodeAllocations([space.default], pools=[earlier, later])
-    assert set(allocations.refused()) == {"later"}
+    assert set(refused_pools(allocations)) == {"later"}
     held = [commit(allocations, node(f"e{i}"))[0] for i in range(2)]
     assert all(allocations.pool_of(cidr) == "earlier" for cidr in held)
     allocations.set_pools([later])
-    assert allocations.refused() == {}
+    assert refused_pools(allocations) == {}
     taken = drain(allocations, "n")
     assert not any(overlapping(cidr, h) for cidr in taken for h in held)
     assert sum(1 for cidr in taken if cidr in space.net("10.1.0.0/22")) == 8 - 4  # the halves of the two held ranges stay taken
@@ -119,11 +126,11 @@ def test_a_pool_overlapping_the_default_is_refused_and_its_set_follows_the_defau
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("d2"))
     # The default keeps the addresses; nothing a refused pool could ever hand out overlaps what Nodes hold.
-    entry = next(e for e in allocations._entries["over"])
+    (over,) = [cidr_set for key, cidr_set in allocations.pool_sets.cidr_sets().items() if key.pool == "over"]
     for subnet in space.net("10.0.0.0/23").subnet(space.mask(25)):
-        assert entry.claims.cidr_set.is_allocated(subnet)
+        assert is_taken(over, subnet)
     for subnet in space.net("10.0.2.0/23").subnet(space.mask(25)):
-        assert not entry.claims.cidr_set.is_allocated(subnet)
+        assert not is_taken(over, subnet)
     assert first != second
 
 
@@ -187,7 +194,7 @@ def test_a_refused_pool_reserves_nothing_in_the_earlier_pool_it_overlaps(space: 
     earlier = pool("earlier", "2026-01-01T00:00:00Z", priority=1, **space.family(24, "10.1.0.0/23"))
     later = pool("later", "2026-01-02T00:00:00Z", reserved=[space.cidr("10.1.0.0/24")], **space.family(24, "10.1.0.0/23"))
     allocations = NodeAllocations([space.default], pools=[earlier, later])
-    assert set(allocations.refused()) == {"later"}
+    assert set(refused_pools(allocations)) == {"later"}
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(2)]
     assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier"], "a refused pool's spec takes nothing"
 
@@ -210,11 +217,11 @@ def test_a_pool_refused_after_it_handed_out_a_range_still_holds_it_for_its_final
     allocations = NodeAllocations([default], pools=[pool("earlier", **{key: family(mask, own)}), second])
     (held,) = commit(allocations, node("a"))
     assert held == next(N(later).subnet(mask))
-    assert allocations.holding_pool(held) == "later"
+    assert allocations.owning_pool(held) == "later"
     # The earlier pool grows beside the held range, overlapping the later pool: the later one is refused.
     allocations.set_pools([pool("earlier", **{key: family(mask, own, beside)}), second])
-    assert "later" in allocations.refused()
-    assert allocations.holding_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
+    assert "later" in refused_pools(allocations)
+    assert allocations.owning_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
     # The earlier pool grows over the held range: that serving pool holds it now.
     allocations.set_pools([pool("earlier", **{key: family(mask, own, grown)}), second])
-    assert allocations.holding_pool(held) == "earlier"
+    assert allocations.owning_pool(held) == "earlier"

@@ -29,18 +29,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
+from controller.cidrs import classify_pod_cidrs
 from controller.config import FamilyRange
+from controller.model import NodeInfo
 from controller.nodes import (
     AlreadyInFlightError,
     NodeAllocations,
-    NodeInfo,
     Observation,
     Outcome,
     Reservation,
     ReservationError,
     ReservationState,
-    classify_pod_cidrs,
 )
+from tests.cidrsets import is_taken, subnet_at
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -361,9 +362,9 @@ class AllocationsMachine(RuleBasedStateMachine):
         self.tasks.clear()
         self.resync()
         for index in range(self.allocations.sets[0].max_cidrs):
-            subnet = self.allocations.sets[0].subnet(index)
+            subnet = subnet_at(self.allocations.sets[0], index)
             by_service = any(_overlap(subnet, cidr) for cidr in self.service_cidrs)
-            assert self.allocations.sets[0].is_allocated(subnet) == by_service, f"{subnet} leaked"
+            assert is_taken(self.allocations.sets[0], subnet) == by_service, f"{subnet} leaked"
 
     # -- invariants ------------------------------------------------------------------------------
 
@@ -378,9 +379,9 @@ class AllocationsMachine(RuleBasedStateMachine):
                 claims += reservation.cidrs
         cidr_set = self.allocations.sets[0]
         for index in range(cidr_set.max_cidrs):
-            subnet = cidr_set.subnet(index)
+            subnet = subnet_at(cidr_set, index)
             claimed = any(_overlap(subnet, cidr) for cidr in claims)
-            assert cidr_set.is_allocated(subnet) == claimed, f"{subnet}: marked={not claimed}, claimed by a live claim={claimed}"
+            assert is_taken(cidr_set, subnet) == claimed, f"{subnet}: marked={not claimed}, claimed by a live claim={claimed}"
 
     @invariant()
     def live_holders_are_marked(self) -> None:
@@ -388,7 +389,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         cidr_set = self.allocations.sets[0]
         for holder, cidr in self.live_claims(exclude_uid=""):
             if _overlap(cidr, cidr_set.cluster_cidr):
-                assert cidr_set.is_allocated(cidr), f"{holder} holds {cidr}, but it is not marked"
+                assert is_taken(cidr_set, cidr), f"{holder} holds {cidr}, but it is not marked"
 
     @invariant()
     def tasks_own_open_reservations(self) -> None:
@@ -452,11 +453,8 @@ def test_claimed_subnets_marks_exactly_the_subnets_with_a_claim(steps: list[tupl
     claims = ClaimedSubnets(cidr_set)
     counts = [0] * cidr_set.max_cidrs
     made: list[str] = []
-    for add, text in steps:
-        if not add and not made:
-            continue
-        if not add:
-            text = made.pop(hash(text) % len(made))
+
+    def step(add: bool, text: str) -> None:
         lo, hi = cidr_set.slot_range(text)
         if add:
             claims.claim(text)
@@ -467,5 +465,13 @@ def test_claimed_subnets_marks_exactly_the_subnets_with_a_claim(steps: list[tupl
         for slot in range(lo, hi + 1):
             counts[slot] += 1 if add else -1
         for slot, count in enumerate(counts):
-            assert claims.claims_on(slot) == count
-            assert cidr_set.is_allocated(cidr_set.subnet(slot)) == (count > 0), f"slot {slot}: {count} claims"
+            assert is_taken(cidr_set, subnet_at(cidr_set, slot)) == (count > 0), f"slot {slot}: {count} claims"
+
+    for add, text in steps:
+        if not add and not made:
+            continue
+        step(add, made.pop(hash(text) % len(made)) if not add else text)
+    # Every claim goes: each unclaim frees exactly the slots whose count drops to 0, which checks every count.
+    while made:
+        step(False, made.pop())
+    assert cidr_set.allocated == 0

@@ -8,7 +8,9 @@ import netaddr
 import pytest
 
 from controller.config import FamilyRange
-from controller.nodes import REASON_DUPLICATE_POD_CIDR, Adopted, NodeAllocations, NodeInfo, Outcome, ReservationState
+from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo
+from controller.nodes import Adopted, NodeAllocations, Outcome, ReservationState
+from tests.cidrsets import is_taken
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/28"), 30)
 V6 = FamilyRange(netaddr.IPNetwork("fd00:10::/62"), 64)
@@ -45,10 +47,10 @@ def test_a_kept_patch_frees_its_range_once_its_node_is_gone(family: FamilyRange,
         allocations.observe(node("other", subnet(family, 0)))
     assert allocations.adopt(node("victim"), [subnet(family, 0)])[0] is adopted
     allocations.forget("other", "uid-other")
-    assert allocations.sets[0].is_allocated(subnet(family, 0)), "kept for the victim"
+    assert is_taken(allocations.sets[0], subnet(family, 0)), "kept for the victim"
     release = allocations.forget("victim", "uid-victim")
     assert release is not None and [str(cidr) for cidr in release.cidrs] == [subnet(family, 0)]
-    assert allocations.in_flight() == [] and not allocations.sets[0].is_allocated(subnet(family, 0))
+    assert allocations.in_flight() == [] and not is_taken(allocations.sets[0], subnet(family, 0))
 
 
 def first_half(family: FamilyRange) -> str:

@@ -23,8 +23,9 @@ from controller.allocators import CIDRSet, NoCIDRsRemainingError
 from controller.config import FamilyRange
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, Reservation, ReservationError
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, holder, overlaps
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations, Reservation, ReservationError
+from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, overlaps, owner
 from controller.reconciler import Reconciler
 from tests.unit.test_reconciler import FAMILIES, POOL_CIDRS, FakeApi, pool_body, run
 
@@ -153,7 +154,7 @@ def from_scratch(allocations: NodeAllocations) -> dict[str, Any]:
     refused_pools = [pool for pool in pools if pool.name in refused]
     held = [(node, cidr) for node, cidrs in allocations.holdings() for cidr in cidrs]
     claims = [cidr for _, cidr in held] + services + [cidr for pool in serving for cidr in pool.reserved]
-    owners = {(node, cidr): holder(cidr, serving) for node, cidr in held}
+    owners = {(node, cidr): owner(cidr, serving) for node, cidr in held}
     usage: dict[str, Any] = {}
     for pool in pools:
         families = []
@@ -171,12 +172,12 @@ def from_scratch(allocations: NodeAllocations) -> dict[str, Any]:
                 per_cidr.append((str(entry.cidr), used.max_cidrs - kept_out.allocated, allocated, entry.draining))
             free = sum(capacity - allocated for _, capacity, allocated, draining in per_cidr if not draining)
             families.append((free, per_cidr))
-        mine = [(node, cidr) for (node, cidr), owner in owners.items() if owner is not None and owner.name == pool.name]
+        mine = [(node, cidr) for (node, cidr), found in owners.items() if found is not None and found.name == pool.name]
         draining = [entry.cidr for f in pool.families for entry in f.cidrs if entry.draining]
         blocking = sorted({node for node, cidr in mine if any(cidr in d for d in draining)})[:BLOCKING_NODES_SHOWN]
 
-        def holding_pool(cidr: netaddr.IPNetwork) -> str | None:
-            found = holder(cidr, serving) or holder(cidr, refused_pools)
+        def owning_pool(cidr: netaddr.IPNetwork) -> str | None:
+            found = owner(cidr, serving) or owner(cidr, refused_pools)
             return found.name if found is not None else None
 
         usage[pool.name] = {
@@ -184,7 +185,7 @@ def from_scratch(allocations: NodeAllocations) -> dict[str, Any]:
             "nodes": 0 if pool.name in refused else len({node for node, _ in mine}),
             "blocking": [] if pool.name in refused else blocking,
             "refused": refused.get(pool.name, ""),
-            "holders": sorted({node for node, cidr in held if holding_pool(cidr) == pool.name}),
+            "holders": sorted({node for node, cidr in held if owning_pool(cidr) == pool.name}),
         }
     return usage
 
@@ -370,7 +371,7 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.sync_pools()
-        spies = {name: counting(monkeypatch, NodeAllocations, name) for name in ("holdings", "holding_pool", "pool_of")}
+        spies = {name: counting(monkeypatch, NodeAllocations, name) for name in ("holdings", "owning_pool", "pool_of")}
         await reconciler.handle(api.add("late"))
         spies["pool_of"].clear()  # counting the allocation's metrics, one lookup per range
         await reconciler.sync_pools()
@@ -378,7 +379,7 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
         return spies
 
     spies = run(go)
-    assert {name: len(calls) for name, calls in spies.items()} == {"holdings": 0, "holding_pool": 0, "pool_of": 0}
+    assert {name: len(calls) for name, calls in spies.items()} == {"holdings": 0, "owning_pool": 0, "pool_of": 0}
     assert api.statuses["p0"][-1]["nodes"] == 2 and api.statuses["p1"][-1]["nodes"] == 2
 
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.config import FamilyRange
-from controller.nodes import NodeAllocations, NodeInfo
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations
 from controller.pools import (
     DEFAULT_POOL,
     STATUS_COUNT_MAX,
@@ -22,9 +23,8 @@ from controller.pools import (
     PoolSpecError,
     PoolUsage,
     Requirement,
-    choose,
-    holder,
     overlaps,
+    owner,
     rank,
     status_body,
 )
@@ -300,16 +300,16 @@ def test_rank_leaves_out_disabled_pools_and_pools_of_other_families(pool_spec: d
     assert rank([Candidate(PoolSpec.from_body(body("p", pool_spec)), (9,) * len(versions))], {}, "n1", versions) == []
 
 
-def test_choose_skips_full_pools_and_dual_stack_is_all_or_nothing() -> None:
+def test_full_pools_are_ranked_but_have_no_room_and_dual_stack_is_all_or_nothing() -> None:
+    """`NodeAllocations.reserve` takes the first ranked pool with room, naming the full ones it skipped."""
     dual = {"ipv4": V4, "ipv6": V6}
     v6_full = candidate("v6-full", (10, 0), 9, **dual)
     v4_full = candidate("v4-full", (0, 10), 8, **dual)
     room = candidate("room", (1, 1), 1, **dual)
     ranked = rank([room, v4_full, v6_full], {}, "n1", (4, 6))
     assert [c.name for c in ranked] == ["v6-full", "v4-full", "room"]
-    chosen = choose(ranked)
-    assert chosen is not None and chosen.name == "room"
-    assert choose(ranked[:2]) is None
+    assert [c.name for c in ranked if c.has_room] == ["room"]
+    assert not any(c.has_room for c in ranked[:2])
 
 
 # -- which pool holds a range ---------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_holder_is_decided_by_containment_of_the_range(cidr: str, expected: str 
         )
     )
     default = PoolSpec.default([FamilyRange(netaddr.IPNetwork(c), m) for c, m in (V4_DEFAULT, V6_DEFAULT)])
-    found = holder(netaddr.IPNetwork(cidr), [gpu, default])
+    found = owner(netaddr.IPNetwork(cidr), [gpu, default])
     assert (found.name if found else None) == expected
 
 

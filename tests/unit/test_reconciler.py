@@ -20,8 +20,10 @@ from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
-from controller.nodes import NodeAllocations, NodeInfo, ReservationState
+from controller.model import NodeInfo
+from controller.nodes import NodeAllocations, ReservationState
 from controller.reconciler import NodeApi, Reconciler
+from tests.cidrsets import is_taken
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/22"), 24)
 V6 = FamilyRange(netaddr.IPNetwork("fd00::/62"), 64)
@@ -207,8 +209,8 @@ def test_422_because_someone_else_set_it_releases_ours_and_occupies_theirs(famil
     reconciler = handled(family, api, node)
     cidr_set = reconciler.allocations.sets[0]
     assert len(api.patched) == 1
-    assert cidr_set.allocated == 1 and cidr_set.is_allocated(theirs)
-    assert not cidr_set.is_allocated(api.patched[0][1][0]), "our reservation is given back"
+    assert cidr_set.allocated == 1 and is_taken(cidr_set, theirs)
+    assert not is_taken(cidr_set, api.patched[0][1][0]), "our reservation is given back"
     assert api.events == []
 
 
@@ -229,7 +231,7 @@ def test_persistent_refusal_gives_cidr_assignment_failed_and_leaks_nothing(famil
     assert api.reasons() == ["CIDRAssignmentFailed"]
     assert "no podCIDR for you" in api.events[0][2]
     assert reconciler.allocations.sets[0].allocated == 0
-    assert not reconciler.allocations.is_in_flight("a")
+    assert reconciler.allocations.reservation("a") is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -396,7 +398,7 @@ def test_no_reservation_and_no_patch_once_leadership_is_in_doubt(family: FamilyR
     reconciler = reconciler_for(family, api, may_allocate=lambda: next(answers, False))
     run(lambda: reconciler.handle(api.nodes["a"]))
     assert api.patched == [] and reconciler.allocations.sets[0].allocated == 0
-    assert not reconciler.allocations.is_in_flight("a")
+    assert reconciler.allocations.reservation("a") is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -407,7 +409,7 @@ def test_a_patch_is_sent_only_once_its_reservation_is_recorded(family: FamilyRan
     run(reconciler.rebuild)
     run(lambda: reconciler.handle(api.add("a")))
     assert fence.announced == reconciler_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
-    assert reconciler.allocations.sets[0].allocated == 0 and not reconciler.allocations.is_in_flight("a")
+    assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.reservation("a") is None
     assert "CIDRAssignmentFailed" in api.reasons()
     fence.recorded = True
     run(lambda: reconciler.handle(api.nodes["a"]))
@@ -652,7 +654,7 @@ def test_a_refusal_after_a_lost_answer_does_not_release_what_may_have_applied(fa
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2
     assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
-    assert reconciler.allocations.sets[0].allocated == 1 and not reconciler.allocations.is_in_flight("a")
+    assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.reservation("a") is None
 
 
 # -- pools ------------------------------------------------------------------------------------------------------

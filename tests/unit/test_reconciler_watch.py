@@ -8,7 +8,7 @@ import pytest
 
 from controller.config import FamilyRange
 from controller.kube import ApiError
-from controller.nodes import NodeInfo
+from controller.model import NodeInfo
 from tests.unit.test_reconciler import FAMILIES, FakeApi, assert_disjoint, reconciler_for, run, wait_until
 
 REFUSED = ApiError(422, "Invalid", "spec.podCIDRs: Invalid value")
