@@ -26,12 +26,13 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import netaddr
 
 from controller.allocators import NoCIDRsRemainingError
+from controller.backoff import Backoff
 from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
@@ -48,6 +49,7 @@ from controller.nodes import (
     ReservationError,
 )
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
+from controller.supervisor import LOOP_BACKOFF, Supervisor
 from controller.workqueue import KeyedQueue
 
 logger = logging.getLogger("nodeipam")
@@ -58,15 +60,11 @@ REASON_CIDR_ASSIGNMENT_FAILED = "CIDRAssignmentFailed"
 WARNING = "Warning"
 
 PATCH_ATTEMPTS = 5
-PATCH_BACKOFF = 0.1  # seconds, doubled per attempt
+PATCH_BACKOFF = Backoff(0.1)  # seconds before a patch is tried again
 EVENT_REPEAT_INTERVAL = 600.0  # the same warning about the same Node at most this often
 BRIDGE_LIMIT = 300.0  # seconds the start-up bridge watch may run at most
 RELIST_DELAY = 1.0  # seconds from a gap to the LIST: signals of one gap make one LIST, and kopf's own re-list moves on
-REBUILD_BACKOFF = 0.5  # seconds before the start-up LIST is tried again, doubled per failure...
-REBUILD_BACKOFF_CAP = 30.0  # ...up to this
-LOOP_BACKOFF = 1.0  # seconds before a failed background loop restarts, doubled per failure in a row...
-LOOP_BACKOFF_CAP = 60.0  # ...up to this
-LOOP_FAILURES_UNHEALTHY = 3  # failures in a row after which `problem()` reports the loop
+REBUILD_BACKOFF = Backoff(0.5, cap=30.0)  # seconds before the start-up LIST is tried again
 
 #: The finalizer a NodeCIDRPool keeps while a Node holds a range in it.
 POOL_FINALIZER = "nodeipam.io/ranges-in-use"
@@ -135,12 +133,6 @@ def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
     return {**status, "conditions": conditions}
 
 
-@dataclasses.dataclass
-class _LoopHealth:
-    failures_in_a_row: int = 0
-    last_error: str = ""
-
-
 class Reconciler:
     """Keeps every Node's podCIDRs assigned, exactly once, from the sets."""
 
@@ -175,7 +167,7 @@ class Reconciler:
         self._gate = asyncio.Semaphore(max_in_flight)
         self._warned: dict[tuple[str, str, str], float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._loops: dict[str, _LoopHealth] = {}
+        self._supervisor = Supervisor(self.metrics)
         self.listed_version = ""  # resourceVersion of the start-up LIST
         self.pools_served = False  # the NodeCIDRPool CRD is installed: pools are watched, their status written
         self._pool_bodies: dict[str, Mapping[str, Any]] = {}  # the last seen object of each pool
@@ -190,10 +182,7 @@ class Reconciler:
 
     def problem(self) -> str | None:
         """None while healthy; else why not: a background loop that keeps failing."""
-        for name, health in self._loops.items():
-            if health.failures_in_a_row >= LOOP_FAILURES_UNHEALTHY:
-                return f"background loop {name} failed {health.failures_in_a_row} times in a row; last: {health.last_error}"
-        return None
+        return self._supervisor.problem()
 
     # -- start-up ----------------------------------------------------------------
 
@@ -208,10 +197,10 @@ class Reconciler:
         stay reserved for their Nodes, which get them again.
         """
         started = time.monotonic()
-        delay = REBUILD_BACKOFF
         attempt = 0
         while True:
             attempt += 1
+            delay = REBUILD_BACKOFF.after(attempt)
             try:
                 pools = await self.kube.list_pools()
                 nodes, self.listed_version = await self.kube.list_nodes()
@@ -228,7 +217,6 @@ class Reconciler:
                     "listing pools and nodes for the start-up rebuild failed (attempt %d), again in %.1fs", attempt, delay
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, REBUILD_BACKOFF_CAP)
         self.pools_served = pools is not None
         for body in pools or ():
             self._remember_pool(body)
@@ -363,7 +351,7 @@ class Reconciler:
                     worker.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
 
-        await self._supervise(LOOP_WORK, loop)
+        await self._supervisor.run(LOOP_WORK, loop)
 
     async def _work_one_at_a_time(self) -> None:
         while True:
@@ -546,9 +534,9 @@ class Reconciler:
                 await asyncio.sleep(POOL_STATUS_DEBOUNCE)
                 self._pool_status_due.clear()
                 await self.sync_pools()
-                self._loop_ran(LOOP_POOL_STATUS)
+                self._supervisor.ran(LOOP_POOL_STATUS)
 
-        await self._supervise(LOOP_POOL_STATUS, loop)
+        await self._supervisor.run(LOOP_POOL_STATUS, loop)
 
     async def sync_pools(self) -> None:
         """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones.
@@ -671,7 +659,7 @@ class Reconciler:
                         self._give_back(reservation)
                         reservation = None
                         last_error = ApiError(0, "NotRecorded", "the patch could not be recorded in the Lease first")
-                        await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
+                        await asyncio.sleep(PATCH_BACKOFF.after(attempt))
                         continue
                 if not self._allowed("patch", node):
                     return  # the finally clause gives back what was never sent
@@ -688,7 +676,7 @@ class Reconciler:
                     else:
                         observation, current = await self._after_refusal(node, reservation, attempt, error, mark)
                     if observation is None:  # the read failed: try again
-                        await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
+                        await asyncio.sleep(PATCH_BACKOFF.after(attempt))
                         continue
                     if not reservation.is_open:
                         reservation = None
@@ -704,7 +692,7 @@ class Reconciler:
                         return
                     if outcome is Outcome.RESUME or (outcome is Outcome.ALLOCATE and current is not None):
                         node = current or node
-                        await asyncio.sleep(PATCH_BACKOFF * 2 ** (attempt - 1))
+                        await asyncio.sleep(PATCH_BACKOFF.after(attempt))
                         continue
                     if outcome is Outcome.OCCUPIED and current is not None:
                         logger.info("node %s now holds %s (set elsewhere); occupied", node.name, ",".join(current.pod_cidrs))
@@ -827,7 +815,7 @@ class Reconciler:
 
     async def serve_waiting(self) -> None:
         """Retry Nodes that found the range exhausted as soon as a range is released. Never returns."""
-        await self._supervise(LOOP_SERVE_WAITING, self._serve_waiting)
+        await self._supervisor.run(LOOP_SERVE_WAITING, self._serve_waiting)
 
     async def _serve_waiting(self, restarted: bool) -> None:
         if restarted:
@@ -839,7 +827,7 @@ class Reconciler:
             if waiting:
                 logger.info("a range was released; retrying %d waiting nodes", len(waiting))
                 await self.assign_all(waiting)
-            self._loop_ran(LOOP_SERVE_WAITING)
+            self._supervisor.ran(LOOP_SERVE_WAITING)
 
     # -- the start-up bridge -------------------------------------------------------
 
@@ -960,42 +948,15 @@ class Reconciler:
                     logger.warning("resync failed, will try again in %.0fs: %s", period, error)
                     if relist:
                         self._relist_due.set()
-                        await asyncio.sleep(min(period, LOOP_BACKOFF_CAP))
+                        await asyncio.sleep(min(period, LOOP_BACKOFF.cap))
                     continue
                 except BaseException:
                     if relist:
                         self._relist_due.set()  # still owed, after the restart
                     raise
-                self._loop_ran(LOOP_RESYNC)
+                self._supervisor.ran(LOOP_RESYNC)
 
-        await self._supervise(LOOP_RESYNC, loop)
-
-    # -- supervision -----------------------------------------------------------------
-
-    async def _supervise(self, name: str, body: Callable[[bool], Awaitable[None]]) -> None:
-        """Run a background loop forever: log any failure with its traceback, count it, restart with backoff."""
-        health = self._loops.setdefault(name, _LoopHealth())
-        restarted = False
-        while True:
-            try:
-                await body(restarted)
-                raise RuntimeError(f"background loop {name} returned")
-            except Exception as error:
-                health.failures_in_a_row += 1
-                health.last_error = repr(error)
-                self.metrics.background_failures.labels(name).inc()
-                delay = min(LOOP_BACKOFF * 2 ** (health.failures_in_a_row - 1), LOOP_BACKOFF_CAP)
-                logger.exception(
-                    "background loop %s failed (%d in a row); restarting in %.1fs", name, health.failures_in_a_row, delay
-                )
-            await asyncio.sleep(delay)
-            restarted = True
-
-    def _loop_ran(self, name: str) -> None:
-        """A background loop completed a round: it is healthy again."""
-        health = self._loops.get(name)
-        if health is not None:
-            health.failures_in_a_row = 0
+        await self._supervisor.run(LOOP_RESYNC, loop)
 
     # -- events --------------------------------------------------------------------
 

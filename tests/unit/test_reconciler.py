@@ -16,6 +16,8 @@ import netaddr
 import pytest
 
 from controller import reconciler as reconciler_module
+from controller import supervisor as supervisor_module
+from controller.backoff import Backoff
 from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.kube import ApiError
@@ -178,8 +180,9 @@ def handled(family: FamilyRange, api: FakeApi, *nodes: NodeInfo) -> Reconciler:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PATCH_BACKOFF", "REBUILD_BACKOFF", "LOOP_BACKOFF"):
-        monkeypatch.setattr(reconciler_module, name, 0.0)
+    for name in ("PATCH_BACKOFF", "REBUILD_BACKOFF"):
+        monkeypatch.setattr(reconciler_module, name, Backoff(0.0))
+    monkeypatch.setattr(supervisor_module, "LOOP_BACKOFF", Backoff(0.0))
 
 
 def holders(api: FakeApi) -> dict[str, tuple[str, ...]]:
@@ -597,14 +600,14 @@ def failures_metric(reconciler: Reconciler, loop: str) -> float:
 def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_problem(family: FamilyRange) -> None:
     async def go() -> tuple[list[str | None], float, int]:
         reconciler = reconciler_for(family, FakeApi())
-        flaky = Flaky(failures=reconciler_module.LOOP_FAILURES_UNHEALTHY)
+        flaky = Flaky(failures=supervisor_module.LOOP_FAILURES_UNHEALTHY)
         reconciler.sweep = flaky  # type: ignore[method-assign]
         problems: list[str | None] = []
         loop = asyncio.ensure_future(reconciler.resync_forever(period=0.001, relist_delay=0.0))
-        await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY)
+        await wait_until(lambda: flaky.calls > supervisor_module.LOOP_FAILURES_UNHEALTHY)
         problems.append(reconciler.problem())
         flaky.healed.set()
-        await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY + 1)
+        await wait_until(lambda: flaky.calls > supervisor_module.LOOP_FAILURES_UNHEALTHY + 1)
         problems.append(reconciler.problem())
         loop.cancel()
         return problems, failures_metric(reconciler, "resync"), flaky.calls
@@ -612,8 +615,8 @@ def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_pr
     problems, counted, calls = run(go)
     assert problems[0] is not None and "resync" in problems[0] and "a bug" in problems[0]
     assert problems[1] is None, "healthy again after a round that succeeded"
-    assert counted == reconciler_module.LOOP_FAILURES_UNHEALTHY
-    assert calls > reconciler_module.LOOP_FAILURES_UNHEALTHY
+    assert counted == supervisor_module.LOOP_FAILURES_UNHEALTHY
+    assert calls > supervisor_module.LOOP_FAILURES_UNHEALTHY
 
 
 @pytest.mark.parametrize("family", FAMILIES)
