@@ -44,12 +44,12 @@ from controller.nodes import (
     NodeInfo,
     Observation,
     Outcome,
-    Problem,
     Reservation,
     ReservationError,
 )
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
 from controller.supervisor import LOOP_BACKOFF, Supervisor
+from controller.warner import Warner
 from controller.workqueue import KeyedQueue
 
 logger = logging.getLogger("nodeipam")
@@ -57,11 +57,9 @@ logger = logging.getLogger("nodeipam")
 #: Event reasons shared with kube-controller-manager, so existing alerts keep working.
 REASON_CIDR_NOT_AVAILABLE = "CIDRNotAvailable"
 REASON_CIDR_ASSIGNMENT_FAILED = "CIDRAssignmentFailed"
-WARNING = "Warning"
 
 PATCH_ATTEMPTS = 5
 PATCH_BACKOFF = Backoff(0.1)  # seconds before a patch is tried again
-EVENT_REPEAT_INTERVAL = 600.0  # the same warning about the same Node at most this often
 BRIDGE_LIMIT = 300.0  # seconds the start-up bridge watch may run at most
 RELIST_DELAY = 1.0  # seconds from a gap to the LIST: signals of one gap make one LIST, and kopf's own re-list moves on
 REBUILD_BACKOFF = Backoff(0.5, cap=30.0)  # seconds before the start-up LIST is tried again
@@ -165,7 +163,7 @@ class Reconciler:
         self._fenced_logged = False
         self._capacity_freed = asyncio.Event()
         self._gate = asyncio.Semaphore(max_in_flight)
-        self._warned: dict[tuple[str, str, str], float] = {}
+        self._warner = Warner(kube, self.metrics)
         self._background: set[asyncio.Task[None]] = set()
         self._supervisor = Supervisor(self.metrics)
         self.listed_version = ""  # resourceVersion of the start-up LIST
@@ -409,7 +407,7 @@ class Reconciler:
     async def deleted(self, node: NodeInfo) -> None:
         """A DELETED watch event: that incarnation is really gone, so its ranges are free."""
         release = self.allocations.forget(node.name, node.uid)
-        self._forget_warnings(node.name)
+        self._warner.forget_node(node.name)
         if self._unserved.get(node.name, node).uid == node.uid:
             self._unserved.pop(node.name, None)
         if release is not None and release.cidrs:
@@ -426,7 +424,7 @@ class Reconciler:
 
     async def _note(self, node: NodeInfo, observation: Observation) -> None:
         if observation.problems:
-            await self._report(node, observation.problems)
+            await self._warner.problems(node, observation.problems)
         for other, theirs in observation.overlapping:
             await self._warn_other_holder(other, theirs, node.name)
         if observation.released:
@@ -438,7 +436,7 @@ class Reconciler:
         if uid is not None:
             message = f"podCIDR {cidr} overlaps a podCIDR of node {by}; both stay out of the pool until every holder is gone"
             logger.warning("node %s: %s", name, message)
-            await self._warn(NodeInfo(name, uid), REASON_DUPLICATE_POD_CIDR, message)
+            await self._warner.node(NodeInfo(name, uid), REASON_DUPLICATE_POD_CIDR, message)
 
     # -- pools ---------------------------------------------------------------------
 
@@ -501,11 +499,8 @@ class Reconciler:
 
     async def _warn_pool(self, name: str, reason: str, message: str) -> None:
         """A Warning event on the pool, at most once per interval for the same text."""
-        if self._warned_lately((f"NodeCIDRPool/{name}", reason, message)):
-            return
         uid = str((self._pool_bodies.get(name, {}).get("metadata") or {}).get("uid", ""))
-        if await self.kube.post_pool_event(name, uid, WARNING, reason, message):
-            self.metrics.events.labels(WARNING, reason).inc()
+        await self._warner.pool(name, uid, reason, message)
 
     # -- pool status and finalizers -------------------------------------------------
 
@@ -594,7 +589,7 @@ class Reconciler:
             if uid is None or self.allocations.overlaps_served(cidr):
                 continue  # a reservation; or a range sticking out of a pool, reported when it was first seen
             message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"
-            await self._warn(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)
+            await self._warner.node(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)
 
     async def _keep_finalizer(self, name: str, metadata: Mapping[str, Any], needed: bool) -> None:
         """The finalizer stays while the pool is not deleted or a Node still holds a range in it."""
@@ -637,7 +632,7 @@ class Reconciler:
             return self.allocations.resume(node) if resume else self.allocations.reserve(node)
         except NoCIDRsRemainingError as error:
             logger.warning("node %s waits for a range: %s", node.name, error)
-            await self._warn(node, REASON_CIDR_NOT_AVAILABLE, f"no node CIDR available: {error}")
+            await self._warner.node(node, REASON_CIDR_NOT_AVAILABLE, f"no node CIDR available: {error}")
         except ReservationError as error:
             logger.info("node %s: not reserving: %s", node.name, error)
         return None
@@ -714,7 +709,7 @@ class Reconciler:
             kept = ""
             if reservation is not None and reservation.is_open:
                 kept = f" ({_join(reservation.cidrs)} stay reserved until a read shows what the node holds)"
-            await self._warn(
+            await self._warner.node(
                 node,
                 REASON_CIDR_ASSIGNMENT_FAILED,
                 f"could not set podCIDRs after {PATCH_ATTEMPTS} attempts: {last_error}; the resync will try again{kept}",
@@ -883,7 +878,7 @@ class Reconciler:
         for name, uid in self.allocations.orphans(live, listed_after=mark):
             release = self.allocations.forget(name, uid)
             if name not in live:
-                self._forget_warnings(name)
+                self._warner.forget_node(name)
             if release is not None and release.cidrs:
                 self._released(name, release.cidrs, "vanished")
         await self.assign_all((node for node in nodes if not self.allocations.knows(node)), read_after=mark)
@@ -957,32 +952,6 @@ class Reconciler:
                 self._supervisor.ran(LOOP_RESYNC)
 
         await self._supervisor.run(LOOP_RESYNC, loop)
-
-    # -- events --------------------------------------------------------------------
-
-    async def _report(self, node: NodeInfo, problems: Iterable[Problem]) -> None:
-        for problem in problems:
-            logger.warning("node %s: %s", node.name, problem.message)
-            await self._warn(node, problem.reason, problem.message)
-
-    async def _warn(self, node: NodeInfo, reason: str, message: str) -> None:
-        """A Warning event on the Node, at most once per interval for the same text."""
-        if self._warned_lately((node.name, reason, message)):
-            return
-        if await self.kube.post_node_event(node, WARNING, reason, message):
-            self.metrics.events.labels(WARNING, reason).inc()
-
-    def _warned_lately(self, key: tuple[str, str, str]) -> bool:
-        """Whether this warning went out less than EVENT_REPEAT_INTERVAL ago; if not, it counts as sent now."""
-        now = time.monotonic()
-        if now - self._warned.get(key, -EVENT_REPEAT_INTERVAL) < EVENT_REPEAT_INTERVAL:
-            return True
-        self._warned[key] = now
-        return False
-
-    def _forget_warnings(self, name: str) -> None:
-        for key in [key for key in self._warned if key[0] == name]:
-            del self._warned[key]
 
     # -- helpers -------------------------------------------------------------------
 
