@@ -20,13 +20,10 @@ them back.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
-import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import netaddr
@@ -38,7 +35,6 @@ from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.nodes import (
     REASON_DUPLICATE_POD_CIDR,
-    REASON_INVALID_POD_CIDR,
     Adopted,
     NodeAllocations,
     NodeInfo,
@@ -47,7 +43,8 @@ from controller.nodes import (
     Reservation,
     ReservationError,
 )
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
+from controller.pools import DEFAULT_POOL, PoolUsage
+from controller.poolsync import PoolSync
 from controller.supervisor import LOOP_BACKOFF, Supervisor
 from controller.warner import Warner
 from controller.workqueue import KeyedQueue
@@ -64,19 +61,10 @@ BRIDGE_LIMIT = 300.0  # seconds the start-up bridge watch may run at most
 RELIST_DELAY = 1.0  # seconds from a gap to the LIST: signals of one gap make one LIST, and kopf's own re-list moves on
 REBUILD_BACKOFF = Backoff(0.5, cap=30.0)  # seconds before the start-up LIST is tried again
 
-#: The finalizer a NodeCIDRPool keeps while a Node holds a range in it.
-POOL_FINALIZER = "nodeipam.io/ranges-in-use"
-POOL_STATUS_DEBOUNCE = 1.0  # seconds: a burst of Nodes makes one status write per pool, not one per Node
-
-#: Event reasons about NodeCIDRPools.
-REASON_POOL_OVERLAPPING = "PoolOverlapping"
-REASON_INVALID_POOL = "InvalidPool"
-
 #: Label values of the background-failures metric.
 LOOP_RESYNC = "resync"
 LOOP_SERVE_WAITING = "serve_waiting"
 LOOP_WORK = "work"
-LOOP_POOL_STATUS = "pool_status"
 LOOP_NODE = "node"  # one Node's handling failed unexpectedly (contained; nothing restarts)
 
 
@@ -118,19 +106,6 @@ def _join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
     return ",".join(str(cidr) for cidr in cidrs)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
-    """A pool status without its timestamps: what decides whether it needs writing."""
-    conditions = [
-        {key: value for key, value in condition.items() if key != "lastTransitionTime"}
-        for condition in status.get("conditions") or ()
-    ]
-    return {**status, "conditions": conditions}
-
-
 class Reconciler:
     """Keeps every Node's podCIDRs assigned, exactly once, from the sets."""
 
@@ -150,7 +125,6 @@ class Reconciler:
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
         self.metrics.duplicate_nodes.set_function(allocations.overlapping_count)
-        self.metrics.track_pools(self.pool_usages)
         self.rebuilt = asyncio.Event()
         self.watch_live = asyncio.Event()  # the watch delivered its first change after its initial listing
         self.queue: KeyedQueue[NodeInfo] = KeyedQueue()
@@ -163,18 +137,11 @@ class Reconciler:
         self._fenced_logged = False
         self._capacity_freed = asyncio.Event()
         self._gate = asyncio.Semaphore(max_in_flight)
-        self._warner = Warner(kube, self.metrics)
-        self._background: set[asyncio.Task[None]] = set()
         self._supervisor = Supervisor(self.metrics)
+        self._warner = Warner(kube, self.metrics)
+        self.pools = PoolSync(kube, allocations, self._warner, self._supervisor, served_changed=self._capacity_freed.set)
+        self.metrics.track_pools(self.pools.usages)
         self.listed_version = ""  # resourceVersion of the start-up LIST
-        self.pools_served = False  # the NodeCIDRPool CRD is installed: pools are watched, their status written
-        self._pool_bodies: dict[str, Mapping[str, Any]] = {}  # the last seen object of each pool
-        self._pool_specs: dict[str, PoolSpec] = {}  # what each pool says, parsed (the last valid spec)
-        self._pool_events = 0  # pool events handled so far
-        self._pool_seen: dict[str, int] = {}  # the count at the last event about each pool
-        self._refused_reported: dict[str, str] = {}
-        self._pool_status_due = asyncio.Event()
-        self._status_written: dict[str, dict[str, Any]] = {}
 
     # -- health --------------------------------------------------------------------
 
@@ -215,10 +182,7 @@ class Reconciler:
                     "listing pools and nodes for the start-up rebuild failed (attempt %d), again in %.1fs", attempt, delay
                 )
             await asyncio.sleep(delay)
-        self.pools_served = pools is not None
-        for body in pools or ():
-            self._remember_pool(body)
-        self._apply_pools()
+        self.pools.load(pools)
         waiting = []
         for node in nodes:
             if not node.pod_cidrs:
@@ -226,14 +190,14 @@ class Reconciler:
                 continue
             observation = self.allocations.observe(node)
             if observation.problems:
-                self._spawn(self._note(node, observation))
+                self._supervisor.spawn(self._note(node, observation))
         self._take_over(carried, {node.name: node for node in waiting})
         self.rebuilt.set()
         summary = ", ".join(f"{s.cluster_cidr}: {s.allocated}/{s.max_cidrs} in use" for s in self.allocations.sets)
         logger.info(
             "rebuilt the sets from %d nodes and %d pools in %.2fs (%s); %d nodes wait for a range",
             len(nodes),
-            len(self._pool_specs),
+            self.pools.count(),
             time.monotonic() - started,
             summary,
             len(waiting),
@@ -379,7 +343,7 @@ class Reconciler:
         await self._note(node, observation)
         outcome = observation.outcome
         if outcome is Outcome.OCCUPIED and self.allocations.holding(node.name):
-            self._pool_usage_changed()
+            self.pools.usage_changed()
             logger.info("node %s holds %s: occupied", node.name, _join(self.allocations.holding(node.name)))
         elif outcome is Outcome.COMMITTED:
             self._count_allocation(node, self.allocations.holding(node.name), attempts=None, seen_at=None)
@@ -415,7 +379,7 @@ class Reconciler:
 
     def _released(self, name: str, cidrs: Iterable[netaddr.IPNetwork], why: str) -> None:
         cidrs = tuple(cidrs)
-        self._pool_usage_changed()
+        self.pools.usage_changed()
         logger.info("released %s from %s node %s", _join(cidrs), why, name)
         for cidr in cidrs:
             self.metrics.releases.labels(self._cluster_label(cidr)).inc()
@@ -441,175 +405,27 @@ class Reconciler:
     # -- pools ---------------------------------------------------------------------
 
     async def pool_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        """A NodeCIDRPool was listed, added, changed or deleted: serve what it says now.
-
-        A pool created, or grown, serves waiting Nodes at once; one being
-        deleted takes no new Node.
-        """
+        """A NodeCIDRPool was listed, added, changed or deleted (see `PoolSync.event`), once the sets are rebuilt."""
         if not self.rebuilt.is_set():
             await self.rebuilt.wait()
-        name = str((body.get("metadata") or {}).get("name", ""))
-        self._pool_events += 1
-        self._pool_seen[name] = self._pool_events
-        before = (self._pool_specs.get(name), self._pool_deleting(name))
-        if kind == "DELETED":
-            self._pool_seen.pop(name, None)
-            self._pool_bodies.pop(name, None)
-            self._pool_specs.pop(name, None)
-            self._refused_reported.pop(name, None)
-            self._status_written.pop(name, None)
-        else:
-            self._remember_pool(body)
-        finalizers = (body.get("metadata") or {}).get("finalizers") or ()
-        if kind != "DELETED" and (self._pool_deleting(name) or POOL_FINALIZER not in finalizers):
-            self.allocations.pool_usage.recheck(name)  # a finalizer to add, or to drop once no Node holds a range in it
-            self._pool_usage_changed()
-        if (self._pool_specs.get(name), self._pool_deleting(name)) == before and kind != "DELETED":
-            return  # its status or finalizers changed (our own writes, mostly): nothing to serve differently
-        self._apply_pools()
-        self._capacity_freed.set()
+        await self.pools.event(kind, body)
 
-    def _remember_pool(self, body: Mapping[str, Any]) -> None:
-        name = str((body.get("metadata") or {}).get("name", ""))
-        self._pool_bodies[name] = body
-        try:
-            self._pool_specs[name] = PoolSpec.from_body(body)
-        except PoolSpecError as error:
-            kept = "its last valid spec is kept" if name in self._pool_specs else "it is not used"
-            logger.warning("%s; %s", error, kept)
-            self._spawn(self._warn_pool(name, REASON_INVALID_POOL, f"{error}; {kept}"))
-
-    def _apply_pools(self) -> None:
-        """Hand the pools to the allocations (a pool being deleted as disabled); report newly refused ones."""
-        served = [
-            dataclasses.replace(spec, disabled=True) if self._pool_deleting(name) else spec
-            for name, spec in self._pool_specs.items()
-        ]
-        refused = self.allocations.set_pools(served)
-        for name, why in refused.items():
-            if self._refused_reported.get(name) != why:
-                logger.warning("NodeCIDRPool %s serves no Node: %s", name, why)
-                self._spawn(self._warn_pool(name, REASON_POOL_OVERLAPPING, f"serves no Node: {why}"))
-        self._refused_reported = dict(refused)
-        self._pool_status_due.set()
-
-    def _pool_deleting(self, name: str) -> bool:
-        metadata = self._pool_bodies.get(name, {}).get("metadata") or {}
-        return bool(metadata.get("deletionTimestamp"))
-
-    async def _warn_pool(self, name: str, reason: str, message: str) -> None:
-        """A Warning event on the pool, at most once per interval for the same text."""
-        uid = str((self._pool_bodies.get(name, {}).get("metadata") or {}).get("uid", ""))
-        await self._warner.pool(name, uid, reason, message)
-
-    # -- pool status and finalizers -------------------------------------------------
+    @property
+    def pools_served(self) -> bool:
+        """The NodeCIDRPool CRD is installed: pools are watched, their status written."""
+        return self.pools.served
 
     def pool_usages(self) -> list[PoolUsage]:
-        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now (kept up to date)."""
-        return self.allocations.pool_usage.usages()
-
-    def _pool_usage_changed(self) -> None:
-        if self.pools_served:
-            self._pool_status_due.set()
+        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now."""
+        return self.pools.usages()
 
     async def write_pool_statuses(self) -> None:
-        """Keep every pool's status, and its finalizer, in step with what Nodes hold. Never returns.
-
-        Writes are debounced (POOL_STATUS_DEBOUNCE) and made only when the
-        status changed, so a burst of Nodes writes each pool's status once.
-        """
-        if not self.pools_served:
-            await asyncio.Event().wait()
-
-        async def loop(restarted: bool) -> None:
-            if restarted:
-                self._pool_status_due.set()
-            while True:
-                await self._pool_status_due.wait()
-                await asyncio.sleep(POOL_STATUS_DEBOUNCE)
-                self._pool_status_due.clear()
-                await self.sync_pools()
-                self._supervisor.ran(LOOP_POOL_STATUS)
-
-        await self._supervisor.run(LOOP_POOL_STATUS, loop)
+        """Keep every pool's status, and its finalizer, in step with what Nodes hold (see `PoolSync`). Never returns."""
+        await self.pools.write_statuses()
 
     async def sync_pools(self) -> None:
-        """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones.
-
-        Only the pools whose usage changed since the last round (or that asked for a look) are looked at.
-        """
-        book = self.allocations.pool_usage
-        await self._report_outside(book.take_new_outside())
-        pending = collections.deque(book.take_dirty())
-        try:
-            while pending:
-                await self._sync_pool(pending[0])
-                pending.popleft()
-        finally:
-            for name in pending:  # cancelled or failed: the next round looks at them
-                book.recheck(name)
-
-    async def _sync_pool(self, name: str) -> None:
-        book = self.allocations.pool_usage
-        body = self._pool_bodies.get(name)
-        usage = book.usage(name)
-        if name == DEFAULT_POOL or body is None or usage is None:
-            return
-        metadata = body.get("metadata") or {}
-        deleting = self._pool_deleting(name)
-        if deleting:
-            usage = dataclasses.replace(usage, blocking_nodes=tuple(book.holders(name, BLOCKING_NODES_SHOWN)))
-        status_seen = body.get("status")  # anything at all, where the CRD has no schema
-        previous = status_seen.get("conditions") or () if isinstance(status_seen, Mapping) else ()
-        spec = self._pool_specs.get(name) or book.index.pools[name]
-        status = status_body(spec, usage, _now(), previous, deleting=deleting)
-        try:
-            # The finalizer first: it needs the resourceVersion seen, which a status write would change.
-            await self._keep_finalizer(name, metadata, needed=not deleting or book.is_held(name))
-            if _without_times(status) != _without_times(self._status_written.get(name, {})):
-                await self.kube.patch_pool_status(name, status)
-                self._status_written[name] = status
-        except ApiError as error:
-            if error.status == 404:
-                return
-            if 400 <= error.status < 500 and error.status not in (409, 429):
-                # Refused as it is: sent again only once it changes, not every round.
-                self._status_written[name] = status
-                logger.warning("the status of NodeCIDRPool %s was refused: %s; sent again once it changes", name, error)
-                await self._warn_pool(name, REASON_INVALID_POOL, f"its status was refused: {error}")
-                return
-            logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", name, error)
-            book.recheck(name)
-            self._pool_status_due.set()
-
-    async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:
-        """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""
-        for name, cidr in outside:
-            uid = self.allocations.holder_uid(name)
-            if uid is None or self.allocations.overlaps_served(cidr):
-                continue  # a reservation; or a range sticking out of a pool, reported when it was first seen
-            message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"
-            await self._warner.node(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)
-
-    async def _keep_finalizer(self, name: str, metadata: Mapping[str, Any], needed: bool) -> None:
-        """The finalizer stays while the pool is not deleted or a Node still holds a range in it."""
-        finalizers = list(metadata.get("finalizers") or ())
-        has = POOL_FINALIZER in finalizers
-        if has == needed:
-            return
-        wanted = [*finalizers, POOL_FINALIZER] if needed else [f for f in finalizers if f != POOL_FINALIZER]
-        try:
-            patched = await self.kube.set_pool_finalizers(name, wanted, str(metadata.get("resourceVersion", "")))
-        except ApiError as error:
-            if error.status == 409:  # changed meanwhile: its event brings the new version, and another round
-                self.allocations.pool_usage.recheck(name)
-                self._pool_status_due.set()
-                return
-            raise
-        if needed:
-            self._pool_bodies[name] = patched
-        else:
-            logger.info("NodeCIDRPool %s: no Node holds a range in it any more; its deletion may proceed", name)
+        """One round of pool status and finalizer writes."""
+        await self.pools.sync()
 
     # -- allocation ------------------------------------------------------------------
 
@@ -793,7 +609,7 @@ class Reconciler:
     def _count_allocation(
         self, node: NodeInfo, cidrs: Iterable[netaddr.IPNetwork], attempts: int | None, seen_at: float | None
     ) -> None:
-        self._pool_usage_changed()
+        self.pools.usage_changed()
         for cidr in cidrs:
             label = self._cluster_label(cidr)
             pool = self.allocations.pool_of(cidr) or ""
@@ -870,8 +686,8 @@ class Reconciler:
         list, with no event about it since the LIST began, is deleted.
         """
         self.metrics.relists.inc()
-        if self.pools_served:
-            await self._resync_pools()
+        if self.pools.served:
+            await self.pools.resync()
         mark = self.allocations.sequence
         nodes, _ = await self.kube.list_nodes(from_cache=True)
         live = {node.name: node.uid for node in nodes}
@@ -889,8 +705,8 @@ class Reconciler:
         No LIST: what the watch delivered is trusted, as an informer's resync
         trusts its cache. Pools are listed (there are few).
         """
-        if self.pools_served:
-            await self._resync_pools()
+        if self.pools.served:
+            await self.pools.resync()
         names = {reservation.name for reservation in self.allocations.unsettled()}
         names.update(self._unserved)
         await asyncio.gather(*(self._read_and_act(name) for name in sorted(names)))
@@ -916,15 +732,6 @@ class Reconciler:
             finally:
                 if current is not None:
                     self._track(current)
-
-    async def _resync_pools(self) -> None:
-        listed_after = self._pool_events
-        pools = await self.kube.list_pools()
-        listed = {str((body.get("metadata") or {}).get("name", "")) for body in pools or ()}
-        for name, body in list(self._pool_bodies.items()):
-            if name not in listed and self._pool_seen.get(name, 0) <= listed_after:
-                logger.info("NodeCIDRPool %s is gone (its deletion was not seen)", name)
-                await self.pool_event("DELETED", body)
 
     async def resync_forever(self, period: float, relist_delay: float = RELIST_DELAY) -> None:
         """A sweep every `period`; a LIST of all Nodes as soon as the watch had a gap. Never returns."""
@@ -962,8 +769,3 @@ class Reconciler:
             return str(containing)
         cidr_set = self.allocations.set_for(cidr)
         return str(cidr_set.cluster_cidr) if cidr_set else ""
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

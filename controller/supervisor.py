@@ -1,4 +1,4 @@
-"""Keeps background loops running: a failure is logged, counted and followed by a restart with backoff.
+"""Keeps background work running: a loop's failure is logged, counted and followed by a restart with backoff.
 
 Health is what the liveness probe asks: a loop that failed
 LOOP_FAILURES_UNHEALTHY times in a row, with no completed round between,
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from controller.backoff import Backoff
 from controller.metrics import Metrics
@@ -28,11 +29,18 @@ class _LoopHealth:
 
 
 class Supervisor:
-    """Runs named background loops forever and tells whether one keeps failing."""
+    """Runs named background loops forever and tells whether one keeps failing; holds one-off background tasks."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._loops: dict[str, _LoopHealth] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a one-off coroutine (an Event, say) without waiting for it; it is held here until done."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def problem(self) -> str | None:
         """None while healthy; else why not: a background loop that keeps failing."""

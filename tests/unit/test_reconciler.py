@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import netaddr
 import pytest
 
+from controller import poolsync as poolsync_module
 from controller import reconciler as reconciler_module
 from controller import supervisor as supervisor_module
 from controller.backoff import Backoff
@@ -757,7 +758,7 @@ def test_pool_status_finalizer_and_deletion_wait_for_the_last_node(family: Famil
         reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.sync_pools()
-        assert reconciler_module.POOL_FINALIZER in api.pools["p"]["metadata"]["finalizers"]
+        assert poolsync_module.POOL_FINALIZER in api.pools["p"]["metadata"]["finalizers"]
         await reconciler.sync_pools()
         assert len(api.statuses["p"]) == 1, "an unchanged status is not written again"
         pool = api.pools["p"]
@@ -809,7 +810,7 @@ def test_metrics_per_pool(family: FamilyRange) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_burst_of_nodes_writes_the_pool_status_once(family: FamilyRange, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconciler_module, "POOL_STATUS_DEBOUNCE", 0.5)
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_DEBOUNCE", 0.5)
     _, wide = POOL_CIDRS[family.version]
     big = str(netaddr.IPNetwork(wide).supernet(netaddr.IPNetwork(wide).prefixlen - 3)[0])  # sixteen node ranges
 
