@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import netaddr
 import pytest
 
+from controller import assign as assign_module
 from controller import poolsync as poolsync_module
 from controller import reconciler as reconciler_module
 from controller import supervisor as supervisor_module
@@ -181,8 +182,8 @@ def handled(family: FamilyRange, api: FakeApi, *nodes: NodeInfo) -> Reconciler:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PATCH_BACKOFF", "REBUILD_BACKOFF"):
-        monkeypatch.setattr(reconciler_module, name, Backoff(0.0))
+    monkeypatch.setattr(assign_module, "PATCH_BACKOFF", Backoff(0.0))
+    monkeypatch.setattr(reconciler_module, "REBUILD_BACKOFF", Backoff(0.0))
     monkeypatch.setattr(supervisor_module, "LOOP_BACKOFF", Backoff(0.0))
 
 
@@ -227,9 +228,9 @@ def test_conflict_then_success_retries_with_a_fresh_reservation(family: FamilyRa
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_persistent_refusal_gives_cidr_assignment_failed_and_leaks_nothing(family: FamilyRange) -> None:
-    api = FakeApi(patch_script=[ApiError(403, "Forbidden", "no podCIDR for you")] * reconciler_module.PATCH_ATTEMPTS)
+    api = FakeApi(patch_script=[ApiError(403, "Forbidden", "no podCIDR for you")] * assign_module.PATCH_ATTEMPTS)
     reconciler = handled(family, api, api.add("a"))
-    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS
+    assert len(api.patched) == assign_module.PATCH_ATTEMPTS
     assert api.reasons() == ["CIDRAssignmentFailed"]
     assert "no podCIDR for you" in api.events[0][2]
     assert reconciler.allocations.sets[0].allocated == 0
@@ -304,10 +305,10 @@ def test_answer_lost_and_read_failed_patches_again_with_the_same_ranges(family: 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_persistent_unknown_keeps_the_ranges_reserved_for_the_resync(family: FamilyRange) -> None:
-    failures: list[str | ApiError] = [ApiError(500, "InternalError", "etcd is sad")] * reconciler_module.PATCH_ATTEMPTS
+    failures: list[str | ApiError] = [ApiError(500, "InternalError", "etcd is sad")] * assign_module.PATCH_ATTEMPTS
     api = FakeApi(patch_script=failures)
     reconciler = handled(family, api, api.add("a"))
-    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS
+    assert len(api.patched) == assign_module.PATCH_ATTEMPTS
     assert len({tuple(cidrs) for _, cidrs in api.patched}) == 1, "every attempt with the same ranges"
     assert api.reasons() == ["CIDRAssignmentFailed"] and "etcd is sad" in api.events[0][2]
     (unsettled,) = reconciler.allocations.unsettled()
@@ -316,8 +317,8 @@ def test_persistent_unknown_keeps_the_ranges_reserved_for_the_resync(family: Fam
 
 def left_unknown(family: FamilyRange, api: FakeApi) -> Reconciler:
     """A reconciler whose patch for Node a was left UNKNOWN (the answer lost, every read failed)."""
-    api.patch_script = [ApiError(0, "ConnectionError", "reset")] * reconciler_module.PATCH_ATTEMPTS
-    api.get_script = [ApiError(0, "ConnectionError", "reset")] * reconciler_module.PATCH_ATTEMPTS
+    api.patch_script = [ApiError(0, "ConnectionError", "reset")] * assign_module.PATCH_ATTEMPTS
+    api.get_script = [ApiError(0, "ConnectionError", "reset")] * assign_module.PATCH_ATTEMPTS
     reconciler = handled(family, api, api.add("a"))
     assert len(reconciler.allocations.unsettled()) == 1
     return reconciler
@@ -331,7 +332,7 @@ def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) ->
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
     run(reconciler.sweep)
     assert reconciler.allocations.unsettled() == [] and reconciler.allocations.holding("a") == reserved.cidrs
-    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS, "no further patch"
+    assert len(api.patched) == assign_module.PATCH_ATTEMPTS, "no further patch"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -410,7 +411,7 @@ def test_a_patch_is_sent_only_once_its_reservation_is_recorded(family: FamilyRan
     reconciler = Reconciler(api, NodeAllocations([family]), Metrics(), fence=fence)
     run(reconciler.rebuild)
     run(lambda: reconciler.handle(api.add("a")))
-    assert fence.announced == reconciler_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
+    assert fence.announced == assign_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
     assert reconciler.allocations.sets[0].allocated == 0 and not reconciler.allocations.is_in_flight("a")
     assert "CIDRAssignmentFailed" in api.reasons()
     fence.recorded = True
@@ -602,7 +603,7 @@ def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_pr
     async def go() -> tuple[list[str | None], float, int]:
         reconciler = reconciler_for(family, FakeApi())
         flaky = Flaky(failures=supervisor_module.LOOP_FAILURES_UNHEALTHY)
-        reconciler.sweep = flaky  # type: ignore[method-assign]
+        reconciler.resync.sweep = flaky  # type: ignore[method-assign]
         problems: list[str | None] = []
         loop = asyncio.ensure_future(reconciler.resync_forever(period=0.001, relist_delay=0.0))
         await wait_until(lambda: flaky.calls > supervisor_module.LOOP_FAILURES_UNHEALTHY)
