@@ -68,12 +68,12 @@ class Reconciler:
         self.pools = PoolSync(kube, allocations, warner, self._supervisor, served_changed=capacity_freed.set)
         self._accounting = Accounting(allocations, self.metrics, warner, capacity_freed, self.pools.usage_changed)
         assigner = Assigner(kube, allocations, self.metrics, warner, self._accounting, fence)
-        self.nodes = NodeWork(
+        self.node_work = NodeWork(
             kube, allocations, self.metrics, warner, self._supervisor, self._accounting, assigner, self.rebuilt, max_in_flight
         )
-        self.resync = Resync(kube, allocations, self.metrics, self._supervisor, self.pools, self.nodes)
+        self.resync = Resync(kube, allocations, self.metrics, self._supervisor, self.pools, self.node_work)
         self.watch_live = self.resync.watch_live  # the watch delivered its first change after its initial listing
-        self.queue = self.nodes.queue
+        self.queue = self.node_work.queue
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.waiting_count)
         self.metrics.duplicate_nodes.set_function(allocations.overlapping_count)
@@ -168,7 +168,7 @@ class Reconciler:
 
     async def assign_all(self, nodes: Iterable[NodeInfo], read_after: int | None = None) -> int:
         """Handle many Nodes at once, bounded by the in-flight limit; returns how many (see `NodeWork.assign_all`)."""
-        return await self.nodes.assign_all(nodes, read_after)
+        return await self.node_work.assign_all(nodes, read_after)
 
     async def bridge(self, caught_up: asyncio.Event, limit: float = BRIDGE_LIMIT) -> None:
         """Watch from the start-up LIST until kopf's own watch is live (see `Resync.bridge`)."""
@@ -184,9 +184,9 @@ class Reconciler:
         """
         self.resync.watched(kind, node.name)
         if kind == "DELETED":
-            await self.nodes.deleted(node)
+            await self.node_work.deleted(node)
         else:
-            self.nodes.enqueue(node)
+            self.node_work.enqueue(node)
 
     async def pool_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
         """A NodeCIDRPool was listed, added, changed or deleted (see `PoolSync.event`), once the sets are rebuilt."""
@@ -203,25 +203,25 @@ class Reconciler:
 
     def enqueue(self, node: NodeInfo) -> None:
         """Handle the Node soon, by a worker; a later event about it before then replaces this one."""
-        self.nodes.enqueue(node)
+        self.node_work.enqueue(node)
 
     async def handle(self, node: NodeInfo, read_after: int | None = None) -> None:
         """Account for a Node as seen by an event or a LIST; allocate if it has no range (see `NodeWork.handle`)."""
-        await self.nodes.handle(node, read_after)
+        await self.node_work.handle(node, read_after)
 
     async def deleted(self, node: NodeInfo) -> None:
         """A DELETED watch event: that incarnation is really gone, so its ranges are free."""
-        await self.nodes.deleted(node)
+        await self.node_work.deleted(node)
 
     # -- background loops (each never returns) --------------------------------------
 
     async def work(self) -> None:
         """Handle queued Nodes, `max_in_flight` at a time."""
-        await self.nodes.work()
+        await self.node_work.work()
 
     async def serve_waiting(self) -> None:
         """Retry Nodes that found the range exhausted as soon as a range is released."""
-        await self.nodes.serve_waiting()
+        await self.node_work.serve_waiting()
 
     async def resync_forever(self, period: float, relist_delay: float = RELIST_DELAY) -> None:
         """A sweep every `period`; a LIST of all Nodes as soon as the watch had a gap (see `Resync.forever`)."""

@@ -49,14 +49,14 @@ class Resync:
         metrics: Metrics,
         supervisor: Supervisor,
         pools: PoolSync,
-        nodes: NodeWork,
+        node_work: NodeWork,
     ) -> None:
         self._kube = kube
         self._allocations = allocations
         self._metrics = metrics
         self._supervisor = supervisor
         self._pools = pools
-        self._nodes = nodes
+        self._node_work = node_work
         self.watch_live = asyncio.Event()  # the watch delivered its first change after its initial listing
         self._listed_again: set[str] = set()  # names the listing in progress showed so far (none: the watch is live)
         self._relist_due = asyncio.Event()
@@ -97,9 +97,9 @@ class Resync:
                     if caught_up.is_set():
                         return
                     if kind == "DELETED":
-                        await self._nodes.deleted(node)
+                        await self._node_work.deleted(node)
                     elif not self._allocations.knows(node):
-                        self._nodes.enqueue(node)
+                        self._node_work.enqueue(node)
         except (TimeoutError, ApiError) as error:
             logger.debug("start-up bridge watch ended: %r", error)
         except Exception:
@@ -128,8 +128,8 @@ class Resync:
         nodes, _ = await self._kube.list_nodes(from_cache=True)
         live = {node.name: node.uid for node in nodes}
         for name, uid in self._allocations.orphans(live, listed_after=mark):
-            self._nodes.vanished(name, uid, name_listed=name in live)
-        await self._nodes.assign_all((node for node in nodes if not self._allocations.knows(node)), read_after=mark)
+            self._node_work.vanished(name, uid, name_listed=name in live)
+        await self._node_work.assign_all((node for node in nodes if not self._allocations.knows(node)), read_after=mark)
 
     async def sweep(self) -> None:
         """Read, one by one, the Nodes the watch left open: ones left without a range, patches of unknown outcome.
@@ -139,7 +139,7 @@ class Resync:
         """
         if self._pools.served:
             await self._pools.resync()
-        await asyncio.gather(*(self._nodes.read_open(name) for name in sorted(self._nodes.open_names())))
+        await asyncio.gather(*(self._node_work.read_open(name) for name in sorted(self._node_work.open_names())))
 
     async def forever(self, period: float, relist_delay: float = RELIST_DELAY) -> None:
         """A sweep every `period`; a LIST of all Nodes as soon as the watch had a gap. Never returns."""
