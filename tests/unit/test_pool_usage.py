@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from prometheus_client import generate_latest
 
-from controller import reconciler as reconciler_module
+from controller import poolsync as poolsync_module
 from controller.allocators import CIDRSet, NoCIDRsRemainingError
 from controller.config import FamilyRange
 from controller.kube import ApiError
@@ -394,13 +394,13 @@ def test_a_status_round_looks_only_at_the_pools_whose_usage_changed(
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.sync_pools()
         looked_at: list[str] = []
-        original = reconciler_module.status_body
+        original = poolsync_module.status_body
 
         def spy(spec: PoolSpec, *args: Any, **kwargs: Any) -> dict[str, Any]:
             looked_at.append(spec.name)
             return original(spec, *args, **kwargs)
 
-        monkeypatch.setattr(reconciler_module, "status_body", spy)
+        monkeypatch.setattr(poolsync_module, "status_body", spy)
         await reconciler.handle(api.add("a"))  # into p0, the highest priority
         await reconciler.sync_pools()
         await reconciler.sync_pools()  # nothing changed since
@@ -449,7 +449,7 @@ def test_a_finalizer_taken_off_by_hand_is_put_back_although_no_usage_changed(fam
         await reconciler.sync_pools()
 
     run(go)
-    assert api.pools is not None and api.pools["p1"]["metadata"]["finalizers"] == [reconciler_module.POOL_FINALIZER]
+    assert api.pools is not None and api.pools["p1"]["metadata"]["finalizers"] == [poolsync_module.POOL_FINALIZER]
 
 
 @pytest.mark.parametrize("family_range", FAMILIES)

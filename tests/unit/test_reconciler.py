@@ -15,7 +15,11 @@ from typing import Any, TypeVar
 import netaddr
 import pytest
 
+from controller import assign as assign_module
+from controller import poolsync as poolsync_module
 from controller import reconciler as reconciler_module
+from controller import supervisor as supervisor_module
+from controller.backoff import Backoff
 from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.kube import ApiError
@@ -180,8 +184,9 @@ def handled(family: FamilyRange, api: FakeApi, *nodes: NodeInfo) -> Reconciler:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PATCH_BACKOFF", "REBUILD_BACKOFF", "LOOP_BACKOFF"):
-        monkeypatch.setattr(reconciler_module, name, 0.0)
+    monkeypatch.setattr(assign_module, "PATCH_BACKOFF", Backoff(0.0))
+    monkeypatch.setattr(reconciler_module, "REBUILD_BACKOFF", Backoff(0.0))
+    monkeypatch.setattr(supervisor_module, "LOOP_BACKOFF", Backoff(0.0))
 
 
 def holders(api: FakeApi) -> dict[str, tuple[str, ...]]:
@@ -225,9 +230,9 @@ def test_conflict_then_success_retries_with_a_fresh_reservation(family: FamilyRa
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_persistent_refusal_gives_cidr_assignment_failed_and_leaks_nothing(family: FamilyRange) -> None:
-    api = FakeApi(patch_script=[ApiError(403, "Forbidden", "no podCIDR for you")] * reconciler_module.PATCH_ATTEMPTS)
+    api = FakeApi(patch_script=[ApiError(403, "Forbidden", "no podCIDR for you")] * assign_module.PATCH_ATTEMPTS)
     reconciler = handled(family, api, api.add("a"))
-    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS
+    assert len(api.patched) == assign_module.PATCH_ATTEMPTS
     assert api.reasons() == ["CIDRAssignmentFailed"]
     assert "no podCIDR for you" in api.events[0][2]
     assert reconciler.allocations.sets[0].allocated == 0
@@ -302,10 +307,10 @@ def test_answer_lost_and_read_failed_patches_again_with_the_same_ranges(family: 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_persistent_unknown_keeps_the_ranges_reserved_for_the_resync(family: FamilyRange) -> None:
-    failures: list[str | ApiError] = [ApiError(500, "InternalError", "etcd is sad")] * reconciler_module.PATCH_ATTEMPTS
+    failures: list[str | ApiError] = [ApiError(500, "InternalError", "etcd is sad")] * assign_module.PATCH_ATTEMPTS
     api = FakeApi(patch_script=failures)
     reconciler = handled(family, api, api.add("a"))
-    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS
+    assert len(api.patched) == assign_module.PATCH_ATTEMPTS
     assert len({tuple(cidrs) for _, cidrs in api.patched}) == 1, "every attempt with the same ranges"
     assert api.reasons() == ["CIDRAssignmentFailed"] and "etcd is sad" in api.events[0][2]
     (unsettled,) = reconciler.allocations.unsettled()
@@ -314,8 +319,8 @@ def test_persistent_unknown_keeps_the_ranges_reserved_for_the_resync(family: Fam
 
 def left_unknown(family: FamilyRange, api: FakeApi) -> Reconciler:
     """A reconciler whose patch for Node a was left UNKNOWN (the answer lost, every read failed)."""
-    api.patch_script = [ApiError(0, "ConnectionError", "reset")] * reconciler_module.PATCH_ATTEMPTS
-    api.get_script = [ApiError(0, "ConnectionError", "reset")] * reconciler_module.PATCH_ATTEMPTS
+    api.patch_script = [ApiError(0, "ConnectionError", "reset")] * assign_module.PATCH_ATTEMPTS
+    api.get_script = [ApiError(0, "ConnectionError", "reset")] * assign_module.PATCH_ATTEMPTS
     reconciler = handled(family, api, api.add("a"))
     assert len(reconciler.allocations.unsettled()) == 1
     return reconciler
@@ -329,7 +334,7 @@ def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) ->
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
     run(reconciler.sweep)
     assert reconciler.allocations.unsettled() == [] and reconciler.allocations.holding("a") == reserved.cidrs
-    assert len(api.patched) == reconciler_module.PATCH_ATTEMPTS, "no further patch"
+    assert len(api.patched) == assign_module.PATCH_ATTEMPTS, "no further patch"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -408,7 +413,7 @@ def test_a_patch_is_sent_only_once_its_reservation_is_recorded(family: FamilyRan
     reconciler = Reconciler(api, NodeAllocations([family]), Metrics(), fence=fence)
     run(reconciler.rebuild)
     run(lambda: reconciler.handle(api.add("a")))
-    assert fence.announced == reconciler_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
+    assert fence.announced == assign_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
     assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.reservation("a") is None
     assert "CIDRAssignmentFailed" in api.reasons()
     fence.recorded = True
@@ -599,14 +604,14 @@ def failures_metric(reconciler: Reconciler, loop: str) -> float:
 def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_problem(family: FamilyRange) -> None:
     async def go() -> tuple[list[str | None], float, int]:
         reconciler = reconciler_for(family, FakeApi())
-        flaky = Flaky(failures=reconciler_module.LOOP_FAILURES_UNHEALTHY)
-        reconciler.sweep = flaky  # type: ignore[method-assign]
+        flaky = Flaky(failures=supervisor_module.LOOP_FAILURES_UNHEALTHY)
+        reconciler.resync.sweep = flaky  # type: ignore[method-assign]
         problems: list[str | None] = []
         loop = asyncio.ensure_future(reconciler.resync_forever(period=0.001, relist_delay=0.0))
-        await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY)
+        await wait_until(lambda: flaky.calls > supervisor_module.LOOP_FAILURES_UNHEALTHY)
         problems.append(reconciler.problem())
         flaky.healed.set()
-        await wait_until(lambda: flaky.calls > reconciler_module.LOOP_FAILURES_UNHEALTHY + 1)
+        await wait_until(lambda: flaky.calls > supervisor_module.LOOP_FAILURES_UNHEALTHY + 1)
         problems.append(reconciler.problem())
         loop.cancel()
         return problems, failures_metric(reconciler, "resync"), flaky.calls
@@ -614,8 +619,8 @@ def test_resync_loop_survives_unexpected_exceptions_counts_them_and_reports_a_pr
     problems, counted, calls = run(go)
     assert problems[0] is not None and "resync" in problems[0] and "a bug" in problems[0]
     assert problems[1] is None, "healthy again after a round that succeeded"
-    assert counted == reconciler_module.LOOP_FAILURES_UNHEALTHY
-    assert calls > reconciler_module.LOOP_FAILURES_UNHEALTHY
+    assert counted == supervisor_module.LOOP_FAILURES_UNHEALTHY
+    assert calls > supervisor_module.LOOP_FAILURES_UNHEALTHY
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -756,7 +761,7 @@ def test_pool_status_finalizer_and_deletion_wait_for_the_last_node(family: Famil
         reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.sync_pools()
-        assert reconciler_module.POOL_FINALIZER in api.pools["p"]["metadata"]["finalizers"]
+        assert poolsync_module.POOL_FINALIZER in api.pools["p"]["metadata"]["finalizers"]
         await reconciler.sync_pools()
         assert len(api.statuses["p"]) == 1, "an unchanged status is not written again"
         pool = api.pools["p"]
@@ -808,7 +813,7 @@ def test_metrics_per_pool(family: FamilyRange) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_burst_of_nodes_writes_the_pool_status_once(family: FamilyRange, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconciler_module, "POOL_STATUS_DEBOUNCE", 0.5)
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_DEBOUNCE", 0.5)
     _, wide = POOL_CIDRS[family.version]
     big = str(netaddr.IPNetwork(wide).supernet(netaddr.IPNetwork(wide).prefixlen - 3)[0])  # sixteen node ranges
 

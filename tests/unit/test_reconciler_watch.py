@@ -63,15 +63,15 @@ def test_a_listing_after_the_watch_was_live_asks_for_one_relist_per_listing(fami
         due = []
         for kind, name in [(None, "a"), (None, "b")]:  # the initial listing: no gap
             await reconciler.node_event(kind, node(name))
-        due.append(reconciler._relist_due.is_set())
+        due.append(reconciler.resync._relist_due.is_set())
         await reconciler.node_event("ADDED", node("c"))  # live
         await reconciler.node_event(None, node("a"))  # listed again: a gap
-        due.append(reconciler._relist_due.is_set())
-        reconciler._relist_due.clear()
+        due.append(reconciler.resync._relist_due.is_set())
+        reconciler.resync._relist_due.clear()
         await reconciler.node_event(None, node("b"))  # the same listing goes on
-        due.append(reconciler._relist_due.is_set())
+        due.append(reconciler.resync._relist_due.is_set())
         await reconciler.node_event(None, node("a"))  # a name again: another listing, another gap
-        due.append(reconciler._relist_due.is_set())
+        due.append(reconciler.resync._relist_due.is_set())
         return due
 
     assert run(go) == [False, True, False, True]
@@ -87,9 +87,9 @@ def test_a_bridge_that_ends_before_the_watch_is_live_asks_for_a_relist(family: F
         api.watch_events = [("ADDED", api.add("x"))]
         caught_up.set()
         await reconciler.bridge(caught_up)  # caught up: nothing missed
-        first = reconciler._relist_due.is_set()
+        first = reconciler.resync._relist_due.is_set()
         await reconciler.bridge(asyncio.Event())  # ended (410 Gone, say) before kopf's watch was live
-        return first, reconciler._relist_due.is_set()
+        return first, reconciler.resync._relist_due.is_set()
 
     assert run(go) == (False, True)
 
@@ -102,14 +102,14 @@ def test_resync_loop_lists_after_a_gap_and_only_then(family: FamilyRange) -> Non
         reconciler = reconciler_for(family, api)
         await reconciler.assign_all([api.add("a")])
         sweeps = 0
-        sweep = reconciler.sweep
+        sweep = reconciler.resync.sweep
 
         async def counted_sweep() -> None:
             nonlocal sweeps
             sweeps += 1
             await sweep()
 
-        reconciler.sweep = counted_sweep  # type: ignore[method-assign]
+        reconciler.resync.sweep = counted_sweep  # type: ignore[method-assign]
         loop = asyncio.ensure_future(reconciler.resync_forever(period=0.01, relist_delay=0.0))
         await wait_until(lambda: sweeps >= 3)  # several resync periods: a sweep each, no LIST
         lists_before_gap = list(api.lists)
@@ -149,9 +149,9 @@ def test_a_name_listed_twice_before_the_watch_was_live_is_a_gap_too(family: Fami
         due = []
         for name in ("a", "b"):
             await reconciler.node_event(None, node(name))
-        due.append(reconciler._relist_due.is_set())
+        due.append(reconciler.resync._relist_due.is_set())
         await reconciler.node_event(None, node("a"))  # kopf listed again before any change came
-        due.append(reconciler._relist_due.is_set())
+        due.append(reconciler.resync._relist_due.is_set())
         return due
 
     assert run(go) == [False, True]
