@@ -126,6 +126,7 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     stopping = Stopping(deadline or ShutdownDeadline(SHUTDOWN_GRACE_SECONDS))
     stopping.listen()
     metrics = Metrics()
+    loopwatch.share_the_gil_promptly()
     # The main loop's lag, and the heartbeat that the metrics port's thread reads for /healthz.
     heartbeat = loopwatch.Heartbeat()
     pulse = asyncio.ensure_future(loopwatch.watch_loop(heartbeat, metrics.event_loop_lag.observe))

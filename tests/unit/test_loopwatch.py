@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
+import pytest
+
+from controller import loopwatch
 from controller.loopwatch import Heartbeat, watch_loop
 from controller.metrics import Metrics
 
@@ -55,3 +59,13 @@ def test_the_lag_histogram_is_on_the_registry() -> None:
     metrics = Metrics()
     metrics.event_loop_lag.observe(0.2)
     assert metrics.registry.get_sample_value("node_ipam_controller_event_loop_lag_seconds_bucket", {"le": "0.25"}) == 1.0
+
+
+def test_the_threads_beside_the_main_loop_get_the_gil_back_within_a_millisecond() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        loopwatch.share_the_gil_promptly()
+        assert sys.getswitchinterval() == pytest.approx(loopwatch.GIL_SWITCH_INTERVAL) and loopwatch.GIL_SWITCH_INTERVAL <= 0.001
+    finally:
+        sys.setswitchinterval(before)
