@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 import netaddr
 
+from controller.cidrs import join
 from controller.metrics import Metrics
 from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo
 from controller.nodes import NodeAllocations, Observation
@@ -21,11 +22,6 @@ from controller.pools import DEFAULT_POOL
 from controller.warner import Warner
 
 logger = logging.getLogger("nodeipam")
-
-
-def join(cidrs: Iterable[netaddr.IPNetwork]) -> str:
-    """Ranges as one comma-separated text, for logs and Events."""
-    return ",".join(str(cidr) for cidr in cidrs)
 
 
 class Accounting:

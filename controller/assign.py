@@ -16,9 +16,10 @@ from typing import Protocol
 
 import netaddr
 
-from controller.accounting import Accounting, join
+from controller.accounting import Accounting
 from controller.allocators import NoCIDRsRemainingError
 from controller.backoff import Backoff
+from controller.cidrs import join
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.model import NodeInfo

@@ -584,7 +584,8 @@ class RateLimiter:
                 await self._sleep((1 - self._tokens) / self.qps)
 
 
-def _now() -> str:
+def api_timestamp() -> str:
+    """Now, as the API writes a time to the second (RFC 3339, UTC)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -872,7 +873,7 @@ class KubeClient:
         return await self._post_event(involved, event_type, reason, message)
 
     async def _post_event(self, involved: Mapping[str, str], event_type: str, reason: str, message: str) -> bool:
-        now = _now()
+        now = api_timestamp()
         event = {
             "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": EVENT_NAMESPACE},
             "involvedObject": dict(involved),

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from controller.accounting import Accounting, join
+from controller.accounting import Accounting
 from controller.assign import Assigner, ReadApi, read_node
+from controller.cidrs import join
 from controller.metrics import Metrics
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations, Observation, Outcome

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import datetime
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import netaddr
 
-from controller.kube import ApiError
+from controller.kube import ApiError, api_timestamp
 from controller.model import REASON_INVALID_POD_CIDR, NodeInfo
 from controller.nodes import NodeAllocations
 from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
@@ -74,10 +73,6 @@ class PoolObject:
             status=body.get("status"),
             body=body,
         )
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -252,7 +247,7 @@ class PoolSync:
             usage = dataclasses.replace(usage, blocking_nodes=tuple(book.holders(name, BLOCKING_NODES_SHOWN)))
         previous = pool.status.get("conditions") or () if isinstance(pool.status, Mapping) else ()
         spec = self._specs.get(name) or book.index.pools[name]
-        status = status_body(spec, usage, _now(), previous, deleting=pool.deleting)
+        status = status_body(spec, usage, api_timestamp(), previous, deleting=pool.deleting)
         try:
             # The finalizer first: it needs the resourceVersion seen, which a status write would change.
             await self._keep_finalizer(pool, needed=not pool.deleting or book.is_held(name))
