@@ -64,7 +64,8 @@ import netaddr
 
 from bench.probe import Sample, probe
 from bench.watch import watch_nodes
-from controller.kube import POOLS_PATH, ApiError, Credentials, KubeClient
+from controller.credentials import Credentials
+from controller.kube import POOLS_PATH, ApiError, KubeClient
 from localcluster.binaries import ensure_binaries
 from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
 from localcluster.nodebodies import realistic_node

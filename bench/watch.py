@@ -15,7 +15,8 @@ from multiprocessing.connection import Connection
 import aiohttp
 import msgspec
 
-from controller.kube import Credentials, KubeClient
+from controller.credentials import Credentials
+from controller.kube import KubeClient
 
 REPORT_INTERVAL = 0.05  # the watch process sends what it saw this often
 

@@ -17,7 +17,7 @@ import netaddr
 
 from controller import config
 from controller.config import ConfigError, FamilyRange, LeaderElection, Settings
-from controller.kube import Credentials, CredentialsError
+from controller.credentials import Credentials, CredentialsError
 from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS, ServingOptions, parse_always_allow_paths
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import kopf
 
 from controller import kopfpatches
-from controller.kube import Credentials, node_of
+from controller.credentials import Credentials
+from controller.kube import node_of
 from controller.reconciler import Reconciler
 
 WATCH_PAGE_SIZE = 500

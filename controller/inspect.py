@@ -18,7 +18,8 @@ import netaddr
 
 from controller.cidrs import ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
-from controller.kube import ApiError, Credentials, KubeClient
+from controller.credentials import Credentials
+from controller.kube import ApiError, KubeClient
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
 from controller.pools import PoolSpec, PoolSpecError, PoolUsage, overlaps

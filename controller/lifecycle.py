@@ -25,7 +25,8 @@ from typing import Any
 
 from controller import gcpolicy, handlers, inflight, kopfpatches, loopwatch
 from controller.config import Settings
-from controller.kube import Credentials, KubeClient
+from controller.credentials import Credentials
+from controller.kube import KubeClient
 from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations

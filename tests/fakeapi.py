@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from controller.kube import Credentials
+from controller.credentials import Credentials
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -14,7 +14,7 @@ import pytest
 
 from bench.flood import REVIEWS_AT_ONCE, apiserver_token_reviews, measure, raise_open_files_limit
 from controller import handlers
-from controller.kube import Credentials
+from controller.credentials import Credentials
 from controller.model import NodeInfo
 from controller.reconciler import Reconciler
 from localcluster.cluster import ADMIN_TOKEN

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from controller.kube import ApiError, Credentials, KubeClient
+from controller.credentials import Credentials
+from controller.kube import ApiError, KubeClient
 from controller.model import NodeInfo
 from tests.integration.conftest import Cluster
 

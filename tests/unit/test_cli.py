@@ -20,7 +20,7 @@ import pytest
 
 from controller import cli, lifecycle
 from controller.config import Settings
-from controller.kube import Credentials, CredentialsError
+from controller.credentials import Credentials, CredentialsError
 
 CIDR = "--cluster-cidr=10.244.0.0/16"
 

@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 
 from controller import handlers
-from controller.kube import RENEW_AGAIN_SECONDS, Credentials, CredentialsError, KubeClient, RenewingToken, Token
+from controller.credentials import RENEW_AGAIN_SECONDS, Credentials, CredentialsError, RenewingToken, Token
+from controller.kube import KubeClient
 from tests.fakeapi import FakeApi
 
 T0 = 1_900_000_000.0  # "now" on the test's clock (2030)
