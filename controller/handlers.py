@@ -19,13 +19,14 @@ from typing import Any
 import kopf
 
 from controller import kopfpatches
+from controller.backoff import Backoff
 from controller.credentials import Credentials
 from controller.kube import node_of
 from controller.reconciler import Reconciler
 
 WATCH_PAGE_SIZE = 500
-#: Delays before kopf is started again after a watch error, then the last one each time.
-KOPF_RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: Seconds before kopf is started again after a watch error: 1, doubling per failed run in a row, up to 30.
+KOPF_RESTART_BACKOFF = Backoff(1.0, cap=30.0)
 #: A kopf run at least this long was healthy: a watch error after it waits the first delay again.
 KOPF_HEALTHY_RUN_SECONDS = 600.0
 logger = logging.getLogger("nodeipam")
@@ -137,9 +138,8 @@ class RestartBackoff:
         """The delay after a kopf run of `ran_for` seconds ended with a watch error."""
         if ran_for >= KOPF_HEALTHY_RUN_SECONDS:
             self.failures_in_a_row = 0
-        delay = KOPF_RESTART_DELAYS[min(self.failures_in_a_row, len(KOPF_RESTART_DELAYS) - 1)]
         self.failures_in_a_row += 1
-        return delay
+        return KOPF_RESTART_BACKOFF.after(self.failures_in_a_row)
 
 
 async def operate(

@@ -24,6 +24,7 @@ import aiohttp
 import msgspec
 import netaddr
 
+from controller.backoff import Backoff
 from controller.credentials import Credentials
 from controller.model import NodeInfo, labels_of
 
@@ -35,7 +36,7 @@ LIST_PAGE_SIZE = 500
 WATCH_LIST_SINCE = (1, 34)  # the first Kubernetes version whose API server streams a watch's initial listing by default
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ATTEMPTS = 4
-TRANSIENT_BACKOFF = 0.2
+TRANSIENT_BACKOFF = Backoff(0.2)  # seconds before a transient failure is tried again
 RETRY_AFTER_STATUSES = frozenset({429, 503})  # answers whose Retry-After header says how long to wait
 RETRY_AFTER_CAP = 30.0  # seconds: never wait longer on the server's word
 WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute)
@@ -305,7 +306,7 @@ class KubeClient:
             await self._limiter.acquire()
             if write and self._may_write is not None and not self._may_write():
                 raise failed or FencedError(method, path)
-            backoff = TRANSIENT_BACKOFF * 2 ** (attempt - 1)
+            backoff = TRANSIENT_BACKOFF.after(attempt)
             try:
                 session = self._get_session()
                 async with (
