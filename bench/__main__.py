@@ -149,7 +149,9 @@ class Result:
     etcd_cpu_seconds: float = 0.0
     series: Series = field(default_factory=Series)
     pools: str = ""  # the pools scenario: which pools served the Nodes
-    healthz_seconds: list[float] = field(default_factory=list)  # /healthz latencies during the burst
+    healthz_seconds: list[float] = field(default_factory=list)  # /healthz latencies on the probe port during the burst
+    #: /healthz latencies on the metrics port (https, a thread of the controller's) during the burst
+    tls_healthz_seconds: list[float] = field(default_factory=list)
     scrape_seconds: list[float] = field(default_factory=list)  # /metrics latencies during the burst
     probe_failures: int = 0  # requests that timed out or were not answered 200
     #: /healthz requests over SLOW_PROBE: sent (s since the start; and monotonic, as the controller's stall log),
@@ -253,8 +255,10 @@ class Controller:
         node_mask: int,
         throttled: bool = False,
         metrics_port: int | None = None,
+        probe_port: int | None = None,
     ) -> None:
-        """`metrics_port`: nodeipam serves /metrics and /healthz there (on 127.0.0.1); None: not at all."""
+        """`metrics_port`: nodeipam serves /metrics and /healthz there (on 127.0.0.1); None: not at all.
+        `probe_port`: the same for its probe process's /healthz and /readyz (plain http)."""
         self.kind = kind
         self.label = kind + (" (QPS 20/30)" if throttled else "")
         ours = kind in ("nodeipam", "nodeipam-elected")
@@ -278,6 +282,7 @@ class Controller:
                 f"--node-cidr-mask-size={node_mask}",
                 *election,
                 f"--metrics-bind-address=127.0.0.1:{metrics_port}" if metrics_port else "--metrics-bind-address=0",
+                f"--health-probe-bind-address=127.0.0.1:{probe_port}" if probe_port else "--health-probe-bind-address=0",
                 "--log-level=warning",
                 module=entry,
             )
@@ -425,17 +430,17 @@ class Watcher:
 class Prober:
     """Probes /healthz and scrapes /metrics of the controller from a process of its own (bench/probe.py)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, probe_port: int | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
-        self._process = context.Process(target=probe, args=(port, ADMIN_TOKEN, child), daemon=True)
+        self._process = context.Process(target=probe, args=(port, ADMIN_TOKEN, child, probe_port), daemon=True)
         self._process.start()
         child.close()
 
-    async def stop(self) -> tuple[list[Sample], list[Sample]]:
-        """Stop; (healthz samples, scrape samples): see bench.probe.Sample."""
+    async def stop(self) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """Stop; (probe port /healthz, metrics port /healthz, scrape samples): see bench.probe.Sample."""
         self._connection.send("stop")
-        samples: tuple[list[Sample], list[Sample]] = await asyncio.to_thread(self._connection.recv)
+        samples: tuple[list[Sample], list[Sample], list[Sample]] = await asyncio.to_thread(self._connection.recv)
         await asyncio.to_thread(self._process.join, 10)
         return samples
 
@@ -705,24 +710,24 @@ async def pools_burst(
         await delete_all_pools(kube)
         for index, entries in enumerate(pool_cidrs):
             await kube.request("POST", POOLS_PATH, body=pool_body(f"bench-{index:04d}", mask, entries))
-        port = free_port()
-        controller = Controller("nodeipam", plane, logs, cluster_cidr, mask, metrics_port=port)
+        port, probe_port = free_port(), free_port()
+        controller = Controller("nodeipam", plane, logs, cluster_cidr, mask, metrics_port=port, probe_port=probe_port)
         watcher = Watcher(plane.kubeconfig)
         await watcher.start()
         sampler = Sampler(controller, watcher)
         await wait_ready(port)
-        prober = Prober(port)
+        prober = Prober(port, probe_port)
         await asyncio.sleep(3)  # a few probes before the burst
         names = [f"pools-{i}" for i in range(n)]
         started = time.monotonic()
         created = await create_nodes(kube, names, per_second=per_second)
         done = await watcher.wait_all(names)
-        healthz, scrapes = await prober.stop()
+        healthz, tls_healthz, scrapes = await prober.stop()
         await asyncio.sleep(AFTER_BURST_SECONDS)
         sampler.stop(started)
         controller.stop()
         await watcher.stop()
-        during = [sample for sample in healthz + scrapes if started <= sample[0] <= done]
+        during = [sample for sample in healthz + tls_healthz + scrapes if started <= sample[0] <= done]
         nodes, _ = await kube.list_nodes()
         in_pools = sum(
             1 for node in nodes if node.pod_cidrs and netaddr.IPNetwork(node.pod_cidrs[0]) in netaddr.IPNetwork(CLUSTER_CIDR)
@@ -741,11 +746,13 @@ async def pools_burst(
         )
         result.pools = label
         result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
+        result.tls_healthz_seconds = [round(sample[1], 4) for sample in tls_healthz if started <= sample[0] <= done]
         result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
         result.slow_probes = [
-            {"at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
+            {"port": port_name, "at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
             | {"tcp": tcp, "tls": tls, "probe_wait": wait}
-            for sent, took, _, tcp, tls, wait in healthz
+            for port_name, samples in (("probe", healthz), ("metrics", tls_healthz))
+            for sent, took, _, tcp, tls, wait in samples
             if started <= sent <= done and took > SLOW_PROBE
         ]
         result.stall_log = str(controller.stall_log or "")
@@ -756,8 +763,9 @@ async def pools_burst(
 
 POOLS_TABLE_HEADER = (
     "| burst | setup | lag after last create s | p50 s | /healthz p50 / p99 / worst ms | /healthz over 100 ms "
+    "| metrics port /healthz p50 / p99 / worst ms, over 100 ms "
     "| /metrics p50 / p99 / worst ms | probes, scrapes (failed) | CPU ms/Node | load avg mean / max | note |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -769,12 +777,15 @@ def pools_row(result: Result) -> str:
         return " / ".join(f"{1000 * value:.0f}" for value in figures)
 
     slow = sum(1 for took in result.healthz_seconds if took > SLOW_PROBE)
+    tls_slow = sum(1 for took in result.tls_healthz_seconds if took > SLOW_PROBE)
+    probes = len(result.healthz_seconds) + len(result.tls_healthz_seconds)
     load = result.series.load1
     loads = f"{statistics.fmean(load):.1f} / {max(load):.1f}" if load else "-"
     return (
         f"| {result.nodes} | {result.pools} | {lag} | {percentile(result.latencies, 0.5):.2f} "
-        f"| {ms(result.healthz_seconds)} | {slow} of {len(result.healthz_seconds)} | {ms(result.scrape_seconds)} "
-        f"| {len(result.healthz_seconds)}, {len(result.scrape_seconds)} ({result.probe_failures}) "
+        f"| {ms(result.healthz_seconds)} | {slow} of {len(result.healthz_seconds)} "
+        f"| {ms(result.tls_healthz_seconds)}, {tls_slow} of {len(result.tls_healthz_seconds)} | {ms(result.scrape_seconds)} "
+        f"| {probes}, {len(result.scrape_seconds)} ({result.probe_failures}) "
         f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {loads} | {result.note} |"
     )
 

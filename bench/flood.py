@@ -353,7 +353,9 @@ def run_controller(idle: int, pending: int) -> Figures:
 
     with LocalControlPlane() as plane, tempfile.TemporaryFile() as log:
         port = free_port()
-        argv = plane.controller_command("10.244.0.0/16", "--leader-elect=false", f"--metrics-bind-address=127.0.0.1:{port}")
+        argv = plane.controller_command(
+            "10.244.0.0/16", "--leader-elect=false", f"--metrics-bind-address=127.0.0.1:{port}", "--health-probe-bind-address=0"
+        )
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             wait_for_port(port)

@@ -29,16 +29,22 @@ TIMEOUT = 10.0  # a request that takes longer counts as this long, and failed
 Sample = tuple[float, float, int, float, float, float]
 
 
-def probe(port: int, token: str, connection: Connection) -> None:
-    """The probe process: request until told to stop, then send back (healthz samples, scrape samples)."""
+def probe(port: int, token: str, connection: Connection, probe_port: int | None = None) -> None:
+    """The probe process: request until told to stop, then send back the samples of (/healthz on the probe port
+    over http, as the kubelet probes; /healthz on the metrics port over https; /metrics). Without a probe port,
+    the first list is empty."""
     os.setsid()  # a CPU share of its own where the kernel groups CPU time by session, as a kubelet has
     stop = threading.Event()
+    probes: list[Sample] = []
     healthz: list[Sample] = []
     scrapes: list[Sample] = []
     threads = [
         threading.Thread(target=_loop, args=(port, "/healthz", None, PROBE_INTERVAL, stop, healthz), daemon=True),
         threading.Thread(target=_loop, args=(port, "/metrics", token, SCRAPE_INTERVAL, stop, scrapes), daemon=True),
     ]
+    if probe_port:
+        probing = (probe_port, "/healthz", None, PROBE_INTERVAL, stop, probes, False)
+        threads.append(threading.Thread(target=_loop, args=probing, daemon=True))
     for thread in threads:
         thread.start()
     with contextlib.suppress(KeyboardInterrupt, EOFError):
@@ -46,10 +52,12 @@ def probe(port: int, token: str, connection: Connection) -> None:
     stop.set()
     for thread in threads:
         thread.join(TIMEOUT + 1)
-    connection.send((healthz, scrapes))
+    connection.send((probes, healthz, scrapes))
 
 
-def _loop(port: int, path: str, token: str | None, interval: float, stop: threading.Event, samples: list[Sample]) -> None:
+def _loop(
+    port: int, path: str, token: str | None, interval: float, stop: threading.Event, samples: list[Sample], tls: bool = True
+) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the controller's certificate is self-signed
@@ -65,7 +73,8 @@ def _loop(port: int, path: str, token: str | None, interval: float, stop: thread
             try:
                 client.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
                 connected = time.monotonic()
-                client.sock = context.wrap_socket(client.sock, server_hostname="127.0.0.1")
+                if tls:
+                    client.sock = context.wrap_socket(client.sock, server_hostname="127.0.0.1")
                 handshaken = time.monotonic()
                 client.request("GET", path, headers=headers)
                 response = client.getresponse()

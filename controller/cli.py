@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Settings.metrics_bind_address,
         help=f"host:port for /metrics, /healthz, /readyz; 0 disables (default {Settings.metrics_bind_address})",
     )
+    run.add_argument(
+        "--health-probe-bind-address",
+        default=Settings.health_probe_bind_address,
+        help="host:port for the kubelet's probes (/healthz, /livez, /readyz over http, from a process of its own);"
+        f" 0 disables (default {Settings.health_probe_bind_address})",
+    )
     run.add_argument("--log-level", default=Settings.log_level, choices=["debug", "info", "warning", "error"])
     _add_serving_flags(run)
 
@@ -186,6 +192,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     resync = config.parse_resync_period(args.resync_period)
     config.check_master(args.master)
     config.check_bind_address("--metrics-bind-address", args.metrics_bind_address)
+    config.check_bind_address("--health-probe-bind-address", args.health_probe_bind_address)
+    probe_port = config.split_bind_address(args.health_probe_bind_address)
+    if probe_port is not None and probe_port[1] != 0 and probe_port == config.split_bind_address(args.metrics_bind_address):
+        taken = f"{args.health_probe_bind_address!r} is the metrics port too"
+        raise ConfigError("--health-probe-bind-address", taken, "give it a port of its own")
     return Settings(
         ranges=ranges,
         service_cidrs=config.build_service_cidrs(args.service_cluster_ip_range),
@@ -197,6 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         resync_period=resync,
         leader_election=leader,
         metrics_bind_address=args.metrics_bind_address,
+        health_probe_bind_address=args.health_probe_bind_address,
         serving=serving_options(args),
         log_level=args.log_level,
     )
@@ -244,17 +256,19 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         check_can_listen("--metrics-bind-address", settings.metrics_bind_address)
+        check_can_listen("--health-probe-bind-address", settings.health_probe_bind_address)
         credentials = Credentials.load(settings.kubeconfig, settings.master)
     except (ConfigError, CredentialsError) as error:
         return _fail("run", error)
     from controller import lifecycle
+    from controller.probes import ProbeServerError
 
     lifecycle.configure_logging(settings.log_level)
     # Armed when stopping begins; covers the event loop's own cleanup after run() too.
     deadline = lifecycle.ShutdownDeadline(lifecycle.SHUTDOWN_GRACE_SECONDS)
     try:
         asyncio.run(lifecycle.run(settings, credentials, deadline))
-    except lifecycle.LeadershipLost as error:
+    except (lifecycle.LeadershipLost, ProbeServerError) as error:
         print(f"nodeipam run: {error}", file=sys.stderr)
         return 1
     finally:

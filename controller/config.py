@@ -86,6 +86,7 @@ class Settings:
     resync_period: float = 180.0
     leader_election: LeaderElection = dataclasses.field(default_factory=LeaderElection)
     metrics_bind_address: str = "0.0.0.0:9254"
+    health_probe_bind_address: str = "0.0.0.0:9255"  # plain http, from a process of its own (controller.probes)
     serving: ServingOptions = dataclasses.field(default_factory=ServingOptions)  # TLS, paths served without a token
     log_level: str = "info"
 

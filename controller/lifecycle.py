@@ -1,7 +1,8 @@
 """The application's lifecycle: start-up, leader election, the health server, shutdown.
 
 One process: a health server from the start (on a thread and event loop of
-its own, controller.server_thread), a Lease to compete for (on another), and,
+its own, controller.server_thread), the kubelet's probes (from a child
+process, controller.probes), a Lease to compete for (on another), and,
 once leading, the rebuild, the start-up sweep, the background loops and kopf
 (wired in handlers.py) on the main loop. Losing the lease stops allocating at
 once and exits.
@@ -30,9 +31,10 @@ from controller.kube import KubeClient
 from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations
+from controller.probes import ProbeProcess
 from controller.reconciler import Reconciler
 from controller.secure_serving import REVIEWS_IN_FLIGHT
-from controller.server_thread import ServerThread
+from controller.server_thread import MAIN_LOOP_STALL_SECONDS, ServerThread
 
 logger = logging.getLogger("nodeipam")
 
@@ -173,12 +175,22 @@ async def _serve(
                 open_reviews=lambda: KubeClient(credentials, max_in_flight=REVIEWS_IN_FLIGHT, transient_attempts=1),
                 refused=metrics.refused_on_metrics_port,
             )
+            # The kubelet's probes, from a process of its own: no thread of this one can hold them up.
+            probes = ProbeProcess(
+                settings.health_probe_bind_address,
+                heartbeat,
+                stall_limit=MAIN_LOOP_STALL_SECONDS,
+                log_level=settings.log_level,
+                on_exit=stopping.begin,
+            )
             await health.start()
             try:
+                await probes.start()
                 if await _until_stopped(elector.acquire(), stopping.flag) is not None:
-                    await _lead(settings, credentials, kube, metrics, health, elector, stopping)
+                    await _lead(settings, credentials, kube, metrics, (health, probes), heartbeat, elector, stopping)
             finally:
                 stopping.deadline.arm("shutdown")
+                await probes.stop()
                 await health.stop()
 
 
@@ -187,7 +199,8 @@ async def _lead(
     credentials: Credentials,
     kube: KubeClient,
     metrics: Metrics,
-    health: ServerThread,
+    ports: tuple[ServerThread, ProbeProcess],
+    heartbeat: loopwatch.Heartbeat,
     elector: LeaseKeeper,
     stopping: Stopping,
 ) -> None:
@@ -211,8 +224,9 @@ async def _lead(
         if problem:
             logger.warning("the podCIDR patches the last leader left in the Lease: %s", problem)
     reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight, fence=log)
-    health.watch(reconciler.rebuilt)
-    health.set_liveness(reconciler.problem)
+    for port in ports:
+        port.watch(reconciler.rebuilt)
+    heartbeat.liveness = reconciler.problem  # both ports answer /healthz from the main loop's beats
     try:
         waiting = await _until_stopped(reconciler.rebuild(carried), stop)
         # Nodes found waiting are assigned before kopf starts its own LIST:

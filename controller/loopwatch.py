@@ -40,6 +40,8 @@ class Heartbeat:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.liveness: Callable[[], str | None] = lambda: None  # None: healthy; else why not
+        #: Told the check's verdict at each beat, on the main loop (the probe process is fed this way).
+        self.listeners: list[Callable[[str | None], None]] = []
         self._last: tuple[float, str | None] = (clock(), None)
 
     def beat(self) -> None:
@@ -48,6 +50,8 @@ class Heartbeat:
         except Exception as error:  # a check that fails says so, and the beat goes on
             problem = f"the liveness check failed: {error!r}"
         self._last = (self._clock(), problem)
+        for listener in self.listeners:
+            listener(problem)
 
     def age(self) -> float:
         """Seconds since the last beat."""

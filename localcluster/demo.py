@@ -99,7 +99,9 @@ def demo(nodes: int, cluster_cidr: str, once: bool) -> int:
 def _show(plane: LocalControlPlane, nodes: int, cluster_cidr: str, once: bool) -> int:
     """Run the controller against `plane`, register the Nodes and print their podCIDRs."""
     controller = subprocess.Popen(
-        plane.controller_command(cluster_cidr, "--leader-elect=false", "--metrics-bind-address=127.0.0.1:0")
+        plane.controller_command(
+            cluster_cidr, "--leader-elect=false", "--metrics-bind-address=127.0.0.1:0", "--health-probe-bind-address=127.0.0.1:0"
+        )
     )
     try:
         names = [f"worker-{index}" for index in range(1, nodes + 1)]

@@ -177,6 +177,7 @@ def test_default_container_command_and_args() -> None:
         "--leader-elect-renew-deadline=10s",
         "--leader-elect-retry-period=2s",
         "--metrics-bind-address=0.0.0.0:9254",
+        "--health-probe-bind-address=0.0.0.0:9255",
         "--log-level=info",
     ]
     controller_settings(args(objects))
@@ -256,25 +257,39 @@ def test_range_flags_are_the_ones_the_controller_accepts(values: Values, range_a
 
 
 @pytest.mark.parametrize(
-    ("cluster_cidr", "values", "bind"),
+    ("cluster_cidr", "values", "bind", "probe_bind"),
     [
-        pytest.param("10.244.0.0/16", {}, "0.0.0.0:9254", id="ipv4"),
-        pytest.param("fd00:10:244::/56", {}, "[::]:9254", id="ipv6"),
-        pytest.param("10.244.0.0/16,fd00:10:244::/56", {}, "0.0.0.0:9254", id="dual-ipv4-primary"),
-        pytest.param("fd00:10:244::/56,10.244.0.0/16", {}, "[::]:9254", id="dual-ipv6-primary"),
-        pytest.param("10.244.0.0/16", {"metrics": {"port": 10354}}, "0.0.0.0:10354", id="ipv4-port"),
-        pytest.param("fd00:10:244::/56", {"metrics": {"bindHost": "[fd00::1]"}}, "[fd00::1]:9254", id="ipv6-host"),
+        pytest.param("10.244.0.0/16", {}, "0.0.0.0:9254", "0.0.0.0:9255", id="ipv4"),
+        pytest.param("fd00:10:244::/56", {}, "[::]:9254", "[::]:9255", id="ipv6"),
+        pytest.param("10.244.0.0/16,fd00:10:244::/56", {}, "0.0.0.0:9254", "0.0.0.0:9255", id="dual-ipv4-primary"),
+        pytest.param("fd00:10:244::/56,10.244.0.0/16", {}, "[::]:9254", "[::]:9255", id="dual-ipv6-primary"),
+        pytest.param(
+            "10.244.0.0/16",
+            {"metrics": {"port": 10354}, "probes": {"port": 10355}},
+            "0.0.0.0:10354",
+            "0.0.0.0:10355",
+            id="ipv4-port",
+        ),
+        pytest.param(
+            "fd00:10:244::/56", {"metrics": {"bindHost": "[fd00::1]"}}, "[fd00::1]:9254", "[fd00::1]:9255", id="ipv6-host"
+        ),
     ],
 )
-def test_metrics_port_is_bound_probed_and_served(cluster_cidr: str, values: Values, bind: str) -> None:
+def test_metrics_port_is_bound_probed_and_served(cluster_cidr: str, values: Values, bind: str, probe_bind: str) -> None:
     objects = render(with_cidr(cluster_cidr, **values))
-    port = int(bind.rpartition(":")[2])
+    port, probe_port = (int(address.rpartition(":")[2]) for address in (bind, probe_bind))
     the_container = container(objects)
     assert flag(args(objects), "metrics-bind-address") == bind
-    assert controller_settings(args(objects)).metrics_bind_address == bind
-    assert the_container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
-    assert the_container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}
-    assert the_container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics", "scheme": "HTTPS"}
+    assert flag(args(objects), "health-probe-bind-address") == probe_bind
+    settings = controller_settings(args(objects))
+    assert (settings.metrics_bind_address, settings.health_probe_bind_address) == (bind, probe_bind)
+    assert the_container["ports"] == [
+        {"name": "metrics", "containerPort": port, "protocol": "TCP"},
+        {"name": "probes", "containerPort": probe_port, "protocol": "TCP"},
+    ]
+    # The kubelet probes the probe process, over plain http.
+    assert the_container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes", "scheme": "HTTP"}
+    assert the_container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes", "scheme": "HTTP"}
     service = objects[("Service", FULLNAME)]["spec"]
     assert service["type"] == "ClusterIP"
     assert service["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
@@ -307,13 +322,15 @@ def test_bind_pod_ip_binds_the_address_the_downward_api_gives(cluster_cidr: str,
     objects = render(with_cidr(cluster_cidr, metrics={"bindPodIP": True}))
     the_container = container(objects)
     assert flag(args(objects), "metrics-bind-address") == bind
+    assert flag(args(objects), "health-probe-bind-address") == bind.replace(":9254", ":9255")
     assert the_container["env"] == [POD_IP_ENV]
     settings = controller_settings(expand_like_the_kubelet(args(objects), {"POD_IP": pod_ip}))
     assert settings.metrics_bind_address == expanded
+    assert settings.health_probe_bind_address == expanded.replace(":9254", ":9255")
     # Without the variable the kubelet leaves $(POD_IP) as it is: the controller refuses it at start-up.
     with pytest.raises(ConfigError, match=r"--metrics-bind-address: .*POD_IP"):
         controller_settings(args(objects))
-    assert the_container["livenessProbe"]["httpGet"]["port"] == "metrics"  # the kubelet probes the Pod's IP
+    assert the_container["livenessProbe"]["httpGet"]["port"] == "probes"  # the kubelet probes the Pod's IP
 
 
 def test_without_bind_pod_ip_there_is_no_env() -> None:
@@ -760,6 +777,7 @@ def test_optional_objects() -> None:
         pytest.param(with_cidr(kubeAPIQPS=-1), "kubeAPIQPS", id="negative-qps"),
         pytest.param(with_cidr(kubeAPIQPS=20, kubeAPIBurst=0), "kubeAPIBurst", id="burst-0"),
         pytest.param(with_cidr(metrics={"port": 0}), "port", id="metrics-port-0"),
+        pytest.param(with_cidr(probes={"port": 0}), "port", id="probe-port-0"),
         pytest.param(with_cidr(metrics={"readers": [{"name": "prometheus"}]}), "kind", id="metrics-reader-without-kind"),
         pytest.param(with_cidr(metrics={"tlsSecret": "Not_A_Name"}), "tlsSecret", id="tls-secret-not-a-name"),
         pytest.param(with_cidr(metrics={"bindPodIP": "yes"}), "bindPodIP", id="bind-pod-ip-not-a-boolean"),
@@ -800,6 +818,11 @@ def test_schema_rejects_bad_values(values: Values, field: str) -> None:
             with_cidr("10.244.0.0/16", nodeCIDRMaskSize=64),
             "longer than an IPv4 address",
             id="single-mask-too-long-for-ipv4",
+        ),
+        pytest.param(
+            with_cidr(probes={"port": 9254}),
+            "probes.port and metrics.port must differ",
+            id="probe-port-is-metrics-port",
         ),
         pytest.param(
             with_cidr(metrics={"bindPodIP": True, "bindHost": "10.0.0.5"}),

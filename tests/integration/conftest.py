@@ -140,14 +140,23 @@ def fetch(url: str, token: str | None) -> tuple[int, str]:
 class ControllerProcess:
     """`python -m controller ARGS` as its own process, the way it runs in a cluster.
 
-    Its metrics endpoint is moved to a free loopback port; its output goes to a log file.
+    Its metrics endpoint and its probe port are moved to free loopback ports; its output goes to a log file.
     """
 
     def __init__(self, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.metrics_port = free_port()
+        self.probe_port = free_port()
         self.log_path = log_dir / f"controller-{self.metrics_port}.log"
-        args = [arg for arg in args if not arg.startswith("--metrics-bind-address=")]
-        self.argv = [sys.executable, "-m", "controller", *args, f"--metrics-bind-address=127.0.0.1:{self.metrics_port}"]
+        moved = ("--metrics-bind-address=", "--health-probe-bind-address=")
+        args = [arg for arg in args if not arg.startswith(moved)]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            *args,
+            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
+            f"--health-probe-bind-address=127.0.0.1:{self.probe_port}",
+        ]
         self.expected_codes: tuple[int, ...] = (0, -signal.SIGKILL)  # what the teardown accepts
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -171,6 +180,16 @@ class ControllerProcess:
         The local control plane's admin token is sent unless `token` is None; the health paths need none.
         """
         return fetch(f"https://127.0.0.1:{self.metrics_port}{path}", token)[0]
+
+    def probe(self, path: str) -> int:
+        """HTTP status of GET path on the probe port, as the kubelet sends it (0 when nothing answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}{path}", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
 
     def read(self, path: str, token: str | None = ADMIN_TOKEN) -> str:
         """The body of GET path on the metrics endpoint (e.g. the /metrics text); fails on anything but 200."""

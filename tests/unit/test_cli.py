@@ -64,11 +64,12 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
 def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     """main(argv) -> (exit status, stderr).
 
-    `run` without a metrics address gets none (0), so that no test depends on the default port 9254
-    being free on the machine that runs it.
+    `run` without a metrics or a probe address gets none (0), so that no test depends on the default
+    ports 9254 and 9255 being free on the machine that runs it.
     """
-    if argv[:1] == ("run",) and not any(arg.startswith("--metrics-bind-address") for arg in argv):
-        argv = (*argv, "--metrics-bind-address=0")
+    for flag in ("--metrics-bind-address", "--health-probe-bind-address"):
+        if argv[:1] == ("run",) and not any(arg.startswith(flag) for arg in argv):
+            argv = (*argv, f"{flag}=0")
     code = cli.main(list(argv))
     return code, capsys.readouterr().err
 
@@ -121,6 +122,13 @@ RUN_FLAGS = [
     pytest.param(["--metrics-bind-address=[2001:db8::1]:9254"], "--metrics-bind-address", id="bind-ipv6-not-local"),
     pytest.param(["--metrics-bind-address=host.invalid:9254"], "--metrics-bind-address", id="bind-unresolvable"),
     pytest.param(["--metrics-bind-address=$(POD_IP):9254"], "--metrics-bind-address", id="bind-pod-ip-unexpanded"),
+    pytest.param(["--health-probe-bind-address=:99999"], "--health-probe-bind-address", id="probe-port"),
+    pytest.param(["--health-probe-bind-address=[fd00::zz]:9255"], "--health-probe-bind-address", id="probe-ipv6-host"),
+    pytest.param(
+        ["--metrics-bind-address=127.0.0.1:9254", "--health-probe-bind-address=127.0.0.1:9254"],
+        "--health-probe-bind-address",
+        id="probe-port-is-metrics-port",
+    ),
 ]
 
 
@@ -131,17 +139,18 @@ def test_run_refuses_a_bad_flag_in_one_line(capsys: pytest.CaptureFixture[str], 
     assert_one_line(stderr, "run", flag)
 
 
+@pytest.mark.parametrize("flag", ["--metrics-bind-address", "--health-probe-bind-address"])
 @pytest.mark.parametrize("host", [pytest.param("127.0.0.1", id="ipv4"), pytest.param("::1", id="ipv6")])
-def test_run_refuses_a_metrics_port_in_use(capsys: pytest.CaptureFixture[str], host: str) -> None:
+def test_run_refuses_a_port_in_use(capsys: pytest.CaptureFixture[str], host: str, flag: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as taken:
         taken.bind((host, 0))
         taken.listen()
         port = taken.getsockname()[1]
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        code, stderr = call(capsys, "run", CIDR, f"--metrics-bind-address={address}")
+        code, stderr = call(capsys, "run", CIDR, f"{flag}={address}")
     assert code == 2
-    assert_one_line(stderr, "run", "--metrics-bind-address", "cannot listen", address)
+    assert_one_line(stderr, "run", flag, "cannot listen", address)
 
 
 def test_argparse_errors_still_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -91,11 +91,11 @@ The controller refuses --node-cidr-mask-size-ipv6 on an IPv4-only cluster and vi
 {{- end }}
 
 {{/*
-host:port for --metrics-bind-address: [::] when the primary (first) cluster CIDR is IPv6. With
-metrics.bindPodIP, the Pod's IP, which the kubelet expands from the POD_IP env variable (an IPv6
-address needs brackets before the port).
+The host of --metrics-bind-address and --health-probe-bind-address: [::] when the primary (first)
+cluster CIDR is IPv6. With metrics.bindPodIP, the Pod's IP, which the kubelet expands from the POD_IP
+env variable (an IPv6 address needs brackets before the port).
 */}}
-{{- define "nodeipam.metricsBindAddress" -}}
+{{- define "nodeipam.bindHost" -}}
 {{- $ipv6 := hasPrefix "ipv6" (include "nodeipam.families" .) }}
 {{- $host := .Values.metrics.bindHost }}
 {{- if and .Values.metrics.bindPodIP $host }}
@@ -106,7 +106,20 @@ address needs brackets before the port).
 {{- else if not $host }}
 {{- $host = ternary "[::]" "0.0.0.0" $ipv6 }}
 {{- end }}
-{{- printf "%s:%d" $host (int .Values.metrics.port) }}
+{{- $host }}
+{{- end }}
+
+{{/* host:port for --metrics-bind-address. */}}
+{{- define "nodeipam.metricsBindAddress" -}}
+{{- printf "%s:%d" (include "nodeipam.bindHost" .) (int .Values.metrics.port) }}
+{{- end }}
+
+{{/* host:port for --health-probe-bind-address, on the same host. */}}
+{{- define "nodeipam.probeBindAddress" -}}
+{{- if eq (int .Values.probes.port) (int .Values.metrics.port) }}
+{{- fail "probes.port and metrics.port must differ: the probes are served by a process of their own" }}
+{{- end }}
+{{- printf "%s:%d" (include "nodeipam.bindHost" .) (int .Values.probes.port) }}
 {{- end }}
 
 {{/* Every argument of `nodeipam run`, one per line. */}}
@@ -120,6 +133,7 @@ run
 --leader-elect-renew-deadline={{ .Values.leaderElection.renewDeadline }}
 --leader-elect-retry-period={{ .Values.leaderElection.retryPeriod }}
 --metrics-bind-address={{ include "nodeipam.metricsBindAddress" . }}
+--health-probe-bind-address={{ include "nodeipam.probeBindAddress" . }}
 {{- if .Values.metrics.tlsSecret }}
 --tls-cert-file=/etc/nodeipam/tls/tls.crt
 --tls-private-key-file=/etc/nodeipam/tls/tls.key
