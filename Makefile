@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup binaries node-assets lint test chaos demo demo-node bench bench-scale manifests clean
+.PHONY: setup binaries node-assets lint test chaos demo demo-node bench bench-scale manifests package clean
 
 # The runtime dependencies are the image's: requirements.lock, hashes checked. The test tools are not in the
 # lock; they are installed beside it with the lock's pins as constraints, so that none of them moves a runtime
@@ -62,11 +62,17 @@ bench-scale: binaries
 	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[bench]'
 	$(BIN)/python -m localcluster.binaries kube-controller-manager
 	$(BIN)/python -m bench --profile scale --json bench/results/scale.json
-	$(BIN)/python -m bench.plot bench/results/scale.json -o docs/bench-scale.png --memory-limit-mb 816 --memory-limit-label "chart limit, sizing.nodes=100000"
+	$(BIN)/python -m bench.plot bench/results/scale.json -o docs/bench-scale.png --memory-limit-mb 814 --memory-limit-label "chart limit, sizing.nodes=100000"
 
 ## manifests: re-render manifests/nodeipam.yaml from the Helm chart
 manifests: binaries
 	PYTHON=$(BIN)/python bash manifests/render.sh
 
+## package: the chart as dist/nodeipam-<version>.tgz, its version and appVersion the package's (pyproject.toml)
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+package: binaries
+	"$$($(BIN)/python -c 'from localcluster.binaries import ensure_binaries; print(ensure_binaries(("helm",))["helm"])')" \
+		package manifests/charts/nodeipam -d dist --version $(VERSION) --app-version $(VERSION)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -17,6 +17,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import yaml
 
 from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalControlPlane
+from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, run_cli
 
@@ -186,7 +188,9 @@ def test_install_creates_the_chart_objects(release: Release) -> None:
     deployment = release.get("deployment", name)
     assert deployment is not None
     spec = deployment["spec"]
-    assert spec["replicas"] == 2
+    assert spec["replicas"] == 1  # no control-plane Node here: one replica, none Pending (as many as fit, at most 2)
+    assert release.get("poddisruptionbudget", name) is None  # no standby to keep
+    assert release.get("serviceaccount", f"{name}-scraper") is not None
     assert spec["template"]["spec"]["hostNetwork"] is True
     assert spec["template"]["spec"]["serviceAccountName"] == name
     service = release.get("service", name)
@@ -248,24 +252,45 @@ def test_service_account_has_exactly_the_minimal_rights(release: Release) -> Non
     assert not wrong, f"RBAC of {who} is off: {wrong}"
 
 
-def test_the_service_accounts_requests_are_classified_by_the_charts_flow_schema(release: Release) -> None:
-    """The API server names the FlowSchema and priority level that classified a request in its answer's headers."""
-    schema = release.get("flowschema", release.fullname, namespaced=False)
-    level = release.get("prioritylevelconfiguration", "workload-high", namespaced=False)
-    assert schema is not None and level is not None
-    token = release.plane.kubectl("create", "token", release.fullname, "-n", release.namespace, "--duration=1h").strip()
-    request = urllib.request.Request(release.plane.server + "/api/v1/nodes?limit=1", headers={"Authorization": f"Bearer {token}"})
+def classified(plane: LocalControlPlane, token: str) -> tuple[str, str]:
+    """(FlowSchema, priority level) that classified a request sent with `token`: the API server names their
+    UIDs in its answer's headers."""
+    request = urllib.request.Request(plane.server + "/api/v1/nodes?limit=1", headers={"Authorization": f"Bearer {token}"})
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
-
-    def classified_by() -> tuple[str | None, str | None]:
+    try:
         with urllib.request.urlopen(request, context=insecure, timeout=30) as response:
-            return response.headers["X-Kubernetes-PF-FlowSchema-UID"], response.headers["X-Kubernetes-PF-PriorityLevel-UID"]
+            headers = response.headers
+    except urllib.error.HTTPError as error:  # a 403 is classified too
+        headers = error.headers
+    names = {}
+    for kind in ("flowschemas", "prioritylevelconfigurations"):
+        for item in json.loads(plane.kubectl("get", kind, "-o", "json"))["items"]:
+            names[item["metadata"]["uid"]] = item["metadata"]["name"]
+    return names.get(headers["X-Kubernetes-PF-FlowSchema-UID"], "?"), names.get(headers["X-Kubernetes-PF-PriorityLevel-UID"], "?")
 
-    expected = (schema["metadata"]["uid"], level["metadata"]["uid"])
+
+def test_the_service_accounts_requests_are_classified_by_the_charts_flow_schema(release: Release) -> None:
+    """Outside kube-system the chart's FlowSchema moves the controller from workload-low to workload-high;
+    in kube-system the built-in one already gives workload-high (ours then gives a flow of its own)."""
+    plane, namespace = release.plane, release.namespace
+    assert release.get("flowschema", release.fullname, namespaced=False) is not None
+    ours = plane.kubectl("create", "token", release.fullname, "-n", namespace, "--duration=1h").strip()
     # The API server's flow-control configuration follows new FlowSchemas through a watch: poll.
-    wait_for(lambda: classified_by() == expected, timeout=30, what=f"{release.subject}'s requests to go to workload-high")
+    expected = (release.fullname, "workload-high")
+    wait_for(lambda: classified(plane, ours) == expected, timeout=30, what=f"{release.subject}'s requests to go to workload-high")
+    plane.kubectl("create", "serviceaccount", "bystander", "-n", namespace, check=False)
+    bystander = plane.kubectl("create", "token", "bystander", "-n", namespace, "--duration=1h").strip()
+    assert classified(plane, bystander) == ("service-accounts", "workload-low")  # where ours would be without it
+    plane.kubectl("create", "serviceaccount", f"bystander-{namespace}", "-n", "kube-system", check=False)
+    try:
+        in_kube_system = plane.kubectl("create", "token", f"bystander-{namespace}", "-n", "kube-system", "--duration=1h").strip()
+        assert classified(plane, in_kube_system) == ("kube-system-service-accounts", "workload-high")
+    finally:
+        plane.kubectl(
+            "delete", "serviceaccount", f"bystander-{namespace}", "-n", "kube-system", "--ignore-not-found", check=False
+        )
 
 
 # -- the controller with the chart's args and the ServiceAccount's token ----------------------------
@@ -319,6 +344,12 @@ def test_controller_with_the_chart_args_and_token(
     assert chart_controller.get("/metrics", token=None) == 401
     assert chart_controller.get("/metrics", token=outsider_token) == 403
     assert chart_controller.get("/metrics", token=scraper_token) == 200
+    # The example of the install notes, as printed: its token may get /metrics.
+    curl = next(line for line in release.install_output.splitlines() if line.strip().startswith("curl "))
+    create_token = re.search(r"\$\(kubectl (create token [^)]+)\)", curl)
+    assert create_token is not None, curl
+    notes_token = plane.kubectl(*shlex.split(create_token.group(1))).strip()
+    assert chart_controller.get("/metrics", token=notes_token) == 200
 
     names = [f"chart-node-{i}" for i in range(4)]
     cluster.create_nodes(names)
@@ -394,6 +425,37 @@ def test_rendered_manifest_is_accepted_by_the_api_server(control_plane: LocalCon
         assert re.search(rf"^{kind}[^ ]*/nodeipam (created|configured|unchanged) \(server dry run\)$", out, re.MULTILINE), out
 
 
+@pytest.mark.parametrize(("control_plane_nodes", "replicas"), [(0, 1), (1, 1), (3, 2)], ids=["none", "one", "three"])
+def test_replicas_fit_the_control_plane_nodes(control_plane: LocalControlPlane, control_plane_nodes: int, replicas: int) -> None:
+    """By default, as many replicas as can run without one Pending for good (host ports), at most 2, counted at install."""
+    suffix = uuid.uuid4().hex[:6]
+    names = [f"control-plane-{suffix}-{index}" for index in range(control_plane_nodes)]
+    cordoned = f"cordoned-{suffix}"  # a control-plane Node no pod goes to: not counted
+    for name in [*names, cordoned]:
+        control_plane.kubectl("create", "-f", "-", input_text=json.dumps(realistic_node(name, 1)))
+        control_plane.kubectl("label", "node", name, "node-role.kubernetes.io/control-plane=")
+    control_plane.kubectl("cordon", cordoned)
+    helm = Helm(control_plane)
+    try:
+        dry_run = helm.run(
+            "install",
+            f"fit-{suffix}",
+            str(CHART),
+            "--namespace",
+            f"fit-{suffix}",
+            "--dry-run=server",
+            "--set",
+            "clusterCIDR=10.244.0.0/16",
+        )
+        manifests = [doc for doc in yaml.safe_load_all(dry_run.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]) if doc]
+        (deployment,) = [doc for doc in manifests if doc["kind"] == "Deployment"]
+        assert deployment["spec"]["replicas"] == replicas
+        assert any(doc["kind"] == "PodDisruptionBudget" for doc in manifests) == (replicas > 1)
+    finally:
+        control_plane.kubectl("delete", "node", *names, cordoned, "--ignore-not-found", check=False)
+        shutil.rmtree(helm.home, ignore_errors=True)
+
+
 def test_upgrade_then_uninstall_leaves_nothing_behind(control_plane: LocalControlPlane) -> None:
     suffix = uuid.uuid4().hex[:6]
     release = install(
@@ -402,7 +464,7 @@ def test_upgrade_then_uninstall_leaves_nothing_behind(control_plane: LocalContro
         f"nodeipam-life-{suffix}",
         Family("10.244.0.0/16", 24, "192.168.7.0/24"),
         "--set",
-        "podDisruptionBudget.enabled=true",
+        "replicas=2",
     )
     try:
         name, namespace = release.fullname, release.namespace

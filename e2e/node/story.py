@@ -130,8 +130,6 @@ class Story:
             f"image.tag={tag}",
             "--set",
             "image.pullPolicy=Never",
-            "--set",
-            "replicas=1",
             # No kube-proxy here: the `kubernetes` Service address leads nowhere, the API server's own does.
             "--set-string",
             f"apiServer={self.plane.server}",
@@ -139,6 +137,10 @@ class Story:
             f"metrics.readers[0].kind=ServiceAccount,metrics.readers[0].name={SCRAPER},metrics.readers[0].namespace={NAMESPACE}",
         )
         say(f"helm install {RELEASE} (image nodeipam:{tag}, pullPolicy Never, clusterCIDR {CLUSTER_CIDR}, /{NODE_MASK} per Node)")
+
+    def pending_pods(self) -> list[str]:
+        """The Pods of the release still Pending: with the chart's defaults there are none once one is Ready."""
+        return [pod["metadata"]["name"] for pod in self.controller_pods() if pod["status"].get("phase") == "Pending"]
 
     def controller_pods(self) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/instance={RELEASE}"

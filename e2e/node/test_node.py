@@ -69,6 +69,9 @@ def test_1_bootstrap_the_controller_pod_on_a_not_ready_node(story: Story) -> Non
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["securityContext"]["runAsUser"] == 65532
     say(f"controller Pod {pod['metadata']['name']} scheduled onto {node}, probes passed (Ready)")
+    # The chart's defaults on one control-plane Node: one replica (its ports are host ports), none Pending.
+    assert story.pending_pods() == [] and len(story.controller_pods()) == 1, story.controller_pods()
+    say("the chart's defaults on one control-plane Node: 1 replica, no Pod Pending")
     assert not story.node_ready(), "the Node turned Ready before flannel ran: the test would prove nothing"
     say(f"... while {node} is still NotReady: the chart's tolerations and hostNetwork made that possible")
 
@@ -157,6 +160,7 @@ def test_4_upgrade_and_restart_keep_every_range(story: Story) -> None:
     say(f"helm upgrade {RELEASE} to nodeipam:{TAGS[1]}")
     story.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", NAMESPACE, "--timeout=240s")
     upgraded = story.ready_controller(not_named=old_pod["metadata"]["name"], tag=TAGS[1])
+    assert story.pending_pods() == [], "a Pod of the upgrade waits Pending"
     holder = story.wait_new_holder(old_holder)
     say(f"rolled: {old_pod['metadata']['name']} -> {upgraded['metadata']['name']} (nodeipam:{TAGS[1]}), Lease now {holder}")
 

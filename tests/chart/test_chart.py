@@ -10,6 +10,7 @@ import functools
 import shlex
 import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ NAMESPACE = "ipam-system"
 FULLNAME = "ipam-nodeipam"
 EVENTS_ROLE = f"{FULLNAME}-events"
 METRICS_READER = f"{FULLNAME}-metrics-reader"
+SCRAPER = f"{FULLNAME}-scraper"
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "FlowSchema"}
 RANGE_FLAGS = ("--cluster-cidr=", "--node-cidr-mask-size", "--service-cluster-ip-range=")
 SCHEMA_ERROR = "values don't meet the specifications of the schema"
@@ -122,6 +124,8 @@ def test_default_objects_are_namespaced_and_labelled() -> None:
             ("Role", EVENTS_ROLE),
             ("RoleBinding", EVENTS_ROLE),
             ("ClusterRole", METRICS_READER),
+            ("ServiceAccount", SCRAPER),
+            ("ClusterRoleBinding", SCRAPER),
             ("Service", FULLNAME),
             ("Deployment", FULLNAME),
             ("FlowSchema", FULLNAME),
@@ -154,7 +158,7 @@ def test_default_objects_are_namespaced_and_labelled() -> None:
 )
 def test_names_follow_the_release_and_overrides(release: str, values: Values, fullname: str) -> None:
     objects = render(with_cidr(**values), release=release)
-    assert {name for _, name in objects} == {fullname, f"{fullname}-events", f"{fullname}-metrics-reader"}
+    assert {name for _, name in objects} == {fullname, f"{fullname}-events", f"{fullname}-metrics-reader", f"{fullname}-scraper"}
     assert flag(args(objects, fullname), "leader-elect-resource-name") == fullname
     if "nameOverride" in values:
         assert deployment(objects, fullname)["metadata"]["labels"]["app.kubernetes.io/name"] == values["nameOverride"]
@@ -376,10 +380,22 @@ def test_log_level_and_extra_args_reach_the_controller() -> None:
     assert (settings.log_level, settings.resync_period, settings.max_in_flight) == ("debug", 300.0, 16)
 
 
-@pytest.mark.parametrize("replicas", [1, 2, 5])
-def test_replicas(replicas: int) -> None:
-    values = with_cidr() if replicas == 2 else with_cidr(replicas=replicas)
-    assert deployment(render(values))["spec"]["replicas"] == replicas
+@pytest.mark.parametrize(
+    ("values", "replicas"),
+    [
+        pytest.param({}, 1, id="unset-rendered-without-a-cluster"),
+        pytest.param({"hostNetwork": False}, 2, id="unset-without-host-network"),
+        pytest.param({"leaderElection": {"enabled": False}}, 1, id="unset-without-leader-election"),
+        pytest.param({"replicas": 1}, 1, id="one"),
+        pytest.param({"replicas": 2}, 2, id="two"),
+        pytest.param({"replicas": 5}, 5, id="five"),
+    ],
+)
+def test_replicas(values: Values, replicas: int) -> None:
+    """Unset, as many as fit at most 2: helm template cannot count the Nodes (e2e/local counts them)."""
+    objects = render(with_cidr(**values))
+    assert deployment(objects)["spec"]["replicas"] == replicas
+    assert (("PodDisruptionBudget", FULLNAME) in objects) == (replicas > 1)  # by default, where there is a standby
 
 
 def test_strategy_rolls_one_pod_at_a_time_without_surge() -> None:
@@ -470,19 +486,19 @@ def sized_memory(nodes: int, headroom_percent: int = 50) -> tuple[str, str]:
     [
         pytest.param(
             {},
-            {"cpu": "50m", "memory": sized_memory(20000)[0]},
+            {"cpu": "200m", "memory": sized_memory(20000)[0]},
             {"memory": sized_memory(20000)[1]},
             id="default-sized-for-20000-nodes",
         ),
         pytest.param(
             {"sizing": {"nodes": 100000}},
-            {"cpu": "50m", "memory": sized_memory(100000)[0]},
+            {"cpu": "200m", "memory": sized_memory(100000)[0]},
             {"memory": sized_memory(100000)[1]},
             id="sized-for-100000-nodes",
         ),
         pytest.param(
             {"sizing": {"nodes": 100000, "burstHeadroomPercent": 100}},
-            {"cpu": "50m", "memory": sized_memory(100000)[0]},
+            {"cpu": "200m", "memory": sized_memory(100000)[0]},
             {"memory": sized_memory(100000, 100)[1]},
             id="more-headroom",
         ),
@@ -707,7 +723,7 @@ def test_flow_schema_can_be_left_out() -> None:
 def test_optional_objects() -> None:
     objects = render(
         with_cidr(
-            podDisruptionBudget={"enabled": True},
+            replicas=2,
             serviceMonitor={"enabled": True, "labels": {"release": "prometheus"}, "scrapeTimeout": "10s"},
         )
     )
@@ -731,12 +747,27 @@ def test_optional_objects() -> None:
             "port": "metrics",
             "path": "/metrics",
             "scheme": "https",
-            "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "authorization": {"type": "Bearer", "credentials": {"name": f"{SCRAPER}-token", "key": "token"}},
             "tlsConfig": {"insecureSkipVerify": True},
             "interval": "30s",
             "scrapeTimeout": "10s",
         }
     ]
+    # The scraper's token, from a Secret the token controller fills in for the ServiceMonitor to read.
+    token = objects[("Secret", f"{SCRAPER}-token")]
+    assert token["type"] == "kubernetes.io/service-account-token" and token["metadata"]["namespace"] == NAMESPACE
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": SCRAPER}
+    assert objects[("ClusterRoleBinding", SCRAPER)]["roleRef"]["name"] == METRICS_READER
+    assert objects[("ClusterRoleBinding", SCRAPER)]["subjects"] == [
+        {"kind": "ServiceAccount", "name": SCRAPER, "namespace": NAMESPACE}
+    ]
+    # A token of one's own: no Secret of the chart's.
+    own = {"type": "Bearer", "credentials": {"name": "prometheus-token", "key": "token"}}
+    objects = render(with_cidr(serviceMonitor={"enabled": True, "authorization": own, "namespace": "monitoring"}))
+    assert objects[("ServiceMonitor", FULLNAME)]["spec"]["endpoints"][0]["authorization"] == own
+    assert ("Secret", f"{SCRAPER}-token") not in objects
+    elsewhere = render_fails(with_cidr(serviceMonitor={"enabled": True, "namespace": "monitoring"}))
+    assert "give serviceMonitor.authorization a token Secret in that namespace" in elsewhere
     ca = {"ca": {"secret": {"name": "nodeipam-ca", "key": "ca.crt"}}, "serverName": "nodeipam"}
     monitor = render(with_cidr(serviceMonitor={"enabled": True, "tlsConfig": ca}))[("ServiceMonitor", FULLNAME)]
     assert monitor["spec"]["endpoints"][0]["tlsConfig"] == ca
@@ -888,8 +919,9 @@ def test_rendered_manifest_works_with_kubectl_apply() -> None:
     kinds = sorted(obj["kind"] for obj in objects)
     assert kinds == sorted(
         [
-            *("CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding"),
-            *("Role", "Role", "RoleBinding", "RoleBinding", "Service", "Deployment", "FlowSchema"),
+            *("CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRole"),
+            *("ClusterRoleBinding", "ClusterRoleBinding", "Role", "Role", "RoleBinding", "RoleBinding", "Service"),
+            *("Deployment", "FlowSchema"),
         ]
     )
     for obj in objects:
@@ -902,3 +934,11 @@ def test_rendered_manifest_works_with_kubectl_apply() -> None:
     assert flag(arguments, "cluster-cidr") == "10.244.0.0/16"
     assert flag(arguments, "leader-elect-resource-namespace") == "kube-system"
     controller_settings(arguments)
+
+
+def test_the_chart_version_and_app_version_are_the_packages() -> None:
+    """One version for the package, the image (appVersion is its default tag) and the chart; `make package` sets both."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    package = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert (chart["version"], chart["appVersion"]) == (package, package)
+    assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")

@@ -175,3 +175,35 @@ run
 {{- $_ := set $resources "limits" $limits }}
 {{- toYaml $resources }}
 {{- end }}
+
+{{/*
+Replicas: .Values.replicas when set. Unset (the default), as many as the pods can have without one
+waiting Pending for good, at most 2: with hostNetwork the probe and metrics ports are host ports, so
+two replicas never share a Node; the Nodes they may run on (nodeSelector, not cordoned) are counted at
+install and upgrade through the API (helm's lookup). Rendered without a cluster (helm template,
+--dry-run), lookup finds none: 1. Without hostNetwork, 2. Without leader election, 1.
+*/}}
+{{- define "nodeipam.replicas" -}}
+{{- if not (kindIs "invalid" .Values.replicas) }}
+{{- int .Values.replicas }}
+{{- else if not .Values.leaderElection.enabled }}
+{{- 1 }}
+{{- else if not .Values.hostNetwork }}
+{{- 2 }}
+{{- else }}
+{{- $count := 0 }}
+{{- range (dig "items" list (lookup "v1" "Node" "" "")) }}
+{{- $node := . }}
+{{- $fits := not (dig "spec" "unschedulable" false $node) }}
+{{- range $key, $value := ($.Values.nodeSelector | default dict) }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toString (dig "metadata" "labels" $key "\x00absent" $node)) (toString $value)) }}
+{{- $fits = false }}
+{{- end }}
+{{- end }}
+{{- if $fits }}
+{{- $count = add1 $count }}
+{{- end }}
+{{- end }}
+{{- max 1 (min $count 2) }}
+{{- end }}
+{{- end }}
