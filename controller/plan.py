@@ -193,7 +193,17 @@ def make_plan(
             continue
         would_get[node.name] = tuple(str(cidr) for cidr in reservation.cidrs)
     conflicts.extend(other_allocators(facts))
-    data_plane_conflicts, data_plane_warnings = data_plane(facts, allocations.pool_sets.served.ranges)
+    routed = [
+        *ranges,
+        *(
+            FamilyRange(entry.cidr, family.node_mask_size)
+            for spec in specs
+            if spec.name not in refused
+            for family in spec.families
+            for entry in family.cidrs
+        ),
+    ]
+    data_plane_conflicts, data_plane_warnings = data_plane(facts, routed)
     conflicts.extend(data_plane_conflicts)
     warnings.extend(data_plane_warnings)
     rows = tuple(
@@ -392,7 +402,8 @@ def _uncovered(served: Sequence[FamilyRange], networks: Sequence[netaddr.IPNetwo
 
 
 def data_plane(facts: ClusterFacts, served: Sequence[FamilyRange]) -> tuple[list[Finding], list[Finding]]:
-    """(conflicts, warnings) about the network plugins: do they route the ranges the controller hands out?"""
+    """(conflicts, warnings) about the network plugins: do they route `served`, the ranges of the flags and of every
+    pool not refused (what Nodes hold, or will)?"""
     conflicts: list[Finding] = []
     warnings: list[Finding] = []
     if facts.flannel is not None:

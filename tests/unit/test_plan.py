@@ -263,6 +263,18 @@ def test_the_data_plane_must_cover_the_ranges(stack: Stack, flannel: str, proxy:
 
 
 @STACKS
+def test_the_data_plane_must_cover_accepted_pools_but_not_refused_ones(stack: Stack) -> None:
+    wide = "10.0.0.0/8" if stack.pool_key == "ipv4" else "fd00::/8"
+    facts = ClusterFacts(now=NOW, kube_proxy=("kp", str(stack.range.cluster_cidr)))
+    pool = pool_body("edge", stack.pool_key, stack.pool_mask, stack.pool_cidr)
+    assert kinds(make_plan([], [stack.range], [], [pool], facts)) == [DATA_PLANE]
+    clash = pool_body("clash", stack.pool_key, stack.range.node_mask_size, str(stack.range.cluster_cidr))
+    assert kinds(make_plan([], [stack.range], [], [clash], facts)) == [POOL]
+    facts = ClusterFacts(now=NOW, kube_proxy=("kp", wide))
+    assert kinds(make_plan([], [stack.range], [], [pool], facts)) == []
+
+
+@STACKS
 def test_other_ipams_and_unread_facts_are_warnings(stack: Stack) -> None:
     facts = ClusterFacts(now=NOW, daemonsets=("kube-system/cilium", "kube-system/other"), not_read=("events (cluster-wide)",))
     plan = make_plan([], [stack.range], [], [], facts)
