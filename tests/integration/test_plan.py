@@ -22,6 +22,7 @@ from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalControlPlane
 from localcluster.nodebodies import realistic_node
 from tests.integration.conftest import Cluster, run_cli
+from tests.integration.test_cli_errors import dead_server, kubeconfig_like
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +168,24 @@ def seeded(cluster: Cluster, apps: client.AppsV1Api, pool_crd: str) -> Iterator[
         kcm = _deployment("kube-controller-manager", ["kube-controller-manager", "--allocate-node-cidrs=true", "--controllers=*"])
         apps.create_namespaced_deployment("kube-system", kcm)
         undo.append(lambda: apps.delete_namespaced_deployment("kube-controller-manager", "kube-system"))
+        # As kubeadm's static Pod shows it (a mirror Pod): found by its label, though its args name no flag file.
+        if not core.list_namespaced_service_account("kube-system", field_selector="metadata.name=default").items:
+            core.create_namespaced_service_account("kube-system", {"metadata": {"name": "default"}})
+        static = {
+            "metadata": {"name": "kube-controller-manager-cp1", "labels": {"component": "kube-controller-manager"}},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "kube-controller-manager",
+                        "image": "registry.k8s.io/kube-controller-manager:v1.37.2",
+                        "command": ["kube-controller-manager", "--allocate-node-cidrs=true", "--cluster-cidr=10.0.0.0/8"],
+                    }
+                ],
+            },
+        }
+        core.create_namespaced_pod("kube-system", static)
+        undo.append(lambda: core.delete_namespaced_pod("kube-controller-manager-cp1", "kube-system", grace_period_seconds=0))
         apps.create_namespaced_daemon_set("kube-system", _daemonset("cilium"))
         undo.append(lambda: apps.delete_namespaced_daemon_set("cilium", "kube-system"))
         flannel = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
@@ -242,6 +261,7 @@ def test_plan_of_a_seeded_cluster_names_each_conflict_and_exits_1(cluster: Clust
         ("service-overlap", "node svc"),
         ("pool", "NodeCIDRPool plan-clash"),
         ("other-allocator", "Deployment kube-system/kube-controller-manager"),
+        ("other-allocator", "Pod kube-system/kube-controller-manager-cp1"),
         ("other-allocator", "Events CIDRNotAvailable"),
         ("data-plane", "ConfigMap kube-system/kube-flannel-cfg"),
     }, report["conflicts"]
@@ -251,5 +271,21 @@ def test_plan_of_a_seeded_cluster_names_each_conflict_and_exits_1(cluster: Clust
     assert rows["new"]["would_get"] == ["10.0.0.0/24"]
     table = run_cli("plan", *flags, kubeconfig=cluster.plane.kubeconfig)
     assert table.returncode == 1
-    assert "not safe to switch: 10 conflict(s)" in table.stdout
+    assert "not safe to switch: 11 conflict(s)" in table.stdout
     print(table.stdout)
+
+
+def test_plan_exits_3_when_the_cluster_cannot_be_read_and_2_for_bad_flags(
+    control_plane: LocalControlPlane, tmp_path: Path
+) -> None:
+    unreachable = kubeconfig_like(control_plane, tmp_path / "dead", server=dead_server("127.0.0.1"))
+    result = run_cli("plan", f"--cluster-cidr={CLUSTER_CIDR}", kubeconfig=unreachable)
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach the API server" in result.stderr and "Traceback" not in result.stderr
+    refused = kubeconfig_like(control_plane, tmp_path / "stranger", token="not-a-token")
+    result = run_cli("plan", f"--cluster-cidr={CLUSTER_CIDR}", kubeconfig=refused)
+    assert result.returncode == 3, result.stderr
+    assert "401" in result.stderr
+    result = run_cli("plan", "--cluster-cidr=10.244.0.0/33", kubeconfig=control_plane.kubeconfig)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("nodeipam plan: error: --cluster-cidr")
