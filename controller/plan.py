@@ -262,7 +262,8 @@ def _judge(
         conflict(
             MASK_MISMATCH,
             [name],
-            f"podCIDR {text} is not a /{family.node_mask_size} node subnet of {family.cluster_cidr}",
+            f"podCIDR {text} is not a /{family.node_mask_size} node subnet of {family.cluster_cidr}; to keep the"
+            f" subnets the Nodes have, run with the mask they were given (/{cidr.prefixlen})",
         )
     for service in service_cidrs:
         if overlaps(cidr, service):

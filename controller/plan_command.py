@@ -223,7 +223,7 @@ def _columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def format_table(plan: Plan) -> str:
     """Nodes, then the headroom per pool CIDR, then every conflict and warning, then the verdict."""
     lines = _columns(
-        ("NODE", "PODCIDRS", "IN", "WOULD GET", "CONFLICTS"),
+        ("NODE", "PODCIDRS", "HELD IN", "WOULD GET", "CONFLICTS"),
         [
             (
                 node.name,
