@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_range_flags(plan, required=False)
     _add_connection_flags(plan)
     plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    plan.add_argument(
+        "--watch",
+        default="0s",
+        metavar="DURATION",
+        help="list the Nodes again after this long (a Go duration, e.g. 30s) and name every podCIDR written meanwhile",
+    )
     return parser
 
 

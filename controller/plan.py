@@ -85,6 +85,21 @@ class EventFact:
 
 
 @dataclasses.dataclass(frozen=True)
+class Write:
+    """PodCIDRs a Node got while `plan --watch` looked, and the field manager that wrote them ("" unknown)."""
+
+    node: str
+    pod_cidrs: tuple[str, ...]
+    manager: str
+
+
+def writes_between(before: Sequence[NodeInfo], after: Sequence[NodeInfo]) -> list[NodeInfo]:
+    """The Nodes of `after` that hold podCIDRs they did not hold in `before` (new ones, or ones served since)."""
+    held = {node.uid: node.pod_cidrs for node in before}
+    return [node for node in after if node.pod_cidrs and held.get(node.uid) != node.pod_cidrs]
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterFacts:
     """What else the cluster shows that matters for a takeover; empty when nothing was found."""
 
@@ -95,6 +110,8 @@ class ClusterFacts:
     kube_proxy: tuple[str, str] | None = None  # (where, its clusterCIDR, possibly empty)
     daemonsets: tuple[str, ...] = ()  # "namespace/name" of every DaemonSet
     not_read: tuple[str, ...] = ()  # what could not be read (forbidden), so was not checked
+    watched: str = ""  # how long podCIDR writes were looked for ("": not at all)
+    writes: tuple[Write, ...] = ()  # podCIDRs written meanwhile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +376,15 @@ def other_allocators(facts: ClusterFacts) -> list[Finding]:
         for workload in facts.workloads
         if _is_controller_manager(workload.argv) and allocates_node_cidrs(workload.argv)
     ]
+    found.extend(
+        Finding(
+            OTHER_ALLOCATOR,
+            f"node {write.node}",
+            f"got podCIDRs {','.join(write.pod_cidrs)} during the {facts.watched} watch, written by"
+            f" {write.manager or 'an unknown writer'}: another allocator is active",
+        )
+        for write in facts.writes
+    )
     recent: dict[str, list[EventFact]] = {}
     for event in facts.events:
         if event.source != KCM_CIDR_ALLOCATOR:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import sys
@@ -27,7 +28,7 @@ from controller.config import ConfigError, FamilyRange
 from controller.inspect import explain_api_error
 from controller.kube import POOLS_PATH, ApiError, Credentials, CredentialsError, KubeClient
 from controller.model import NodeInfo
-from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, make_plan
+from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, Write, make_plan, writes_between
 
 EXIT_SAFE = 0
 EXIT_CONFLICTS = 1
@@ -52,12 +53,13 @@ def main(args: argparse.Namespace) -> int:
             args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
         )
         service_cidrs = config.build_service_cidrs(args.service_cluster_ip_range)
+        watch = config.parse_duration("--watch", args.watch)
         credentials = Credentials.load(args.kubeconfig, args.master)
     except (ConfigError, CredentialsError) as error:
         print(f"nodeipam plan: error: {error}", file=sys.stderr)
         return EXIT_BAD_FLAGS
     try:
-        plan = asyncio.run(compute(ranges, service_cidrs, credentials))
+        plan = asyncio.run(compute(ranges, service_cidrs, credentials, watch, args.watch))
     except ClusterUnreadable as error:
         print(f"nodeipam plan: error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
@@ -65,11 +67,52 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_SAFE if plan.safe else EXIT_CONFLICTS
 
 
-async def compute(ranges: Sequence[FamilyRange], service_cidrs: Sequence[netaddr.IPNetwork], credentials: Credentials) -> Plan:
-    """Read the cluster once and make the plan."""
+async def compute(
+    ranges: Sequence[FamilyRange],
+    service_cidrs: Sequence[netaddr.IPNetwork],
+    credentials: Credentials,
+    watch: float = 0.0,
+    watch_text: str = "",
+) -> Plan:
+    """Read the cluster once and make the plan; with `watch` seconds, list the Nodes again after that long, and
+    name every podCIDR written meanwhile (the plan is of the first read)."""
     async with KubeClient(credentials) as kube:
         nodes, pools, facts = await read_cluster(kube, credentials)
+        if watch > 0:
+            await asyncio.sleep(watch)
+            writes = await _writes_since(kube, credentials, nodes)
+            facts = dataclasses.replace(facts, watched=watch_text, writes=tuple(writes))
     return make_plan(nodes, ranges, service_cidrs, pools, facts)
+
+
+async def _writes_since(kube: KubeClient, credentials: Credentials, before: Sequence[NodeInfo]) -> list[Write]:
+    """The podCIDRs set since `before` was listed, each with the field manager that set them."""
+    try:
+        after, _ = await kube.list_nodes()
+    except ApiError as error:
+        raise ClusterUnreadable(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
+    writes = []
+    for node in writes_between(before, after):
+        try:
+            body = await kube.request("GET", f"/api/v1/nodes/{node.name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise ClusterUnreadable(explain_api_error(error, credentials, "get on nodes")) from None
+            body = {}
+        writes.append(Write(node.name, node.pod_cidrs, pod_cidr_manager(body)))
+    return writes
+
+
+def pod_cidr_manager(node: Any) -> str:
+    """The field manager that last wrote spec.podCIDR(s), from the Node's managedFields ("" if none is recorded)."""
+    entries = ((node or {}).get("metadata") or {}).get("managedFields") or []
+    owners = [
+        entry
+        for entry in entries
+        if {"f:podCIDR", "f:podCIDRs"} & set(((entry.get("fieldsV1") or {}).get("f:spec") or {}).keys())
+    ]
+    latest = max(owners, key=lambda entry: str(entry.get("time") or ""), default=None)
+    return str(latest.get("manager") or "") if latest else ""
 
 
 async def read_cluster(kube: KubeClient, credentials: Credentials) -> tuple[list[NodeInfo], list[dict[str, Any]], ClusterFacts]:

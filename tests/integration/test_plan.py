@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from kubernetes import client, config
 from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalControlPlane
 from localcluster.nodebodies import realistic_node
-from tests.integration.conftest import Cluster, run_cli
+from tests.integration.conftest import ROOT, Cluster, run_cli
 from tests.integration.test_cli_errors import dead_server, kubeconfig_like
 
 pytestmark = pytest.mark.integration
@@ -289,3 +291,26 @@ def test_plan_exits_3_when_the_cluster_cannot_be_read_and_2_for_bad_flags(
     result = run_cli("plan", "--cluster-cidr=10.244.0.0/33", kubeconfig=control_plane.kubeconfig)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("nodeipam plan: error: --cluster-cidr")
+
+
+def test_plan_watch_names_podcidrs_kube_controller_manager_writes_meanwhile(cluster: Cluster, kcm: KubeControllerManager) -> None:
+    """kube-controller-manager as a process shows nothing in the cluster but its writes: --watch sees those."""
+    plane = cluster.plane
+    kcm.start()
+    cluster.create_nodes(["before"])
+    cluster.wait_assigned(["before"])
+    command = [sys.executable, "-m", "controller", "plan", *kcm_flags(plane), "--watch=12s", "-o", "json"]
+    running = subprocess.Popen(
+        [*command, f"--kubeconfig={plane.kubeconfig}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        time.sleep(5)  # the first read is done: the process starts and lists in well under that
+        cluster.create_nodes(["during"])
+        cluster.wait_assigned(["during"])
+        stdout, stderr = running.communicate(timeout=60)
+    finally:
+        running.kill()
+    assert running.returncode == 1, stderr
+    report = json.loads(stdout)
+    assert [(f["kind"], f["subject"]) for f in report["conflicts"]] == [("other-allocator", "node during")]
+    assert "written by kube-controller-manager" in report["conflicts"][0]["message"]

@@ -29,10 +29,12 @@ from controller.plan import (
     EventFact,
     Plan,
     Workload,
+    Write,
     allocates_node_cidrs,
     make_plan,
+    writes_between,
 )
-from controller.plan_command import format_table, render
+from controller.plan_command import format_table, pod_cidr_manager, render
 from controller.pools import DEFAULT_POOL
 
 NOW = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
@@ -290,3 +292,38 @@ def test_outputs(stack: Stack) -> None:
     assert f"foreign: node a: podCIDR {stack.foreign}" in table
     assert json.loads(render(plan, "json"))["safe"] is False
     assert yaml.safe_load(render(plan, "yaml"))["nodes"][1]["would_get"] == [stack.subnet[0]]
+
+
+@STACKS
+def test_podcidrs_written_during_the_watch_are_another_allocator(stack: Stack) -> None:
+    before = [node("a", stack.subnet[0]), node("b"), node("gone")]
+    after = [node("a", stack.subnet[0]), node("b", stack.subnet[1]), node("late", stack.subnet[2]), node("c")]
+    written = writes_between(before, after)
+    assert [entry.name for entry in written] == ["b", "late"]
+    facts = ClusterFacts(
+        now=NOW,
+        watched="30s",
+        writes=(Write("b", (stack.subnet[1],), "kube-controller-manager"), Write("late", (stack.subnet[2],), "")),
+    )
+    plan = make_plan(before, [stack.range], [], [], facts)
+    assert [(f.kind, f.subject) for f in plan.conflicts] == [(OTHER_ALLOCATOR, "node b"), (OTHER_ALLOCATOR, "node late")]
+    assert f"got podCIDRs {stack.subnet[1]} during the 30s watch, written by kube-controller-manager" in plan.conflicts[0].message
+    assert "an unknown writer" in plan.conflicts[1].message
+
+
+def test_the_writer_of_podcidrs_is_read_from_managed_fields() -> None:
+    def entry(manager: str, time: str, spec: dict[str, object]) -> dict[str, object]:
+        return {"manager": manager, "operation": "Update", "time": time, "fieldsV1": {"f:spec": spec}}
+
+    node_body = {
+        "metadata": {
+            "managedFields": [
+                entry("kubelet", "2026-12-03T10:00:00Z", {"f:providerID": {}}),
+                entry("kube-controller-manager", "2026-12-03T10:00:01Z", {"f:podCIDR": {}, "f:podCIDRs": {".": {}}}),
+                entry("kubectl-edit", "2026-12-03T09:00:00Z", {"f:podCIDR": {}}),
+            ]
+        }
+    }
+    assert pod_cidr_manager(node_body) == "kube-controller-manager"
+    assert pod_cidr_manager({"metadata": {}}) == ""
+    assert pod_cidr_manager({}) == ""
