@@ -10,6 +10,7 @@ import netaddr
 import pytest
 import yaml
 
+from controller import cli
 from controller.config import FamilyRange
 from controller.model import NodeInfo
 from controller.plan import (
@@ -327,3 +328,42 @@ def test_the_writer_of_podcidrs_is_read_from_managed_fields() -> None:
     assert pod_cidr_manager(node_body) == "kube-controller-manager"
     assert pod_cidr_manager({"metadata": {}}) == ""
     assert pod_cidr_manager({}) == ""
+
+
+def test_dual_stack_nodes_get_one_range_per_family_in_flag_order() -> None:
+    ranges = [IPV4.range, IPV6.range]
+    nodes = [node("a", IPV4.subnet[0], IPV6.subnet[0]), node("b"), node("c", IPV4.subnet[1], IPV6.foreign)]
+    plan = make_plan(nodes, ranges, [], [], FACTS)
+    assert row(plan, "b")[1] == (IPV4.subnet[2], IPV6.subnet[1])
+    assert row(plan, "a")[0] == (f"{DEFAULT_POOL} {IPV4.range.cluster_cidr}", f"{DEFAULT_POOL} {IPV6.range.cluster_cidr}")
+    assert row(plan, "c")[0][1] == "-"
+    assert kinds(plan) == [FOREIGN]
+    assert [(h.cidr, h.in_use, h.to_assign) for h in plan.headroom] == [
+        (str(IPV4.range.cluster_cidr), 2, 1),
+        (str(IPV6.range.cluster_cidr), 1, 1),
+    ]
+
+
+@STACKS
+def test_a_pool_being_deleted_takes_no_new_node(stack: Stack) -> None:
+    pool = pool_body("going", stack.pool_key, stack.pool_mask, stack.pool_cidr)
+    pool["metadata"] = {**pool["metadata"], "deletionTimestamp": "2026-12-03T11:00:00Z"}  # type: ignore[dict-item]
+    plan = make_plan([node("held", stack.pool_subnet), node("new")], [stack.range], [], [pool], FACTS)
+    assert plan.safe
+    assert row(plan, "new")[1] == (stack.subnet[0],)
+    going = next(h for h in plan.headroom if h.pool == "going")
+    assert (going.in_use, going.to_assign) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--cluster-cidr=10.244.0.0/33"],
+        ["--cluster-cidr=10.244.0.0/16", "--watch=30"],  # a Go duration needs a unit
+        ["--node-cidr-mask-size=24"],  # no --cluster-cidr
+    ],
+)
+def test_bad_flags_exit_2_before_the_cluster_is_read(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", *flags, "--kubeconfig=/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nodeipam plan: error: --") and "--kubeconfig" not in err
