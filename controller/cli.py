@@ -161,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="take the range flags from this nodeipam Deployment's container args instead of --cluster-cidr",
         )
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    plan = commands.add_parser("plan", help="read-only takeover report: what the controller would find and do, and conflicts")
+    _add_range_flags(plan, required=False)
+    _add_connection_flags(plan)
+    plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    plan.add_argument(
+        "--watch",
+        default="0s",
+        metavar="DURATION",
+        help="list the Nodes again after this long (a Go duration, e.g. 30s) and name every podCIDR written meanwhile",
+    )
     return parser
 
 
@@ -248,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "plan":
+        from controller import plan_command
+
+        return plan_command.main(args)
     return _inspect(args)
 
 
