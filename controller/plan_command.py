@@ -25,8 +25,9 @@ import yaml
 
 from controller import config
 from controller.config import ConfigError, FamilyRange
+from controller.credentials import Credentials, CredentialsError
 from controller.inspect import explain_api_error
-from controller.kube import POOLS_PATH, ApiError, Credentials, CredentialsError, KubeClient
+from controller.kube import POOLS_PATH, ApiError, KubeClient
 from controller.model import NodeInfo
 from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, Write, make_plan, writes_between
 
