@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
         if not config.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs):
             print(
                 "nodeipam run: note: --allocate-node-cidrs=false ignored: nodeipam allocates regardless;"
-                 " it is kube-controller-manager that must run with --allocate-node-cidrs=false",
+                " it is kube-controller-manager that must run with --allocate-node-cidrs=false",
                 file=sys.stderr,
             )
         check_can_listen("--metrics-bind-address", settings.metrics_bind_address)
