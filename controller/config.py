@@ -166,7 +166,7 @@ def check_rate_limit(qps: float, burst: int | None) -> None:
     """--kube-api-qps: 0 (no client-side limit) or a finite rate of at least MIN_KUBE_API_QPS.
 
     --kube-api-burst: not negative, and at least 1 when given with a rate, as
-    client-go requires; not given, requests are spread evenly (bursts of 1).
+    client-go requires; not given, `kube_api_burst` settles it.
     """
     no_limit = "use 0 for no client-side limit (the default)"
     if not math.isfinite(qps):
