@@ -99,11 +99,11 @@ PLUGIN_DEPLOYMENT_NAME = "nodeipam"
 PLUGIN_NAMESPACE = "kube-system"
 
 
-def _new_parser(prog: str) -> argparse.ArgumentParser:
+def _new_parser(prog: str, epilog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Node IPAM controller: a pod CIDR for every Node.",
-        epilog=INSPECT_EPILOG + "; `run`: see run --help",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"nodeipam {version()}")
@@ -111,7 +111,7 @@ def _new_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _new_parser("nodeipam")
+    parser = _new_parser("nodeipam", f"status and check: {INSPECT_EPILOG}\nrun: see nodeipam run --help")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_plugin_parser() -> argparse.ArgumentParser:
     """`kubectl ipam`: the read commands, with kubectl's -n/--namespace and -s/--server."""
-    parser = _new_parser("kubectl ipam")
+    parser = _new_parser("kubectl ipam", INSPECT_EPILOG)
     _add_inspect_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), plugin=True)
     return parser
 
