@@ -1,14 +1,16 @@
-"""The `nodeipam` command: run, status, check.
+"""The `nodeipam` command: run, status, check; and `kubectl ipam status|check`, the same as a kubectl plugin.
 
 `nodeipam run` takes kube-controller-manager's nodeipam flags by name, so
-existing flags can be pasted. Flags are validated into one frozen Settings
-before anything touches the cluster; a bad flag exits 2 with the fix.
+existing flags can be pasted; its flags that mean nothing here are dropped
+with a note. Flags are validated into one frozen Settings before anything
+touches the cluster; a bad flag exits 2 with the fix.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import socket
 import sys
 from collections.abc import Sequence
@@ -37,9 +39,14 @@ def _add_range_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--service-cluster-ip-range", help="service CIDR(s), kept out of the pod ranges if they overlap")
 
 
-def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+def _add_connection_flags(parser: argparse.ArgumentParser, plugin: bool = False) -> None:
+    """--kubeconfig, --context, --master; as a kubectl plugin, kubectl's -s/--server too."""
     parser.add_argument("--kubeconfig", help="kubeconfig file (else in-cluster config, else $KUBECONFIG / ~/.kube/config)")
-    parser.add_argument("--master", help="API server address, overriding the kubeconfig's (e.g. https://10.0.0.1:6443)")
+    parser.add_argument("--context", help="the kubeconfig context to use (default: its current-context)")
+    servers = ("--master", "-s", "--server") if plugin else ("--master",)
+    parser.add_argument(
+        *servers, dest="master", help="API server address, overriding the kubeconfig's (e.g. https://10.0.0.1:6443)"
+    )
 
 
 def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +72,54 @@ def serving_options(args: argparse.Namespace) -> ServingOptions:
     return ServingOptions(args.tls_cert_file, args.tls_private_key_file, paths)
 
 
+def version() -> str:
+    """The installed package's version (its metadata), as `--version` prints it."""
+    try:
+        return importlib.metadata.version("nodeipam")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+#: Exit statuses, one meaning each, so that scripts can tell them apart.
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # `check` found problems; `run` lost its Lease
+EXIT_USAGE = 2  # bad flags, a bad kubeconfig or --context, a Deployment that does not exist
+EXIT_CLUSTER = 3  # the cluster cannot be read: the API server is unreachable, or refuses the credentials or the request
+INSPECT_EPILOG = """\
+exit status: 0 fine; 1 problems found (check); 2 bad flags or usage (a flag, the kubeconfig, --context,
+--deployment); 3 the cluster cannot be read (API server unreachable, credentials or permission refused)"""
+RUN_EPILOG = """\
+kube-controller-manager's flags that mean nothing to nodeipam (--v, --secure-port, --bind-address, --profiling,
+--controllers, --leader-elect-resource-lock, --feature-gates, ...) are accepted and ignored, one note each on stderr.
+
+exit status: 0 stopped; 1 the Lease was lost; 2 bad flags or usage (a flag, the kubeconfig)"""
+#: `kubectl ipam` with neither --cluster-cidr nor --deployment reads the ranges of this Deployment in -n/--namespace
+#: (the chart's and the manifest's name and namespace).
+PLUGIN_DEPLOYMENT_NAME = "nodeipam"
+PLUGIN_NAMESPACE = "kube-system"
+
+
+def _new_parser(prog: str, epilog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Node IPAM controller: a pod CIDR for every Node.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nodeipam {version()}")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nodeipam", description="Node IPAM controller: a pod CIDR for every Node.")
+    parser = _new_parser("nodeipam", f"status and check: {INSPECT_EPILOG}\nrun: see nodeipam run --help")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the controller", description="Run the controller (kube-controller-manager flag names)."
+        "run",
+        help="run the controller",
+        description="Run the controller (kube-controller-manager flag names).",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_range_flags(run, required=False)
     _add_connection_flags(run)
@@ -80,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="true",
         default="true",
         metavar="BOOL",
-        help="accepted for compatibility; must be true",
+        help="accepted for compatibility; nodeipam allocates whatever it says (false is noted on stderr)",
     )
     run.add_argument(
         "--cidr-allocator-type", default=config.SUPPORTED_ALLOCATOR_TYPE, help="accepted for compatibility; RangeAllocator only"
@@ -96,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kube-api-burst",
         type=int,
         default=None,
-        help="requests allowed at once above --kube-api-qps, at least 1 when given with it (not given: 1)",
+        help=f"requests allowed at once above --kube-api-qps, at least 1 when given with it"
+        f" (not given: {config.KCM_KUBE_API_BURST}, as in kube-controller-manager, or the rate if higher)",
     )
     run.add_argument(
         "--max-requests-in-flight",
@@ -150,17 +200,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default=Settings.log_level, choices=["debug", "info", "warning", "error"])
     _add_serving_flags(run)
 
-    status = commands.add_parser("status", help="usage per cluster CIDR, from the Nodes")
-    check = commands.add_parser("check", help="audit podCIDRs: duplicates, overlaps, out of range, missing")
-    for inspector in (status, check):
+    _add_plan_command(commands)
+    _add_inspect_commands(commands)
+    return parser
+
+
+def build_plugin_parser() -> argparse.ArgumentParser:
+    """`kubectl ipam`: the read commands, with kubectl's -n/--namespace and -s/--server."""
+    parser = _new_parser("kubectl ipam", INSPECT_EPILOG)
+    _add_inspect_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), plugin=True)
+    return parser
+
+
+def _add_inspect_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], plugin: bool = False) -> None:
+    for name, summary in (
+        ("status", "usage per cluster CIDR, from the Nodes"),
+        ("check", "audit podCIDRs: duplicates, overlaps, out of range, in a service range, missing"),
+    ):
+        inspector = commands.add_parser(
+            name, help=summary, description=summary, epilog=INSPECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         _add_range_flags(inspector, required=False)
-        _add_connection_flags(inspector)
+        _add_connection_flags(inspector, plugin)
         inspector.add_argument(
             "--deployment",
             metavar="NAMESPACE/NAME",
-            help="take the range flags from this nodeipam Deployment's container args instead of --cluster-cidr",
+            help="take the range flags from this nodeipam Deployment's container args instead of --cluster-cidr"
+            + (f"; NAME alone: in --namespace (with neither: {PLUGIN_DEPLOYMENT_NAME})" if plugin else ""),
         )
-    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        if plugin:
+            inspector.add_argument(
+                "-n", "--namespace", default=PLUGIN_NAMESPACE, help=f"the Deployment's namespace (default {PLUGIN_NAMESPACE})"
+            )
+        inspector.add_argument(
+            "-o", "--output", choices=["text", "json", "yaml"], default="text", help="json and yaml: one document"
+        )
+
+
+def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = commands.add_parser("plan", help="read-only takeover report: what the controller would find and do, and conflicts")
     _add_range_flags(plan, required=False)
     _add_connection_flags(plan)
@@ -171,19 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="list the Nodes again after this long (a Go duration, e.g. 30s) and name every podCIDR written meanwhile",
     )
-    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Validate every flag of `run`; raises ConfigError naming the flag and the fix."""
-    if not config.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs):
-        raise ConfigError("--allocate-node-cidrs", "is false, so there is nothing to do", "drop the flag or set it to true")
-    if args.cidr_allocator_type != config.SUPPORTED_ALLOCATOR_TYPE:
-        raise ConfigError(
-            "--cidr-allocator-type",
-            f"{args.cidr_allocator_type!r} is not supported",
-            f"use {config.SUPPORTED_ALLOCATOR_TYPE} (or drop the flag)",
-        )
+    config.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs)  # false: a note (see _run), not an error
+    config.check_allocator_type(args.cidr_allocator_type)
     config.check_rate_limit(args.kube_api_qps, args.kube_api_burst)
     if args.max_requests_in_flight < 1:
         raise ConfigError("--max-requests-in-flight", f"{args.max_requests_in_flight} is below 1", "use at least 1")
@@ -213,7 +283,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         kubeconfig=args.kubeconfig,
         master=args.master,
         kube_api_qps=args.kube_api_qps,
-        kube_api_burst=args.kube_api_burst or 0,
+        kube_api_burst=config.kube_api_burst(args.kube_api_qps, args.kube_api_burst),
         max_in_flight=args.max_requests_in_flight,
         resync_period=resync,
         leader_election=leader,
@@ -248,13 +318,19 @@ def check_can_listen(flag: str, address: str) -> None:
         ) from None
 
 
-def _fail(command: str, error: Exception, status: int = 2) -> int:
-    print(f"nodeipam {command}: error: {error}", file=sys.stderr)
+def _fail(command: str, error: Exception, status: int = EXIT_USAGE, prog: str = "nodeipam") -> int:
+    print(f"{prog} {command}: error: {error}", file=sys.stderr)
     return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status 0 on success; 2 for bad input (a flag, a kubeconfig); 1 when the cluster cannot be reached or refuses."""
+    """The exit status: EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE or EXIT_CLUSTER (see INSPECT_EPILOG and RUN_EPILOG)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        kept, notes = config.drop_ignored_flags(argv[1:])
+        argv = ["run", *kept]
+        for note in notes:
+            print(f"nodeipam run: {note}", file=sys.stderr)
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
@@ -265,13 +341,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _inspect(args)
 
 
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """`kubectl ipam status|check` (the kubectl-ipam command kubectl finds on PATH), kubectl's flags mapped onto ours.
+
+    -n/--namespace and a bare Deployment NAME make --deployment; with neither
+    --cluster-cidr nor --deployment, the ranges come from the nodeipam
+    Deployment in the namespace (kube-system unless -n says otherwise).
+    """
+    args = build_plugin_parser().parse_args(argv)
+    if not args.cluster_cidr:
+        name = args.deployment or PLUGIN_DEPLOYMENT_NAME
+        args.deployment = name if "/" in name else f"{args.namespace}/{name}"
+    return _inspect(args, prog="kubectl ipam")
+
+
 def _run(args: argparse.Namespace) -> int:
     """Everything that can be wrong with the input is found before the controller starts."""
     try:
         settings = settings_from_args(args)
+        if not config.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs):
+            print(
+                "nodeipam run: note: --allocate-node-cidrs=false ignored: nodeipam allocates regardless;"
+                " it is kube-controller-manager that must run with --allocate-node-cidrs=false",
+                file=sys.stderr,
+            )
         check_can_listen("--metrics-bind-address", settings.metrics_bind_address)
         check_can_listen("--health-probe-bind-address", settings.health_probe_bind_address)
-        credentials = Credentials.load(settings.kubeconfig, settings.master)
+        credentials = Credentials.load(settings.kubeconfig, settings.master, context=args.context)
     except (ConfigError, CredentialsError) as error:
         return _fail("run", error)
     from controller import lifecycle
@@ -284,13 +380,13 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(lifecycle.run(settings, credentials, deadline))
     except (lifecycle.LeadershipLost, ProbeServerError) as error:
         print(f"nodeipam run: {error}", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     finally:
         deadline.cancel()
-    return 0
+    return EXIT_OK
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
     """`status` and `check`: flags first, then credentials, then the cluster."""
     from controller import inspect
 
@@ -301,17 +397,20 @@ def _inspect(args: argparse.Namespace) -> int:
             inspect.split_deployment_reference(args.deployment)
         else:
             ranges, service_cidrs = _inspected_ranges(args)
-        credentials = Credentials.load(args.kubeconfig, args.master)
+        credentials = Credentials.load(args.kubeconfig, args.master, context=args.context)
         if from_deployment:
             deployment_args = inspect.args_of_deployment(args.deployment, credentials)
-            ranges, service_cidrs = _inspected_ranges(build_parser().parse_args(deployment_args))
+            run, *flags = deployment_args
+            ranges, service_cidrs = _inspected_ranges(build_parser().parse_args([run, *config.drop_ignored_flags(flags)[0]]))
         if args.command == "status":
-            return inspect.status_command(ranges, service_cidrs, credentials, args.output)
-        return inspect.check_command(ranges, credentials)
+            inspect.status_command(ranges, service_cidrs, credentials, args.output)
+            return EXIT_OK
+        found = inspect.check_command(ranges, service_cidrs, credentials, args.output)
+        return EXIT_PROBLEMS if found else EXIT_OK
     except (ConfigError, CredentialsError, inspect.InspectError) as error:
-        return _fail(args.command, error)
+        return _fail(args.command, error, prog=prog)
     except inspect.ClusterError as error:
-        return _fail(args.command, error, status=1)
+        return _fail(args.command, error, EXIT_CLUSTER, prog)
 
 
 def _inspected_ranges(flags: argparse.Namespace) -> tuple[tuple[FamilyRange, ...], tuple[netaddr.IPNetwork, ...]]:

@@ -142,10 +142,17 @@ class Credentials:
 
     @classmethod
     def load(
-        cls, kubeconfig: str | None = None, master: str | None = None, *, clock: Callable[[], float] = time.time
+        cls,
+        kubeconfig: str | None = None,
+        master: str | None = None,
+        *,
+        context: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> Credentials:
         """`--kubeconfig`, else in-cluster, else $KUBECONFIG / ~/.kube/config; `--master` overrides the server.
 
+        `--context` picks a kubeconfig context other than the current one, as
+        kubectl's does; given, the in-cluster service account is not used.
         With `--master` and no kubeconfig anywhere, the API server is called
         without credentials, as kube-controller-manager does. Raises
         CredentialsError for anything missing or unreadable, a failing exec
@@ -161,9 +168,11 @@ class Credentials:
             source = f"--kubeconfig={kubeconfig}"
             if not os.path.exists(os.path.expanduser(kubeconfig)):
                 raise CredentialsError(f"{source}: no such file; pass the path of a kubeconfig file, e.g. {DEFAULT_KUBECONFIG}")
-            renewing = _load_kubeconfig(configuration, os.path.expanduser(kubeconfig), source, clock)
+            renewing = _load_kubeconfig(configuration, os.path.expanduser(kubeconfig), source, clock, context)
         else:
             try:
+                if context:
+                    raise config.ConfigException(f"--context={context} names a kubeconfig context")
                 config.load_incluster_config(client_configuration=configuration)
                 token_file = IN_CLUSTER_TOKEN_FILE
                 source = "the in-cluster service account"
@@ -171,7 +180,7 @@ class Credentials:
                 found = _default_kubeconfig(master, str(not_in_cluster))
                 source = found[1] if found else None
                 if found:
-                    renewing = _load_kubeconfig(configuration, *found, clock)
+                    renewing = _load_kubeconfig(configuration, *found, clock, context)
         token = renewing.value if renewing is not None else _bearer_token(configuration)
         server = master or (configuration.host if source else "")  # a blank Configuration says http://localhost
         if not server:
@@ -252,8 +261,12 @@ def _default_kubeconfig(master: str | None, not_in_cluster: str) -> tuple[str, s
     )
 
 
-def _load_kubeconfig(configuration: Any, path: str, source: str, clock: Callable[[], float] = time.time) -> RenewingToken | None:
+def _load_kubeconfig(
+    configuration: Any, path: str, source: str, clock: Callable[[], float] = time.time, context_name: str | None = None
+) -> RenewingToken | None:
     """Load a kubeconfig into `configuration`, turning the loader's many failures into one CredentialsError.
+
+    `context_name`: the context to use (--context), else the current one.
 
     Returns a renewing token when the user's token comes from an exec plugin
     or an auth provider (oidc, gcp), else None. The exec plugin is run here,
@@ -277,7 +290,17 @@ def _load_kubeconfig(configuration: Any, path: str, source: str, clock: Callable
         merged = kube_config.KubeConfigMerger(path)
         if merged.config is None:
             raise config.ConfigException("no configuration found")
-        loader = kube_config.KubeConfigLoader(merged.config, config_base_path=None, config_persister=merged.save_changes)
+        if context_name is not None:
+            contexts = merged.config.safe_get("contexts") or []
+            names = [str(getattr(entry, "value", entry).get("name")) for entry in contexts]  # merged entries are ConfigNodes
+            if context_name not in names:
+                raise CredentialsError(
+                    f"{source}: has no context {context_name!r} (it has: {', '.join(names) or 'none'});"
+                    " pass one of those to --context, or drop it for the current context"
+                )
+        loader = kube_config.KubeConfigLoader(
+            merged.config, active_context=context_name, config_base_path=None, config_persister=merged.save_changes
+        )
         context = loader.current_context["context"]
         user_name = str(context.get("user") or "")
         user = merged.config["users"].get_with_name(user_name, safe=True) if user_name and "users" in merged.config else None
@@ -288,7 +311,7 @@ def _load_kubeconfig(configuration: Any, path: str, source: str, clock: Callable
             # The loader gets the rest of the kubeconfig (cluster, TLS files) from a copy without the plugin.
             copied = copy.deepcopy(merged.config)
             copied["users"].get_with_name(user_name)["user"].value.pop("exec")
-            kube_config.KubeConfigLoader(copied, config_base_path=None).load_and_set(configuration)
+            kube_config.KubeConfigLoader(copied, active_context=context_name, config_base_path=None).load_and_set(configuration)
             return plugin.start(configuration, clock)
         loader.load_and_set(configuration)
         provider = user.value.get("auth-provider") if user is not None else None

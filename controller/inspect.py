@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import netaddr
+import yaml
 
 from controller.cidrs import ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
@@ -196,12 +197,17 @@ def format_status(status: Status) -> str:
 
 
 def find_problems(
-    nodes: Iterable[NodeInfo], ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]] = ()
+    nodes: Iterable[NodeInfo],
+    ranges: Sequence[FamilyRange],
+    pool_bodies: Sequence[Mapping[str, Any]] = (),
+    service_cidrs: Sequence[netaddr.IPNetwork] = (),
 ) -> list[str]:
     """Every finding on one line naming the Nodes (or pools), like `calicoctl ipam check`.
 
     With NodeCIDRPools, a podCIDR is judged against the pool CIDR it lies in;
     pools that cannot be used, or that overlap an earlier pool, are findings too.
+    A podCIDR overlapping a service range is one, as the controller warns of it
+    (InvalidPodCIDR): pods there may get the addresses of Services.
     """
     findings: list[str] = []
     served = ServedRanges([*ranges, *_pool_ranges(ranges, pool_bodies, findings)])
@@ -212,7 +218,7 @@ def find_problems(
             continue
         if node.pod_cidr and node.pod_cidr != node.pod_cidrs[0]:
             findings.append(f"node {node.name}: spec.podCIDR {node.pod_cidr} != spec.podCIDRs[0] {node.pod_cidrs[0]}")
-        classified = classify_pod_cidrs(node.pod_cidrs, served)
+        classified = classify_pod_cidrs(node.pod_cidrs, served, service_cidrs)
         findings.extend(f"node {node.name}: {problem.message}" for problem in classified.problems)
         claimed.extend((cidr, node.name) for cidr in classified.usable)
     claimed.sort(key=lambda item: (item[0].version, item[0].first, -item[0].last))
@@ -246,7 +252,7 @@ class InspectError(RuntimeError):
 
 
 class ClusterError(RuntimeError):
-    """The API server could not be reached or refused (exit status 1); the message says what to check."""
+    """The API server could not be reached or refused (exit status 3); the message says what to check."""
 
 
 def explain_api_error(error: ApiError, credentials: Credentials, request: str) -> str:
@@ -325,24 +331,35 @@ def _list_pools(credentials: Credentials) -> list[dict[str, Any]]:
         raise ClusterError(explain_api_error(error, credentials, "list on nodecidrpools.nodeipam.io")) from None
 
 
+def render(document: Any, output: str) -> str:
+    """`document` as JSON or YAML: the same data in both (YAML is written from the JSON form, tuples as lists)."""
+    as_json = json.dumps(document, indent=2)
+    if output == "yaml":
+        return yaml.safe_dump(json.loads(as_json), sort_keys=False).rstrip("\n")
+    return as_json
+
+
 def status_command(
     ranges: Sequence[FamilyRange],
     service_cidrs: Sequence[netaddr.IPNetwork],
     credentials: Credentials,
     output: str,
-) -> int:
+) -> None:
+    """Prints the usage: "text", "json" or "yaml"."""
     status = compute_status(_list_nodes(credentials), ranges, service_cidrs, _list_pools(credentials))
-    if output == "json":
-        print(json.dumps(dataclasses.asdict(status), indent=2))
-    else:
-        print(format_status(status))
-    return 0
+    print(format_status(status) if output == "text" else render(dataclasses.asdict(status), output))
 
 
-def check_command(ranges: Sequence[FamilyRange], credentials: Credentials) -> int:
+def check_command(
+    ranges: Sequence[FamilyRange], service_cidrs: Sequence[netaddr.IPNetwork], credentials: Credentials, output: str
+) -> bool:
+    """Prints the findings ("text", "json" or "yaml"); whether there were any, for the exit status."""
     nodes = _list_nodes(credentials)
-    findings = find_problems(nodes, ranges, _list_pools(credentials))
-    for finding in findings:
-        print(finding)
-    print(f"checked {len(nodes)} nodes: {len(findings)} problem(s)")
-    return 1 if findings else 0
+    findings = find_problems(nodes, ranges, _list_pools(credentials), service_cidrs)
+    if output == "text":
+        for finding in findings:
+            print(finding)
+        print(f"checked {len(nodes)} nodes: {len(findings)} problem(s)")
+    else:
+        print(render({"nodes": len(nodes), "problems": findings}, output))
+    return bool(findings)

@@ -356,21 +356,22 @@ def test_api_server_gives_master(values: Values, master: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("values", "qps", "burst"),
+    ("values", "qps", "burst", "settled_burst"),
     [
-        pytest.param({}, None, None, id="unset"),
-        pytest.param({"kubeAPIQPS": 50, "kubeAPIBurst": 100}, "50", "100", id="integers"),
-        pytest.param({"kubeAPIQPS": 20.5, "kubeAPIBurst": 1000000}, "20.5", "1000000", id="fraction-and-large"),
-        pytest.param({"kubeAPIQPS": "7.5"}, "7.5", None, id="qps-as-string"),
+        pytest.param({}, None, None, 0, id="unset"),
+        pytest.param({"kubeAPIQPS": 50, "kubeAPIBurst": 100}, "50", "100", 100, id="integers"),
+        pytest.param({"kubeAPIQPS": 20.5, "kubeAPIBurst": 1000000}, "20.5", "1000000", 1000000, id="fraction-and-large"),
+        # A rate alone gets kube-controller-manager's burst of 30.
+        pytest.param({"kubeAPIQPS": "7.5"}, "7.5", None, 30, id="qps-as-string"),
     ],
 )
-def test_client_rate_limit_flags(values: Values, qps: str | None, burst: str | None) -> None:
+def test_client_rate_limit_flags(values: Values, qps: str | None, burst: str | None, settled_burst: int) -> None:
     arguments = args(render(with_cidr(**values)))
     assert flag(arguments, "kube-api-qps") == qps
     assert flag(arguments, "kube-api-burst") == burst
     settings = controller_settings(arguments)
     assert settings.kube_api_qps == float(qps or 0)
-    assert settings.kube_api_burst == int(burst or 0)
+    assert settings.kube_api_burst == settled_burst
 
 
 def test_log_level_and_extra_args_reach_the_controller() -> None:

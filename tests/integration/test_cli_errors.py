@@ -1,6 +1,6 @@
 """The real `nodeipam` process given bad input or a cluster that cannot answer: one line, no traceback.
 
-Exit status 2 for bad input (flags, kubeconfig), 1 for an API server that
+Exit status 2 for bad input (flags, kubeconfig), 3 for an API server that
 cannot be reached or refuses; the message names the problem and the fix.
 """
 
@@ -79,28 +79,28 @@ def test_a_garbage_kubeconfig_is_one_line_and_exit_2(command: str, content: str,
 
 @pytest.mark.parametrize("host", [pytest.param("127.0.0.1", id="ipv4"), pytest.param("::1", id="ipv6")])
 @pytest.mark.parametrize("command", ["status", "check"])
-def test_an_unreachable_api_server_is_one_line_and_exit_1(
+def test_an_unreachable_api_server_is_one_line_and_exit_3(
     control_plane: LocalControlPlane, tmp_path: Path, command: str, host: str
 ) -> None:
     server = dead_server(host)
     result = run_cli(command, CIDR, kubeconfig=kubeconfig_like(control_plane, tmp_path / "kubeconfig", server=server))
-    assert_one_line(result, 1, f"cannot reach the API server at {server}", "check --kubeconfig/--master")
+    assert_one_line(result, 3, f"cannot reach the API server at {server}", "check --kubeconfig/--master")
 
 
 @pytest.mark.parametrize("command", ["status", "check"])
-def test_master_pointing_nowhere_is_one_line_and_exit_1(control_plane: LocalControlPlane, command: str) -> None:
+def test_master_pointing_nowhere_is_one_line_and_exit_3(control_plane: LocalControlPlane, command: str) -> None:
     server = dead_server("127.0.0.1")
     result = run_cli(command, CIDR, f"--master={server}", kubeconfig=control_plane.kubeconfig)
-    assert_one_line(result, 1, f"cannot reach the API server at {server}")
+    assert_one_line(result, 3, f"cannot reach the API server at {server}")
 
 
 @pytest.mark.parametrize("command", ["status", "check"])
-def test_a_token_the_api_server_does_not_know_is_one_line_and_exit_1(
+def test_a_token_the_api_server_does_not_know_is_one_line_and_exit_3(
     control_plane: LocalControlPlane, tmp_path: Path, command: str
 ) -> None:
     kubeconfig = kubeconfig_like(control_plane, tmp_path / "kubeconfig", token="not-a-known-token")
     result = run_cli(command, CIDR, kubeconfig=kubeconfig)
-    assert_one_line(result, 1, "401 Unauthorized")
+    assert_one_line(result, 3, "401 Unauthorized")
 
 
 @pytest.mark.parametrize("command", ["status", "check"])
@@ -110,7 +110,7 @@ def test_a_user_without_list_nodes_is_told_the_permission(control_plane: LocalCo
     token = control_plane.kubectl("create", "token", account, "-n", "default").strip()
     kubeconfig = kubeconfig_like(control_plane, tmp_path / "kubeconfig", token=token)
     result = run_cli(command, CIDR, kubeconfig=kubeconfig)
-    line = assert_one_line(result, 1, "forbids list on nodes (cluster-wide)", 'cannot list resource "nodes"')
+    line = assert_one_line(result, 3, "forbids list on nodes (cluster-wide)", 'cannot list resource "nodes"')
     assert f"system:serviceaccount:default:{account}" in line
 
 

@@ -431,7 +431,6 @@ BAD_FLAGS = [
     pytest.param(
         ["--cluster-cidr=fd00::/48", "--node-cidr-mask-size-ipv6=32"], "--node-cidr-mask-size-ipv6", id="mask-shorter-ipv6"
     ),
-    pytest.param(["--cluster-cidr=10.0.0.0/16", "--allocate-node-cidrs=false"], "--allocate-node-cidrs", id="allocate-false"),
     pytest.param(["--cluster-cidr=10.0.0.0/16", "--cidr-allocator-type=CloudAllocator"], "--cidr-allocator-type", id="cloud"),
     pytest.param(["--cluster-cidr=10.0.0.0/16", "--resync-period=soon"], "--resync-period", id="bad-duration"),
 ]

@@ -1,4 +1,4 @@
-"""`nodeipam` with bad input: one line naming the problem and the fix, exit 2; 1 when the cluster cannot answer.
+"""`nodeipam` with bad input: one line naming the problem and the fix, exit 2; 3 when the cluster cannot answer.
 
 These call `controller.cli.main` in-process. The API server here is an
 in-process fake (stdlib http.server) that only answers with errors; how the
@@ -8,6 +8,7 @@ tests/integration/test_cli_errors.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import socket
 import threading
@@ -129,6 +130,8 @@ RUN_FLAGS = [
         "--health-probe-bind-address",
         id="probe-port-is-metrics-port",
     ),
+    pytest.param(["--cidr-allocator-type=CloudAllocator"], "--cidr-allocator-type", id="cloud-allocator"),
+    pytest.param(["--cidr-allocator-type=IPAMFromCloud"], "--cidr-allocator-type", id="ipam-from-cloud"),
 ]
 
 
@@ -325,36 +328,36 @@ FORBIDDEN_NODES = (
 
 
 @pytest.mark.parametrize("command", ["status", "check"])
-def test_forbidden_names_the_missing_permission_and_exits_1(
+def test_forbidden_names_the_missing_permission_and_exits_3(
     capsys: pytest.CaptureFixture[str], fake_api: str, command: str
 ) -> None:
     FakeApiServer.answers = {"/api/v1/nodes": FORBIDDEN_NODES}
     code, stderr = call(capsys, command, CIDR, f"--master={fake_api}")
-    assert code == 1
+    assert code == 3
     assert_one_line(stderr, command, "forbids list on nodes", 'cannot list resource "nodes"', fake_api)
 
 
 @pytest.mark.parametrize("command", ["status", "check"])
-def test_unauthorized_says_so_and_exits_1(capsys: pytest.CaptureFixture[str], fake_api: str, command: str) -> None:
+def test_unauthorized_says_so_and_exits_3(capsys: pytest.CaptureFixture[str], fake_api: str, command: str) -> None:
     FakeApiServer.answers = {"/api/v1/nodes": (401, {"reason": "Unauthorized", "message": "Unauthorized"})}
     code, stderr = call(capsys, command, CIDR, f"--master={fake_api}")
-    assert code == 1
+    assert code == 3
     assert_one_line(stderr, command, "401 Unauthorized", "check the kubeconfig's user")
 
 
 @pytest.mark.parametrize("command", ["status", "check"])
-def test_unreachable_api_server_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], command: str) -> None:
+def test_unreachable_api_server_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str], command: str) -> None:
     for host, url in (("127.0.0.1", "http://127.0.0.1:{}"), ("::1", "http://[::1]:{}")):
         master = url.format(free_port(host))
         code, stderr = call(capsys, command, CIDR, f"--master={master}")
-        assert code == 1
+        assert code == 3
         assert_one_line(stderr, command, f"cannot reach the API server at {master}", "check --kubeconfig/--master")
 
 
-def test_deployment_on_an_unreachable_api_server_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+def test_deployment_on_an_unreachable_api_server_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     master = f"http://127.0.0.1:{free_port('127.0.0.1')}"
     code, stderr = call(capsys, "status", f"--master={master}", "--deployment=kube-system/nodeipam")
-    assert code == 1
+    assert code == 3
     assert_one_line(stderr, "status", f"cannot reach the API server at {master}")
 
 
@@ -368,7 +371,7 @@ def test_deployment_forbidden_names_the_permission(capsys: pytest.CaptureFixture
     path = "/apis/apps/v1/namespaces/kube-system/deployments/nodeipam"
     FakeApiServer.answers = {path: (403, {"reason": "Forbidden", "message": "deployments.apps is forbidden"})}
     code, stderr = call(capsys, "check", f"--master={fake_api}", "--deployment=kube-system/nodeipam")
-    assert code == 1
+    assert code == 3
     assert_one_line(stderr, "check", "forbids get on deployments.apps in namespace kube-system")
 
 
@@ -404,3 +407,219 @@ def test_demo_is_not_a_command_of_the_installation(capsys: pytest.CaptureFixture
     assert exit_.value.code == 2
     assert "invalid choice: 'demo'" in capsys.readouterr().err
     assert " demo " not in cli.build_parser().format_help()
+
+
+# -- conventions: --version, exit statuses in --help, -o, --context ---------------------
+
+
+@pytest.mark.parametrize("entry", [pytest.param(cli.main, id="nodeipam"), pytest.param(cli.kubectl_main, id="kubectl-ipam")])
+def test_version_prints_the_package_version_and_exits_0(capsys: pytest.CaptureFixture[str], entry: Any) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        entry(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"nodeipam {importlib.metadata.version('nodeipam')}\n"
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv", "fragments"),
+    [
+        pytest.param(cli.main, ["--help"], ["1 problems found", "2 bad flags", "3 the cluster cannot be read"], id="top"),
+        pytest.param(cli.main, ["status", "--help"], ["0 fine", "2 bad flags", "3 the cluster cannot be read"], id="status"),
+        pytest.param(
+            cli.main, ["check", "--help"], ["1 problems found", "2 bad flags", "3 the cluster cannot be read"], id="check"
+        ),
+        pytest.param(cli.main, ["run", "--help"], ["1 the Lease was lost", "2 bad flags", "accepted and ignored"], id="run"),
+        pytest.param(
+            cli.kubectl_main,
+            ["check", "--help"],
+            ["1 problems found", "3 the cluster cannot be read", "-n NAMESPACE"],
+            id="kubectl-check",
+        ),
+    ],
+)
+def test_help_documents_the_exit_statuses(
+    capsys: pytest.CaptureFixture[str], entry: Any, argv: list[str], fragments: list[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        entry(argv)
+    out = " ".join(capsys.readouterr().out.split())
+    for fragment in fragments:
+        assert fragment in out
+
+
+@pytest.mark.parametrize("command", ["status", "check"])
+def test_output_is_text_json_or_yaml(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, CIDR, "-o", "xml"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'xml' (choose from" in capsys.readouterr().err
+
+
+TWO_CONTEXTS = """apiVersion: v1
+kind: Config
+clusters:
+- {name: one, cluster: {server: "https://10.0.0.1:6443", insecure-skip-tls-verify: true}}
+- {name: two, cluster: {server: "https://[fd00::2]:6443", insecure-skip-tls-verify: true}}
+users:
+- {name: u1, user: {token: token-one}}
+- {name: u2, user: {token: token-two}}
+contexts:
+- {name: first, context: {cluster: one, user: u1}}
+- {name: second, context: {cluster: two, user: u2}}
+current-context: first
+"""
+
+
+@pytest.mark.parametrize(
+    ("context", "server", "token"),
+    [
+        pytest.param(None, "https://10.0.0.1:6443", "token-one", id="current-context"),
+        pytest.param("second", "https://[fd00::2]:6443", "token-two", id="another-context"),
+    ],
+)
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_context_picks_the_kubeconfig_context(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, context: str | None, server: str, token: str, where: str
+) -> None:
+    path = write(tmp_path / "kubeconfig", TWO_CONTEXTS)
+    if where == "env":
+        monkeypatch.setenv("KUBECONFIG", path)
+    loaded = Credentials.load(path if where == "flag" else None, context=context)
+    assert (loaded.server, loaded.token) == (server, token)
+
+
+@pytest.mark.parametrize("command", ["run", "status", "check"])
+def test_an_unknown_context_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str) -> None:
+    path = write(tmp_path / "kubeconfig", TWO_CONTEXTS)
+    code, stderr = call(capsys, command, CIDR, f"--kubeconfig={path}", "--context=third")
+    assert code == 2
+    assert_one_line(stderr, command, f"--kubeconfig={path}", "has no context 'third'", "first, second")
+
+
+def test_a_context_never_means_the_in_cluster_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--context names a kubeconfig context, so a Pod's service account must not silently stand in for it."""
+    from kubernetes import config
+
+    def in_a_pod(client_configuration: Any) -> None:
+        client_configuration.host = "https://10.96.0.1:443"
+        client_configuration.api_key = {"authorization": "Bearer in-cluster-token"}
+
+    monkeypatch.setattr(config, "load_incluster_config", in_a_pod)
+    monkeypatch.setenv("KUBECONFIG", write(tmp_path / "kubeconfig", TWO_CONTEXTS))
+    assert Credentials.load(None).token == "in-cluster-token"
+    assert Credentials.load(None, context="second").token == "token-two"
+
+
+# -- run: kube-controller-manager's flags pasted ---------------------------------------------
+
+
+def started_settings(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """The Settings the controller starts with (nothing starts)."""
+    started: list[Settings] = []
+
+    async def run(settings: Settings, *_: object) -> None:
+        started.append(settings)
+
+    monkeypatch.setattr(lifecycle, "run", run)
+    monkeypatch.setattr(lifecycle, "configure_logging", lambda level: None)
+    return started
+
+
+PASTED = [
+    "--v=2",
+    "--secure-port=10257",
+    "--bind-address=127.0.0.1",
+    "--profiling",
+    "--use-service-account-credentials=true",
+    "--controllers=*,bootstrapsigner,tokencleaner",
+    "--cloud-provider=external",
+    "--authentication-kubeconfig=/etc/kubernetes/controller-manager.conf",
+    "--authorization-kubeconfig=/etc/kubernetes/controller-manager.conf",
+    "--requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt",
+    "--root-ca-file=/etc/kubernetes/pki/ca.crt",
+    "--service-account-private-key-file=/etc/kubernetes/pki/sa.key",
+    "--cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt",
+    "--cluster-signing-key-file=/etc/kubernetes/pki/ca.key",
+    "--feature-gates=SomeGate=true",
+    "--logtostderr",
+    "--port=0",
+    "--cluster-name=kubernetes",
+    "--leader-elect-resource-lock=leases",
+]
+
+
+def test_run_starts_with_pasted_kube_controller_manager_flags_noting_each(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started = started_settings(monkeypatch)
+    path = write(tmp_path / "kubeconfig", kubeconfig())
+    code, stderr = call(capsys, "run", CIDR, f"--kubeconfig={path}", *PASTED, "--allocate-node-cidrs=true", "--kube-api-qps=20")
+    assert code == 0, stderr
+    assert len(started) == 1
+    lines = stderr.splitlines()
+    assert len(lines) == len(PASTED), stderr
+    for line, flag in zip(lines, PASTED, strict=True):
+        assert line.startswith(f"nodeipam run: note: {flag} ignored: kube-controller-manager's flag for "), line
+    assert (started[0].kube_api_qps, started[0].kube_api_burst) == (20.0, 30)
+
+
+def test_allocate_node_cidrs_false_is_said_and_nodeipam_allocates(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """kube-controller-manager is run with it when nodeipam takes over; pasted here, it must not pass in silence."""
+    started = started_settings(monkeypatch)
+    path = write(tmp_path / "kubeconfig", kubeconfig())
+    code, stderr = call(capsys, "run", CIDR, f"--kubeconfig={path}", "--allocate-node-cidrs=false")
+    assert code == 0, stderr
+    assert len(started) == 1
+    (line,) = stderr.splitlines()
+    assert line.startswith("nodeipam run: note: --allocate-node-cidrs=false ignored: nodeipam allocates regardless")
+
+
+# -- kubectl ipam ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "namespace", "name"),
+    [
+        pytest.param([], "kube-system", "nodeipam", id="default"),
+        pytest.param(["-n", "ipam"], "ipam", "nodeipam", id="short-namespace"),
+        pytest.param(["--namespace=ipam"], "ipam", "nodeipam", id="long-namespace"),
+        pytest.param(["-n", "ipam", "--deployment=mine"], "ipam", "mine", id="name-in-namespace"),
+        pytest.param(["-n", "ipam", "--deployment=other/mine"], "other", "mine", id="namespace-in-deployment-wins"),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "check"])
+def test_kubectl_ipam_reads_the_ranges_of_the_deployment_in_the_namespace(
+    capsys: pytest.CaptureFixture[str], fake_api: str, command: str, argv: list[str], namespace: str, name: str
+) -> None:
+    code = cli.kubectl_main([command, *argv, f"--server={fake_api}"])
+    assert code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(
+        f"kubectl ipam {command}: error: --deployment: there is no deployment {name} in namespace {namespace};"
+    )
+
+
+def test_kubectl_ipam_has_no_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.kubectl_main(["run", CIDR])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'run'" in capsys.readouterr().err
+
+
+def test_the_krew_manifest_names_the_console_script() -> None:
+    """kubectl finds `kubectl ipam` as kubectl-ipam on PATH: the manifest's bin and the package's script agree."""
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kubectl-ipam"] == "controller.cli:kubectl_main"
+    manifest = yaml.safe_load((root / "manifests" / "krew" / "ipam.yaml").read_text())
+    assert (manifest["kind"], manifest["metadata"]["name"]) == ("Plugin", "ipam")
+    assert manifest["spec"]["version"] == "v" + tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    for platform in manifest["spec"]["platforms"]:
+        assert platform["bin"] == "kubectl-ipam"
+        assert len(platform["sha256"]) == 64

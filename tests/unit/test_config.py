@@ -12,6 +12,7 @@ from controller.config import (
     Settings,
     build_ranges,
     build_service_cidrs,
+    drop_ignored_flags,
     go_duration,
     parse_bool,
     parse_duration,
@@ -91,12 +92,6 @@ def test_valid_ranges(flags: list[str], expected: list[tuple[str, int]]) -> None
             id="both-mask-flags",
         ),
         pytest.param(
-            ["--cluster-cidr=10.0.0.0/16", "--allocate-node-cidrs=false"],
-            "--allocate-node-cidrs",
-            "nothing to do",
-            id="alloc-off",
-        ),
-        pytest.param(
             ["--cluster-cidr=10.0.0.0/16", "--allocate-node-cidrs=maybe"],
             "--allocate-node-cidrs",
             "not a boolean",
@@ -105,7 +100,7 @@ def test_valid_ranges(flags: list[str], expected: list[tuple[str, int]]) -> None
         pytest.param(
             ["--cluster-cidr=10.0.0.0/16", "--cidr-allocator-type=CloudAllocator"],
             "--cidr-allocator-type",
-            "not supported",
+            "never takes ranges from a cloud provider",
             id="cloud",
         ),
         pytest.param(["--cluster-cidr=10.0.0.0/16", "--kube-api-qps=-1"], "--kube-api-qps", "negative", id="qps"),
@@ -382,7 +377,7 @@ def test_run_refuses_values_that_cannot_work(flags: list[str], flag: str, fragme
     ("flags", "check"),
     [
         pytest.param(["--kube-api-qps=0", "--kube-api-burst=0"], lambda s: s.kube_api_qps == 0, id="qps-off"),
-        pytest.param(["--kube-api-qps=1"], lambda s: (s.kube_api_qps, s.kube_api_burst) == (1.0, 0), id="qps-floor"),
+        pytest.param(["--kube-api-qps=1"], lambda s: (s.kube_api_qps, s.kube_api_burst) == (1.0, 30), id="qps-floor"),
         pytest.param(["--kube-api-qps=20.5", "--kube-api-burst=1"], lambda s: s.kube_api_burst == 1, id="qps-burst-1"),
         pytest.param(["--kube-api-qps=1e9", "--kube-api-burst=1000000"], lambda s: s.kube_api_qps == 1e9, id="qps-huge"),
         pytest.param(["--resync-period=1s"], lambda s: s.resync_period == 1.0, id="resync-floor"),
@@ -436,3 +431,103 @@ def test_run_refuses_values_that_cannot_work(flags: list[str], flag: str, fragme
 )
 def test_run_accepts_values_that_work(flags: list[str], check: Callable[[Settings], bool]) -> None:
     assert check(settings(RUN, *flags))
+
+
+@pytest.mark.parametrize(
+    ("flags", "burst"),
+    [
+        pytest.param([], 0, id="no-rate-no-burst"),
+        pytest.param(["--kube-api-qps=20"], 30, id="rate-alone-gets-kcm-burst"),
+        pytest.param(["--kube-api-qps=5"], 30, id="low-rate-alone"),
+        pytest.param(["--kube-api-qps=100"], 100, id="rate-above-30-alone-gets-its-rate"),
+        pytest.param(["--kube-api-qps=20", "--kube-api-burst=5"], 5, id="burst-given"),
+        pytest.param(["--kube-api-burst=7"], 7, id="burst-without-rate"),
+    ],
+)
+def test_a_rate_given_alone_gets_kube_controller_managers_burst(flags: list[str], burst: int) -> None:
+    """Pasted `--kube-api-qps=20` without its burst must not become bursts of 1: kube-controller-manager's default is 30."""
+    assert settings(RUN, *flags).kube_api_burst == burst
+
+
+def test_allocate_node_cidrs_false_is_accepted() -> None:
+    """kube-controller-manager's switch; cli.py notes it on stderr (test_cli), nodeipam allocates regardless."""
+    assert settings(RUN, "--allocate-node-cidrs=false").ranges
+
+
+@pytest.mark.parametrize(
+    ("argv", "kept", "noted"),
+    [
+        pytest.param(["--v=2"], [], ["--v=2"], id="v-equals"),
+        pytest.param(["--v", "2", RUN], [RUN], ["--v 2"], id="v-separate-value"),
+        pytest.param(["-v=4", RUN], [RUN], ["-v=4"], id="v-short-equals"),
+        pytest.param(["-v", "4", RUN], [RUN], ["-v 4"], id="v-short-separate"),
+        pytest.param(["-v4", RUN], [RUN], ["-v4"], id="v-short-joined"),
+        pytest.param(["--secure-port=10257", RUN], [RUN], ["--secure-port=10257"], id="secure-port"),
+        pytest.param(["--bind-address", "0.0.0.0", RUN], [RUN], ["--bind-address 0.0.0.0"], id="bind-address-separate"),
+        pytest.param(["--profiling", RUN], [RUN], ["--profiling"], id="boolean-bare-takes-no-value"),
+        pytest.param(["--profiling=false", RUN], [RUN], ["--profiling=false"], id="boolean-with-value"),
+        pytest.param(
+            ["--use-service-account-credentials", RUN], [RUN], ["--use-service-account-credentials"], id="sa-credentials"
+        ),
+        pytest.param(["--leader-elect-resource-lock=leases"], [], ["--leader-elect-resource-lock=leases"], id="resource-lock"),
+        pytest.param(["--controllers=*,bootstrapsigner"], [], ["--controllers=*,bootstrapsigner"], id="controllers"),
+        pytest.param(
+            ["--cluster-signing-cert-file=/a", "--cluster-signing-duration=8760h"],
+            [],
+            ["--cluster-signing-cert-file=/a", "--cluster-signing-duration=8760h"],
+            id="cluster-signing-prefix",
+        ),
+        pytest.param(
+            ["--requestheader-client-ca-file=/ca"], [], ["--requestheader-client-ca-file=/ca"], id="requestheader-prefix"
+        ),
+        pytest.param(["--concurrent-deployment-syncs=5"], [], ["--concurrent-deployment-syncs=5"], id="concurrent-prefix"),
+        pytest.param(["--feature-gates=A=true,B=false"], [], ["--feature-gates=A=true,B=false"], id="feature-gates"),
+        pytest.param(
+            ["--logtostderr=true", "--port=0", "--cluster-name=k", "--cloud-provider=external"],
+            [],
+            ["--logtostderr=true", "--port=0", "--cluster-name=k", "--cloud-provider=external"],
+            id="several",
+        ),
+        pytest.param(
+            ["--authentication-kubeconfig=/k", "--authorization-kubeconfig=/k"],
+            [],
+            ["--authentication-kubeconfig=/k", "--authorization-kubeconfig=/k"],
+            id="authn-authz",
+        ),
+        pytest.param(
+            ["--root-ca-file=/ca", "--service-account-private-key-file=/key"],
+            [],
+            ["--root-ca-file=/ca", "--service-account-private-key-file=/key"],
+            id="service-account-controller",
+        ),
+        # nodeipam's own flags, and kube-controller-manager's that it implements, are kept.
+        pytest.param(
+            [RUN, "--kube-api-qps=20", "--leader-elect-resource-name=x"],
+            [RUN, "--kube-api-qps=20", "--leader-elect-resource-name=x"],
+            [],
+            id="own-flags",
+        ),
+        pytest.param(
+            ["--authorization-always-allow-paths=/healthz", "--tls-cert-file=/c"],
+            ["--authorization-always-allow-paths=/healthz", "--tls-cert-file=/c"],
+            [],
+            id="own-serving-flags",
+        ),
+        pytest.param(
+            ["--allocate-node-cidrs=false", "--cidr-allocator-type=CloudAllocator"],
+            ["--allocate-node-cidrs=false", "--cidr-allocator-type=CloudAllocator"],
+            [],
+            id="allocation-flags-are-not-dropped",
+        ),
+        pytest.param(["--no-such-flag=1"], ["--no-such-flag=1"], [], id="unknown-left-to-the-parser"),
+        pytest.param(["--", "--v=2"], ["--", "--v=2"], [], id="after-double-dash"),
+    ],
+)
+def test_kube_controller_manager_flags_that_mean_nothing_here_are_dropped_with_a_note(
+    argv: list[str], kept: list[str], noted: list[str]
+) -> None:
+    remaining, notes = drop_ignored_flags(argv)
+    assert remaining == kept
+    assert len(notes) == len(noted)
+    for note, flag in zip(notes, noted, strict=True):
+        assert note.startswith(f"note: {flag} ignored: kube-controller-manager's flag for "), note

@@ -80,6 +80,40 @@ def test_check_findings(family: FamilyRange, nodes: list[NodeInfo], expected: li
     assert find_problems(nodes, [family]) == expected
 
 
+@pytest.mark.parametrize(
+    ("family", "services", "nodes", "expected"),
+    [
+        pytest.param(V4, [], [node("a", "10.244.2.0/24")], [], id="ipv4-no-service-range"),
+        pytest.param(V4, ["10.244.3.0/24"], [node("a", "10.244.2.0/24")], [], id="ipv4-clear-of-it"),
+        pytest.param(
+            V4,
+            ["10.244.2.128/25"],
+            [node("a", "10.244.2.0/24"), node("b", "10.244.1.0/24")],
+            [
+                "node a: podCIDR 10.244.2.0/24 overlaps the service range 10.244.2.128/25 (--service-cluster-ip-range): pods"
+                " on this Node may get the addresses of Services; both stay out of the pool"
+            ],
+            id="ipv4-overlap",
+        ),
+        pytest.param(
+            V6,
+            ["10.96.0.0/12", "fd00:0:0:2::/112"],
+            [node("a", "fd00:0:0:2::/64")],
+            [
+                "node a: podCIDR fd00:0:0:2::/64 overlaps the service range fd00:0:0:2::/112 (--service-cluster-ip-range):"
+                " pods on this Node may get the addresses of Services; both stay out of the pool"
+            ],
+            id="ipv6-overlap-dual-stack-services",
+        ),
+    ],
+)
+def test_check_reports_pod_cidrs_in_the_service_range(
+    family: FamilyRange, services: list[str], nodes: list[NodeInfo], expected: list[str]
+) -> None:
+    """As the controller does with an InvalidPodCIDR Warning (classify_pod_cidrs)."""
+    assert find_problems(nodes, [family], service_cidrs=[netaddr.IPNetwork(cidr) for cidr in services]) == expected
+
+
 def pool_body(name: str, spec: dict[str, object], created: str = "2026-01-01T00:00:00Z") -> dict[str, object]:
     return {"metadata": {"name": name, "creationTimestamp": created}, "spec": spec}
 
