@@ -174,6 +174,7 @@ async def _serve(
                 serving=settings.serving,
                 open_reviews=lambda: KubeClient(credentials, max_in_flight=REVIEWS_IN_FLIGHT, transient_attempts=1),
                 refused=metrics.refused_on_metrics_port,
+                refresh=metrics.refresh_views,
             )
             # The kubelet's probes, from a process of its own: no thread of this one can hold them up.
             probes = ProbeProcess(

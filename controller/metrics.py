@@ -2,6 +2,11 @@
 
 Everything is registered on a registry this module creates on request, never
 on import, so tests and several controllers in one process do not collide.
+
+A scrape is collected on the metrics port's own thread (controller.server_thread),
+not on the main loop: prometheus_client's metrics take their own locks, the
+functions behind gauges read a length or an attribute, and what only the main
+loop may read (the pools' usage, from its dicts) is a view that loop refreshes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._views: list[_LatestView] = []
         labels = [CLUSTER_CIDR_LABEL]
         self.allocations = Counter(
             "cidrset_cidrs_allocations",
@@ -185,8 +191,16 @@ class Metrics:
             self.releases.labels(label)
 
     def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
-        """Per-pool gauges, computed at scrape time: pools come and go at runtime."""
-        self.registry.register(_PoolCollector(usages))
+        """Per-pool gauges: pools come and go at runtime. `usages` reads the main loop's state, so it runs there,
+        at `refresh_views()`; a scrape, on the metrics port's thread, reads what it last gave."""
+        view = _LatestView(usages)
+        self._views.append(view)
+        self.registry.register(_PoolCollector(view))
+
+    def refresh_views(self) -> None:
+        """On the main loop: read again what only the main loop may read (the pools' usage) for the next scrapes."""
+        for view in self._views:
+            view.refresh()
 
     def track_gc_pauses(self, pauses: PauseRecorder) -> None:
         """The garbage collector's pauses per generation, read from the recorder at scrape time."""
@@ -221,11 +235,23 @@ class _GcPauseCollector(Collector):
         return iter(())
 
 
-class _PoolCollector(Collector):
-    """Capacity, allocated and free Node CIDRs per pool and IP family; Nodes per pool."""
+class _LatestView:
+    """What `read` gave when the main loop last refreshed it: one tuple, replaced whole, so another thread reads it
+    without a lock and never sees half of one."""
 
-    def __init__(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
-        self._usages = usages
+    def __init__(self, read: Callable[[], Sequence[PoolUsage]]) -> None:
+        self._read = read
+        self.latest: tuple[PoolUsage, ...] = tuple(read())
+
+    def refresh(self) -> None:
+        self.latest = tuple(self._read())
+
+
+class _PoolCollector(Collector):
+    """Capacity, allocated and free Node CIDRs per pool and IP family; Nodes per pool (as last refreshed)."""
+
+    def __init__(self, view: _LatestView) -> None:
+        self._view = view
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         prefix = f"{NAMESPACE}_pool_"
@@ -234,7 +260,7 @@ class _PoolCollector(Collector):
         allocated = GaugeMetricFamily(prefix + "allocated_cidrs", "Node CIDRs of the pool held by Nodes.", labels=labels)
         free = GaugeMetricFamily(prefix + "free_cidrs", "Node CIDRs a new Node could get (draining CIDRs: none).", labels=labels)
         nodes = GaugeMetricFamily(prefix + "nodes", "Nodes holding a range in the pool.", labels=[POOL_LABEL])
-        for usage in self._usages():
+        for usage in self._view.latest:
             nodes.add_metric([usage.name], usage.nodes)
             for family in usage.families:
                 version = f"ipv{family.version}"

@@ -796,6 +796,7 @@ def test_metrics_per_pool(family: FamilyRange) -> None:
     reconciler = rebuilt(family, api)
     registry = reconciler.metrics.registry
     version = f"ipv{family.version}"
+    reconciler.metrics.refresh_views()  # on the main loop, before a scrape collects on the port's thread
 
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(f"node_ipam_controller_{name}", labels)
