@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import netaddr
 
-from controller import config
+from controller import config, pasted_flags
 from controller.config import ConfigError, FamilyRange, LeaderElection, Settings
 from controller.credentials import Credentials, CredentialsError
 from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS, ServingOptions, parse_always_allow_paths
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The exit status: EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE or EXIT_CLUSTER (see INSPECT_EPILOG and RUN_EPILOG)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
-        kept, notes = config.drop_ignored_flags(argv[1:])
+        kept, notes = pasted_flags.drop_ignored_flags(argv[1:])
         argv = ["run", *kept]
         for note in notes:
             print(f"nodeipam run: {note}", file=sys.stderr)
@@ -401,7 +401,8 @@ def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
         if from_deployment:
             deployment_args = inspect.args_of_deployment(args.deployment, credentials)
             run, *flags = deployment_args
-            ranges, service_cidrs = _inspected_ranges(build_parser().parse_args([run, *config.drop_ignored_flags(flags)[0]]))
+            kept, _ = pasted_flags.drop_ignored_flags(flags)
+            ranges, service_cidrs = _inspected_ranges(build_parser().parse_args([run, *kept]))
         if args.command == "status":
             inspect.status_command(ranges, service_cidrs, credentials, args.output)
             return EXIT_OK

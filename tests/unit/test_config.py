@@ -12,12 +12,12 @@ from controller.config import (
     Settings,
     build_ranges,
     build_service_cidrs,
-    drop_ignored_flags,
     go_duration,
     parse_bool,
     parse_duration,
     split_bind_address,
 )
+from controller.pasted_flags import drop_ignored_flags
 
 
 def settings(*flags: str):  # type: ignore[no-untyped-def]
