@@ -201,15 +201,13 @@ def compute_space(
         for cidr in cidrs:
             holders[cidr] = (*holders.get(cidr, ()), name)
     reserved = {cidr: f"reserved by pool {spec.name}" for spec in specs for cidr in spec.reserved}
-    shown = {(node.name, node.uid): set(node.pod_cidrs) for node in nodes}
-    unknown: dict[netaddr.IPNetwork, str] = {}
-    for entry in in_flight:
-        for text in entry.cidrs:
-            if text not in shown.get((entry.name, entry.uid), set()):
-                try:
-                    unknown[parse_cidr_sloppy(text)[0]] = entry.name
-                except ValueError:
-                    continue
+    shown = {(node.name, node.uid): set(_parsed(node.pod_cidrs)) for node in nodes}
+    unknown = {
+        cidr: entry.name
+        for entry in in_flight
+        for cidr in _parsed(entry.cidrs)
+        if cidr not in shown.get((entry.name, entry.uid), set())
+    }
     return picture.Space(
         areas,
         holders,
@@ -219,6 +217,17 @@ def compute_space(
         _usage_rows(status),
         f"nodeipam status: {status.nodes} nodes, {len(status.nodes_waiting)} waiting for a range",
     )
+
+
+def _parsed(texts: Iterable[str]) -> list[netaddr.IPNetwork]:
+    """The CIDRs among `texts` (as the API may write them: leading zeros and all); the others are `check`'s to report."""
+    found = []
+    for text in texts:
+        try:
+            found.append(parse_cidr_sloppy(text)[0])
+        except ValueError:
+            continue
+    return found
 
 
 def _usage_rows(status: Status) -> tuple[picture.Usage, ...]:

@@ -10,6 +10,7 @@ import netaddr
 import pytest
 
 from controller import picture
+from controller.cli import build_parser
 from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.inspect import compute_space, compute_status
@@ -143,3 +144,20 @@ def test_compute_space_rebuilds_holders_and_marks_patches_whose_outcome_is_unkno
     assert space.unknown == {N("10.244.1.0/24"): "b"}
     assert space.usage == (picture.Usage("default", 4, 2, 4),)
     assert block_states(picture.svg(space)) == {"allocated": 1, "unknown": 1, "free": 1, "service": 1}
+
+
+def test_a_recorded_range_the_node_shows_in_another_spelling_has_landed() -> None:
+    """10.244.01.0/24 on the Node is the recorded 10.244.1.0/24: allocated, not a write of unknown outcome."""
+    ranges = [FamilyRange(N("10.244.0.0/22"), 24)]
+    nodes = [NodeInfo("a", "uid-a", ("10.244.01.0/24",), "10.244.01.0/24")]
+    status = compute_status(nodes, ranges)
+    space = compute_space(nodes, ranges, status, in_flight=[InFlight("a", "uid-a", ("10.244.1.0/24",))])
+    assert not space.unknown
+    assert block_states(picture.svg(space)) == {"allocated": 1, "free": 3}
+
+
+def test_status_takes_html_and_svg_files_check_does_not() -> None:
+    args = build_parser().parse_args(["status", "--cluster-cidr=10.244.0.0/16", "--html", "a.html", "--svg", "a.svg"])
+    assert (args.html, args.svg) == ("a.html", "a.svg")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["check", "--cluster-cidr=10.244.0.0/16", "--html", "a.html"])
