@@ -235,6 +235,14 @@ def _add_inspect_commands(commands: argparse._SubParsersAction[argparse.Argument
         inspector.add_argument(
             "-o", "--output", choices=["text", "json", "yaml"], default="text", help="json and yaml: one document"
         )
+        if name == "status":
+            inspector.add_argument(
+                "--html",
+                metavar="FILE",
+                default="",
+                help="also write a picture of the address space to FILE: one page, a block per node subnet, usage and legend",
+            )
+            inspector.add_argument("--svg", metavar="FILE", default="", help="also write the grid of blocks alone to FILE (SVG)")
 
 
 def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -398,13 +406,16 @@ def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
         else:
             ranges, service_cidrs = _inspected_ranges(args)
         credentials = Credentials.load(args.kubeconfig, args.master, context=args.context)
+        lease = None
         if from_deployment:
             deployment_args = inspect.args_of_deployment(args.deployment, credentials)
             run, *flags = deployment_args
             kept, _ = pasted_flags.drop_ignored_flags(flags)
-            ranges, service_cidrs = _inspected_ranges(build_parser().parse_args([run, *kept]))
+            run_args = build_parser().parse_args([run, *kept])
+            ranges, service_cidrs = _inspected_ranges(run_args)
+            lease = (run_args.leader_elect_resource_namespace, run_args.leader_elect_resource_name)
         if args.command == "status":
-            inspect.status_command(ranges, service_cidrs, credentials, args.output)
+            inspect.status_command(ranges, service_cidrs, credentials, args.output, args.html, args.svg, lease)
             return EXIT_OK
         found = inspect.check_command(ranges, service_cidrs, credentials, args.output)
         return EXIT_PROBLEMS if found else EXIT_OK

@@ -17,6 +17,7 @@ from typing import Any
 import netaddr
 import yaml
 
+from controller import inflight, picture
 from controller.cidrs import ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.credentials import Credentials
@@ -164,6 +165,82 @@ def _pool_row(spec: PoolSpec, usage: PoolUsage) -> PoolRow:
         summary=usage.summary,
         blocking_nodes=usage.blocking_nodes,
         families=families,
+    )
+
+
+def compute_space(
+    nodes: Sequence[NodeInfo],
+    ranges: Sequence[FamilyRange],
+    status: Status,
+    service_cidrs: Sequence[netaddr.IPNetwork] = (),
+    pool_bodies: Sequence[Mapping[str, Any]] = (),
+    in_flight: Sequence[inflight.InFlight] = (),
+) -> picture.Space:
+    """What `status --html/--svg` draws, rebuilt from the Nodes as `compute_status` does, plus who holds each range.
+
+    `in_flight` is the controller's record of patches that may have been sent
+    (its Lease's annotation): a range there that its Node does not show is a
+    write of unknown outcome. Refused pools are left out: their CIDRs overlap
+    a pool that is drawn.
+    """
+    allocations = NodeAllocations(ranges, service_cidrs, _pool_specs(pool_bodies, []))
+    for node in nodes:
+        if node.pod_cidrs:
+            allocations.observe(node)
+    refused = allocations.pool_sets.refused
+    specs = [spec for spec in allocations.pools() if spec.name not in refused]
+    specs = [*sorted(specs[1:], key=lambda spec: (-spec.priority, spec.name)), specs[0]] if pool_bodies else specs
+    areas = tuple(
+        picture.Area(spec.name, entry.cidr, family.node_mask_size, entry.draining)
+        for spec in specs
+        for family in spec.families
+        for entry in family.cidrs
+    )
+    holders: dict[netaddr.IPNetwork, tuple[str, ...]] = {}
+    for name, cidrs in allocations.holdings():
+        for cidr in cidrs:
+            holders[cidr] = (*holders.get(cidr, ()), name)
+    reserved = {cidr: f"reserved by pool {spec.name}" for spec in specs for cidr in spec.reserved}
+    shown = {(node.name, node.uid): set(_parsed(node.pod_cidrs)) for node in nodes}
+    unknown = {
+        cidr: entry.name
+        for entry in in_flight
+        for cidr in _parsed(entry.cidrs)
+        if cidr not in shown.get((entry.name, entry.uid), set())
+    }
+    return picture.Space(
+        areas,
+        holders,
+        tuple(allocations.all_service_cidrs),
+        reserved,
+        unknown,
+        _usage_rows(status),
+        f"nodeipam status: {status.nodes} nodes, {len(status.nodes_waiting)} waiting for a range",
+    )
+
+
+def _parsed(texts: Iterable[str]) -> list[netaddr.IPNetwork]:
+    """The CIDRs among `texts` (as the API may write them: leading zeros and all); the others are `check`'s to report."""
+    found = []
+    for text in texts:
+        try:
+            found.append(parse_cidr_sloppy(text)[0])
+        except ValueError:
+            continue
+    return found
+
+
+def _usage_rows(status: Status) -> tuple[picture.Usage, ...]:
+    """The header's bars: per pool and family when there are pools, else per cluster CIDR (the default pool)."""
+    if status.pools:
+        return tuple(
+            picture.Usage(pool.name, family.version, family.allocated, family.capacity)
+            for pool in status.pools
+            for family in pool.families
+        )
+    return tuple(
+        picture.Usage("default", int(netaddr.IPNetwork(row.cluster_cidr).version), row.allocated, row.size)
+        for row in status.ranges
     )
 
 
@@ -339,15 +416,64 @@ def render(document: Any, output: str) -> str:
     return as_json
 
 
+def _read_in_flight(credentials: Credentials, lease: tuple[str, str]) -> list[inflight.InFlight]:
+    """The controller's record of patches in flight, from its Lease (namespace, name); none when it cannot be read.
+
+    The picture is drawn all the same without it: the state is then missing,
+    and a note on stderr says why.
+    """
+    namespace, name = lease
+
+    async def fetch() -> Any:
+        async with KubeClient(credentials) as kube:
+            return await kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+
+    try:
+        body = asyncio.run(fetch())
+    except ApiError as error:
+        if error.status != 404:
+            why = explain_api_error(error, credentials, f"get on leases.coordination.k8s.io in namespace {namespace}")
+            print(f"note: patches in flight not shown: {why}", file=sys.stderr)
+        return []
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    entries, problem = inflight.decode(str(annotations.get(inflight.ANNOTATION, "")))
+    if problem:
+        print(f"note: the Lease {namespace}/{name}'s record of patches in flight: {problem}", file=sys.stderr)
+    return entries
+
+
 def status_command(
     ranges: Sequence[FamilyRange],
     service_cidrs: Sequence[netaddr.IPNetwork],
     credentials: Credentials,
     output: str,
+    html: str = "",
+    svg: str = "",
+    lease: tuple[str, str] | None = None,
 ) -> None:
-    """Prints the usage: "text", "json" or "yaml"."""
-    status = compute_status(_list_nodes(credentials), ranges, service_cidrs, _list_pools(credentials))
+    """Prints the usage: "text", "json" or "yaml"; `html`, `svg`: writes the picture of the address space there too.
+
+    `lease` (namespace, name): the controller's Lease, whose record of
+    patches in flight the picture shows (known with --deployment).
+    """
+    nodes = _list_nodes(credentials)
+    pool_bodies = _list_pools(credentials)
+    status = compute_status(nodes, ranges, service_cidrs, pool_bodies)
+    if html or svg:
+        in_flight = _read_in_flight(credentials, lease) if lease else []
+        space = compute_space(nodes, ranges, status, service_cidrs, pool_bodies, in_flight)
+        for path, draw in ((html, picture.html), (svg, picture.svg)):
+            if path:
+                _write(path, draw(space))
     print(format_status(status) if output == "text" else render(dataclasses.asdict(status), output))
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as error:
+        raise InspectError(f"cannot write {path}: {error.strerror or error}; give a writable path") from None
 
 
 def check_command(
