@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 ## setup: a virtualenv with the project, its runtime dependencies as locked, and its test tools
 setup: $(STAMP)
 
-## binaries: etcd, kube-apiserver, kubectl, helm, promtool for the tests (cached in ~/.cache/nodeipam; ~10 min cold)
+## binaries: etcd, kube-apiserver, kubectl, helm, promtool for the tests (cached in ~/.cache/nodeipam; ~10 min cold, promtool up to 20 more)
 binaries: $(STAMP)
 	$(BIN)/python -m localcluster.binaries etcd kube-apiserver kubectl helm promtool
 

@@ -1,7 +1,7 @@
 """The chart's alerts and dashboard: rendered by helm, checked and unit-tested by promtool.
 
 Every alert has series that fire it and series that do not (alerts_test.yaml); every dashboard
-query parses; every metric either names is one the controller exports.
+query parses; every metric the rules and the dashboard name is one the controller exports.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from controller.metrics import Metrics
 from localcluster.binaries import ensure_binaries
-from tests.chart.test_chart import CHART, FULLNAME, NAMESPACE, SCHEMA_ERROR, Values, render, render_fails, with_cidr
+from tests.chart.test_chart import CHART, FULLNAME, NAMESPACE, SCHEMA_ERROR, Values, render, render_fails, run_helm, with_cidr
 
 ALERTS_TEST = Path(__file__).with_name("alerts_test.yaml")
 DASHBOARD = CHART / "dashboards" / "nodeipam.json"
@@ -196,6 +196,13 @@ def test_dashboard_uses_only_metrics_the_controller_exports() -> None:
     named = {name for expr in [*dashboard_exprs(), *variables] for name in METRIC_NAME.findall(expr)}
     assert named - exported_names() == set()
     assert "leader_election_master_status" in named
+
+
+def test_helm_lint_strict_passes_with_alerts_and_dashboard() -> None:
+    result = run_helm(
+        "lint", "--strict", str(CHART), values=with_cidr(prometheusRule={"enabled": True}, grafanaDashboard={"enabled": True})
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # -- bad values -------------------------------------------------------------------------------------
