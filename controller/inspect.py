@@ -21,7 +21,9 @@ from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
 from controller.kube import ApiError, Credentials, KubeClient
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import PoolSpec, PoolSpecError, PoolUsage, overlaps
+from controller.poolrank import overlaps
+from controller.pools import PoolSpec, PoolSpecError
+from controller.poolstatus import PoolUsage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ from controller.cidrindex import CIDRCounter, CIDRIndex
 from controller.cidrs import ServedRanges
 from controller.config import FamilyRange
 from controller.poolindex import PoolCIDRKey, PoolIndex
-from controller.pools import DEFAULT_POOL, PoolSpec, rank
+from controller.poolrank import rank
+from controller.pools import DEFAULT_POOL, PoolSpec
 from controller.poolusage import PoolUsageBook
 
 
@@ -230,7 +231,7 @@ class PoolSets:
     def take_for(self, labels: Mapping[str, str], node: str) -> tuple[netaddr.IPNetwork, ...]:
         """One range per served family, each claimed, from the pool that serves a Node of these labels and name.
 
-        The pool: the enabled, matching pool first in `pools.rank` order that
+        The pool: the enabled, matching pool first in `poolrank.rank` order that
         has room in every family; nothing is taken from a pool that lacks room
         in one of them. Raises NoCIDRsRemainingError (nothing taken, naming
         the pools tried) when no pool has room.

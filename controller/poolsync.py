@@ -21,7 +21,8 @@ import netaddr
 from controller.kube import ApiError, api_timestamp
 from controller.model import REASON_INVALID_POD_CIDR, NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
+from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
+from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, status_body
 from controller.supervisor import Supervisor
 from controller.warner import Warner
 

@@ -25,7 +25,9 @@ import netaddr
 from controller.allocators import CIDRSet
 from controller.cidrs import overlaps
 from controller.poolindex import PoolCIDRKey, PoolIndex
-from controller.pools import BLOCKING_NODES_SHOWN, Candidate, CIDRUsage, FamilyUsage, PoolSpec, PoolUsage
+from controller.poolrank import Candidate
+from controller.pools import PoolSpec
+from controller.poolstatus import BLOCKING_NODES_SHOWN, CIDRUsage, FamilyUsage, PoolUsage
 
 #: A Node's range: (Node name, range).
 NodeRange = tuple[str, netaddr.IPNetwork]

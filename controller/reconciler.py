@@ -31,7 +31,7 @@ from controller.metrics import Metrics
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
 from controller.nodework import NodeWork
-from controller.pools import PoolUsage
+from controller.poolstatus import PoolUsage
 from controller.poolsync import PoolApi, PoolSync
 from controller.resync import BRIDGE_LIMIT, RELIST_DELAY, ListWatchApi, Resync
 from controller.supervisor import Supervisor

@@ -25,7 +25,9 @@ from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, overlaps, owner
+from controller.poolrank import overlaps, owner
+from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
+from controller.poolstatus import BLOCKING_NODES_SHOWN
 from controller.reconciler import Reconciler
 from controller.reservations import Reservation, ReservationError
 from tests.unit.test_reconciler import FAMILIES, POOL_CIDRS, FakeApi, pool_body, run
