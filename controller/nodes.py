@@ -93,7 +93,7 @@ class NodeAllocations:
         self.pool_sets = PoolSets(self.ranges, self.all_service_cidrs, self.pool_usage)
         self.sets = self.pool_sets.sets  # the default pool's, in flag order
         self._held = NodeRanges(self.pool_sets, self.pool_usage)
-        self._reservations = Reservations(self.pool_sets, self.pool_usage)
+        self._reservations = Reservations(self.pool_sets, self.pool_usage, self._held)
         self._inherited = InheritedPatches(self.pool_sets, self._reservations, self._tick)
         self._waiting: dict[str, NodeInfo] = {}
         self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -146,7 +146,8 @@ class NodeAllocations:
 
     @property
     def sequence(self) -> int:
-        """A logical clock: it grows with every holding or reservation made; take it before a read."""
+        """A logical clock: it grows with every Node's ranges first recorded, reservation made and patch kept apart;
+        take it before a read."""
         return self._sequence
 
     def ranges_held(self, name: str) -> tuple[netaddr.IPNetwork, ...]:
@@ -312,11 +313,11 @@ class NodeAllocations:
     def reserve(self, node: NodeInfo) -> Reservation:
         """Take one range per family (in flag order) for a patch about to be sent, from the pool that serves the Node.
 
-        The pool: see `PoolSets.take_for`. Raises AlreadyInFlightError when the Node name has a
-        reservation already, ReservationError when the incarnation is deleted
-        or holds ranges, and NoCIDRsRemainingError (nothing left reserved,
-        naming the pools tried) when no pool has room; the Node is then
-        remembered as waiting for a release or a new range.
+        The pool: see `PoolSets.take_for`. Raises AlreadyInFlightError when the
+        Node name has a reservation already, ReservationError when the
+        incarnation is deleted or holds ranges, and NoCIDRsRemainingError
+        (nothing left reserved, naming the pools tried) when no pool has room;
+        the Node is then remembered as waiting for a release or a new range.
         """
         if node.name in self._reservations:
             raise AlreadyInFlightError(f"node {node.name} has a reservation in flight already")
@@ -357,24 +358,13 @@ class NodeAllocations:
         self._reservations.unknown(reservation)
 
     def commit(self, reservation: Reservation) -> bool:
-        """The patch succeeded: the Node holds the reserved ranges now.
-
-        Returns False (and frees the ranges) when the Node was deleted while
-        the patch was in flight.
-        """
-        self._reservations.check_current(reservation)
-        if reservation.node_gone:
-            self._reservations.release(reservation)
-            return False
-        self._close_as_committed(reservation)
-        return True
+        """The patch succeeded: the Node holds the reserved ranges now; False (the ranges freed) when the Node was
+        deleted while the patch was in flight."""
+        return self._reservations.commit(reservation)
 
     def abort(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
-        """The patch was refused (nothing applied): give the reserved ranges back; returns the ranges freed.
-
-        Raises ReservationError when an earlier attempt may have applied: a
-        refusal of a later one does not show what the Node holds (`resolve` does).
-        """
+        """The patch was refused: give the reserved ranges back, unless an earlier attempt may have applied (then
+        only `resolve` can tell: see `Reservations.abort`); returns the ranges freed."""
         return self._reservations.abort(reservation)
 
     def resolve(self, reservation: Reservation, current: NodeInfo | None, read_after: int) -> Observation:
@@ -399,9 +389,7 @@ class NodeAllocations:
     def abandon(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
         """The task carrying out `reservation` stops (done, failed, or cancelled); returns the ranges freed.
 
-        Never sent (RESERVED), or the Node is gone: released. Sent (PATCHING
-        or UNKNOWN): it may have applied, so it stays reserved as UNKNOWN
-        until a read settles it (the resync). No-op once settled.
+        One that may have applied stays reserved until a read settles it (see `Reservations.abandon`).
         """
         return self._reservations.abandon(reservation)
 
@@ -410,7 +398,7 @@ class NodeAllocations:
     def orphans(self, live: Mapping[str, str], listed_after: int) -> list[tuple[str, str]]:
         """(name, UID) of incarnations absent from a LIST (name -> uid), recorded up to `listed_after`.
 
-        Holdings and unsettled reservations recorded after the LIST began may
+        Ranges held and unsettled reservations recorded after the LIST began may
         belong to Nodes the LIST could not see yet, so they are left alone;
         reservations a task is working on are left to it.
         """
@@ -459,17 +447,12 @@ class NodeAllocations:
         # Judged by the values alone, not by which pools serve them now: a pool that lost a CIDR meanwhile
         # does not make our own applied patch look like someone else's.
         if reads_as(node.pod_cidrs, reservation.cidrs):
-            self._close_as_committed(reservation)
+            self._reservations.close_as_committed(reservation)
             return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
         # Another value is set, and podCIDRs never change once set: ours can never land.
         released = self._reservations.release(reservation)
         observation = self._account(node, self._held.get(node.name))
         return dataclasses.replace(observation, released=(*released, *observation.released))
-
-    def _close_as_committed(self, reservation: Reservation) -> None:
-        """The reservation's claims become the Node's held ranges (no claim moves)."""
-        self._held.take_over(reservation.name, reservation.uid, reservation.cidrs, reservation.since)
-        self._reservations.close_as_committed(reservation)
 
     def _tick(self) -> int:
         self._sequence += 1

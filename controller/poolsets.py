@@ -3,8 +3,8 @@
 Pure: nothing here talks to the cluster or knows Nodes. A claim is a range
 that must stay out of every pool (a Node's podCIDR, a reservation, the
 service range, a pool's reserved range); who makes it and why is the
-ledger's business (`nodes.NodeAllocations`), which tells this registry of
-each claim and each release.
+ledger's business (`nodes.NodeAllocations` and its books), which tells this
+registry of each claim and each release.
 
 Invariant kept here: a claim goes to every set whose CIDR it overlaps, and
 is remembered, so that a set made later, for a pool created or grown at

@@ -10,7 +10,8 @@ pool is kept per pool CIDR (`PoolIndex`: containment, never labels), changed
 on every hold and release; when the pools change, only the ranges whose pool
 CIDR changed are placed again. Pure: the sets are handed in by their owner,
 `poolsets.PoolSets`, which tells this book whenever their claims change; the
-ledger, `nodes.NodeAllocations`, tells it of every range held and released.
+ledger's books, `noderanges.NodeRanges` and `reservations.Reservations`,
+tell it of every range held, reserved and released.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import netaddr
 
 from controller.cidrs import join
 from controller.model import NodeInfo
+from controller.noderanges import NodeRanges
 from controller.poolsets import PoolSets
 from controller.poolusage import PoolUsageBook
 
@@ -68,12 +69,13 @@ class Reservations:
     """The open reservation of every Node name, from the moment its ranges are taken until it is settled.
 
     The ranges arrive claimed in `pool_sets`; a released reservation unclaims
-    them, a committed one leaves its claims to the Node's held ranges.
+    them, a committed one leaves its claims to the Node's ranges in `held`.
     """
 
-    def __init__(self, pool_sets: PoolSets, usage: PoolUsageBook) -> None:
+    def __init__(self, pool_sets: PoolSets, usage: PoolUsageBook, held: NodeRanges) -> None:
         self._pool_sets = pool_sets
         self._usage = usage
+        self._held = held
         self._open: dict[str, Reservation] = {}
 
     # -- queries -------------------------------------------------------------
@@ -142,6 +144,19 @@ class Reservations:
         reservation.state = ReservationState.UNKNOWN
         reservation.maybe_applied = True
 
+    def commit(self, reservation: Reservation) -> bool:
+        """The patch succeeded: the Node holds the reserved ranges now.
+
+        Returns False (and frees the ranges) when the Node was deleted while
+        the patch was in flight.
+        """
+        self.check_current(reservation)
+        if reservation.node_gone:
+            self.release(reservation)
+            return False
+        self.close_as_committed(reservation)
+        return True
+
     def abort(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
         """The patch was refused (nothing applied): give the ranges back; returns the ranges freed.
 
@@ -182,8 +197,9 @@ class Reservations:
         return tuple(cidr for cidr in reservation.cidrs if self._pool_sets.unclaim(cidr))
 
     def close_as_committed(self, reservation: Reservation) -> None:
-        """The Node holds the reserved ranges: the reservation ends, its claims stay (the caller records them
-        as the Node's before this, so that the usage never sees the ranges go)."""
+        """The Node holds the reserved ranges: they become its held ranges, and no claim moves."""
+        # The held ranges' reference to each range goes in before the reservation's goes out: the usage never sees it go.
+        self._held.take_over(reservation.name, reservation.uid, reservation.cidrs, reservation.since)
         del self._open[reservation.name]
         reservation.state = ReservationState.COMMITTED
         for cidr in reservation.cidrs:
