@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from controller.allocators import CIDRSet
 from controller.gcpolicy import GENERATIONS, PauseRecorder
 from controller.loopwatch import LAG_BUCKETS
-from controller.pools import PoolUsage
+from controller.poolstatus import PoolUsage
 from controller.secure_serving import REFUSAL_REASONS
 
 NAMESPACE = "node_ipam_controller"
