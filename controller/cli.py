@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import netaddr
 
-from controller import config, pasted_flags
-from controller.config import ConfigError, FamilyRange, LeaderElection, Settings
+from controller import config, flagvalues, pasted_flags
+from controller.config import FamilyRange, LeaderElection, Settings
 from controller.credentials import Credentials, CredentialsError
+from controller.flagvalues import ConfigError
 from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS, ServingOptions, parse_always_allow_paths
 
 
@@ -156,10 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--resync-period",
-        default=config.go_duration(Settings.resync_period),
+        default=flagvalues.go_duration(Settings.resync_period),
         help=(
             "how often to re-read the Nodes left open (no range yet, a patch of unknown outcome), a Go duration of at "
-            f"least 1s (default {config.go_duration(Settings.resync_period)}); all Nodes are listed again only after a"
+            f"least 1s (default {flagvalues.go_duration(Settings.resync_period)}); all Nodes are listed again only after a"
             " gap in the watch"
         ),
     )
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"use a Lease so only one replica allocates (default {str(LeaderElection.enabled).lower()})",
     )
     lease, renew, retry = (
-        config.go_duration(seconds)
+        flagvalues.go_duration(seconds)
         for seconds in (LeaderElection.lease_duration, LeaderElection.renew_deadline, LeaderElection.retry_period)
     )
     run.add_argument("--leader-elect-lease-duration", default=lease, help=f"whole seconds, at least 1s (default {lease})")
@@ -260,7 +261,7 @@ def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Validate every flag of `run`; raises ConfigError naming the flag and the fix."""
-    config.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs)  # false: a note (see _run), not an error
+    flagvalues.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs)  # false: a note (see _run), not an error
     config.check_allocator_type(args.cidr_allocator_type)
     config.check_rate_limit(args.kube_api_qps, args.kube_api_burst)
     if args.max_requests_in_flight < 1:
@@ -269,7 +270,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
     )
     leader = config.build_leader_election(
-        enabled=config.parse_bool("--leader-elect", args.leader_elect),
+        enabled=flagvalues.parse_bool("--leader-elect", args.leader_elect),
         lease_duration=args.leader_elect_lease_duration,
         renew_deadline=args.leader_elect_renew_deadline,
         retry_period=args.leader_elect_retry_period,
@@ -367,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
     """Everything that can be wrong with the input is found before the controller starts."""
     try:
         settings = settings_from_args(args)
-        if not config.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs):
+        if not flagvalues.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs):
             print(
                 "nodeipam run: note: --allocate-node-cidrs=false ignored: nodeipam allocates regardless;"
                 " it is kube-controller-manager that must run with --allocate-node-cidrs=false",

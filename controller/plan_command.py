@@ -23,9 +23,10 @@ from typing import Any
 import netaddr
 import yaml
 
-from controller import config
-from controller.config import ConfigError, FamilyRange
+from controller import config, flagvalues
+from controller.config import FamilyRange
 from controller.credentials import Credentials, CredentialsError
+from controller.flagvalues import ConfigError
 from controller.inspect import explain_api_error
 from controller.kube import POOLS_PATH, ApiError, KubeClient
 from controller.model import NodeInfo
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
             args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
         )
         service_cidrs = config.build_service_cidrs(args.service_cluster_ip_range)
-        watch = config.parse_duration("--watch", args.watch)
+        watch = flagvalues.parse_duration("--watch", args.watch)
         credentials = Credentials.load(args.kubeconfig, args.master)
     except (ConfigError, CredentialsError) as error:
         print(f"nodeipam plan: error: {error}", file=sys.stderr)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import netaddr
 
 from controller import config
-from controller.config import ConfigError
+from controller.flagvalues import ConfigError
 from localcluster.binaries import BinariesError
 from localcluster.cluster import LocalControlPlane
 from localcluster.nodebodies import realistic_node

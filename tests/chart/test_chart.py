@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from controller import cli
-from controller.config import ConfigError, Settings
+from controller.config import Settings
+from controller.flagvalues import ConfigError
 from localcluster.binaries import ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,15 +8,12 @@ import pytest
 
 from controller.cli import build_parser, settings_from_args
 from controller.config import (
-    ConfigError,
     Settings,
     build_ranges,
     build_service_cidrs,
-    go_duration,
-    parse_bool,
-    parse_duration,
     split_bind_address,
 )
+from controller.flagvalues import ConfigError, go_duration, parse_bool, parse_duration
 from controller.pasted_flags import drop_ignored_flags
 
 
