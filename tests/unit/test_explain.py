@@ -219,6 +219,18 @@ def test_an_in_flight_range_of_another_node_is_not_given(fam: Family) -> None:
     assert explanation.pod_cidrs != (fam.cluster_first,)
 
 
+@FAMILIES
+def test_an_in_flight_range_held_by_another_node_is_kept_apart(fam: Family) -> None:
+    """The recorded patch cannot be resumed (its range is in use): the Node gets a range of its own, the explanation
+    names the patch kept apart."""
+    patch = InFlight("n", "uid-n", (fam.cluster_first,))
+    explanation = ex.explain("n", [node("a", fam.cluster_first), node("n")], ranges(fam), [], [], [patch])
+    assert explanation.state == ex.UNASSIGNED
+    assert explanation.in_flight == (fam.cluster_first,)
+    assert explanation.pod_cidrs and explanation.pod_cidrs != (fam.cluster_first,)
+    assert "kept apart" in explanation.summary
+
+
 def test_no_such_node() -> None:
     with pytest.raises(KeyError):
         ex.explain("missing", [node("n")], ranges(V4), [], [])
