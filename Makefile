@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml requirements.lock
 ## setup: a virtualenv with the project, its runtime dependencies as locked, and its test tools
 setup: $(STAMP)
 
-## binaries: etcd, kube-apiserver, kubectl, helm for the tests (cached in ~/.cache/nodeipam; ~10 min cold)
+## binaries: etcd, kube-apiserver, kubectl, helm, promtool for the tests (cached in ~/.cache/nodeipam; ~10 min cold, promtool up to 20 more)
 binaries: $(STAMP)
-	$(BIN)/python -m localcluster.binaries etcd kube-apiserver kubectl helm
+	$(BIN)/python -m localcluster.binaries etcd kube-apiserver kubectl helm promtool
 
 ## node-assets: what the real-Node suite adds: kube-scheduler, kubelet, flanneld, flannel's CNI plugin, the sandbox image, the image base (cold: ~30 min on 2 cores)
 node-assets: $(STAMP)

@@ -9,7 +9,7 @@ Reconciler over a stub API (every write answered at once), rebuilt from
 `--nodes` Nodes holding ranges spread over every pool CIDR. Timed:
 
 - pools served: NodeAllocations made with the pools (`set_pools`), no Node;
-- overlaps: `pools.overlaps` over `--overlap-pools` pools of `--overlap-cidrs` CIDRs;
+- overlaps: `poolrank.overlaps` over `--overlap-pools` pools of `--overlap-cidrs` CIDRs;
 - rebuild: the start-up rebuild from the LIST of all Nodes;
 - a pool added while the Nodes hold their ranges (`set_pools`);
 - status round: `sync_pools` after 100 more Nodes got ranges (what a round costs during a burst);
@@ -35,7 +35,8 @@ from controller.config import FamilyRange
 from controller.metrics import Metrics
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import PoolSpec, overlaps
+from controller.poolrank import overlaps
+from controller.pools import PoolSpec
 from controller.reconciler import Reconciler
 
 DEFAULT_RANGE = FamilyRange(netaddr.IPNetwork("172.16.0.0/16"), 24)

@@ -79,7 +79,7 @@ class Accounting:
 
     async def _warn_other_holder(self, name: str, cidr: netaddr.IPNetwork, by: str) -> None:
         """A duplicate is reported on both Nodes: here on the one that held its range first."""
-        uid = self._allocations.holder_uid(name)
+        uid = self._allocations.uid_holding_ranges(name)
         if uid is not None:
             message = f"podCIDR {cidr} overlaps a podCIDR of node {by}; both stay out of the pool until every holder is gone"
             logger.warning("node %s: %s", name, message)

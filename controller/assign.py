@@ -23,7 +23,8 @@ from controller.cidrs import join
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.model import NodeInfo
-from controller.nodes import NodeAllocations, Observation, Outcome, Reservation, ReservationError
+from controller.nodes import NodeAllocations, Observation, Outcome
+from controller.reservations import Reservation, ReservationError
 from controller.warner import Warner
 
 logger = logging.getLogger("nodeipam")
@@ -149,10 +150,10 @@ class Assigner:
                     await self._accounting.note(current or node, observation)
                     outcome = observation.outcome
                     if outcome is Outcome.COMMITTED:
-                        self._accounting.allocated(node, self._allocations.holding(node.name), attempt, seen_at)
+                        self._accounting.allocated(node, self._allocations.ranges_held(node.name), attempt, seen_at)
                         logger.info(
                             "allocated %s to node %s (its patch had applied)",
-                            join(self._allocations.holding(node.name)),
+                            join(self._allocations.ranges_held(node.name)),
                             node.name,
                         )
                         return

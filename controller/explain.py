@@ -23,18 +23,12 @@ from controller.allocators import NoCIDRsRemainingError
 from controller.cidrs import parse_cidr_sloppy
 from controller.config import FamilyRange
 from controller.inflight import InFlight
+from controller.inherited import Adopted
 from controller.model import NodeInfo
-from controller.nodes import Adopted, NodeAllocations, ReservationError
-from controller.pools import (
-    DEFAULT_POOL,
-    PASSED_DISABLED,
-    PASSED_FAMILIES,
-    Candidate,
-    Judged,
-    PoolSpec,
-    PoolSpecError,
-    judge,
-)
+from controller.nodes import NodeAllocations
+from controller.poolrank import PASSED_DISABLED, PASSED_FAMILIES, Candidate, Judged, judge
+from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
+from controller.reservations import ReservationError
 
 # What a Node's state is.
 SERVED = "served"  # it holds podCIDRs

@@ -1,7 +1,7 @@
 """Which Nodes hold each range, and which Nodes hold ranges that overlap one another's.
 
-The ledger (`nodes.NodeAllocations`) tells this index of every range a Node
-comes to hold and gives up; it answers who holds what overlaps a range, so
+The book of the ranges each Node holds (`noderanges.NodeRanges`) tells this
+index of every range a Node comes to hold and gives up; it answers who holds what overlaps a range, so
 that a duplicate someone else made (two Nodes with overlapping podCIDRs) is
 found by lookups, not by a pass over the Nodes. Pure bookkeeping.
 """

@@ -24,7 +24,9 @@ from controller.credentials import Credentials
 from controller.kube import ApiError, KubeClient
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import PoolSpec, PoolSpecError, PoolUsage, overlaps
+from controller.poolrank import overlaps
+from controller.pools import PoolSpec, PoolSpecError
+from controller.poolstatus import PoolUsage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +199,7 @@ def compute_space(
         for entry in family.cidrs
     )
     holders: dict[netaddr.IPNetwork, tuple[str, ...]] = {}
-    for name, cidrs in allocations.holdings():
+    for name, cidrs in allocations.ranges_by_node():
         for cidr in cidrs:
             holders[cidr] = (*holders.get(cidr, ()), name)
     reserved = {cidr: f"reserved by pool {spec.name}" for spec in specs for cidr in spec.reserved}

@@ -164,6 +164,7 @@ async def _serve(
                 may_write=elector.is_leading,
             ) as kube,
         ):
+            metrics.track_leadership(settings.leader_election.resource_name, elector.is_leading)
             # The metrics port, on a thread and event loop of its own, so that the probes never wait for this
             # loop. The token reviews of /metrics scrapes get a client of their own there, so they neither wait
             # behind Node patches nor take a connection a Lease renewal needs: as many connections as reviews.

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from controller.allocators import CIDRSet
 from controller.gcpolicy import GENERATIONS, PauseRecorder
 from controller.loopwatch import LAG_BUCKETS
-from controller.pools import PoolUsage
+from controller.poolstatus import PoolUsage
 from controller.secure_serving import REFUSAL_REASONS
 
 NAMESPACE = "node_ipam_controller"
@@ -62,6 +62,14 @@ class Metrics:
         self.max_cidrs = Gauge(
             "cidrset_max_cidrs",
             "Node CIDRs the cluster CIDR holds.",
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        # Upstream's misspelt name, beside the corrected one, so that kube-controller-manager dashboards keep working.
+        self.max_cidrs_upstream = Gauge(
+            "cirdset_max_cidrs",
+            "Node CIDRs the cluster CIDR holds (kube-controller-manager's misspelt name of cidrset_max_cidrs).",
             labels,
             namespace=NAMESPACE,
             registry=self.registry,
@@ -185,10 +193,24 @@ class Metrics:
         for cidr_set in sets:
             label = str(cidr_set.cluster_cidr)
             self.max_cidrs.labels(label).set(cidr_set.max_cidrs)
+            self.max_cidrs_upstream.labels(label).set(cidr_set.max_cidrs)
             self.usage.labels(label).set_function(functools.partial(_usage, cidr_set))
             self.allocated.labels(label).set_function(functools.partial(_allocated, cidr_set))
             self.allocations.labels(label)
             self.releases.labels(label)
+
+    def track_leadership(self, lease_name: str, leading: Callable[[], bool]) -> None:
+        """kube-controller-manager's leader_election_master_status{name}: 1 while this replica leads, else 0.
+
+        Read at scrape time, so a standby shows 0 and dashboards and alerts built for upstream work unchanged.
+        """
+        status = Gauge(
+            "leader_election_master_status",
+            "1 while this process leads the Lease `name`, 0 otherwise (kube-controller-manager's name).",
+            ["name"],
+            registry=self.registry,
+        )
+        status.labels(lease_name).set_function(lambda: 1.0 if leading() else 0.0)
 
     def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
         """Per-pool gauges: pools come and go at runtime. `usages` reads the main loop's state, so it runs there,

@@ -126,12 +126,12 @@ class NodeWork:
     async def _act(self, node: NodeInfo, observation: Observation, may_read: bool = True) -> None:
         await self._accounting.note(node, observation)
         outcome = observation.outcome
-        if outcome is Outcome.OCCUPIED and self._allocations.holding(node.name):
+        if outcome is Outcome.OCCUPIED and self._allocations.ranges_held(node.name):
             self._accounting.usage_changed()
-            logger.info("node %s holds %s: occupied", node.name, join(self._allocations.holding(node.name)))
+            logger.info("node %s holds %s: occupied", node.name, join(self._allocations.ranges_held(node.name)))
         elif outcome is Outcome.COMMITTED:
-            self._accounting.allocated(node, self._allocations.holding(node.name), attempts=None, seen_at=None)
-            logger.info("node %s holds %s: its patch had applied", node.name, join(self._allocations.holding(node.name)))
+            self._accounting.allocated(node, self._allocations.ranges_held(node.name), attempts=None, seen_at=None)
+            logger.info("node %s holds %s: its patch had applied", node.name, join(self._allocations.ranges_held(node.name)))
         elif outcome is Outcome.ALLOCATE:
             await self._assigner.assign(node)
         elif outcome is Outcome.RESUME:
@@ -185,14 +185,14 @@ class NodeWork:
         reservation = self._allocations.reservation(name)
         left = (
             not node.pod_cidrs
-            and self._allocations.holder_uid(name) != node.uid
+            and self._allocations.uid_holding_ranges(name) != node.uid
             and (reservation is None or reservation.uid != node.uid)
             and not self._allocations.is_waiting(name)
             and not self._allocations.is_retired(node.uid)
         )
         if left:
             self._unserved[name] = node
-        elif self._unserved.get(name, node).uid == node.uid or self._allocations.holding(name):
+        elif self._unserved.get(name, node).uid == node.uid or self._allocations.ranges_held(name):
             self._unserved.pop(name, None)
 
     def open_names(self) -> set[str]:
@@ -218,7 +218,7 @@ class NodeWork:
                 if observation is None:
                     return  # the read failed: again at the next sweep
                 remembered = self._unserved.pop(name, None)
-                uid = self._allocations.holder_uid(name) or (remembered.uid if remembered else "")
+                uid = self._allocations.uid_holding_ranges(name) or (remembered.uid if remembered else "")
                 await self._act(current or NodeInfo(name, uid), observation, may_read=False)
             except Exception:
                 logger.exception("resync of node %s failed", name)

@@ -23,7 +23,8 @@ from controller.cidrs import join, overlaps, parse_cidr_sloppy
 from controller.config import FamilyRange
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import PoolSpec, PoolSpecError, PoolUsage
+from controller.pools import PoolSpec, PoolSpecError
+from controller.poolstatus import PoolUsage
 
 # Kinds of conflict: each one makes the takeover unsafe until fixed.
 MASK_MISMATCH = "mask-mismatch"

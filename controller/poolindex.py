@@ -1,8 +1,8 @@
 """Which pool, and which of its CIDRs, a range belongs to: one lookup, for pools as they are served now.
 
 A range belongs to the serving pool whose CIDR contains it, never to the
-pool its Node's labels pick (`pools.owner`). Serving pools never overlap
-one another (`pools.overlaps` refuses the later of two), so at most one of
+pool its Node's labels pick (`poolrank.owner`). Serving pools never overlap
+one another (`poolrank.overlaps` refuses the later of two), so at most one of
 their CIDRs contains a range. A range no serving pool contains may still lie
 in a refused pool, refused after it handed the range out: that pool's
 deletion waits for the Node too. Built from the pools once per change of
@@ -17,7 +17,8 @@ from typing import NamedTuple
 import netaddr
 
 from controller.cidrindex import CIDRIndex
-from controller.pools import DEFAULT_POOL, PoolSpec, overlaps, owner
+from controller.poolrank import overlaps, owner
+from controller.pools import DEFAULT_POOL, PoolSpec
 
 
 class PoolCIDRKey(NamedTuple):

@@ -3,8 +3,8 @@
 Pure: nothing here talks to the cluster or knows Nodes. A claim is a range
 that must stay out of every pool (a Node's podCIDR, a reservation, the
 service range, a pool's reserved range); who makes it and why is the
-ledger's business (`nodes.NodeAllocations`), which tells this registry of
-each claim and each release.
+ledger's business (`nodes.NodeAllocations` and its books), which tells this
+registry of each claim and each release.
 
 Invariant kept here: a claim goes to every set whose CIDR it overlaps, and
 is remembered, so that a set made later, for a pool created or grown at
@@ -15,7 +15,7 @@ hands out a range, no other can hand out one overlapping it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import netaddr
 
@@ -24,6 +24,7 @@ from controller.cidrindex import CIDRCounter, CIDRIndex
 from controller.cidrs import ServedRanges
 from controller.config import FamilyRange
 from controller.poolindex import PoolCIDRKey, PoolIndex
+from controller.poolrank import rank
 from controller.pools import DEFAULT_POOL, PoolSpec
 from controller.poolusage import PoolUsageBook
 
@@ -226,6 +227,36 @@ class PoolSets:
         for cidr in taken:
             self.unclaim(cidr)
         return None
+
+    def take_for(self, labels: Mapping[str, str], node: str) -> tuple[netaddr.IPNetwork, ...]:
+        """One range per served family, each claimed, from the pool that serves a Node of these labels and name.
+
+        The pool: the enabled, matching pool first in `poolrank.rank` order that
+        has room in every family; nothing is taken from a pool that lacks room
+        in one of them. Raises NoCIDRsRemainingError (nothing taken, naming
+        the pools tried) when no pool has room.
+        """
+        tried: list[str] = []
+        candidates = self._usage.candidates()
+        # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
+        ranked = rank(candidates, labels, node, self.versions) if self.has_pools else candidates
+        for candidate in ranked:
+            if not candidate.has_room:
+                full = [
+                    f"IPv{family.version}"
+                    for family, free in zip(candidate.spec.families, candidate.free, strict=True)
+                    if free <= 0
+                ]
+                tried.append(f"{candidate.name} ({' and '.join(full)} full)")
+                continue
+            taken = self.take(candidate.name)
+            if taken is None:
+                tried.append(f"{candidate.name} (no free range)")
+                continue
+            return taken
+        if not self.has_pools:
+            raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {self.exhausted()}")
+        raise NoCIDRsRemainingError("no pool has a free range for it; tried " + ("; ".join(tried) or "none (no pool matches)"))
 
     def exhausted(self) -> str:
         """The default pool's CIDRs without a free range, as the message of its exhaustion names them."""

@@ -21,7 +21,8 @@ import netaddr
 from controller.kube import ApiError, api_timestamp
 from controller.model import REASON_INVALID_POD_CIDR, NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, PoolUsage, status_body
+from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
+from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, status_body
 from controller.supervisor import Supervisor
 from controller.warner import Warner
 
@@ -270,7 +271,7 @@ class PoolSync:
     async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:
         """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""
         for name, cidr in outside:
-            uid = self._allocations.holder_uid(name)
+            uid = self._allocations.uid_holding_ranges(name)
             if uid is None or self._allocations.overlaps_served(cidr):
                 continue  # a reservation; or a range sticking out of a pool, reported when it was first seen
             message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"

@@ -10,7 +10,8 @@ pool is kept per pool CIDR (`PoolIndex`: containment, never labels), changed
 on every hold and release; when the pools change, only the ranges whose pool
 CIDR changed are placed again. Pure: the sets are handed in by their owner,
 `poolsets.PoolSets`, which tells this book whenever their claims change; the
-ledger, `nodes.NodeAllocations`, tells it of every range held and released.
+ledger's books, `noderanges.NodeRanges` and `reservations.Reservations`,
+tell it of every range held, reserved and released.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import netaddr
 from controller.allocators import CIDRSet
 from controller.cidrs import overlaps
 from controller.poolindex import PoolCIDRKey, PoolIndex
-from controller.pools import BLOCKING_NODES_SHOWN, Candidate, CIDRUsage, FamilyUsage, PoolSpec, PoolUsage
+from controller.poolrank import Candidate
+from controller.pools import PoolSpec
+from controller.poolstatus import BLOCKING_NODES_SHOWN, CIDRUsage, FamilyUsage, PoolUsage
 
 #: A Node's range: (Node name, range).
-Holding = tuple[str, netaddr.IPNetwork]
+NodeRange = tuple[str, netaddr.IPNetwork]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ class _CIDRCounts:
 
 @dataclasses.dataclass(slots=True)
 class _Held:
-    references: int  # a holding and a reservation of the same Node may both name the range
+    references: int  # the ranges a Node holds and its reservation may both name the range
     pool_cidr: PoolCIDRKey | None  # None: in no pool CIDR (outside)
 
 
@@ -54,14 +57,14 @@ class PoolUsageBook:
     def __init__(self) -> None:
         self._index = PoolIndex([])
         self._layout: dict[str, tuple[tuple[_CIDRCounts, ...], ...]] = {}  # pool -> family -> CIDR, in spec order
-        self._held: dict[Holding, _Held] = {}
-        self._by_pool_cidr: dict[PoolCIDRKey | None, set[Holding]] = {}
+        self._held: dict[NodeRange, _Held] = {}
+        self._by_pool_cidr: dict[PoolCIDRKey | None, set[NodeRange]] = {}
         self._holders: dict[str, collections.Counter[str]] = {}  # pool -> Node -> its ranges there
         self._counts: dict[str, tuple[FamilyUsage, ...]] = {}  # computed on demand, dropped when claims change
         self._candidates: dict[str, Candidate] = {}  # the same, for choosing a pool
         self._blocking: dict[str, tuple[str, ...]] = {}  # the same, dropped when a draining CIDR's holders change
         self._dirty: set[str] = set()
-        self._new_outside: dict[Holding, None] = {}
+        self._new_outside: dict[NodeRange, None] = {}
 
     @property
     def index(self) -> PoolIndex:
@@ -95,18 +98,18 @@ class PoolUsageBook:
         # A range in a CIDR that serves before and after stays where it counts: serving CIDRs never overlap.
         kept = previous.serving & index.serving
         moving = [pool_cidr for pool_cidr in self._by_pool_cidr if pool_cidr not in kept]
-        moved: list[Holding] = []
+        moved: list[NodeRange] = []
         for pool_cidr in moving:
-            for holding in self._by_pool_cidr.pop(pool_cidr):
+            for node_range in self._by_pool_cidr.pop(pool_cidr):
                 if pool_cidr is None:
-                    self._new_outside.pop(holding, None)
+                    self._new_outside.pop(node_range, None)
                 else:
-                    self._count_holder(pool_cidr.pool, holding[0], -1)
-                moved.append(holding)
-        for holding in moved:
-            held = self._held[holding]
-            held.pool_cidr = index.owner_cidr_of(holding[1])
-            self._add(holding, held.pool_cidr)
+                    self._count_holder(pool_cidr.pool, node_range[0], -1)
+                moved.append(node_range)
+        for node_range in moved:
+            held = self._held[node_range]
+            held.pool_cidr = index.owner_cidr_of(node_range[1])
+            self._add(node_range, held.pool_cidr)
         self._holders = {pool: counter for pool, counter in self._holders.items() if pool in index.pools}
         self._counts.clear()
         self._candidates.clear()
@@ -114,35 +117,35 @@ class PoolUsageBook:
         self._dirty.update(index.pools)
 
     def hold(self, node: str, cidr: netaddr.IPNetwork) -> None:
-        """One reference more to a Node's range (its holding, or its reservation)."""
-        holding = (node, cidr)
-        held = self._held.get(holding)
+        """One reference more to a Node's range (held, or reserved for it)."""
+        node_range = (node, cidr)
+        held = self._held.get(node_range)
         if held is not None:
             held.references += 1
             if held.pool_cidr is None:
-                self._new_outside[holding] = None  # shown again, e.g. a reservation became a holding
+                self._new_outside[node_range] = None  # shown again, e.g. a reservation became the Node's
             return
         held = _Held(1, self._index.owner_cidr_of(cidr))
-        self._held[holding] = held
-        self._add(holding, held.pool_cidr)
+        self._held[node_range] = held
+        self._add(node_range, held.pool_cidr)
 
     def release(self, node: str, cidr: netaddr.IPNetwork) -> None:
         """One reference less; the range is the Node's no more when the last goes."""
-        holding = (node, cidr)
-        held = self._held.get(holding)
+        node_range = (node, cidr)
+        held = self._held.get(node_range)
         if held is None:
             return
         held.references -= 1
         if held.references > 0:
             return
-        del self._held[holding]
+        del self._held[node_range]
         pool_cidr = held.pool_cidr
-        holdings = self._by_pool_cidr[pool_cidr]
-        holdings.discard(holding)
-        if not holdings:
+        node_ranges = self._by_pool_cidr[pool_cidr]
+        node_ranges.discard(node_range)
+        if not node_ranges:
             del self._by_pool_cidr[pool_cidr]
         if pool_cidr is None:
-            self._new_outside.pop(holding, None)
+            self._new_outside.pop(node_range, None)
         else:
             self._count_holder(pool_cidr.pool, node, -1)
             self._held_changed(pool_cidr)
@@ -165,7 +168,7 @@ class PoolUsageBook:
         self._dirty.clear()
         return names
 
-    def take_new_outside(self) -> list[Holding]:
+    def take_new_outside(self) -> list[NodeRange]:
         """Ranges Nodes hold in no serving pool's CIDR that showed up since the last call."""
         found = list(self._new_outside)
         self._new_outside.clear()
@@ -202,12 +205,12 @@ class PoolUsageBook:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _add(self, holding: Holding, pool_cidr: PoolCIDRKey | None) -> None:
-        self._by_pool_cidr.setdefault(pool_cidr, set()).add(holding)
+    def _add(self, node_range: NodeRange, pool_cidr: PoolCIDRKey | None) -> None:
+        self._by_pool_cidr.setdefault(pool_cidr, set()).add(node_range)
         if pool_cidr is None:
-            self._new_outside[holding] = None
+            self._new_outside[node_range] = None
         else:
-            self._count_holder(pool_cidr.pool, holding[0], 1)
+            self._count_holder(pool_cidr.pool, node_range[0], 1)
             self._held_changed(pool_cidr)
 
     def _count_holder(self, pool: str, node: str, delta: int) -> None:

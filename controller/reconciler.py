@@ -25,12 +25,13 @@ from controller.accounting import Accounting
 from controller.assign import Assigner, PatchApi, WriteFence
 from controller.backoff import Backoff
 from controller.inflight import InFlight
+from controller.inherited import Adopted
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.model import NodeInfo
-from controller.nodes import Adopted, NodeAllocations
+from controller.nodes import NodeAllocations
 from controller.nodework import NodeWork
-from controller.pools import PoolUsage
+from controller.poolstatus import PoolUsage
 from controller.poolsync import PoolApi, PoolSync
 from controller.resync import BRIDGE_LIMIT, RELIST_DELAY, ListWatchApi, Resync
 from controller.supervisor import Supervisor

@@ -20,6 +20,7 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.0"
 HELM_VERSION = "v3.22.0"
+PROMETHEUS_VERSION = "v0.316.0"  # the Go module version of Prometheus 3.16.0
 
 #: Binaries built from k8s.io/kubernetes, by name -> Go package.
 KUBERNETES_COMMANDS = {
@@ -31,9 +32,10 @@ KUBERNETES_COMMANDS = {
 }
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"
+PROMTOOL_PACKAGE = "github.com/prometheus/prometheus/cmd/promtool"
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kubectl")
-ALL_BINARIES = ("etcd", *KUBERNETES_COMMANDS, "helm")
+ALL_BINARIES = ("etcd", *KUBERNETES_COMMANDS, "helm", "promtool")
 
 
 class BinariesError(RuntimeError):
@@ -146,6 +148,11 @@ def build(names: list[str]) -> None:
             ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
             _go(["install", "-ldflags", ldflags, f"{HELM_PACKAGE}@{HELM_VERSION}"], workdir, dict(env, GOBIN=str(gobin)))
             shutil.move(str(gobin / "helm"), target / "helm")
+        if "promtool" in names:  # checks and unit-tests the chart's alerts and dashboard queries
+            gobin = workdir / "gobin"
+            package = f"{PROMTOOL_PACKAGE}@{PROMETHEUS_VERSION}"
+            _go(["install", "-ldflags", "-s -w", package], workdir, dict(env, GOBIN=str(gobin)))
+            shutil.move(str(gobin / "promtool"), target / "promtool")
     _progress("done")
 
 

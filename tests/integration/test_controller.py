@@ -379,6 +379,9 @@ def test_metrics_need_a_token_health_does_not(cluster: Cluster, start_controller
     metrics = controller.read("/metrics")  # the admin token: authenticated and authorized by the API server
     assert 'node_ipam_controller_cidrset_cidrs_allocations_total{clusterCIDR="10.244.0.0/16"} 2.0' in metrics
     assert 'node_ipam_controller_cidrset_max_cidrs{clusterCIDR="10.244.0.0/16"} 256.0' in metrics
+    # kube-controller-manager's names, which its dashboards query: the misspelt one and the leader's status.
+    assert 'node_ipam_controller_cirdset_max_cidrs{clusterCIDR="10.244.0.0/16"} 256.0' in metrics
+    assert re.search(r'^leader_election_master_status\{name="[^"]+"\} 1\.0$', metrics, re.MULTILINE), metrics
     # The start-up freeze is one full collection at least, recorded as a pause of generation 2.
     full = re.search(r'node_ipam_controller_gc_pause_seconds_count\{generation="2"\} (\S+)', metrics)
     assert full is not None and float(full.group(1)) >= 1, metrics

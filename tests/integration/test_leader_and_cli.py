@@ -32,6 +32,14 @@ def ready(controller: ControllerProcess) -> bool:
     return controller.get("/readyz") == 200
 
 
+def leader_status(controller: ControllerProcess, lease: str) -> float | None:
+    """leader_election_master_status{name=lease} from the controller's /metrics, as kube-controller-manager's."""
+    found = re.search(
+        rf'^leader_election_master_status\{{name="{re.escape(lease)}"\}} (\S+)$', controller.read("/metrics"), re.MULTILINE
+    )
+    return float(found.group(1)) if found else None
+
+
 def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, start_controller: Start) -> None:
     lease = f"nodeipam-{int(time.time())}"
     first = start_controller(*leader_flags("first", lease, CLUSTER_FLAG))
@@ -45,6 +53,7 @@ def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, 
     wait_for(lambda: ready(second) and "waiting for the lease" in second.log(), what="the standby to be ready")
     assert "allocated" in first.log()
     assert "allocated" not in second.log()
+    assert (leader_status(first, lease), leader_status(second, lease)) == (1.0, 0.0)
 
     first.kill()
     killed_at = time.monotonic()
@@ -55,6 +64,7 @@ def test_only_the_leader_allocates_and_the_standby_takes_over(cluster: Cluster, 
     cidrs = cluster.wait_assigned(names + later)
     no_duplicates(cidrs)
     assert "allocated" in second.log()
+    assert leader_status(second, lease) == 1.0
     print(f"standby took over {took_over:.1f}s after the leader was killed (lease {LEASE_SECONDS}s)")
     check = run_cli("check", "--cluster-cidr=10.244.0.0/16", kubeconfig=cluster.plane.kubeconfig)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -16,7 +16,8 @@ import yaml
 from controller.config import FamilyRange
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import PoolSpec, status_body
+from controller.pools import PoolSpec
+from controller.poolstatus import status_body
 from localcluster.cluster import LocalControlPlane
 from tests.integration.conftest import Cluster, run_cli
 

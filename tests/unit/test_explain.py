@@ -14,7 +14,8 @@ from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.model import NodeInfo, labels_of
 from controller.nodes import NodeAllocations
-from controller.pools import DEFAULT_POOL, Candidate, PoolSpec, judge, rank
+from controller.poolrank import Candidate, judge, rank
+from controller.pools import DEFAULT_POOL, PoolSpec
 
 NOW = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
 

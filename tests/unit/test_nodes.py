@@ -9,7 +9,8 @@ from controller.allocators import NoCIDRsRemainingError
 from controller.cidrs import classify_pod_cidrs, parse_cidr_sloppy
 from controller.config import FamilyRange
 from controller.model import REASON_DUPLICATE_POD_CIDR, REASON_INVALID_POD_CIDR, NodeInfo
-from controller.nodes import AlreadyInFlightError, NodeAllocations, Outcome, Reservation, ReservationState
+from controller.nodes import NodeAllocations, Outcome
+from controller.reservations import AlreadyInFlightError, Reservation, ReservationState
 from tests.cidrsets import is_taken
 
 V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/16"), 24)
@@ -71,7 +72,7 @@ def test_existing_cidr_is_occupied_and_new_node_gets_the_next(family: FamilyRang
     (cidr,) = reservation.cidrs
     assert str(cidr) != held
     assert allocations.commit(reservation)
-    assert allocations.holding("new") == (cidr,)
+    assert allocations.ranges_held("new") == (cidr,)
     assert allocations.sets[0].allocated == 2
 
 
@@ -199,7 +200,7 @@ def test_node_deleted_while_its_patch_was_in_flight_frees_the_range_on_commit(fa
     allocations.forget("a", fresh.uid)
     assert allocations.commit(reservation) is False
     assert allocations.sets[0].allocated == 0
-    assert allocations.holding("a") == ()
+    assert allocations.ranges_held("a") == ()
 
 
 @pytest.mark.parametrize(
@@ -300,7 +301,7 @@ def test_a_pod_cidr_in_the_service_range_is_reported_and_stays_taken(
     (problem,) = observation.problems
     assert problem.reason == REASON_INVALID_POD_CIDR
     assert pod_cidr in problem.message and f"service range {service}" in problem.message
-    assert allocations.holding("in-services") == (netaddr.IPNetwork(pod_cidr),)
+    assert allocations.ranges_held("in-services") == (netaddr.IPNetwork(pod_cidr),)
     allocations.forget("in-services", "uid-in-services")
     assert is_taken(allocations.sets[0], pod_cidr), "the service range keeps the subnet taken"
 
@@ -340,7 +341,7 @@ def test_forget_of_an_old_uid_leaves_the_new_incarnations_reservation_alone(fami
     reservation = allocations.reserve(node("a", uid="new"))
     assert allocations.forget("a", "old") is None
     assert allocations.commit(reservation), "the new Node's patch landed: it holds the range"
-    assert allocations.holding("a") == reservation.cidrs
+    assert allocations.ranges_held("a") == reservation.cidrs
     assert is_taken(allocations.sets[0], reservation.cidrs[0])
 
 
@@ -356,7 +357,7 @@ def test_a_late_event_about_an_old_uid_releases_nothing(family: FamilyRange, cid
     mark = allocations.sequence
     settled = allocations.settle("a", node("a", cidr, uid="new"), read_after=mark, seen_uids=["old"])
     assert settled.outcome is Outcome.NOTHING and settled.released == ()
-    assert allocations.holding("a") == (netaddr.IPNetwork(cidr),)
+    assert allocations.ranges_held("a") == (netaddr.IPNetwork(cidr),)
     assert allocations.observe(node("a", uid="old")).outcome is Outcome.NOTHING, "the old UID is known to be gone now"
 
 
@@ -393,7 +394,7 @@ def test_ranges_someone_else_sets_while_our_patch_is_in_flight_are_claimed_at_on
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("b"))
     allocations.abort(reservation)
-    assert allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
     assert allocations.sets[0].allocated == 1
 
 
@@ -406,7 +407,7 @@ def test_our_very_ranges_set_by_someone_else_before_our_patch_is_sent_stay_taken
     theirs = str(reservation.cidrs[0])
     allocations.observe(node("a", theirs))  # set elsewhere, to the same value, before our patch went out
     assert allocations.abandon(reservation) == ()  # never sent: the reservation goes, the Node's claim stays
-    assert allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
     assert allocations.reserve(node("b")).cidrs != (netaddr.IPNetwork(theirs),)
     assert allocations.sets[0].allocated == 2
 
@@ -424,7 +425,7 @@ def test_a_reused_name_is_claimed_at_once_while_the_old_incarnations_patch_is_in
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("b"))
     allocations.abort(old)  # its patch: 409, the UID precondition
-    assert allocations.holding("a") == (netaddr.IPNetwork(cidr),)
+    assert allocations.ranges_held("a") == (netaddr.IPNetwork(cidr),)
     assert allocations.sets[0].allocated == 1
 
 
@@ -469,7 +470,7 @@ def test_resolve_by_a_read(family: FamilyRange, theirs: str) -> None:
     ours = _unknown(allocations, "a")
     shown = node("a", *(str(c) for c in ours.cidrs))
     assert allocations.resolve(ours, shown, allocations.sequence).outcome is Outcome.COMMITTED
-    assert allocations.holding("a") == ours.cidrs
+    assert allocations.ranges_held("a") == ours.cidrs
 
     allocations = NodeAllocations([family])
     ours = _unknown(allocations, "a")
@@ -481,7 +482,7 @@ def test_resolve_by_a_read(family: FamilyRange, theirs: str) -> None:
     other = node("a", theirs)  # e.g. set by another controller: ours can never land
     resolved = allocations.resolve(ours, other, allocations.sequence)
     assert resolved.outcome is Outcome.OCCUPIED and resolved.released == ours.cidrs
-    assert allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
 
     allocations = NodeAllocations([family])
     ours = _unknown(allocations, "a")
@@ -501,7 +502,7 @@ def test_an_unsettled_reservation_is_settled_by_an_event_or_resumed(family: Fami
         allocations.resume(node("a"))
     allocations.abandon(resumed)
     assert allocations.observe(node("a", *(str(c) for c in ours.cidrs))).outcome is Outcome.COMMITTED
-    assert allocations.reservation("a") is None and allocations.holding("a") == ours.cidrs
+    assert allocations.reservation("a") is None and allocations.ranges_held("a") == ours.cidrs
 
 
 @pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])

@@ -124,7 +124,7 @@ def test_the_holding_pool_is_decided_by_containment_never_by_labels(
     (cidr,) = commit(allocations, node("n", gpu="false"))
     relabelled = node("n", str(cidr), gpu="true")
     assert allocations.observe(relabelled).outcome is Outcome.NOTHING
-    assert allocations.holding("n") == (cidr,)
+    assert allocations.ranges_held("n") == (cidr,)
     assert allocations.pool_of(cidr) == DEFAULT_POOL
 
 
@@ -138,14 +138,14 @@ def test_a_pool_created_around_a_range_a_node_holds_never_hands_it_out(
     assert any("outside" in problem.message for problem in observation.problems), "a range in no pool is reported"
     supernet = str(netaddr.IPNetwork(outside).supernet(netaddr.IPNetwork(outside).prefixlen - 1)[0])
     allocations.set_pools([pool("around", version, mask, supernet, priority=1)])
-    assert allocations.holding("stray") == (netaddr.IPNetwork(outside),)
+    assert allocations.ranges_held("stray") == (netaddr.IPNetwork(outside),)
     (cidr,) = commit(allocations, node("new"))
     assert cidr in netaddr.IPNetwork(supernet)
     assert cidr != netaddr.IPNetwork(outside)
     with pytest.raises(NoCIDRsRemainingError):  # the pool's other range went to "new", then the default's two
         for i in range(3):
             commit(allocations, node(f"more{i}"))
-    assert allocations.holding("stray") == (netaddr.IPNetwork(outside),)
+    assert allocations.ranges_held("stray") == (netaddr.IPNetwork(outside),)
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -193,9 +193,9 @@ def test_rebuild_with_pools_before_or_after_the_nodes_claims_the_same(
         nodes_first.observe(info)
     nodes_first.set_pools(pools)
     for rebuilt in (pools_first, nodes_first):
-        assert sorted(rebuilt.holdings()) == sorted(source.holdings())
-        assert {name: (rebuilt.pool_of(c[0])) for name, c in rebuilt.holdings()} == {
-            name: source.pool_of(c[0]) for name, c in source.holdings()
+        assert sorted(rebuilt.ranges_by_node()) == sorted(source.ranges_by_node())
+        assert {name: (rebuilt.pool_of(c[0])) for name, c in rebuilt.ranges_by_node()} == {
+            name: source.pool_of(c[0]) for name, c in source.ranges_by_node()
         }
         # gpu and more are full, one of the default's two ranges is taken: exactly one is left, in the default.
         (cidr,) = commit(rebuilt, node("next"))
@@ -236,7 +236,7 @@ def test_a_dual_stack_pool_with_one_family_full_gives_nothing_from_the_other(
     third = commit(allocations, node("n2"))
     assert all(allocations.pool_of(cidr) == DEFAULT_POOL for cidr in third), "nothing taken from the pool's other family"
     other = "fd01::/62" if full_family == 4 else "10.1.0.0/22"
-    held_in_other = [cidr for _, cidrs in allocations.holdings() for cidr in cidrs if cidr in netaddr.IPNetwork(other)]
+    held_in_other = [cidr for _, cidrs in allocations.ranges_by_node() for cidr in cidrs if cidr in netaddr.IPNetwork(other)]
     assert len(held_in_other) == 2
 
 
@@ -273,7 +273,7 @@ def random_pools(rng: random.Random, version: int, mask: int, first: str, second
 
 def check_sets(allocations: NodeAllocations) -> None:
     """A node subnet of any pool's set is marked iff a claim covers it (a Node's range, a reservation, a reserved range)."""
-    held = [(name, cidr) for name, cidrs in allocations.holdings() for cidr in cidrs]
+    held = [(name, cidr) for name, cidrs in allocations.ranges_by_node() for cidr in cidrs]
     claims = [cidr for _, cidr in held] + [cidr for spec in allocations.pools() for cidr in spec.reserved]
     for spec in allocations.pools():
         for family in spec.families:
@@ -329,7 +329,7 @@ def test_random_runs_never_hand_out_a_range_twice(default: FamilyRange, first: s
     for name in sorted(live):
         allocations.forget(name, f"uid-{name}")
     check_sets(allocations)
-    assert allocations.holdings() == []
+    assert allocations.ranges_by_node() == []
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)

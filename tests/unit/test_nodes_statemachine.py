@@ -32,15 +32,8 @@ from controller.allocators import CIDRSet, ClaimedSubnets, NoCIDRsRemainingError
 from controller.cidrs import classify_pod_cidrs
 from controller.config import FamilyRange
 from controller.model import NodeInfo
-from controller.nodes import (
-    AlreadyInFlightError,
-    NodeAllocations,
-    Observation,
-    Outcome,
-    Reservation,
-    ReservationError,
-    ReservationState,
-)
+from controller.nodes import NodeAllocations, Observation, Outcome
+from controller.reservations import AlreadyInFlightError, Reservation, ReservationError, ReservationState
 from tests.cidrsets import is_taken, subnet_at
 
 NAMES = ["a", "b", "c", "d"]
@@ -372,7 +365,7 @@ class AllocationsMachine(RuleBasedStateMachine):
     def marked_iff_claimed(self) -> None:
         claims = list(self.service_cidrs)
         for name in NAMES:
-            claims += self.allocations.holding(name)
+            claims += self.allocations.ranges_held(name)
             claims += self.allocations.kept_apart(name)
             reservation = self.allocations.reservation(name)
             if reservation is not None:

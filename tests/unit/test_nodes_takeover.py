@@ -8,8 +8,10 @@ import netaddr
 import pytest
 
 from controller.config import FamilyRange
+from controller.inherited import Adopted
 from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo
-from controller.nodes import Adopted, NodeAllocations, Outcome, ReservationState
+from controller.nodes import NodeAllocations, Outcome
+from controller.reservations import ReservationState
 from tests.cidrsets import is_taken
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/28"), 30)

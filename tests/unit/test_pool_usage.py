@@ -24,9 +24,12 @@ from controller.config import FamilyRange
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.model import NodeInfo
-from controller.nodes import NodeAllocations, Reservation, ReservationError
-from controller.pools import BLOCKING_NODES_SHOWN, DEFAULT_POOL, PoolSpec, PoolSpecError, overlaps, owner
+from controller.nodes import NodeAllocations
+from controller.poolrank import overlaps, owner
+from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
+from controller.poolstatus import BLOCKING_NODES_SHOWN
 from controller.reconciler import Reconciler
+from controller.reservations import Reservation, ReservationError
 from tests.unit.test_reconciler import FAMILIES, POOL_CIDRS, FakeApi, pool_body, run
 
 N = netaddr.IPNetwork
@@ -44,7 +47,7 @@ def family(mask: int, *cidrs: str, draining: Sequence[str] = ()) -> dict[str, An
     return {"nodeMaskSize": mask, "cidrs": [{"cidr": cidr, "draining": cidr in draining} for cidr in cidrs]}
 
 
-def holding(allocations: NodeAllocations, name: str, *cidrs: str) -> None:
+def shows_pod_cidrs(allocations: NodeAllocations, name: str, *cidrs: str) -> None:
     allocations.observe(NodeInfo(name, f"uid-{name}", cidrs))
 
 
@@ -91,7 +94,7 @@ def test_usage_counts_ranges_by_containment_and_names_blocking_nodes(
         [FamilyRange(N(default_range[0]), default_range[1])], nets(*services), [pool_spec("pool", **pool)]
     )
     for name, cidr in holdings:
-        holding(allocations, name, cidr)
+        shows_pod_cidrs(allocations, name, cidr)
     assert allocations.pool_of(N(holdings[3][1])) is None
     for usage in allocations.pool_usage.usages():
         per_cidr, nodes, free, blocking, summary = expected[usage.name]
@@ -104,7 +107,7 @@ def test_usage_of_a_refused_pool_is_empty_and_its_ranges_count_for_the_earlier_o
     ranges = [FamilyRange(N("10.244.0.0/16"), 24), FamilyRange(N("fd00:10::/56"), 64)]
     later = pool_spec("later", ipv4=family(24, "10.244.0.0/20"), ipv6=family(64, "fd00:10::/60"))
     allocations = NodeAllocations(ranges, pools=[later])
-    holding(allocations, "a", "10.244.1.0/24", "fd00:10:0:1::/64")
+    shows_pod_cidrs(allocations, "a", "10.244.1.0/24", "fd00:10:0:1::/64")
     by_name = {usage.name: usage for usage in allocations.pool_usage.usages()}
     assert by_name["later"].refused and by_name["later"].nodes == 0
     assert [f.allocated for f in by_name[DEFAULT_POOL].families] == [1, 1]
@@ -124,10 +127,10 @@ def test_a_range_moves_with_its_pool_cidr_when_the_pools_change(
 ) -> None:
     version = f"ipv{N(first).version}"
     allocations = NodeAllocations([FamilyRange(N(default_range[0]), default_range[1])])
-    holding(allocations, "a", held)
+    shows_pod_cidrs(allocations, "a", held)
     assert allocations.pool_usage.take_new_outside() == [], "a range in no pool is never claimed: nothing to report"
     allocations.set_pools([pool_spec("p", **{version: family(N(held).prefixlen, first)})])
-    holding(allocations, "a", held)  # shown again once a pool serves its range
+    shows_pod_cidrs(allocations, "a", held)  # shown again once a pool serves its range
     assert allocations.pool_usage.holders("p", 5) == ["a"]
     allocations.set_pools([pool_spec("q", **{version: family(N(held).prefixlen, second)})])
     assert (allocations.pool_usage.holders("p", 5), allocations.pool_usage.holders("q", 5)) == ([], ["a"])
@@ -140,7 +143,7 @@ def test_a_range_moves_with_its_pool_cidr_when_the_pools_change(
 
 
 def from_scratch(allocations: NodeAllocations) -> dict[str, Any]:
-    """Every pool's usage by its definition, from what `holdings()` lists: no state but the pools and the Nodes.
+    """Every pool's usage by its definition, from what `ranges_by_node()` lists: no state but the pools and the Nodes.
 
     A pool CIDR's allocated ranges are those some claim covers (a Node's range,
     a reservation, the service range, the reserved ranges of a pool that
@@ -152,7 +155,7 @@ def from_scratch(allocations: NodeAllocations) -> dict[str, Any]:
     refused = {name: why for name, why in overlaps(pools, services).items() if name != DEFAULT_POOL}
     serving = [pool for pool in pools if pool.name not in refused]
     refused_pools = [pool for pool in pools if pool.name in refused]
-    held = [(node, cidr) for node, cidrs in allocations.holdings() for cidr in cidrs]
+    held = [(node, cidr) for node, cidrs in allocations.ranges_by_node() for cidr in cidrs]
     claims = [cidr for _, cidr in held] + services + [cidr for pool in serving for cidr in pool.reserved]
     owners = {(node, cidr): owner(cidr, serving) for node, cidr in held}
     usage: dict[str, Any] = {}
@@ -371,7 +374,7 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.sync_pools()
-        spies = {name: counting(monkeypatch, NodeAllocations, name) for name in ("holdings", "owning_pool", "pool_of")}
+        spies = {name: counting(monkeypatch, NodeAllocations, name) for name in ("ranges_by_node", "owning_pool", "pool_of")}
         await reconciler.handle(api.add("late"))
         spies["pool_of"].clear()  # counting the allocation's metrics, one lookup per range
         await reconciler.sync_pools()
@@ -379,7 +382,7 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
         return spies
 
     spies = run(go)
-    assert {name: len(calls) for name, calls in spies.items()} == {"holdings": 0, "owning_pool": 0, "pool_of": 0}
+    assert {name: len(calls) for name, calls in spies.items()} == {"ranges_by_node": 0, "owning_pool": 0, "pool_of": 0}
     assert api.statuses["p0"][-1]["nodes"] == 2 and api.statuses["p1"][-1]["nodes"] == 2
 
 

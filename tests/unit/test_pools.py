@@ -13,21 +13,9 @@ from hypothesis import strategies as st
 from controller.config import FamilyRange
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.pools import (
-    DEFAULT_POOL,
-    STATUS_COUNT_MAX,
-    Candidate,
-    NodeSelector,
-    Operator,
-    PoolSpec,
-    PoolSpecError,
-    PoolUsage,
-    Requirement,
-    overlaps,
-    owner,
-    rank,
-    status_body,
-)
+from controller.poolrank import Candidate, overlaps, owner, rank
+from controller.pools import DEFAULT_POOL, NodeSelector, Operator, PoolSpec, PoolSpecError, Requirement
+from controller.poolstatus import STATUS_COUNT_MAX, PoolUsage, status_body
 
 
 def body(name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z", generation: int = 1) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from controller.inflight import InFlight
 from controller.kube import ApiError
 from controller.metrics import Metrics
 from controller.model import NodeInfo
-from controller.nodes import NodeAllocations, ReservationState
+from controller.nodes import NodeAllocations
 from controller.reconciler import NodeApi, Reconciler
+from controller.reservations import ReservationState
 from tests.cidrsets import is_taken
 
 V4 = FamilyRange(netaddr.IPNetwork("10.0.0.0/22"), 24)
@@ -224,7 +225,7 @@ def test_conflict_then_success_retries_with_a_fresh_reservation(family: FamilyRa
     api = FakeApi(patch_script=[ApiError(409, "Conflict", "try again")])
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.patched[1][1][0]),)
+    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(api.patched[1][1][0]),)
     assert reconciler.allocations.sets[0].allocated == 1
 
 
@@ -255,7 +256,7 @@ def test_name_reused_while_the_patch_was_in_flight_serves_the_new_incarnation(fa
     old = api.add("a", uid="old")
     api.add("a", uid="new")  # deleted and re-created: the UID precondition refuses the patch (409)
     reconciler = handled(family, api, old)
-    assert reconciler.allocations.holder_uid("a") == "new"
+    assert reconciler.allocations.uid_holding_ranges("a") == "new"
     assert api.nodes["a"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
 
 
@@ -289,7 +290,7 @@ def test_patch_applied_but_answer_lost_never_gives_the_range_to_another_node(fam
     reconciler, api = run(go)
     assert_disjoint(api)
     assert api.nodes["a"].pod_cidrs == (slots[-1],), "the patch applied with the one free range"
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(slots[-1]),)
+    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(slots[-1]),)
     assert api.nodes["b"].pod_cidrs == () and api.reasons() == ["CIDRNotAvailable"], "b waits: nothing is free"
     assert [name for name, _ in api.patched][-1] == "a", "a read showed the patch had applied: no second patch, none for b"
     assert reconciler.allocations.sets[0].allocated == len(slots)
@@ -301,7 +302,7 @@ def test_answer_lost_and_read_failed_patches_again_with_the_same_ranges(family: 
     api = FakeApi(patch_script=[lost_before_applying, LOST], get_script=[ApiError(0, "ConnectionError", "reset")])
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2 and api.patched[0] == api.patched[1], "never a fresh reservation while one exists"
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.patched[0][1][0]),)
+    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(api.patched[0][1][0]),)
     assert reconciler.allocations.sets[0].allocated == 1
 
 
@@ -333,7 +334,7 @@ def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) ->
     (reserved,) = reconciler.allocations.unsettled()
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
     run(reconciler.sweep)
-    assert reconciler.allocations.unsettled() == [] and reconciler.allocations.holding("a") == reserved.cidrs
+    assert reconciler.allocations.unsettled() == [] and reconciler.allocations.ranges_held("a") == reserved.cidrs
     assert len(api.patched) == assign_module.PATCH_ATTEMPTS, "no further patch"
 
 
@@ -345,7 +346,7 @@ def test_sweep_patches_again_with_the_same_ranges_when_the_node_shows_none(famil
     run(reconciler.sweep)
     assert api.patched[-1] == ("a", [str(c) for c in reserved.cidrs])
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in reserved.cidrs)
-    assert reconciler.allocations.holding("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
+    assert reconciler.allocations.ranges_held("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -355,7 +356,7 @@ def test_sweep_releases_an_unknown_reservation_when_the_node_holds_others_or_is_
     theirs = str(list(family.cluster_cidr.subnet(family.node_mask_size))[3])
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=(theirs,))
     run(reconciler.sweep)
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(theirs),)
+    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
     assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.unsettled() == []
 
     api = FakeApi()
@@ -385,7 +386,7 @@ def test_unexpected_exception_leaves_no_node_in_flight_forever(family: FamilyRan
     assert not unsettled.owned and unsettled.state is ReservationState.UNKNOWN
     run(reconciler.sweep)  # the Node shows none: patched again with the same ranges
     assert reconciler.allocations.unsettled() == []
-    assert reconciler.allocations.holding("a") == unsettled.cidrs
+    assert reconciler.allocations.ranges_held("a") == unsettled.cidrs
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in unsettled.cidrs)
 
 
@@ -439,7 +440,7 @@ def test_the_last_leaders_patch_in_flight_keeps_its_range_for_its_node(family: F
 def test_a_duplicate_someone_made_is_a_warning_on_both_nodes(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = handled(family, api, api.add("a"))
-    (held,) = reconciler.allocations.holding("a")
+    (held,) = reconciler.allocations.ranges_held("a")
     run(lambda: reconciler.handle(api.add("copy", str(held))))
     warned = sorted(name for name, reason, _ in api.events if reason == "DuplicatePodCIDR")
     assert warned == ["a", "copy"]
@@ -453,9 +454,9 @@ def test_a_duplicate_someone_made_is_a_warning_on_both_nodes(family: FamilyRange
 def test_late_event_about_an_old_uid_is_reread_and_releases_nothing(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = handled(family, api, api.add("a", uid="new"))
-    held = reconciler.allocations.holding("a")
+    held = reconciler.allocations.ranges_held("a")
     run(lambda: reconciler.handle(NodeInfo("a", "old")))
-    assert reconciler.allocations.holding("a") == held and reconciler.allocations.sets[0].allocated == 1
+    assert reconciler.allocations.ranges_held("a") == held and reconciler.allocations.sets[0].allocated == 1
     assert len(api.patched) == 1
 
 
@@ -562,8 +563,8 @@ def test_bridge_serves_new_nodes_occupies_preset_ones_and_frees_deleted_ones(fam
         return reconciler
 
     reconciler = run(go)
-    assert reconciler.allocations.holding("preset") == (netaddr.IPNetwork(subnets[1]),)
-    assert reconciler.allocations.holding("gone") == ()
+    assert reconciler.allocations.ranges_held("preset") == (netaddr.IPNetwork(subnets[1]),)
+    assert reconciler.allocations.ranges_held("gone") == ()
     assert api.nodes["fresh"].pod_cidrs[0] not in subnets[1:]
     assert_disjoint(api)
 
@@ -575,7 +576,7 @@ def test_relist_frees_vanished_nodes_and_serves_missed_ones_from_the_cache(famil
     api.nodes.pop("vanishes")  # its DELETED event was missed
     api.add("missed")  # its ADDED event was missed
     run(reconciler.relist)
-    assert reconciler.allocations.holding("vanishes") == ()
+    assert reconciler.allocations.ranges_held("vanishes") == ()
     assert api.nodes["missed"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
     assert api.lists[-1] is True, "the LIST after a gap is answered from the API server's cache"
 
@@ -658,7 +659,7 @@ def test_a_refusal_after_a_lost_answer_does_not_release_what_may_have_applied(fa
     )
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2
-    assert reconciler.allocations.holding("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
+    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
     assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.reservation("a") is None
 
 
@@ -876,7 +877,7 @@ def test_a_range_left_in_no_pool_is_reported_and_kept(family: FamilyRange) -> No
     held = api.nodes["a"].pod_cidrs
     assert [(name, reason) for name, reason, _ in api.events] == [("a", "InvalidPodCIDR")]
     assert f"podCIDR {held[0]} lies in no serving pool" in api.events[0][2]
-    assert reconciler.allocations.holding("a") == tuple(map(netaddr.IPNetwork, held))
+    assert reconciler.allocations.ranges_held("a") == tuple(map(netaddr.IPNetwork, held))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,0 +1,30 @@
+"""Metrics under kube-controller-manager's names, so that its dashboards and alerts work unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.allocators import CIDRSet
+from controller.metrics import Metrics
+
+LEASE = "ipam-nodeipam"
+
+
+@pytest.mark.parametrize(("leading", "status"), [(True, 1.0), (False, 0.0)])
+def test_leader_status_follows_the_lease_at_scrape_time(leading: bool, status: float) -> None:
+    metrics = Metrics()
+    now = {"leading": not leading}
+    metrics.track_leadership(LEASE, lambda: now["leading"])
+    now["leading"] = leading  # read when scraped, not when tracked
+    assert metrics.registry.get_sample_value("leader_election_master_status", {"name": LEASE}) == status
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "max_cidrs"),
+    [("10.244.0.0/16", 24, 256), ("fd00:10:244::/56", 64, 256), ("10.0.0.0/8", 20, 4096)],
+)
+def test_max_cidrs_under_the_corrected_and_the_upstream_name(cluster_cidr: str, mask: int, max_cidrs: int) -> None:
+    metrics = Metrics()
+    metrics.track_sets([CIDRSet(cluster_cidr, mask)])
+    for name in ("node_ipam_controller_cidrset_max_cidrs", "node_ipam_controller_cirdset_max_cidrs"):
+        assert metrics.registry.get_sample_value(name, {"clusterCIDR": cluster_cidr}) == max_cidrs, name
