@@ -1,4 +1,4 @@
-"""The `nodeipam` command: run, status, check; and `kubectl ipam status|check`, the same as a kubectl plugin.
+"""The `nodeipam` command: run, status, check, explain, plan; `kubectl ipam status|check|explain` as a kubectl plugin.
 
 `nodeipam run` takes kube-controller-manager's nodeipam flags by name, so
 existing flags can be pasted; its flags that mean nothing here are dropped
@@ -88,7 +88,8 @@ EXIT_USAGE = 2  # bad flags, a bad kubeconfig or --context, a Deployment that do
 EXIT_CLUSTER = 3  # the cluster cannot be read: the API server is unreachable, or refuses the credentials or the request
 INSPECT_EPILOG = """\
 exit status: 0 fine; 1 problems found (check); 2 bad flags or usage (a flag, the kubeconfig, --context,
---deployment); 3 the cluster cannot be read (API server unreachable, credentials or permission refused)"""
+--deployment, a Node that does not exist for explain); 3 the cluster cannot be read (API server unreachable,
+credentials or permission refused)"""
 RUN_EPILOG = """\
 kube-controller-manager's flags that mean nothing to nodeipam (--v, --secure-port, --bind-address, --profiling,
 --controllers, --leader-elect-resource-lock, --feature-gates, ...) are accepted and ignored, one note each on stderr.
@@ -112,7 +113,7 @@ def _new_parser(prog: str, epilog: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _new_parser("nodeipam", f"status and check: {INSPECT_EPILOG}\nrun: see nodeipam run --help")
+    parser = _new_parser("nodeipam", f"status, check and explain: {INSPECT_EPILOG}\nrun: see nodeipam run --help")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -217,6 +218,7 @@ def _add_inspect_commands(commands: argparse._SubParsersAction[argparse.Argument
     for name, summary in (
         ("status", "usage per cluster CIDR, from the Nodes"),
         ("check", "audit podCIDRs: duplicates, overlaps, out of range, in a service range, missing"),
+        ("explain", "why a Node got its pool and range, or why it waits: every pool in order, and why each was taken or not"),
     ):
         inspector = commands.add_parser(
             name, help=summary, description=summary, epilog=INSPECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -236,6 +238,8 @@ def _add_inspect_commands(commands: argparse._SubParsersAction[argparse.Argument
         inspector.add_argument(
             "-o", "--output", choices=["text", "json", "yaml"], default="text", help="json and yaml: one document"
         )
+        if name == "explain":
+            inspector.add_argument("node", metavar="NODE", help="the Node's name")
         if name == "status":
             inspector.add_argument(
                 "--html",
@@ -396,7 +400,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
-    """`status` and `check`: flags first, then credentials, then the cluster."""
+    """`status`, `check` and `explain`: flags first, then credentials, then the cluster."""
     from controller import inspect
 
     try:
@@ -415,6 +419,12 @@ def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
             run_args = build_parser().parse_args([run, *kept])
             ranges, service_cidrs = _inspected_ranges(run_args)
             lease = (run_args.leader_elect_resource_namespace, run_args.leader_elect_resource_name)
+        if args.command == "explain":
+            from controller import explain_command
+
+            where = lease or (LeaderElection.resource_namespace, LeaderElection.resource_name)
+            explain_command.explain_command(args.node, ranges, service_cidrs, credentials, args.output, where)
+            return EXIT_OK
         if args.command == "status":
             inspect.status_command(ranges, service_cidrs, credentials, args.output, args.html, args.svg, lease)
             return EXIT_OK

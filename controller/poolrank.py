@@ -33,29 +33,51 @@ class Candidate:
         return bool(self.free) and all(count > 0 for count in self.free)
 
 
-def rank(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: str, versions: Sequence[int]) -> list[Candidate]:
-    """The pools that may serve a Node, in the order to try them.
+#: Why `judge` passes a pool over: it may not serve the Node at all.
+PASSED_DISABLED = "disabled"
+PASSED_FAMILIES = "families"
+PASSED_SELECTOR = "selector"
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    """A pool as selection judged it for one Node: `passed` is "" when it may serve the Node, else why not."""
+
+    candidate: Candidate
+    specificity: int | None  # requirements of its largest matching term; None: its selector does not match
+    passed: str = ""
+
+
+def judge(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: str, versions: Sequence[int]) -> list[Judged]:
+    """Every pool judged for a Node: those that may serve it first, in the order to try them, then the others by name.
 
     A pool may serve it when it is enabled, its selector matches, and it has
     exactly the IP families the cluster serves (`versions`). Order: higher
     priority, then the more specific selector, then the smaller free capacity
     (fill one pool before opening the next), then the name; the default pool
     last. Full pools are kept in the order: the caller skips them and names
-    them when none has room.
+    them when none has room. `rank` is this, less the pools passed over, so
+    that `nodeipam explain` tells the order the controller follows.
     """
     wanted = tuple(sorted(versions))
-    ranked: list[tuple[tuple[int, int, int, tuple[int, ...], str], Candidate]] = []
+    ranked: list[tuple[tuple[int, int, int, tuple[int, ...], str], Judged]] = []
+    passed: list[Judged] = []
     for candidate in candidates:
         spec = candidate.spec
-        if spec.disabled or spec.versions != wanted:
-            continue
         specificity = spec.selector.specificity(labels, node_name)
-        if specificity is None:
+        if spec.disabled or spec.versions != wanted or specificity is None:
+            why = PASSED_DISABLED if spec.disabled else PASSED_FAMILIES if spec.versions != wanted else PASSED_SELECTOR
+            passed.append(Judged(candidate, specificity, why))
             continue
         key = (1 if spec.is_default else 0, -spec.priority, -specificity, candidate.free, spec.name)
-        ranked.append((key, candidate))
+        ranked.append((key, Judged(candidate, specificity)))
     ranked.sort(key=lambda item: item[0])
-    return [candidate for _, candidate in ranked]
+    return [judged for _, judged in ranked] + sorted(passed, key=lambda judged: judged.candidate.name)
+
+
+def rank(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: str, versions: Sequence[int]) -> list[Candidate]:
+    """The pools that may serve a Node, in the order to try them (see `judge`)."""
+    return [judged.candidate for judged in judge(candidates, labels, node_name, versions) if not judged.passed]
 
 
 def owner(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:

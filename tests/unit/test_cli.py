@@ -428,6 +428,9 @@ def test_version_prints_the_package_version_and_exits_0(capsys: pytest.CaptureFi
         pytest.param(
             cli.main, ["check", "--help"], ["1 problems found", "2 bad flags", "3 the cluster cannot be read"], id="check"
         ),
+        pytest.param(
+            cli.main, ["explain", "--help"], ["NODE", "a Node that does not exist", "3 the cluster cannot be read"], id="explain"
+        ),
         pytest.param(cli.main, ["run", "--help"], ["1 the Lease was lost", "2 bad flags", "accepted and ignored"], id="run"),
         pytest.param(
             cli.kubectl_main,
@@ -447,10 +450,10 @@ def test_help_documents_the_exit_statuses(
         assert fragment in out
 
 
-@pytest.mark.parametrize("command", ["status", "check"])
-def test_output_is_text_json_or_yaml(capsys: pytest.CaptureFixture[str], command: str) -> None:
+@pytest.mark.parametrize("command", [["status"], ["check"], ["explain", "node-a"]])
+def test_output_is_text_json_or_yaml(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        cli.main([command, CIDR, "-o", "xml"])
+        cli.main([*command, CIDR, "-o", "xml"])
     assert exit_.value.code == 2
     assert "invalid choice: 'xml' (choose from" in capsys.readouterr().err
 
