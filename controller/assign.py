@@ -228,7 +228,7 @@ class Assigner:
         return False
 
     def _give_back(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
-        """The task carrying out `reservation` stops: free what was never sent (see `NodeAllocations.abandon`)."""
+        """The task carrying out `reservation` stops: free what was never sent (see `Reservations.abandon`)."""
         freed = self._allocations.reservations.abandon(reservation)
         if freed:
             self._accounting.capacity_freed.set()

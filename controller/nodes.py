@@ -49,7 +49,7 @@ class Outcome(enum.Enum):
     OCCUPIED = "occupied"  # the Node's own podCIDRs are now accounted for
     ALLOCATE = "allocate"  # the Node needs a range: call `reserve`
     REREAD = "reread"  # the event names another UID than the one known: read the Node by name, then `settle`
-    RESUME = "resume"  # an unsettled reservation for this Node: patch again with the same ranges (`resume`)
+    RESUME = "resume"  # an unsettled reservation for this Node: patch again with the same ranges (`reservations.resume`)
     COMMITTED = "committed"  # a read shows the Node holds the reserved ranges: the patch had applied
 
 
