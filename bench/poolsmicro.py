@@ -138,8 +138,8 @@ def best(repeat: int, run: Callable[[], object]) -> float:
 def allocate(allocations: NodeAllocations, prefix: str, count: int) -> None:
     for index in range(count):
         reservation = allocations.reserve(NodeInfo(f"{prefix}-{index}", f"uid-{prefix}-{index}"))
-        allocations.patching(reservation)
-        allocations.commit(reservation)
+        allocations.reservations.patching(reservation)
+        allocations.reservations.commit(reservation)
 
 
 def pool_collector_seconds(registry: Any, repeat: int) -> float:
@@ -195,7 +195,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
         }
     )
     started = time.perf_counter()
-    allocations.set_pools([*allocations.pools()[1:], extra])
+    allocations.set_pools([*allocations.pool_sets.pools()[1:], extra])
     figures.append((f"a pool of {args.pool_cidrs} CIDRs added, {args.nodes} Nodes holding ranges", time.perf_counter() - started))
 
     rounds = []

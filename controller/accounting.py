@@ -59,7 +59,7 @@ class Accounting:
         logger.info("released %s from %s node %s", join(cidrs), why, name)
         for cidr in cidrs:
             self._metrics.releases.labels(self._cluster_label(cidr)).inc()
-            self._metrics.pool_releases.labels(self._allocations.pool_of(cidr) or "").inc()
+            self._metrics.pool_releases.labels(self._allocations.pool_sets.pool_of(cidr) or "").inc()
         self.capacity_freed.set()
 
     def allocated(self, node: NodeInfo, cidrs: Iterable[netaddr.IPNetwork], attempts: int | None, seen_at: float | None) -> None:
@@ -67,7 +67,7 @@ class Accounting:
         self.usage_changed()
         for cidr in cidrs:
             label = self._cluster_label(cidr)
-            pool = self._allocations.pool_of(cidr) or ""
+            pool = self._allocations.pool_sets.pool_of(cidr) or ""
             self._metrics.allocations.labels(label).inc()
             self._metrics.pool_allocations.labels(pool).inc()
             if attempts is not None and pool not in ("", DEFAULT_POOL):
@@ -87,8 +87,8 @@ class Accounting:
 
     def _cluster_label(self, cidr: netaddr.IPNetwork) -> str:
         """The CIDR a range was carved from: the flags' cluster CIDR, or a pool's."""
-        containing = self._allocations.pool_cidr_of(cidr)
+        containing = self._allocations.pool_sets.pool_cidr_of(cidr)
         if containing is not None:
             return str(containing)
-        cidr_set = self._allocations.set_for(cidr)
+        cidr_set = self._allocations.pool_sets.set_for(cidr)
         return str(cidr_set.cluster_cidr) if cidr_set else ""

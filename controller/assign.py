@@ -130,7 +130,7 @@ class Assigner:
                         continue
                 if not self._allowed("patch", node):
                     return  # the finally clause gives back what was never sent
-                self._allocations.patching(reservation)
+                self._allocations.reservations.patching(reservation)
                 mark = self._allocations.sequence
                 try:
                     await self._kube.patch_pod_cidrs(node, reservation.cidrs)
@@ -150,10 +150,10 @@ class Assigner:
                     await self._accounting.note(current or node, observation)
                     outcome = observation.outcome
                     if outcome is Outcome.COMMITTED:
-                        self._accounting.allocated(node, self._allocations.ranges_held(node.name), attempt, seen_at)
+                        self._accounting.allocated(node, self._allocations.held.ranges(node.name), attempt, seen_at)
                         logger.info(
                             "allocated %s to node %s (its patch had applied)",
-                            join(self._allocations.ranges_held(node.name)),
+                            join(self._allocations.held.ranges(node.name)),
                             node.name,
                         )
                         return
@@ -167,7 +167,7 @@ class Assigner:
                         logger.info("node %s: stopping this attempt: %s", node.name, observation.why or outcome.value)
                     return
                 cidrs = reservation.cidrs
-                committed = self._allocations.commit(reservation)
+                committed = self._allocations.reservations.commit(reservation)
                 reservation = None
                 if not committed:
                     logger.info("node %s was deleted while its patch was in flight; %s freed", node.name, join(cidrs))
@@ -175,7 +175,7 @@ class Assigner:
                     return
                 self._accounting.allocated(node, cidrs, attempt, seen_at)
                 logger.info("allocated %s to node %s", join(cidrs), node.name)
-                if self._allocations.overlapping_with(node.name):  # someone else set an overlapping range meanwhile
+                if self._allocations.held.overlapping_with(node.name):  # someone else set an overlapping range meanwhile
                     await self._accounting.note(node, self._allocations.overlaps_of(node.name))
                 return
             kept = ""
@@ -212,7 +212,7 @@ class Assigner:
         if not self._allowed("reservation", node):
             return None
         try:
-            return self._allocations.resume(node) if resume else self._allocations.reserve(node)
+            return self._allocations.reservations.resume(node) if resume else self._allocations.reserve(node)
         except NoCIDRsRemainingError as error:
             logger.warning("node %s waits for a range: %s", node.name, error)
             await self._warner.node(node, REASON_CIDR_NOT_AVAILABLE, f"no node CIDR available: {error}")
@@ -228,8 +228,8 @@ class Assigner:
         return False
 
     def _give_back(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
-        """The task carrying out `reservation` stops: free what was never sent (see `NodeAllocations.abandon`)."""
-        freed = self._allocations.abandon(reservation)
+        """The task carrying out `reservation` stops: free what was never sent (see `Reservations.abandon`)."""
+        freed = self._allocations.reservations.abandon(reservation)
         if freed:
             self._accounting.capacity_freed.set()
         return freed
@@ -242,7 +242,7 @@ class Assigner:
         Returns (None, None) when the read fails too: the caller patches again
         with the same ranges (never a fresh reservation while this one exists).
         """
-        self._allocations.unknown(reservation)
+        self._allocations.reservations.unknown(reservation)
         logger.warning(
             "patching node %s with %s: outcome unknown (attempt %d): %s; kept reserved until a read shows what it holds",
             node.name,
@@ -264,7 +264,7 @@ class Assigner:
 
         Returns (None, None) when the read fails: the caller reserves afresh.
         """
-        freed = self._allocations.abort(reservation)
+        freed = self._allocations.reservations.abort(reservation)
         if freed:
             self._accounting.capacity_freed.set()
         logger.warning(

@@ -126,7 +126,7 @@ def explain(
     refused = allocations.pool_sets.refused
     extra = [
         PoolVerdict(spec.name, REFUSED, f"serves no Node: {refused[spec.name]}", spec.priority, str(spec.selector))
-        for spec in allocations.pools()
+        for spec in allocations.pool_sets.pools()
         if spec.name in refused
     ] + [PoolVerdict(pool, INVALID, f"is not valid, so serves no Node: {why}") for pool, why in invalid]
 
@@ -258,7 +258,7 @@ def _pool_of(allocations: NodeAllocations, texts: Sequence[str]) -> str:
             cidr = parse_cidr_sloppy(text)[0]
         except (netaddr.AddrFormatError, ValueError, TypeError):
             continue
-        return allocations.pool_of(cidr) or ""
+        return allocations.pool_sets.pool_of(cidr) or ""
     return ""
 
 

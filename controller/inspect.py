@@ -126,7 +126,7 @@ def _pool_specs(pool_bodies: Sequence[Mapping[str, Any]], problems: list[str]) -
 
 def _pool_rows(allocations: NodeAllocations) -> tuple[PoolRow, ...]:
     """Every pool, highest priority first, then by name; the default pool last."""
-    default, *others = allocations.pools()
+    default, *others = allocations.pool_sets.pools()
     specs = [*sorted(others, key=lambda spec: (-spec.priority, spec.name)), default]
     usages = {usage.name: usage for usage in allocations.pool_usage.usages()}
     return tuple(_pool_row(spec, usages[spec.name]) for spec in specs)
@@ -140,7 +140,7 @@ def _outside(allocations: NodeAllocations, nodes: Sequence[NodeInfo]) -> list[st
                 cidr = parse_cidr_sloppy(text)[0]
             except ValueError:
                 continue  # `nodeipam check` reports it
-            if allocations.pool_of(cidr) is None:
+            if allocations.pool_sets.pool_of(cidr) is None:
                 found.append(f"node {node.name}: podCIDR {cidr} lies in no pool")
     return found
 
@@ -190,7 +190,7 @@ def compute_space(
         if node.pod_cidrs:
             allocations.observe(node)
     refused = allocations.pool_sets.refused
-    specs = [spec for spec in allocations.pools() if spec.name not in refused]
+    specs = [spec for spec in allocations.pool_sets.pools() if spec.name not in refused]
     specs = [*sorted(specs[1:], key=lambda spec: (-spec.priority, spec.name)), specs[0]] if pool_bodies else specs
     areas = tuple(
         picture.Area(spec.name, entry.cidr, family.node_mask_size, entry.draining)

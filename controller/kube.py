@@ -4,29 +4,35 @@ It speaks raw JSON over aiohttp (the HTTP library kopf itself uses): model
 objects of the official client halve the throughput of a Python controller,
 and the event loop, not the API server, is the limit. Where the API server
 is and how to authenticate come in as `Credentials` (credentials.py).
-Retries of transient failures and the client-side rate limit live here.
+Here are the typed verbs (Nodes, NodeCIDRPools, Events, Leases); how a
+request is sent (retries, the rate limit, the fence) is kubehttp.py's
+`ApiTransport`, and what the answers' bytes mean is kubewire.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
-import aiohttp
-import msgspec
 import netaddr
 
-from controller.backoff import Backoff
 from controller.credentials import Credentials
-from controller.model import NodeInfo, labels_of
+from controller.kubehttp import RETRY_AFTER_CAP as RETRY_AFTER_CAP
+from controller.kubehttp import TRANSIENT_ATTEMPTS, ApiTransport
+from controller.kubewire import ApiError as ApiError
+from controller.kubewire import FencedError as FencedError
+from controller.kubewire import api_timestamp as api_timestamp
+from controller.kubewire import decode_node, decode_node_list, decode_watch_event, peek_continue
+from controller.kubewire import lease_time as lease_time
+from controller.kubewire import node_of as node_of
+from controller.model import NodeInfo
 
 logger = logging.getLogger("nodeipam.kube")
 
@@ -34,159 +40,14 @@ EVENT_NAMESPACE = "default"  # where events about cluster-scoped Nodes go
 COMPONENT = "nodeipam"
 LIST_PAGE_SIZE = 500
 WATCH_LIST_SINCE = (1, 34)  # the first Kubernetes version whose API server streams a watch's initial listing by default
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-TRANSIENT_ATTEMPTS = 4
-TRANSIENT_BACKOFF = Backoff(0.2)  # seconds before a transient failure is tried again
-RETRY_AFTER_STATUSES = frozenset({429, 503})  # answers whose Retry-After header says how long to wait
-RETRY_AFTER_CAP = 30.0  # seconds: never wait longer on the server's word
-WATCH_IDLE_TIMEOUT = 90.0  # seconds without a byte (bookmarks come every minute)
-#: Every write carries the API server's `timeout` parameter: a write still queued (priority and fairness) or in
-#: its handler that long after it arrived fails instead of landing. Well under a lease duration (15 s by
-#: default), so that what a leader sent cannot linger for a whole hand-over in the API server.
-WRITE_TIMEOUT = 10.0
-#: The client gives a write this long beyond the server's bound before it counts the answer as lost.
-WRITE_ANSWER_GRACE = 5.0
-READ_METHODS = frozenset({"GET", "HEAD"})
-
 
 #: The NodeCIDRPool collection (cluster-scoped CRD in the chart's crds/).
 POOLS_API_VERSION = "nodeipam.io/v1alpha1"
 POOLS_PATH = f"/apis/{POOLS_API_VERSION}/nodecidrpools"
 
 
-class _NodeMetadata(msgspec.Struct, frozen=True):
-    name: str = ""
-    uid: str = ""
-    labels: dict[str, str] = {}  # they choose the pool of a Node without a range
-
-
-class _NodeSpec(msgspec.Struct, frozen=True):
-    podCIDR: str = ""
-    podCIDRs: tuple[str, ...] = ()
-
-
-class _Node(msgspec.Struct, frozen=True):
-    """The only fields of a Node this controller reads; msgspec skips the rest (~10 KB) unparsed.
-
-    The one decoder of Nodes: the API's answers and watch events (bytes),
-    and kopf's events (already decoded, through `node_of`) all read through it.
-    """
-
-    metadata: _NodeMetadata = _NodeMetadata()
-    spec: _NodeSpec = _NodeSpec()
-
-    def info(self) -> NodeInfo:
-        spec = self.spec
-        return NodeInfo(
-            name=self.metadata.name,
-            uid=self.metadata.uid,
-            pod_cidrs=spec.podCIDRs or ((spec.podCIDR,) if spec.podCIDR else ()),
-            pod_cidr=spec.podCIDR,
-            labels=labels_of(self.metadata.labels),
-        )
-
-
-class _ListMetadata(msgspec.Struct, frozen=True):
-    resourceVersion: str = ""
-    continue_: str = msgspec.field(default="", name="continue")
-
-
-class _NodeList(msgspec.Struct, frozen=True):
-    metadata: _ListMetadata = _ListMetadata()
-    items: tuple[_Node, ...] = ()
-
-
-class _WatchEvent(msgspec.Struct, frozen=True):
-    type: str = ""
-    object: _Node = _Node()
-
-
-_decode_node = msgspec.json.Decoder(_Node).decode
-_decode_node_list = msgspec.json.Decoder(_NodeList).decode
-_decode_watch_event = msgspec.json.Decoder(_WatchEvent).decode
-
-
-def node_of(body: Mapping[str, Any]) -> NodeInfo:
-    """A Node already decoded into dicts and lists (a kopf event's body), read as the API's bytes are."""
-    return msgspec.convert(body, _Node).info()
-
-
-class ApiError(Exception):
-    """A request the API server answered with an error status (or could not answer)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-    @property
-    def may_have_applied(self) -> bool:
-        """Whether a write that ended in this error may have been applied all the same.
-
-        A lost answer (status 0: connection cut, timeout) or a server error
-        (5xx: the request may have been processed before the failure) leaves
-        the outcome unknown. Any other 4xx, 429 included, is a refusal: the
-        API server applied nothing.
-        """
-        return self.status == 0 or self.status >= 500
-
-
-class FencedError(ApiError):
-    """A write not sent because the fence said no (this process no longer leads): nothing of it was applied."""
-
-    def __init__(self, method: str, path: str) -> None:
-        super().__init__(0, "Fenced", f"{method} {path}: not sent: this process may no longer write")
-
-    @property
-    def may_have_applied(self) -> bool:
-        return False
-
-
-class RateLimiter:
-    """A token bucket: `qps` requests per second on average, `burst` at once. qps <= 0: unlimited."""
-
-    def __init__(
-        self,
-        qps: float,
-        burst: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.qps = qps
-        self.burst = max(burst, 1)
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = float(self.burst)
-        self._updated = clock()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        if self.qps <= 0:
-            return
-        async with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.qps)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await self._sleep((1 - self._tokens) / self.qps)
-
-
-def api_timestamp() -> str:
-    """Now, as the API writes a time to the second (RFC 3339, UTC)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now_micro() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class KubeClient:
-    """Nodes, NodeCIDRPools, Events and Leases over one pooled aiohttp session."""
+    """Nodes, NodeCIDRPools, Events and Leases, each request sent by one `ApiTransport`."""
 
     def __init__(
         self,
@@ -206,14 +67,9 @@ class KubeClient:
         write (retries included); once it says no, nothing more is sent.
         """
         self.credentials = credentials
-        self._limiter = RateLimiter(qps, burst)
-        self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._max_in_flight = max_in_flight
-        self._attempts = max(transient_attempts, 1)
-        self._sleep = sleep
-        self._may_write = may_write
-        self._session: aiohttp.ClientSession | None = None
-        self._renewal: asyncio.Future[str] | None = None
+        self._transport = ApiTransport(
+            credentials, qps, burst, max_in_flight, transient_attempts=transient_attempts, sleep=sleep, may_write=may_write
+        )
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -222,43 +78,7 @@ class KubeClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._renewal is not None:
-            self._renewal.cancel()  # its thread finishes on its own; the next client finds the token renewed
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=self.credentials.ssl_context())
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=60, connect=10),
-                json_serialize=json.dumps,
-            )
-        return self._session
-
-    async def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        token = await self._token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
-
-    async def _token(self) -> str | None:
-        """The bearer token; one due for renewal is renewed in a thread (an exec plugin is a process to wait for).
-
-        Requests go on with the token at hand while it is renewed ahead of its
-        expiry; only an expired one makes them wait for the renewal.
-        """
-        renewing = self.credentials.renewing
-        if renewing is None or not renewing.due():
-            return self.credentials.current_token()
-        if self._renewal is None or self._renewal.done():
-            self._renewal = asyncio.ensure_future(asyncio.to_thread(renewing.renewed))
-        if renewing.expired():
-            return await asyncio.shield(self._renewal)  # a request cancelled meanwhile leaves it to the others
-        return renewing.value
+        await self._transport.close()
 
     async def request(
         self,
@@ -283,59 +103,8 @@ class KubeClient:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> bytes:
-        """One API call with retries of transient failures; raises ApiError otherwise.
-
-        A write carries the API server's `timeout` (WRITE_TIMEOUT), and the
-        fence is asked before each of its attempts: after a transient failure
-        that may have applied, a fenced retry raises that failure (the outcome
-        stays unknown); before the first attempt, FencedError (nothing sent).
-        """
-        headers = await self._headers()
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(body)
-        url = self.credentials.server + path
-        write = method not in READ_METHODS
-        timeout = None
-        if write:
-            params = {**(params or {}), "timeout": f"{WRITE_TIMEOUT:g}s"}
-            timeout = aiohttp.ClientTimeout(total=WRITE_TIMEOUT + WRITE_ANSWER_GRACE, connect=10)
-        failed: ApiError | None = None
-        for attempt in range(1, self._attempts + 1):
-            await self._limiter.acquire()
-            if write and self._may_write is not None and not self._may_write():
-                raise failed or FencedError(method, path)
-            backoff = TRANSIENT_BACKOFF.after(attempt)
-            try:
-                session = self._get_session()
-                async with (
-                    self._in_flight,
-                    session.request(method, url, data=data, headers=headers, params=params, timeout=timeout) as response,
-                ):
-                    payload = await response.read()
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-            except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
-                failed = ApiError(0, "ConnectionError", f"{method} {path}: {error!r}")
-                if attempt == self._attempts:
-                    raise failed from error
-                await self._sleep(backoff)
-                continue
-            if status < 400:
-                return payload
-            if status in TRANSIENT_STATUSES and attempt < self._attempts:
-                if status in RETRY_AFTER_STATUSES:
-                    backoff = _retry_after_seconds(retry_after, backoff)
-                failed = _api_error(status, payload) if failed is None or not failed.may_have_applied else failed
-                await self._sleep(backoff)
-                continue
-            answered = _api_error(status, payload)
-            if failed is not None and failed.may_have_applied and not answered.may_have_applied:
-                # A refusal of a retry says nothing about an earlier attempt whose answer was lost.
-                raise failed
-            raise answered
-        raise AssertionError("unreachable")
+        """One API call with retries of transient failures (see `ApiTransport.request_bytes`); raises ApiError otherwise."""
+        return await self._transport.request_bytes(method, path, body=body, content_type=content_type, params=params)
 
     # -- Nodes ---------------------------------------------------------------
 
@@ -359,10 +128,10 @@ class KubeClient:
         fetch = self._fetch_page(None, page_size, version)
         while True:
             raw = await fetch
-            peeked = _peek_continue(raw)
+            peeked = peek_continue(raw)
             if peeked:
                 fetch = self._fetch_page(peeked, page_size)
-            page = _decode_node_list(raw)
+            page = decode_node_list(raw)
             nodes.extend(item.info() for item in page.items)
             token = page.metadata.continue_ or None
             if token != peeked:  # the peek misread the page: trust the parsed token
@@ -403,31 +172,17 @@ class KubeClient:
     async def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]:
         """(event type, Node) from a watch starting at `resource_version`; ends when the server ends it."""
         params = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true"}
-        headers = await self._headers()
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=WATCH_IDLE_TIMEOUT)
-        url = self.credentials.server + "/api/v1/nodes"
-        try:
-            async with self._get_session().get(url, params=params, headers=headers, timeout=timeout) as response:
-                if response.status >= 400:
-                    raise _api_error(response.status, await response.read())
-                pending = b""
-                async for chunk in response.content.iter_any():  # lines can exceed aiohttp's line limit
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        event = _decode_watch_event(line)
-                        if event.type in ("ADDED", "MODIFIED", "DELETED"):
-                            yield event.type, event.object.info()
-                        elif event.type == "ERROR":
-                            return  # e.g. 410 Gone: the resync covers what follows
-        except (aiohttp.ClientError, ConnectionError) as error:
-            raise ApiError(0, "ConnectionError", f"watch of nodes: {error!r}") from error
+        async with aclosing(self._transport.watch_lines("/api/v1/nodes", params, "nodes")) as lines:
+            async for line in lines:
+                event = decode_watch_event(line)
+                if event.type in ("ADDED", "MODIFIED", "DELETED"):
+                    yield event.type, event.object.info()
+                elif event.type == "ERROR":
+                    return  # e.g. 410 Gone: the resync covers what follows
 
     async def get_node(self, name: str) -> NodeInfo | None:
         try:
-            return _decode_node(await self.request_bytes("GET", f"/api/v1/nodes/{name}")).info()
+            return decode_node(await self.request_bytes("GET", f"/api/v1/nodes/{name}")).info()
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -531,41 +286,3 @@ class KubeClient:
             "PUT", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", body=lease
         )
         return replaced
-
-
-def lease_time() -> str:
-    """MicroTime as Leases want it."""
-    return _now_micro()
-
-
-def _api_error(status: int, payload: bytes) -> ApiError:
-    try:
-        status_body = json.loads(payload)
-        return ApiError(status, str(status_body.get("reason", "")), str(status_body.get("message", "")))
-    except (ValueError, AttributeError):
-        return ApiError(status, "", payload[:500].decode(errors="replace"))
-
-
-def _retry_after_seconds(header: str | None, otherwise: float) -> float:
-    """The wait a Retry-After header asks for (whole seconds, as the API server sends it), capped; else `otherwise`."""
-    if header is None:
-        return otherwise
-    try:
-        seconds = float(header.strip())
-    except ValueError:  # an HTTP date: the API server never sends one
-        return otherwise
-    if not 0 <= seconds < float("inf"):
-        return otherwise
-    return min(seconds, RETRY_AFTER_CAP)
-
-
-_CONTINUE = re.compile(rb'"continue":"([^"]+)"')
-_PEEK_BYTES = 4096  # a List's metadata comes before its items
-
-
-def _peek_continue(raw: bytes) -> str | None:
-    """The continue token of a List response, read without parsing its items."""
-    head = raw[:_PEEK_BYTES]
-    items_at = head.find(b'"items"')
-    match = _CONTINUE.search(head, 0, items_at if items_at >= 0 else len(head))
-    return match.group(1).decode() if match else None

@@ -2,10 +2,11 @@
 
 Nothing here talks to the cluster. `NodeAllocations` is the single source of
 truth for which ranges are taken and by whom; the reconciler feeds it what it
-sees and carries out what it decides. It composes three books of its own:
+sees and carries out what it decides. It composes four books of its own:
 the sets it claims ranges in (`poolsets.PoolSets`), the ranges each Node
-holds (`noderanges.NodeRanges`), and the reservations made while a patch is
-settled (`reservations.Reservations`, with their state machine).
+holds (`noderanges.NodeRanges`), the reservations made while a patch is
+settled (`reservations.Reservations`, with their state machine), and the
+incarnations deleted or waiting for room (`incarnations.Incarnations`).
 
 Invariants kept here:
 - A node subnet is marked in the sets iff at least one claim covers it: a
@@ -22,16 +23,16 @@ Invariants kept here:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
 
 import netaddr
 
-from controller.allocators import CIDRSet, NoCIDRsRemainingError
+from controller.allocators import NoCIDRsRemainingError
 from controller.cidrs import classify_pod_cidrs, join, overlaps, reads_as
 from controller.config import FamilyRange
+from controller.incarnations import Incarnations
 from controller.inherited import Adopted, InheritedPatches
 from controller.model import REASON_DUPLICATE_POD_CIDR, NodeInfo, Problem
 from controller.noderanges import HeldRanges, NodeRanges
@@ -39,9 +40,6 @@ from controller.pools import PoolSpec
 from controller.poolsets import PoolSets
 from controller.poolusage import PoolUsageBook
 from controller.reservations import AlreadyInFlightError, Reservation, ReservationError, Reservations, ReservationState
-
-#: UIDs of deleted Nodes remembered, so that late events about them are ignored.
-RETIRED_UIDS_KEPT = 100_000
 
 
 class Outcome(enum.Enum):
@@ -51,7 +49,7 @@ class Outcome(enum.Enum):
     OCCUPIED = "occupied"  # the Node's own podCIDRs are now accounted for
     ALLOCATE = "allocate"  # the Node needs a range: call `reserve`
     REREAD = "reread"  # the event names another UID than the one known: read the Node by name, then `settle`
-    RESUME = "resume"  # an unsettled reservation for this Node: patch again with the same ranges (`resume`)
+    RESUME = "resume"  # an unsettled reservation for this Node: patch again with the same ranges (`reservations.resume`)
     COMMITTED = "committed"  # a read shows the Node holds the reserved ranges: the patch had applied
 
 
@@ -74,11 +72,15 @@ class NodeAllocations:
     """Who holds what: every Node's ranges, its reservation while a patch is settled, and what they claim.
 
     The sets of every pool and the claims on them are a `PoolSets` of its
-    own; what each Node holds is a `NodeRanges`, its reservation one of the
-    `Reservations`, both making their claims in those sets. `pool_usage` is
-    told of every range held or reserved, so that each pool's usage is
-    known without a pass over the Nodes. This class decides: what a Node
-    shows means, what is taken for it, and when an incarnation is gone.
+    own (`pool_sets`); what each Node holds is a `NodeRanges` (`held`), its
+    reservation one of the `Reservations` (`reservations`), both making
+    their claims in those sets; the deleted incarnations and the Nodes
+    waiting for room are `incarnations`. `pool_usage` is told of every
+    range held or reserved, so that each pool's usage is known without a
+    pass over the Nodes. Callers ask those parts directly and move a
+    reservation through `reservations` (its state machine); this class
+    decides: what a Node shows means, what is taken for it, and when an
+    incarnation is gone.
     """
 
     def __init__(
@@ -92,11 +94,10 @@ class NodeAllocations:
         self.all_service_cidrs = tuple(service_cidrs)
         self.pool_sets = PoolSets(self.ranges, self.all_service_cidrs, self.pool_usage)
         self.sets = self.pool_sets.sets  # the default pool's, in flag order
-        self._held = NodeRanges(self.pool_sets, self.pool_usage)
-        self._reservations = Reservations(self.pool_sets, self.pool_usage, self._held)
-        self._inherited = InheritedPatches(self.pool_sets, self._reservations, self._tick)
-        self._waiting: dict[str, NodeInfo] = {}
-        self._retired: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.held = NodeRanges(self.pool_sets, self.pool_usage)
+        self.reservations = Reservations(self.pool_sets, self.pool_usage, self.held)
+        self.incarnations = Incarnations()
+        self._inherited = InheritedPatches(self.pool_sets, self.reservations, self._tick)
         self._sequence = 0
         self.service_cidrs = tuple(
             cidr for cidr in self.all_service_cidrs if any(overlaps(cidr, family.cluster_cidr) for family in self.ranges)
@@ -112,33 +113,13 @@ class NodeAllocations:
         (a pool created around them) is claimed now.
         """
         if self.pool_sets.set_pools(pools):
-            self._held.claim_newly_served()
+            self.held.claim_newly_served()
         return self.pool_sets.refused
-
-    def pools(self) -> list[PoolSpec]:
-        """The default pool, then every NodeCIDRPool served (refused ones too)."""
-        return self.pool_sets.pools()
-
-    def pool_of(self, cidr: netaddr.IPNetwork) -> str | None:
-        """The pool a range belongs to: the one whose CIDRs contain it (never the Node's labels)."""
-        return self.pool_sets.pool_of(cidr)
-
-    def owning_pool(self, cidr: netaddr.IPNetwork) -> str | None:
-        """The pool whose deletion waits for the Node holding `cidr` (see `PoolSets.owning_pool`)."""
-        return self.pool_sets.owning_pool(cidr)
-
-    def overlaps_served(self, cidr: netaddr.IPNetwork) -> bool:
-        """Whether a range overlaps a CIDR of a pool that is not refused (contained in it or not)."""
-        return self.pool_sets.overlaps_served(cidr)
-
-    def pool_cidr_of(self, cidr: netaddr.IPNetwork) -> netaddr.IPNetwork | None:
-        """The CIDR (of the pool `pool_of` names) that contains a range."""
-        return self.pool_sets.pool_cidr_of(cidr)
 
     def ranges_by_node(self) -> list[tuple[str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node name, ranges) of every Node holding ranges or reserved ones, for usage, status and finalizers."""
-        found = {name: held.cidrs for name, held in self._held.items() if held.cidrs}
-        for reservation in self._reservations.all():
+        found = {name: held.cidrs for name, held in self.held.items() if held.cidrs}
+        for reservation in self.reservations.all():
             found[reservation.name] = tuple(dict.fromkeys((*found.get(reservation.name, ()), *reservation.cidrs)))
         return list(found.items())
 
@@ -150,70 +131,31 @@ class NodeAllocations:
         take it before a read."""
         return self._sequence
 
-    def ranges_held(self, name: str) -> tuple[netaddr.IPNetwork, ...]:
-        """The ranges the Node of that name holds (not the ones reserved for it)."""
-        return self._held.ranges(name)
-
     def uid_holding_ranges(self, name: str) -> str | None:
         """The UID of the incarnation whose ranges are recorded under `name`, if any."""
-        held = self._held.get(name)
+        held = self.held.get(name)
         return held.uid if held else None
-
-    def reservation(self, name: str) -> Reservation | None:
-        """The open reservation for a Node name, if any."""
-        return self._reservations.get(name)
-
-    def unsettled(self) -> list[Reservation]:
-        """UNKNOWN reservations no task is working on: the resync settles them."""
-        return self._reservations.unsettled()
 
     def knows(self, node: NodeInfo) -> bool:
         """Whether `node` shows nothing new: its incarnation is deleted, or held exactly as written."""
-        if node.uid in self._retired:
+        if self.incarnations.is_retired(node.uid):
             return True
-        held = self._held.get(node.name)
+        held = self.held.get(node.name)
         return held is not None and held.uid == node.uid and held.as_written == node.pod_cidrs and node.pod_cidrs != ()
-
-    def waiting(self) -> list[NodeInfo]:
-        """Nodes that found the range exhausted, oldest first."""
-        return list(self._waiting.values())
-
-    def is_waiting(self, name: str) -> bool:
-        """Whether the Node waits for a range to be released (it is retried then)."""
-        return name in self._waiting
-
-    def is_retired(self, uid: str) -> bool:
-        """Whether this incarnation is known to be deleted."""
-        return uid in self._retired
-
-    def waiting_count(self) -> int:
-        return len(self._waiting)
 
     def in_flight(self) -> list[tuple[str, str, tuple[netaddr.IPNetwork, ...]]]:
         """(Node, UID, ranges) of every patch that may still land: open reservations, and ranges kept apart."""
-        found = [(r.name, r.uid, r.cidrs) for r in self._reservations.all()]
+        found = [(r.name, r.uid, r.cidrs) for r in self.reservations.all()]
         return found + [(name, apart.uid, apart.cidrs) for name, apart in self._inherited.items()]
 
     def kept_apart(self, name: str) -> tuple[netaddr.IPNetwork, ...]:
         """Ranges a deposed leader's patch may still set on this Node, kept out of the pool meanwhile."""
         return self._inherited.ranges_apart(name)
 
-    def overlapping_count(self) -> int:
-        """How many Nodes hold a range that overlaps another Node's (a duplicate someone made)."""
-        return self._held.overlapping_count()
-
-    def overlapping_with(self, name: str) -> list[str]:
-        """The other Nodes whose ranges overlap this Node's."""
-        return self._held.overlapping_with(name)
-
     def overlaps_of(self, name: str) -> Observation:
         """The duplicates this Node's ranges are part of, as `observe` reports them (after a commit, say)."""
-        pairs = self._held.overlapping_pairs(name)
-        return Observation(Outcome.NOTHING, tuple(_duplicate_problems(self._held.ranges(name), pairs)), overlapping=tuple(pairs))
-
-    def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
-        """The default pool's set of the CIDR's family, if the flags serve that family."""
-        return next((cidr_set for cidr_set in self.sets if cidr_set.version == cidr.version), None)
+        pairs = self.held.overlapping_pairs(name)
+        return Observation(Outcome.NOTHING, tuple(_duplicate_problems(self.held.ranges(name), pairs)), overlapping=tuple(pairs))
 
     # -- what the cluster shows ------------------------------------------------
 
@@ -228,14 +170,14 @@ class NodeAllocations:
         return dataclasses.replace(observation, released=(*freed, *observation.released))
 
     def _observe(self, node: NodeInfo) -> Observation:
-        if node.uid in self._retired:
+        if self.incarnations.is_retired(node.uid):
             return Observation(Outcome.NOTHING, why=f"a late event about a deleted incarnation (UID {node.uid})")
-        reservation = self._reservations.get(node.name)
+        reservation = self.reservations.get(node.name)
         if reservation is not None and reservation.node_gone:
             # Its incarnation is deleted and its task will end it; the name belongs to whoever shows up now,
             # whose ranges must be claimed at once, not once that task is done.
             reservation = None
-        held = self._held.get(node.name)
+        held = self.held.get(node.name)
         known = reservation.uid if reservation is not None else held.uid if held is not None else None
         if known is not None and known != node.uid:
             # Either the Node was replaced, or this event is a late one about a deleted
@@ -265,18 +207,18 @@ class NodeAllocations:
         current_uid = current.uid if current is not None else None
         for uid in seen_uids:
             if uid != current_uid:
-                self._retire(name, uid)
-        held = self._held.get(name)
+                self.incarnations.retire(name, uid)
+        held = self.held.get(name)
         if held is not None and held.uid != current_uid and held.since <= read_after:
-            self._retire(name, held.uid)
-            released += self._held.drop(name)
-        reservation = self._reservations.get(name)
+            self.incarnations.retire(name, held.uid)
+            released += self.held.drop(name)
+        reservation = self.reservations.get(name)
         if reservation is not None and reservation.uid != current_uid and reservation.since <= read_after:
-            self._retire(name, reservation.uid)
-            released += self._reservations.node_gone(reservation)
+            self.incarnations.retire(name, reservation.uid)
+            released += self.reservations.node_gone(reservation)
         apart = self._inherited.get(name)
         if apart is not None and apart.uid != current_uid and apart.since <= read_after:
-            self._retire(name, apart.uid)
+            self.incarnations.retire(name, apart.uid)
             released += self._inherited.release(name)
         if current is None:
             return Observation(Outcome.NOTHING, why="the Node is gone", released=tuple(released))
@@ -288,24 +230,21 @@ class NodeAllocations:
 
         Acts only on state of that UID; None when nothing of that UID was known.
         """
-        matched = False
         released: list[netaddr.IPNetwork] = []
-        waiting = self._waiting.get(name)
-        if waiting is not None and waiting.uid == uid:
-            matched = True
-        reservation = self._reservations.get(name)
+        matched = self.incarnations.waits_as(name, uid)
+        reservation = self.reservations.get(name)
         if reservation is not None and reservation.uid == uid:
             matched = True
-            released += self._reservations.node_gone(reservation)
-        held = self._held.get(name)
+            released += self.reservations.node_gone(reservation)
+        held = self.held.get(name)
         if held is not None and held.uid == uid:
             matched = True
-            released += self._held.drop(name)
+            released += self.held.drop(name)
         apart = self._inherited.get(name)
         if apart is not None and apart.uid == uid:
             matched = True
             released += self._inherited.release(name)
-        self._retire(name, uid)
+        self.incarnations.retire(name, uid)
         return Release(name, tuple(released)) if matched else None
 
     # -- allocation ------------------------------------------------------------
@@ -319,24 +258,20 @@ class NodeAllocations:
         (nothing left reserved, naming the pools tried) when no pool has room;
         the Node is then remembered as waiting for a release or a new range.
         """
-        if node.name in self._reservations:
+        if node.name in self.reservations:
             raise AlreadyInFlightError(f"node {node.name} has a reservation in flight already")
-        if node.uid in self._retired:
+        if self.incarnations.is_retired(node.uid):
             raise ReservationError(f"node {node.name} (UID {node.uid}) is deleted")
-        held = self._held.get(node.name)
+        held = self.held.get(node.name)
         if held is not None and held.cidrs:
             raise ReservationError(f"node {node.name} holds {join(held.cidrs)} already")
         try:
             taken = self.pool_sets.take_for(node.label_map, node.name)
         except NoCIDRsRemainingError:
-            self._waiting[node.name] = node
+            self.incarnations.wait(node)
             raise
-        self._waiting.pop(node.name, None)
-        return self._reservations.open(node, taken, self._tick())
-
-    def resume(self, node: NodeInfo) -> Reservation:
-        """Take over an UNKNOWN reservation left for the resync, to patch again with the same ranges."""
-        return self._reservations.resume(node)
+        self.incarnations.stop_waiting(node.name)
+        return self.reservations.open(node, taken, self._tick())
 
     def adopt(self, node: NodeInfo, pod_cidrs: Iterable[str]) -> tuple[Adopted, str]:
         """Keep the ranges of a patch the last leader may still have in flight for `node`, listed without a range.
@@ -344,28 +279,10 @@ class NodeAllocations:
         See `InheritedPatches.adopt`: resumed as an UNKNOWN reservation, or
         kept apart. Returns what was done and, unless RESUMED, why.
         """
-        adopted, why = self._inherited.adopt(node, pod_cidrs, deleted=node.uid in self._retired)
+        adopted, why = self._inherited.adopt(node, pod_cidrs, deleted=self.incarnations.is_retired(node.uid))
         if adopted is Adopted.RESUMED:
-            self._waiting.pop(node.name, None)
+            self.incarnations.stop_waiting(node.name)
         return adopted, why
-
-    def patching(self, reservation: Reservation) -> None:
-        """The patch with the reserved ranges is about to be sent."""
-        self._reservations.patching(reservation)
-
-    def unknown(self, reservation: Reservation) -> None:
-        """The patch's answer was lost (or a 5xx): it may have applied, so the ranges stay reserved."""
-        self._reservations.unknown(reservation)
-
-    def commit(self, reservation: Reservation) -> bool:
-        """The patch succeeded: the Node holds the reserved ranges now; False (the ranges freed) when the Node was
-        deleted while the patch was in flight."""
-        return self._reservations.commit(reservation)
-
-    def abort(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
-        """The patch was refused: give the reserved ranges back, unless an earlier attempt may have applied (then
-        only `resolve` can tell: see `Reservations.abort`); returns the ranges freed."""
-        return self._reservations.abort(reservation)
 
     def resolve(self, reservation: Reservation, current: NodeInfo | None, read_after: int) -> Observation:
         """Settle an UNKNOWN reservation by a fresh read of its Node (None: not found), issued after `read_after`.
@@ -375,23 +292,16 @@ class NodeAllocations:
         Node's occupied (OCCUPIED). None: RESUME, patch again with the same
         ranges. Another UID, or no Node: ours is gone, its ranges are released.
         """
-        if not self._reservations.is_current(reservation):
+        if not self.reservations.is_current(reservation):
             return Observation(Outcome.NOTHING, why="its reservation is settled already")
         if current is None or current.uid != reservation.uid or reservation.node_gone:
-            self._retire(reservation.name, reservation.uid)
-            released = self._reservations.release(reservation)
-            if current is None or current.uid in self._retired:
+            self.incarnations.retire(reservation.name, reservation.uid)
+            released = self.reservations.release(reservation)
+            if current is None or self.incarnations.is_retired(current.uid):
                 return Observation(Outcome.NOTHING, why="the Node is gone", released=released)
             observation = self.settle(reservation.name, current, read_after)
             return dataclasses.replace(observation, released=(*released, *observation.released))
         return self._settle_reservation(reservation, current)
-
-    def abandon(self, reservation: Reservation) -> tuple[netaddr.IPNetwork, ...]:
-        """The task carrying out `reservation` stops (done, failed, or cancelled); returns the ranges freed.
-
-        One that may have applied stays reserved until a read settles it (see `Reservations.abandon`).
-        """
-        return self._reservations.abandon(reservation)
 
     # -- resync ------------------------------------------------------------------
 
@@ -403,22 +313,12 @@ class NodeAllocations:
         reservations a task is working on are left to it.
         """
         return [
-            *self._held.orphans(live, listed_after),
-            *self._reservations.orphans(live, listed_after),
+            *self.held.orphans(live, listed_after),
+            *self.reservations.orphans(live, listed_after),
             *self._inherited.orphans(live, listed_after),
         ]
 
     # -- bookkeeping -------------------------------------------------------------
-
-    def _retire(self, name: str, uid: str) -> None:
-        """Remember a deleted incarnation, so that late events about it change nothing."""
-        waiting = self._waiting.get(name)
-        if waiting is not None and waiting.uid == uid:
-            del self._waiting[name]
-        self._retired[uid] = None
-        self._retired.move_to_end(uid)
-        while len(self._retired) > RETIRED_UIDS_KEPT:
-            self._retired.popitem(last=False)
 
     def _account(self, node: NodeInfo, held: HeldRanges | None) -> Observation:
         """Record what a Node (of the held UID, or a new name) shows."""
@@ -428,15 +328,15 @@ class NodeAllocations:
             return Observation(Outcome.ALLOCATE)
         if held is not None and held.as_written == node.pod_cidrs:
             return Observation(Outcome.NOTHING, why="already accounted for")  # every status update lands here
-        self._waiting.pop(node.name, None)
+        self.incarnations.stop_waiting(node.name)
         classified = classify_pod_cidrs(node.pod_cidrs, self.pool_sets.served, self.all_service_cidrs)
         usable = classified.usable
         if held is not None and held.cidrs == usable:
-            self._held.rewritten(node.name, node.pod_cidrs)
+            self.held.rewritten(node.name, node.pod_cidrs)
             return Observation(Outcome.NOTHING, why="already accounted for")
-        previous = self._held.get(node.name)
+        previous = self.held.get(node.name)
         since = previous.since if previous is not None else self._tick()
-        overlapping, released = self._held.record(node.name, node.uid, usable, since, node.pod_cidrs)
+        overlapping, released = self.held.record(node.name, node.uid, usable, since, node.pod_cidrs)
         problems = [*classified.problems, *_duplicate_problems(usable, overlapping)]
         return Observation(Outcome.OCCUPIED, tuple(problems), released=tuple(released), overlapping=tuple(overlapping))
 
@@ -447,11 +347,11 @@ class NodeAllocations:
         # Judged by the values alone, not by which pools serve them now: a pool that lost a CIDR meanwhile
         # does not make our own applied patch look like someone else's.
         if reads_as(node.pod_cidrs, reservation.cidrs):
-            self._reservations.close_as_committed(reservation)
+            self.reservations.close_as_committed(reservation)
             return Observation(Outcome.COMMITTED, why="it holds the reserved ranges: the patch had applied")
         # Another value is set, and podCIDRs never change once set: ours can never land.
-        released = self._reservations.release(reservation)
-        observation = self._account(node, self._held.get(node.name))
+        released = self.reservations.release(reservation)
+        observation = self._account(node, self.held.get(node.name))
         return dataclasses.replace(observation, released=(*released, *observation.released))
 
     def _tick(self) -> int:

@@ -126,12 +126,12 @@ class NodeWork:
     async def _act(self, node: NodeInfo, observation: Observation, may_read: bool = True) -> None:
         await self._accounting.note(node, observation)
         outcome = observation.outcome
-        if outcome is Outcome.OCCUPIED and self._allocations.ranges_held(node.name):
+        if outcome is Outcome.OCCUPIED and self._allocations.held.ranges(node.name):
             self._accounting.usage_changed()
-            logger.info("node %s holds %s: occupied", node.name, join(self._allocations.ranges_held(node.name)))
+            logger.info("node %s holds %s: occupied", node.name, join(self._allocations.held.ranges(node.name)))
         elif outcome is Outcome.COMMITTED:
-            self._accounting.allocated(node, self._allocations.ranges_held(node.name), attempts=None, seen_at=None)
-            logger.info("node %s holds %s: its patch had applied", node.name, join(self._allocations.ranges_held(node.name)))
+            self._accounting.allocated(node, self._allocations.held.ranges(node.name), attempts=None, seen_at=None)
+            logger.info("node %s holds %s: its patch had applied", node.name, join(self._allocations.held.ranges(node.name)))
         elif outcome is Outcome.ALLOCATE:
             await self._assigner.assign(node)
         elif outcome is Outcome.RESUME:
@@ -182,29 +182,29 @@ class NodeWork:
         count: until a read settles it, this one has nothing.
         """
         name = node.name
-        reservation = self._allocations.reservation(name)
+        reservation = self._allocations.reservations.get(name)
         left = (
             not node.pod_cidrs
             and self._allocations.uid_holding_ranges(name) != node.uid
             and (reservation is None or reservation.uid != node.uid)
-            and not self._allocations.is_waiting(name)
-            and not self._allocations.is_retired(node.uid)
+            and not self._allocations.incarnations.is_waiting(name)
+            and not self._allocations.incarnations.is_retired(node.uid)
         )
         if left:
             self._unserved[name] = node
-        elif self._unserved.get(name, node).uid == node.uid or self._allocations.ranges_held(name):
+        elif self._unserved.get(name, node).uid == node.uid or self._allocations.held.ranges(name):
             self._unserved.pop(name, None)
 
     def open_names(self) -> set[str]:
         """The Nodes the watch left open: ones left without a range, patches of unknown outcome."""
-        names = {reservation.name for reservation in self._allocations.unsettled()}
+        names = {reservation.name for reservation in self._allocations.reservations.unsettled()}
         names.update(self._unserved)
         return names
 
     async def read_open(self, name: str) -> None:
         """Read a Node the watch left open and act on what it shows (unless a task is on it)."""
         async with self._gate:
-            reservation = self._allocations.reservation(name)
+            reservation = self._allocations.reservations.get(name)
             if reservation is not None and reservation.owned:
                 return  # a task is on it
             current: NodeInfo | None = None
@@ -240,7 +240,7 @@ class NodeWork:
         while True:
             await freed.wait()
             freed.clear()
-            waiting = self._allocations.waiting()
+            waiting = self._allocations.incarnations.waiting()
             if waiting:
                 logger.info("a range was released; retrying %d waiting nodes", len(waiting))
                 await self.assign_all(waiting)

@@ -196,8 +196,8 @@ def make_plan(
                 places.append("-")
                 continue
             parsed.append((cidr, node.name))
-            pool = allocations.pool_of(cidr)
-            where = allocations.pool_cidr_of(cidr)
+            pool = allocations.pool_sets.pool_of(cidr)
+            where = allocations.pool_sets.pool_cidr_of(cidr)
             places.append(f"{pool} {where}" if pool and where else "-")
         held_in[node.name] = tuple(places)
     _duplicates(parsed, conflict)

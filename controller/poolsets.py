@@ -176,6 +176,10 @@ class PoolSets:
         pool_cidr = self._index.pool_cidr_of(cidr)
         return pool_cidr.cidr if pool_cidr is not None else None
 
+    def set_for(self, cidr: netaddr.IPNetwork) -> CIDRSet | None:
+        """The default pool's set of the CIDR's family, if the flags serve that family."""
+        return next((cidr_set for cidr_set in self.sets if cidr_set.version == cidr.version), None)
+
     # -- claims --------------------------------------------------------------
 
     def claim(self, cidr: netaddr.IPNetwork) -> None:

@@ -272,7 +272,7 @@ class PoolSync:
         """Ranges Nodes hold that no serving pool contains (its CIDR removed, or the pool refused): reported, never changed."""
         for name, cidr in outside:
             uid = self._allocations.uid_holding_ranges(name)
-            if uid is None or self._allocations.overlaps_served(cidr):
+            if uid is None or self._allocations.pool_sets.overlaps_served(cidr):
                 continue  # a reservation; or a range sticking out of a pool, reported when it was first seen
             message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"
             await self._warner.node(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)

@@ -77,8 +77,8 @@ class Reconciler:
         self.watch_live = self.resync.watch_live  # the watch delivered its first change after its initial listing
         self.queue = self.node_work.queue
         self.metrics.track_sets(allocations.sets)
-        self.metrics.nodes_waiting.set_function(allocations.waiting_count)
-        self.metrics.duplicate_nodes.set_function(allocations.overlapping_count)
+        self.metrics.nodes_waiting.set_function(allocations.incarnations.waiting_count)
+        self.metrics.duplicate_nodes.set_function(allocations.held.overlapping_count)
         self.metrics.track_pools(self.pools.usages)
         self.metrics.nodes_queued.set_function(lambda: len(self.queue))
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from controller.kube import RateLimiter, _decode_node, _peek_continue, node_of
+from controller.kubehttp import RateLimiter
+from controller.kubewire import decode_node, node_of, peek_continue
 from controller.model import NodeInfo
 
 
@@ -30,7 +31,7 @@ from controller.model import NodeInfo
     ],
 )
 def test_peek_continue_reads_only_the_list_metadata(raw: bytes, token: str | None) -> None:
-    assert _peek_continue(raw) == token
+    assert peek_continue(raw) == token
 
 
 class FakeClock:
@@ -95,7 +96,7 @@ def test_rate_limiter_off_never_waits() -> None:
 def test_node_decoding_keeps_the_labels_whether_from_bytes_or_from_a_decoded_body(
     raw: bytes, labels: tuple[tuple[str, str], ...]
 ) -> None:
-    decoded = _decode_node(raw).info()
+    decoded = decode_node(raw).info()
     assert decoded.labels == labels
     assert decoded == node_of(json.loads(raw))
 
@@ -106,4 +107,4 @@ def test_node_decoding_prefers_pod_cidrs_and_falls_back_to_pod_cidr() -> None:
     body["spec"] = {"podCIDR": "10.0.0.0/24", "podCIDRs": ["10.0.0.0/24", "fd00::/64"]}
     assert node_of(body).pod_cidrs == ("10.0.0.0/24", "fd00::/64")
     assert node_of({"metadata": {"name": "b"}}).pod_cidrs == ()
-    assert _decode_node(json.dumps(body).encode()).info() == node_of(body)
+    assert decode_node(json.dumps(body).encode()).info() == node_of(body)

@@ -71,8 +71,8 @@ def test_existing_cidr_is_occupied_and_new_node_gets_the_next(family: FamilyRang
     reservation = allocations.reserve(fresh)
     (cidr,) = reservation.cidrs
     assert str(cidr) != held
-    assert allocations.commit(reservation)
-    assert allocations.ranges_held("new") == (cidr,)
+    assert allocations.reservations.commit(reservation)
+    assert allocations.held.ranges("new") == (cidr,)
     assert allocations.sets[0].allocated == 2
 
 
@@ -82,7 +82,7 @@ def test_stale_event_without_cidrs_after_commit_allocates_nothing(family: Family
     fresh = node("a")
     reservation = allocations.reserve(fresh)
     assert allocations.observe(fresh).outcome is Outcome.NOTHING  # in flight
-    allocations.commit(reservation)
+    allocations.reservations.commit(reservation)
     observation = allocations.observe(fresh)  # the watch replays the pre-patch object
     assert observation.outcome is Outcome.NOTHING
     assert "stale" in observation.why
@@ -93,7 +93,7 @@ def test_stale_event_without_cidrs_after_commit_allocates_nothing(family: Family
 def test_recreated_node_with_same_name_is_reread_then_gets_a_range_again(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     first = node("a", uid="1")
-    allocations.commit(allocations.reserve(first))
+    allocations.reservations.commit(allocations.reserve(first))
     second = node("a", uid="2")
     assert allocations.observe(second).outcome is Outcome.REREAD, "a UID mismatch alone releases nothing"
     assert allocations.sets[0].allocated == 1
@@ -161,7 +161,7 @@ def test_service_cidr_is_pinned(family: FamilyRange, service: str) -> None:
     reservation = allocations.reserve(fresh)
     (cidr,) = reservation.cidrs
     assert cidr.cidr != netaddr.IPNetwork(service)
-    allocations.commit(reservation)
+    allocations.reservations.commit(reservation)
     allocations.forget("a", "uid-a")
     assert is_taken(allocations.sets[0], service)
     assert allocations.sets[0].allocated == 1
@@ -172,12 +172,12 @@ def test_dual_stack_reserves_one_per_family_in_flag_order_and_rolls_back_on_exha
     first = node("a")
     reservation = allocations.reserve(first)
     assert [c.version for c in reservation.cidrs] == [6, 4]
-    allocations.commit(reservation)
-    allocations.commit(allocations.reserve(node("b")))
+    allocations.reservations.commit(reservation)
+    allocations.reservations.commit(allocations.reserve(node("b")))
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("c"))
     assert allocations.sets[1].allocated == 2, "the IPv4 range taken before the IPv6 failure is given back"
-    assert [n.name for n in allocations.waiting()] == ["c"]
+    assert [n.name for n in allocations.incarnations.waiting()] == ["c"]
     allocations.forget("a", "uid-a")
     assert allocations.reserve(node("c")).cidrs
 
@@ -187,9 +187,9 @@ def test_abort_gives_the_reservation_back(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     fresh = node("a")
     reservation = allocations.reserve(fresh)
-    assert allocations.abort(reservation) == reservation.cidrs
+    assert allocations.reservations.abort(reservation) == reservation.cidrs
     assert allocations.sets[0].allocated == 0
-    assert allocations.reservation("a") is None
+    assert allocations.reservations.get("a") is None
 
 
 @pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
@@ -198,9 +198,9 @@ def test_node_deleted_while_its_patch_was_in_flight_frees_the_range_on_commit(fa
     fresh = node("a")
     reservation = allocations.reserve(fresh)
     allocations.forget("a", fresh.uid)
-    assert allocations.commit(reservation) is False
+    assert allocations.reservations.commit(reservation) is False
     assert allocations.sets[0].allocated == 0
-    assert allocations.ranges_held("a") == ()
+    assert allocations.held.ranges("a") == ()
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_orphans_skip_holdings_newer_than_the_list(family: FamilyRange, cidr: st
     allocations.observe(node("gone", cidr))
     mark = allocations.sequence
     late = node("late")
-    allocations.commit(allocations.reserve(late))  # recorded after the LIST began
+    allocations.reservations.commit(allocations.reserve(late))  # recorded after the LIST began
     assert allocations.orphans({}, listed_after=mark) == [("gone", "uid-gone")]
     assert allocations.orphans({"gone": "uid-gone"}, listed_after=mark) == []
     assert allocations.orphans({"gone": "someone-else"}, listed_after=mark) == [("gone", "uid-gone")]
@@ -232,7 +232,7 @@ def test_orphans_skip_holdings_newer_than_the_list(family: FamilyRange, cidr: st
 def test_exhaustion_without_pools_says_what_kube_controller_manager_says(families: list[FamilyRange], message: str) -> None:
     allocations = NodeAllocations(families)
     for index in range(2):  # every small range has two node subnets
-        allocations.commit(allocations.reserve(node(f"n{index}")))
+        allocations.reservations.commit(allocations.reserve(node(f"n{index}")))
     with pytest.raises(NoCIDRsRemainingError) as raised:
         allocations.reserve(node("late"))
     assert str(raised.value) == message
@@ -258,9 +258,9 @@ def test_subnet_split_among_longer_masks_stays_taken_until_its_last_part_goes(
         handed_out = [allocations.reserve(node(f"new-{index}-{n}")).cidrs[0] for n in range(3)]
         assert netaddr.IPNetwork(subnet) not in handed_out
         for n in range(3):
-            reservation = allocations.reservation(f"new-{index}-{n}")
+            reservation = allocations.reservations.get(f"new-{index}-{n}")
             assert reservation is not None
-            allocations.abort(reservation)
+            allocations.reservations.abort(reservation)
     allocations.forget(f"part-{len(parts) - 1}", f"uid-part-{len(parts) - 1}")
     assert not is_taken(allocations.sets[0], subnet)
     assert allocations.sets[0].allocated == 0
@@ -301,7 +301,7 @@ def test_a_pod_cidr_in_the_service_range_is_reported_and_stays_taken(
     (problem,) = observation.problems
     assert problem.reason == REASON_INVALID_POD_CIDR
     assert pod_cidr in problem.message and f"service range {service}" in problem.message
-    assert allocations.ranges_held("in-services") == (netaddr.IPNetwork(pod_cidr),)
+    assert allocations.held.ranges("in-services") == (netaddr.IPNetwork(pod_cidr),)
     allocations.forget("in-services", "uid-in-services")
     assert is_taken(allocations.sets[0], pod_cidr), "the service range keeps the subnet taken"
 
@@ -340,8 +340,8 @@ def test_forget_of_an_old_uid_leaves_the_new_incarnations_reservation_alone(fami
     allocations.observe(node("a", uid="old"))
     reservation = allocations.reserve(node("a", uid="new"))
     assert allocations.forget("a", "old") is None
-    assert allocations.commit(reservation), "the new Node's patch landed: it holds the range"
-    assert allocations.ranges_held("a") == reservation.cidrs
+    assert allocations.reservations.commit(reservation), "the new Node's patch landed: it holds the range"
+    assert allocations.held.ranges("a") == reservation.cidrs
     assert is_taken(allocations.sets[0], reservation.cidrs[0])
 
 
@@ -357,7 +357,7 @@ def test_a_late_event_about_an_old_uid_releases_nothing(family: FamilyRange, cid
     mark = allocations.sequence
     settled = allocations.settle("a", node("a", cidr, uid="new"), read_after=mark, seen_uids=["old"])
     assert settled.outcome is Outcome.NOTHING and settled.released == ()
-    assert allocations.ranges_held("a") == (netaddr.IPNetwork(cidr),)
+    assert allocations.held.ranges("a") == (netaddr.IPNetwork(cidr),)
     assert allocations.observe(node("a", uid="old")).outcome is Outcome.NOTHING, "the old UID is known to be gone now"
 
 
@@ -365,7 +365,7 @@ def test_a_late_event_about_an_old_uid_releases_nothing(family: FamilyRange, cid
 def test_a_read_older_than_a_holding_releases_nothing(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     mark = allocations.sequence  # the read is issued...
-    allocations.commit(allocations.reserve(node("a", uid="newer")))  # ...a newer incarnation is recorded meanwhile
+    allocations.reservations.commit(allocations.reserve(node("a", uid="newer")))  # ...a newer incarnation is recorded meanwhile
     settled = allocations.settle("a", node("a", uid="older"), read_after=mark)
     assert settled.outcome is Outcome.REREAD
     assert allocations.sets[0].allocated == 1
@@ -388,13 +388,13 @@ def test_reserve_refuses_a_node_already_in_flight(family: FamilyRange) -> None:
 def test_ranges_someone_else_sets_while_our_patch_is_in_flight_are_claimed_at_once(family: FamilyRange, theirs: str) -> None:
     allocations = NodeAllocations([family])
     reservation = allocations.reserve(node("a"))
-    allocations.patching(reservation)
+    allocations.reservations.patching(reservation)
     assert str(reservation.cidrs[0]) != theirs
     allocations.observe(node("a", theirs))  # e.g. a resync LIST; our patch will be refused (422)
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("b"))
-    allocations.abort(reservation)
-    assert allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
+    allocations.reservations.abort(reservation)
+    assert allocations.held.ranges("a") == (netaddr.IPNetwork(theirs),)
     assert allocations.sets[0].allocated == 1
 
 
@@ -406,8 +406,8 @@ def test_our_very_ranges_set_by_someone_else_before_our_patch_is_sent_stay_taken
     reservation = allocations.reserve(node("a"))
     theirs = str(reservation.cidrs[0])
     allocations.observe(node("a", theirs))  # set elsewhere, to the same value, before our patch went out
-    assert allocations.abandon(reservation) == ()  # never sent: the reservation goes, the Node's claim stays
-    assert allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.reservations.abandon(reservation) == ()  # never sent: the reservation goes, the Node's claim stays
+    assert allocations.held.ranges("a") == (netaddr.IPNetwork(theirs),)
     assert allocations.reserve(node("b")).cidrs != (netaddr.IPNetwork(theirs),)
     assert allocations.sets[0].allocated == 2
 
@@ -418,14 +418,14 @@ def test_our_very_ranges_set_by_someone_else_before_our_patch_is_sent_stay_taken
 def test_a_reused_name_is_claimed_at_once_while_the_old_incarnations_patch_is_in_flight(family: FamilyRange, cidr: str) -> None:
     allocations = NodeAllocations([family])
     old = allocations.reserve(node("a", uid="old"))
-    allocations.patching(old)
+    allocations.reservations.patching(old)
     assert str(old.cidrs[0]) != cidr
     mark = allocations.sequence
     allocations.settle("a", node("a", cidr, uid="new"), read_after=mark, seen_uids=["new"])  # the old one was deleted
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("b"))
-    allocations.abort(old)  # its patch: 409, the UID precondition
-    assert allocations.ranges_held("a") == (netaddr.IPNetwork(cidr),)
+    allocations.reservations.abort(old)  # its patch: 409, the UID precondition
+    assert allocations.held.ranges("a") == (netaddr.IPNetwork(cidr),)
     assert allocations.sets[0].allocated == 1
 
 
@@ -436,11 +436,11 @@ def test_a_reused_name_is_claimed_at_once_while_the_old_incarnations_patch_is_in
 def test_unknown_reservation_survives_its_task_and_is_never_handed_out_again(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     reservation = allocations.reserve(node("a"))
-    allocations.patching(reservation)
-    allocations.unknown(reservation)
-    assert allocations.abandon(reservation) == ()
+    allocations.reservations.patching(reservation)
+    allocations.reservations.unknown(reservation)
+    assert allocations.reservations.abandon(reservation) == ()
     assert reservation.state is ReservationState.UNKNOWN and not reservation.owned
-    assert allocations.unsettled() == [reservation]
+    assert allocations.reservations.unsettled() == [reservation]
     other = allocations.reserve(node("b")).cidrs
     assert other != reservation.cidrs
     with pytest.raises(NoCIDRsRemainingError):
@@ -451,14 +451,14 @@ def test_unknown_reservation_survives_its_task_and_is_never_handed_out_again(fam
 def test_abandon_before_sending_gives_the_ranges_back(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     reservation = allocations.reserve(node("a"))
-    assert allocations.abandon(reservation) == reservation.cidrs
-    assert allocations.sets[0].allocated == 0 and allocations.reservation("a") is None
+    assert allocations.reservations.abandon(reservation) == reservation.cidrs
+    assert allocations.sets[0].allocated == 0 and allocations.reservations.get("a") is None
 
 
 def _unknown(allocations: NodeAllocations, name: str) -> Reservation:
     reservation = allocations.reserve(node(name))
-    allocations.patching(reservation)
-    allocations.unknown(reservation)
+    allocations.reservations.patching(reservation)
+    allocations.reservations.unknown(reservation)
     return reservation
 
 
@@ -470,19 +470,19 @@ def test_resolve_by_a_read(family: FamilyRange, theirs: str) -> None:
     ours = _unknown(allocations, "a")
     shown = node("a", *(str(c) for c in ours.cidrs))
     assert allocations.resolve(ours, shown, allocations.sequence).outcome is Outcome.COMMITTED
-    assert allocations.ranges_held("a") == ours.cidrs
+    assert allocations.held.ranges("a") == ours.cidrs
 
     allocations = NodeAllocations([family])
     ours = _unknown(allocations, "a")
     assert allocations.resolve(ours, node("a"), allocations.sequence).outcome is Outcome.RESUME
-    assert allocations.reservation("a") is not None and allocations.sets[0].allocated == 1, (
+    assert allocations.reservations.get("a") is not None and allocations.sets[0].allocated == 1, (
         "kept: patch again with the same ranges"
     )
 
     other = node("a", theirs)  # e.g. set by another controller: ours can never land
     resolved = allocations.resolve(ours, other, allocations.sequence)
     assert resolved.outcome is Outcome.OCCUPIED and resolved.released == ours.cidrs
-    assert allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
+    assert allocations.held.ranges("a") == (netaddr.IPNetwork(theirs),)
 
     allocations = NodeAllocations([family])
     ours = _unknown(allocations, "a")
@@ -494,15 +494,15 @@ def test_resolve_by_a_read(family: FamilyRange, theirs: str) -> None:
 def test_an_unsettled_reservation_is_settled_by_an_event_or_resumed(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     ours = _unknown(allocations, "a")
-    allocations.abandon(ours)
+    allocations.reservations.abandon(ours)
     assert allocations.observe(node("a")).outcome is Outcome.RESUME
-    resumed = allocations.resume(node("a"))
+    resumed = allocations.reservations.resume(node("a"))
     assert resumed is ours and resumed.owned
     with pytest.raises(AlreadyInFlightError):
-        allocations.resume(node("a"))
-    allocations.abandon(resumed)
+        allocations.reservations.resume(node("a"))
+    allocations.reservations.abandon(resumed)
     assert allocations.observe(node("a", *(str(c) for c in ours.cidrs))).outcome is Outcome.COMMITTED
-    assert allocations.reservation("a") is None and allocations.ranges_held("a") == ours.cidrs
+    assert allocations.reservations.get("a") is None and allocations.held.ranges("a") == ours.cidrs
 
 
 @pytest.mark.parametrize("family", [pytest.param(SMALL_V4, id="ipv4"), pytest.param(SMALL_V6, id="ipv6")])
@@ -511,7 +511,7 @@ def test_orphans_include_unsettled_reservations_of_vanished_nodes(family: Family
     ours = _unknown(allocations, "a")
     mark = allocations.sequence
     assert allocations.orphans({}, listed_after=mark) == [], "a task is still working on it"
-    allocations.abandon(ours)
+    allocations.reservations.abandon(ours)
     assert allocations.orphans({}, listed_after=mark) == [("a", "uid-a")]
     release = allocations.forget("a", "uid-a")
     assert release is not None and release.cidrs == ours.cidrs

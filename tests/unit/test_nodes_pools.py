@@ -42,8 +42,8 @@ def pool(
 
 def commit(allocations: NodeAllocations, info: NodeInfo) -> tuple[netaddr.IPNetwork, ...]:
     reservation = allocations.reserve(info)
-    allocations.patching(reservation)
-    assert allocations.commit(reservation)
+    allocations.reservations.patching(reservation)
+    assert allocations.reservations.commit(reservation)
     return reservation.cidrs
 
 
@@ -66,8 +66,8 @@ def test_a_matching_pool_serves_before_the_default(
     (plain_range,) = commit(allocations, node("p1", gpu="false"))
     assert gpu_range in netaddr.IPNetwork(gpu_cidr)
     assert plain_range in default.cluster_cidr
-    assert allocations.pool_of(gpu_range) == "gpu"
-    assert allocations.pool_of(plain_range) == DEFAULT_POOL
+    assert allocations.pool_sets.pool_of(gpu_range) == "gpu"
+    assert allocations.pool_sets.pool_of(plain_range) == DEFAULT_POOL
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -76,12 +76,12 @@ def test_a_full_pool_falls_through_and_none_left_names_the_pools_tried(
 ) -> None:
     allocations = NodeAllocations([default], pools=[pool("gpu", version, mask, gpu_cidr, nodeSelector=gpu_selector())])
     ranges = [commit(allocations, node(f"g{i}", gpu="true"))[0] for i in range(4)]
-    assert [allocations.pool_of(cidr) for cidr in ranges] == ["gpu", "gpu", DEFAULT_POOL, DEFAULT_POOL]
+    assert [allocations.pool_sets.pool_of(cidr) for cidr in ranges] == ["gpu", "gpu", DEFAULT_POOL, DEFAULT_POOL]
     with pytest.raises(NoCIDRsRemainingError) as raised:
         allocations.reserve(node("g4", gpu="true"))
     assert f"gpu (IPv{version} full)" in str(raised.value)
     assert f"{DEFAULT_POOL} (IPv{version} full)" in str(raised.value)
-    assert [waiting.name for waiting in allocations.waiting()] == ["g4"]
+    assert [waiting.name for waiting in allocations.incarnations.waiting()] == ["g4"]
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -97,7 +97,7 @@ def test_a_cidr_appended_to_a_full_pool_serves_the_waiting_node(
     allocations.set_pools([pool("gpu", version, mask, gpu_cidr, more_cidr, **only)])
     (cidr,) = commit(allocations, node("g4", gpu="true"))
     assert cidr in netaddr.IPNetwork(more_cidr)
-    assert allocations.waiting() == []
+    assert allocations.incarnations.waiting() == []
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -112,7 +112,7 @@ def test_draining_cidrs_and_disabled_pools_take_no_new_node(
         ],
     )
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(3)]
-    assert [allocations.pool_of(cidr) for cidr in taken] == ["a-draining", "a-draining", DEFAULT_POOL]
+    assert [allocations.pool_sets.pool_of(cidr) for cidr in taken] == ["a-draining", "a-draining", DEFAULT_POOL]
     assert all(cidr in netaddr.IPNetwork(more_cidr) for cidr in taken[:2])
 
 
@@ -124,8 +124,8 @@ def test_the_holding_pool_is_decided_by_containment_never_by_labels(
     (cidr,) = commit(allocations, node("n", gpu="false"))
     relabelled = node("n", str(cidr), gpu="true")
     assert allocations.observe(relabelled).outcome is Outcome.NOTHING
-    assert allocations.ranges_held("n") == (cidr,)
-    assert allocations.pool_of(cidr) == DEFAULT_POOL
+    assert allocations.held.ranges("n") == (cidr,)
+    assert allocations.pool_sets.pool_of(cidr) == DEFAULT_POOL
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -138,14 +138,14 @@ def test_a_pool_created_around_a_range_a_node_holds_never_hands_it_out(
     assert any("outside" in problem.message for problem in observation.problems), "a range in no pool is reported"
     supernet = str(netaddr.IPNetwork(outside).supernet(netaddr.IPNetwork(outside).prefixlen - 1)[0])
     allocations.set_pools([pool("around", version, mask, supernet, priority=1)])
-    assert allocations.ranges_held("stray") == (netaddr.IPNetwork(outside),)
+    assert allocations.held.ranges("stray") == (netaddr.IPNetwork(outside),)
     (cidr,) = commit(allocations, node("new"))
     assert cidr in netaddr.IPNetwork(supernet)
     assert cidr != netaddr.IPNetwork(outside)
     with pytest.raises(NoCIDRsRemainingError):  # the pool's other range went to "new", then the default's two
         for i in range(3):
             commit(allocations, node(f"more{i}"))
-    assert allocations.ranges_held("stray") == (netaddr.IPNetwork(outside),)
+    assert allocations.held.ranges("stray") == (netaddr.IPNetwork(outside),)
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -160,7 +160,7 @@ def test_a_pool_overlapping_an_earlier_one_is_refused_and_hands_out_nothing(
     assert set(refused) == {"later"}
     assert "earlier" in refused["later"]
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(4)]
-    assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier", DEFAULT_POOL, DEFAULT_POOL]
+    assert [allocations.pool_sets.pool_of(cidr) for cidr in taken] == ["earlier", "earlier", DEFAULT_POOL, DEFAULT_POOL]
     with pytest.raises(NoCIDRsRemainingError):
         commit(allocations, node("n4"))
     assert not any(cidr in netaddr.IPNetwork(more_cidr) for cidr in taken)
@@ -173,9 +173,9 @@ def test_reserved_ranges_are_never_handed_out(
     first = str(netaddr.IPNetwork(gpu_cidr).subnet(mask).__next__())
     allocations = NodeAllocations([default], pools=[pool("p", version, mask, gpu_cidr, priority=1, reserved=[first])])
     (cidr,) = commit(allocations, node("n"))
-    assert allocations.pool_of(cidr) == "p"
+    assert allocations.pool_sets.pool_of(cidr) == "p"
     assert cidr != netaddr.IPNetwork(first)
-    assert allocations.pool_of(commit(allocations, node("m"))[0]) == DEFAULT_POOL
+    assert allocations.pool_sets.pool_of(commit(allocations, node("m"))[0]) == DEFAULT_POOL
 
 
 @pytest.mark.parametrize(ARGS, FAMILIES)
@@ -194,8 +194,8 @@ def test_rebuild_with_pools_before_or_after_the_nodes_claims_the_same(
     nodes_first.set_pools(pools)
     for rebuilt in (pools_first, nodes_first):
         assert sorted(rebuilt.ranges_by_node()) == sorted(source.ranges_by_node())
-        assert {name: (rebuilt.pool_of(c[0])) for name, c in rebuilt.ranges_by_node()} == {
-            name: source.pool_of(c[0]) for name, c in source.ranges_by_node()
+        assert {name: (rebuilt.pool_sets.pool_of(c[0])) for name, c in rebuilt.ranges_by_node()} == {
+            name: source.pool_sets.pool_of(c[0]) for name, c in source.ranges_by_node()
         }
         # gpu and more are full, one of the default's two ranges is taken: exactly one is left, in the default.
         (cidr,) = commit(rebuilt, node("next"))
@@ -231,10 +231,12 @@ def test_a_dual_stack_pool_with_one_family_full_gives_nothing_from_the_other(
         spec["spec"]["ipv6"]["cidrs"] = [{"cidr": "fd01::/63"}]
     allocations = NodeAllocations(flags, pools=[PoolSpec.from_body(spec)])
     first = [commit(allocations, node(f"n{i}")) for i in range(2)]
-    assert all(allocations.pool_of(cidr) == "dual" for cidrs in first for cidr in cidrs)
+    assert all(allocations.pool_sets.pool_of(cidr) == "dual" for cidrs in first for cidr in cidrs)
     assert [cidr.version for cidr in first[0]] == [family.version for family in flags], "flag order"
     third = commit(allocations, node("n2"))
-    assert all(allocations.pool_of(cidr) == DEFAULT_POOL for cidr in third), "nothing taken from the pool's other family"
+    assert all(allocations.pool_sets.pool_of(cidr) == DEFAULT_POOL for cidr in third), (
+        "nothing taken from the pool's other family"
+    )
     other = "fd01::/62" if full_family == 4 else "10.1.0.0/22"
     held_in_other = [cidr for _, cidrs in allocations.ranges_by_node() for cidr in cidrs if cidr in netaddr.IPNetwork(other)]
     assert len(held_in_other) == 2
@@ -274,8 +276,8 @@ def random_pools(rng: random.Random, version: int, mask: int, first: str, second
 def check_sets(allocations: NodeAllocations) -> None:
     """A node subnet of any pool's set is marked iff a claim covers it (a Node's range, a reservation, a reserved range)."""
     held = [(name, cidr) for name, cidrs in allocations.ranges_by_node() for cidr in cidrs]
-    claims = [cidr for _, cidr in held] + [cidr for spec in allocations.pools() for cidr in spec.reserved]
-    for spec in allocations.pools():
+    claims = [cidr for _, cidr in held] + [cidr for spec in allocations.pool_sets.pools() for cidr in spec.reserved]
+    for spec in allocations.pool_sets.pools():
         for family in spec.families:
             for entry in family.cidrs:
                 cidr_set = allocations.pool_sets.cidr_sets()[PoolCIDRKey(spec.name, entry.cidr)]
@@ -315,12 +317,12 @@ def test_random_runs_never_hand_out_a_range_twice(default: FamilyRange, first: s
                     assert not (cidr.first <= taken.last and taken.first <= cidr.last), (
                         f"{taken} handed to {name} overlaps {cidr} of {other}"
                     )
-            allocations.patching(reservation)
+            allocations.reservations.patching(reservation)
             if rng.random() < 0.8:
-                allocations.commit(reservation)
+                allocations.reservations.commit(reservation)
                 live[name] = reservation.cidrs
             else:
-                allocations.abort(reservation)
+                allocations.reservations.abort(reservation)
         elif live:
             gone = rng.choice(sorted(live))
             del live[gone]

@@ -38,8 +38,8 @@ def family(mask: int, *cidrs: str) -> dict[str, Any]:
 
 def commit(allocations: NodeAllocations, info: NodeInfo) -> tuple[netaddr.IPNetwork, ...]:
     reservation = allocations.reserve(info)
-    allocations.patching(reservation)
-    assert allocations.commit(reservation)
+    allocations.reservations.patching(reservation)
+    assert allocations.reservations.commit(reservation)
     return reservation.cidrs
 
 
@@ -107,7 +107,7 @@ def test_a_refused_pool_fixed_by_deleting_the_earlier_one_skips_what_the_earlier
     allocations = NodeAllocations([space.default], pools=[earlier, later])
     assert set(refused_pools(allocations)) == {"later"}
     held = [commit(allocations, node(f"e{i}"))[0] for i in range(2)]
-    assert all(allocations.pool_of(cidr) == "earlier" for cidr in held)
+    assert all(allocations.pool_sets.pool_of(cidr) == "earlier" for cidr in held)
     allocations.set_pools([later])
     assert refused_pools(allocations) == {}
     taken = drain(allocations, "n")
@@ -122,7 +122,7 @@ def test_a_pool_overlapping_the_default_is_refused_and_its_set_follows_the_defau
     refused = allocations.set_pools([pool("over", priority=9, **space.family(25, "10.0.0.0/22"))])
     assert set(refused) == {"over"}
     (second,) = commit(allocations, node("d1"))
-    assert allocations.pool_of(second) == DEFAULT_POOL
+    assert allocations.pool_sets.pool_of(second) == DEFAULT_POOL
     with pytest.raises(NoCIDRsRemainingError):
         allocations.reserve(node("d2"))
     # The default keeps the addresses; nothing a refused pool could ever hand out overlaps what Nodes hold.
@@ -138,9 +138,9 @@ def test_a_pool_overlapping_the_default_is_refused_and_its_set_follows_the_defau
 def test_a_reservation_whose_pool_cidr_goes_away_stays_claimed_when_a_pool_covers_it_again(space: Space) -> None:
     allocations = NodeAllocations([space.default], pools=[pool("p", priority=1, **space.family(24, "10.1.0.0/23"))])
     reservation = allocations.reserve(node("a"))
-    allocations.patching(reservation)
-    allocations.unknown(reservation)
-    allocations.abandon(reservation)
+    allocations.reservations.patching(reservation)
+    allocations.reservations.unknown(reservation)
+    allocations.reservations.abandon(reservation)
     (reserved,) = reservation.cidrs
     allocations.set_pools([])  # the pool is gone while the answer is unknown
     observation = allocations.resolve(reservation, node("a", str(reserved)), allocations.sequence)
@@ -160,14 +160,14 @@ def test_a_read_of_a_dual_stack_node_whose_pool_lost_one_cidr_reports_no_range_i
     dual = pool("dual", priority=1, **lost.family(24, "10.1.0.0/23"), **kept.family(24, "10.1.0.0/23"))
     allocations = NodeAllocations([V4_DEFAULT, V6_DEFAULT], pools=[dual])
     reservation = allocations.reserve(node("a"))
-    allocations.patching(reservation)
-    allocations.unknown(reservation)
-    allocations.abandon(reservation)
+    allocations.reservations.patching(reservation)
+    allocations.reservations.unknown(reservation)
+    allocations.reservations.abandon(reservation)
     held = {cidr.version: cidr for cidr in reservation.cidrs}
     # One family's CIDR is removed from the pool while the answer is unknown; the other family's stays.
     allocations.set_pools([pool("dual", priority=1, **lost.family(24, "10.3.0.0/23"), **kept.family(24, "10.1.0.0/23"))])
     observation = allocations.resolve(reservation, node("a", str(held[4]), str(held[6])), allocations.sequence)
-    assert held[kept.version] in allocations.ranges_held("a")
+    assert held[kept.version] in allocations.held.ranges("a")
     released = set(observation.released) & set(held.values())
     assert not released, f"reported released while node a holds them: {observation.released}"
 
@@ -196,7 +196,9 @@ def test_a_refused_pool_reserves_nothing_in_the_earlier_pool_it_overlaps(space: 
     allocations = NodeAllocations([space.default], pools=[earlier, later])
     assert set(refused_pools(allocations)) == {"later"}
     taken = [commit(allocations, node(f"n{i}"))[0] for i in range(2)]
-    assert [allocations.pool_of(cidr) for cidr in taken] == ["earlier", "earlier"], "a refused pool's spec takes nothing"
+    assert [allocations.pool_sets.pool_of(cidr) for cidr in taken] == ["earlier", "earlier"], (
+        "a refused pool's spec takes nothing"
+    )
 
 
 @pytest.mark.parametrize(
@@ -217,11 +219,11 @@ def test_a_pool_refused_after_it_handed_out_a_range_still_holds_it_for_its_final
     allocations = NodeAllocations([default], pools=[pool("earlier", **{key: family(mask, own)}), second])
     (held,) = commit(allocations, node("a"))
     assert held == next(N(later).subnet(mask))
-    assert allocations.owning_pool(held) == "later"
+    assert allocations.pool_sets.owning_pool(held) == "later"
     # The earlier pool grows beside the held range, overlapping the later pool: the later one is refused.
     allocations.set_pools([pool("earlier", **{key: family(mask, own, beside)}), second])
     assert "later" in refused_pools(allocations)
-    assert allocations.owning_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
+    assert allocations.pool_sets.owning_pool(held) == "later", "a refused pool being deleted must wait for the Node in its range"
     # The earlier pool grows over the held range: that serving pool holds it now.
     allocations.set_pools([pool("earlier", **{key: family(mask, own, grown)}), second])
-    assert allocations.owning_pool(held) == "earlier"
+    assert allocations.pool_sets.owning_pool(held) == "earlier"

@@ -95,7 +95,7 @@ class AllocationsMachine(RuleBasedStateMachine):
                 self.shown(current)
                 self.act(current, settled, may_reread=False)
         elif observation.outcome is Outcome.RESUME:
-            self.tasks[node.name] = self.allocations.resume(node)
+            self.tasks[node.name] = self.allocations.reservations.resume(node)
 
     def deliver(self, node: NodeInfo) -> None:
         observation = self.allocations.observe(node)
@@ -110,7 +110,7 @@ class AllocationsMachine(RuleBasedStateMachine):
                 usable = classify_pod_cidrs(node.pod_cidrs, [self.family]).usable
                 claims += [(f"node {name}/{node.uid}", cidr) for cidr in usable]
         for name in NAMES:
-            reservation = self.allocations.reservation(name)
+            reservation = self.allocations.reservations.get(name)
             if reservation is not None and reservation.uid != exclude_uid:
                 claims += [(f"reservation {name}/{reservation.uid}", cidr) for cidr in reservation.cidrs]
         return claims
@@ -196,28 +196,28 @@ class AllocationsMachine(RuleBasedStateMachine):
         reservation = self.tasks.get(name)
         if reservation is None or reservation.state not in (ReservationState.RESERVED, ReservationState.UNKNOWN):
             return
-        self.allocations.patching(reservation)
+        self.allocations.reservations.patching(reservation)
         if outcome == "refused" and reservation.maybe_applied:
-            self.allocations.unknown(reservation)  # an earlier attempt may have applied: a read settles it
+            self.allocations.reservations.unknown(reservation)  # an earlier attempt may have applied: a read settles it
             return
         if outcome == "refused":
-            self.allocations.abort(reservation)
+            self.allocations.reservations.abort(reservation)
             del self.tasks[name]
             return
         if outcome == "lost-before":
-            self.allocations.unknown(reservation)
+            self.allocations.reservations.unknown(reservation)
             return
         refusal = self.apply(reservation)
         if outcome == "lost-after":
-            self.allocations.unknown(reservation)
+            self.allocations.reservations.unknown(reservation)
             return
         if refusal is None:
-            self.allocations.commit(reservation)
+            self.allocations.reservations.commit(reservation)
         elif reservation.maybe_applied:
-            self.allocations.unknown(reservation)
+            self.allocations.reservations.unknown(reservation)
             return
         else:
-            self.allocations.abort(reservation)
+            self.allocations.reservations.abort(reservation)
             mark = self.allocations.sequence
             current = self.current(name)
             settled = self.allocations.settle(name, current, read_after=mark, seen_uids=(reservation.uid,))
@@ -246,7 +246,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         """The task ends without settling (attempts exhausted, a crash, cancelled): `abandon` in a finally."""
         reservation = self.tasks.pop(name, None)
         if reservation is not None:
-            self.allocations.abandon(reservation)
+            self.allocations.reservations.abandon(reservation)
 
     # -- a new leader ---------------------------------------------------------------------------
 
@@ -255,7 +255,7 @@ class AllocationsMachine(RuleBasedStateMachine):
         """The leader changes: its open reservations were recorded in the Lease; its patches may still land."""
         record = self.allocations.in_flight()
         for name, uid, cidrs in record:
-            reservation = self.allocations.reservation(name)
+            reservation = self.allocations.reservations.get(name)
             if reservation is None or reservation.uid != uid or reservation.state is not ReservationState.RESERVED:
                 self.deposed.append(Reservation(name, uid, cidrs, 0))  # sent, or kept apart: it may land
         self.tasks.clear()
@@ -285,7 +285,7 @@ class AllocationsMachine(RuleBasedStateMachine):
             self.reserve(name)
         reservation = self.tasks.get(name)
         if reservation is not None and reservation.state in (ReservationState.RESERVED, ReservationState.UNKNOWN):
-            self.allocations.patching(reservation)
+            self.allocations.reservations.patching(reservation)
         self.hand_over()
 
     @rule(index=st.integers(min_value=0), deliver=st.booleans())
@@ -319,7 +319,7 @@ class AllocationsMachine(RuleBasedStateMachine):
                         f"an earlier leader's patch of {late.name} with {late.cidrs} may still land; {name} holds {cidr}"
                     )
             for name in NAMES:
-                reservation = self.allocations.reservation(name)
+                reservation = self.allocations.reservations.get(name)
                 if name == late.name or reservation is None:
                     continue
                 assert not any(_overlap(a, b) for a in reservation.cidrs for b in late.cidrs), (
@@ -351,7 +351,7 @@ class AllocationsMachine(RuleBasedStateMachine):
             if reservation.state is ReservationState.UNKNOWN:
                 self.allocations.resolve(reservation, None, read_after=self.allocations.sequence)
             elif reservation.is_open:
-                self.allocations.abort(reservation)  # 404
+                self.allocations.reservations.abort(reservation)  # 404
         self.tasks.clear()
         self.resync()
         for index in range(self.allocations.sets[0].max_cidrs):
@@ -365,9 +365,9 @@ class AllocationsMachine(RuleBasedStateMachine):
     def marked_iff_claimed(self) -> None:
         claims = list(self.service_cidrs)
         for name in NAMES:
-            claims += self.allocations.ranges_held(name)
+            claims += self.allocations.held.ranges(name)
             claims += self.allocations.kept_apart(name)
-            reservation = self.allocations.reservation(name)
+            reservation = self.allocations.reservations.get(name)
             if reservation is not None:
                 claims += reservation.cidrs
         cidr_set = self.allocations.sets[0]
@@ -387,7 +387,7 @@ class AllocationsMachine(RuleBasedStateMachine):
     @invariant()
     def tasks_own_open_reservations(self) -> None:
         for name, reservation in self.tasks.items():
-            assert self.allocations.reservation(name) is reservation and reservation.owned
+            assert self.allocations.reservations.get(name) is reservation and reservation.owned
 
 
 class IPv4Allocations(AllocationsMachine):

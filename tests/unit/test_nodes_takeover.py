@@ -32,12 +32,12 @@ def test_a_kept_patch_is_patched_again_and_its_range_goes_to_no_other_node(famil
     allocations = NodeAllocations([family])
     victim = node("victim")
     assert allocations.adopt(victim, [subnet(family, 1)]) == (Adopted.RESUMED, "")
-    kept = allocations.reservation("victim")
+    kept = allocations.reservations.get("victim")
     assert kept is not None and kept.state is ReservationState.UNKNOWN and not kept.owned
     handed = {str(allocations.reserve(node(f"n-{i}")).cidrs[0]) for i in range(3)}
     assert subnet(family, 1) not in handed, "the kept range is handed to no other Node"
     assert allocations.observe(victim).outcome is Outcome.RESUME, "the victim gets the same range again"
-    assert allocations.resume(victim) is kept
+    assert allocations.reservations.resume(victim) is kept
     assert ("victim", "uid-victim", (netaddr.IPNetwork(subnet(family, 1)),)) in allocations.in_flight()
 
 
@@ -79,12 +79,12 @@ def test_a_patch_that_cannot_be_patched_again_is_kept_apart_until_its_node_holds
     assert adopted is Adopted.KEPT_APART and why in said
     assert allocations.kept_apart("victim") == (netaddr.IPNetwork(kept),)
     # The victim gets a range of its own; once it shows it, the old patch can never land, and its range is freed.
-    reservation = allocations.reservation("victim")
+    reservation = allocations.reservations.get("victim")
     if reservation is None:  # a fresh one never overlaps what is kept apart
         reservation = allocations.reserve(node("victim"))
         assert not any(ours in netaddr.IPNetwork(kept) or netaddr.IPNetwork(kept) in ours for ours in reservation.cidrs)
-    allocations.patching(reservation)
-    assert allocations.commit(reservation)
+    allocations.reservations.patching(reservation)
+    assert allocations.reservations.commit(reservation)
     allocations.observe(node("victim", *(str(c) for c in reservation.cidrs)))
     assert allocations.kept_apart("victim") == ()
     assert "victim" not in [name for name, _, _ in allocations.in_flight()]
@@ -120,10 +120,10 @@ def test_a_duplicate_someone_made_is_reported_for_both_nodes_until_one_goes(
     seen = allocations.observe(node("b", cidr(second)))
     assert [name for name, _ in seen.overlapping] == ["a"]
     assert REASON_DUPLICATE_POD_CIDR in [problem.reason for problem in seen.problems]
-    assert allocations.overlapping_count() == 2
-    assert allocations.overlapping_with("a") == ["b"]
+    assert allocations.held.overlapping_count() == 2
+    assert allocations.held.overlapping_with("a") == ["b"]
     allocations.forget("b", "uid-b")
-    assert allocations.overlapping_count() == 0 and allocations.overlapping_with("a") == []
+    assert allocations.held.overlapping_count() == 0 and allocations.held.overlapping_with("a") == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -131,18 +131,18 @@ def test_ranges_of_our_own_never_count_as_duplicates(family: FamilyRange) -> Non
     allocations = NodeAllocations([family])
     for index in range(4):
         reservation = allocations.reserve(node(f"n-{index}"))
-        allocations.patching(reservation)
-        assert allocations.commit(reservation)
+        allocations.reservations.patching(reservation)
+        assert allocations.reservations.commit(reservation)
         observed = allocations.observe(node(f"n-{index}", str(reservation.cidrs[0])))
         assert observed.overlapping == () and observed.problems == ()
-    assert allocations.overlapping_count() == 0
+    assert allocations.held.overlapping_count() == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_range_someone_set_while_our_patch_was_in_flight_is_a_duplicate_at_commit(family: FamilyRange) -> None:
     allocations = NodeAllocations([family])
     reservation = allocations.reserve(node("ours"))
-    allocations.patching(reservation)
+    allocations.reservations.patching(reservation)
     allocations.observe(node("theirs", str(reservation.cidrs[0])))
-    assert allocations.commit(reservation)
-    assert allocations.overlapping_with("ours") == ["theirs"] and allocations.overlapping_count() == 2
+    assert allocations.reservations.commit(reservation)
+    assert allocations.held.overlapping_with("ours") == ["theirs"] and allocations.held.overlapping_count() == 2

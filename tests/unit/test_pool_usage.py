@@ -27,6 +27,7 @@ from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
 from controller.poolrank import overlaps, owner
 from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
+from controller.poolsets import PoolSets
 from controller.poolstatus import BLOCKING_NODES_SHOWN
 from controller.reconciler import Reconciler
 from controller.reservations import Reservation, ReservationError
@@ -95,7 +96,7 @@ def test_usage_counts_ranges_by_containment_and_names_blocking_nodes(
     )
     for name, cidr in holdings:
         shows_pod_cidrs(allocations, name, cidr)
-    assert allocations.pool_of(N(holdings[3][1])) is None
+    assert allocations.pool_sets.pool_of(N(holdings[3][1])) is None
     for usage in allocations.pool_usage.usages():
         per_cidr, nodes, free, blocking, summary = expected[usage.name]
         (family_usage,) = usage.families
@@ -150,7 +151,7 @@ def from_scratch(allocations: NodeAllocations) -> dict[str, Any]:
     serves), less the ones its spec reserves; a refused pool holds nothing.
     Nodes count for the serving pool whose CIDR contains their range.
     """
-    pools = allocations.pools()
+    pools = allocations.pool_sets.pools()
     services = list(allocations.all_service_cidrs)
     refused = {name: why for name, why in overlaps(pools, services).items() if name != DEFAULT_POOL}
     serving = [pool for pool in pools if pool.name not in refused]
@@ -296,14 +297,14 @@ def machine(version: int) -> type[RuleBasedStateMachine]:
             if reservation is None:
                 return
             try:
-                self.allocations.patching(reservation)
+                self.allocations.reservations.patching(reservation)
                 if outcome == "commit":
-                    self.allocations.commit(reservation)
+                    self.allocations.reservations.commit(reservation)
                 elif outcome == "abort":
-                    self.allocations.abort(reservation)
+                    self.allocations.reservations.abort(reservation)
                 else:
-                    self.allocations.unknown(reservation)
-                    self.allocations.abandon(reservation)
+                    self.allocations.reservations.unknown(reservation)
+                    self.allocations.reservations.abandon(reservation)
             except ReservationError:
                 pass
 
@@ -315,7 +316,7 @@ def machine(version: int) -> type[RuleBasedStateMachine]:
             self.allocations.forget(name, uid)
             reservation = self.tasks.pop(name, None)
             if reservation is not None:
-                self.allocations.abandon(reservation)
+                self.allocations.reservations.abandon(reservation)
 
         @invariant()
         def usage_kept_equals_usage_from_scratch(self) -> None:
@@ -374,7 +375,8 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.sync_pools()
-        spies = {name: counting(monkeypatch, NodeAllocations, name) for name in ("ranges_by_node", "owning_pool", "pool_of")}
+        spies = {"ranges_by_node": counting(monkeypatch, NodeAllocations, "ranges_by_node")}
+        spies |= {name: counting(monkeypatch, PoolSets, name) for name in ("owning_pool", "pool_of")}
         await reconciler.handle(api.add("late"))
         spies["pool_of"].clear()  # counting the allocation's metrics, one lookup per range
         await reconciler.sync_pools()

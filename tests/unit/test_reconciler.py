@@ -225,7 +225,7 @@ def test_conflict_then_success_retries_with_a_fresh_reservation(family: FamilyRa
     api = FakeApi(patch_script=[ApiError(409, "Conflict", "try again")])
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2
-    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(api.patched[1][1][0]),)
+    assert reconciler.allocations.held.ranges("a") == (netaddr.IPNetwork(api.patched[1][1][0]),)
     assert reconciler.allocations.sets[0].allocated == 1
 
 
@@ -237,7 +237,7 @@ def test_persistent_refusal_gives_cidr_assignment_failed_and_leaks_nothing(famil
     assert api.reasons() == ["CIDRAssignmentFailed"]
     assert "no podCIDR for you" in api.events[0][2]
     assert reconciler.allocations.sets[0].allocated == 0
-    assert reconciler.allocations.reservation("a") is None
+    assert reconciler.allocations.reservations.get("a") is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -290,7 +290,7 @@ def test_patch_applied_but_answer_lost_never_gives_the_range_to_another_node(fam
     reconciler, api = run(go)
     assert_disjoint(api)
     assert api.nodes["a"].pod_cidrs == (slots[-1],), "the patch applied with the one free range"
-    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(slots[-1]),)
+    assert reconciler.allocations.held.ranges("a") == (netaddr.IPNetwork(slots[-1]),)
     assert api.nodes["b"].pod_cidrs == () and api.reasons() == ["CIDRNotAvailable"], "b waits: nothing is free"
     assert [name for name, _ in api.patched][-1] == "a", "a read showed the patch had applied: no second patch, none for b"
     assert reconciler.allocations.sets[0].allocated == len(slots)
@@ -302,7 +302,7 @@ def test_answer_lost_and_read_failed_patches_again_with_the_same_ranges(family: 
     api = FakeApi(patch_script=[lost_before_applying, LOST], get_script=[ApiError(0, "ConnectionError", "reset")])
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2 and api.patched[0] == api.patched[1], "never a fresh reservation while one exists"
-    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(api.patched[0][1][0]),)
+    assert reconciler.allocations.held.ranges("a") == (netaddr.IPNetwork(api.patched[0][1][0]),)
     assert reconciler.allocations.sets[0].allocated == 1
 
 
@@ -314,7 +314,7 @@ def test_persistent_unknown_keeps_the_ranges_reserved_for_the_resync(family: Fam
     assert len(api.patched) == assign_module.PATCH_ATTEMPTS
     assert len({tuple(cidrs) for _, cidrs in api.patched}) == 1, "every attempt with the same ranges"
     assert api.reasons() == ["CIDRAssignmentFailed"] and "etcd is sad" in api.events[0][2]
-    (unsettled,) = reconciler.allocations.unsettled()
+    (unsettled,) = reconciler.allocations.reservations.unsettled()
     assert unsettled.state is ReservationState.UNKNOWN and reconciler.allocations.sets[0].allocated == 1
 
 
@@ -323,7 +323,7 @@ def left_unknown(family: FamilyRange, api: FakeApi) -> Reconciler:
     api.patch_script = [ApiError(0, "ConnectionError", "reset")] * assign_module.PATCH_ATTEMPTS
     api.get_script = [ApiError(0, "ConnectionError", "reset")] * assign_module.PATCH_ATTEMPTS
     reconciler = handled(family, api, api.add("a"))
-    assert len(reconciler.allocations.unsettled()) == 1
+    assert len(reconciler.allocations.reservations.unsettled()) == 1
     return reconciler
 
 
@@ -331,10 +331,10 @@ def left_unknown(family: FamilyRange, api: FakeApi) -> Reconciler:
 def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = left_unknown(family, api)
-    (reserved,) = reconciler.allocations.unsettled()
+    (reserved,) = reconciler.allocations.reservations.unsettled()
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
     run(reconciler.sweep)
-    assert reconciler.allocations.unsettled() == [] and reconciler.allocations.ranges_held("a") == reserved.cidrs
+    assert reconciler.allocations.reservations.unsettled() == [] and reconciler.allocations.held.ranges("a") == reserved.cidrs
     assert len(api.patched) == assign_module.PATCH_ATTEMPTS, "no further patch"
 
 
@@ -342,11 +342,11 @@ def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) ->
 def test_sweep_patches_again_with_the_same_ranges_when_the_node_shows_none(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = left_unknown(family, api)
-    (reserved,) = reconciler.allocations.unsettled()
+    (reserved,) = reconciler.allocations.reservations.unsettled()
     run(reconciler.sweep)
     assert api.patched[-1] == ("a", [str(c) for c in reserved.cidrs])
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in reserved.cidrs)
-    assert reconciler.allocations.ranges_held("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
+    assert reconciler.allocations.held.ranges("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -356,14 +356,14 @@ def test_sweep_releases_an_unknown_reservation_when_the_node_holds_others_or_is_
     theirs = str(list(family.cluster_cidr.subnet(family.node_mask_size))[3])
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=(theirs,))
     run(reconciler.sweep)
-    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(theirs),)
-    assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.unsettled() == []
+    assert reconciler.allocations.held.ranges("a") == (netaddr.IPNetwork(theirs),)
+    assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.reservations.unsettled() == []
 
     api = FakeApi()
     reconciler = left_unknown(family, api)
     del api.nodes["a"]
     run(reconciler.sweep)
-    assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.unsettled() == []
+    assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.reservations.unsettled() == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -382,11 +382,11 @@ def test_unexpected_exception_leaves_no_node_in_flight_forever(family: FamilyRan
     node = api.add("a")
     with pytest.raises(RuntimeError):
         run(lambda: reconciler.handle(node))
-    (unsettled,) = reconciler.allocations.unsettled()  # sent, so it may have applied: kept, but no task holds it
+    (unsettled,) = reconciler.allocations.reservations.unsettled()  # sent, so it may have applied: kept, but no task holds it
     assert not unsettled.owned and unsettled.state is ReservationState.UNKNOWN
     run(reconciler.sweep)  # the Node shows none: patched again with the same ranges
-    assert reconciler.allocations.unsettled() == []
-    assert reconciler.allocations.ranges_held("a") == unsettled.cidrs
+    assert reconciler.allocations.reservations.unsettled() == []
+    assert reconciler.allocations.held.ranges("a") == unsettled.cidrs
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in unsettled.cidrs)
 
 
@@ -404,7 +404,7 @@ def test_no_reservation_and_no_patch_once_leadership_is_in_doubt(family: FamilyR
     reconciler = reconciler_for(family, api, may_allocate=lambda: next(answers, False))
     run(lambda: reconciler.handle(api.nodes["a"]))
     assert api.patched == [] and reconciler.allocations.sets[0].allocated == 0
-    assert reconciler.allocations.reservation("a") is None
+    assert reconciler.allocations.reservations.get("a") is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -415,7 +415,7 @@ def test_a_patch_is_sent_only_once_its_reservation_is_recorded(family: FamilyRan
     run(reconciler.rebuild)
     run(lambda: reconciler.handle(api.add("a")))
     assert fence.announced == assign_module.PATCH_ATTEMPTS and api.patched == [], "nothing is sent unrecorded"
-    assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.reservation("a") is None
+    assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.reservations.get("a") is None
     assert "CIDRAssignmentFailed" in api.reasons()
     fence.recorded = True
     run(lambda: reconciler.handle(api.nodes["a"]))
@@ -440,7 +440,7 @@ def test_the_last_leaders_patch_in_flight_keeps_its_range_for_its_node(family: F
 def test_a_duplicate_someone_made_is_a_warning_on_both_nodes(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = handled(family, api, api.add("a"))
-    (held,) = reconciler.allocations.ranges_held("a")
+    (held,) = reconciler.allocations.held.ranges("a")
     run(lambda: reconciler.handle(api.add("copy", str(held))))
     warned = sorted(name for name, reason, _ in api.events if reason == "DuplicatePodCIDR")
     assert warned == ["a", "copy"]
@@ -454,9 +454,9 @@ def test_a_duplicate_someone_made_is_a_warning_on_both_nodes(family: FamilyRange
 def test_late_event_about_an_old_uid_is_reread_and_releases_nothing(family: FamilyRange) -> None:
     api = FakeApi()
     reconciler = handled(family, api, api.add("a", uid="new"))
-    held = reconciler.allocations.ranges_held("a")
+    held = reconciler.allocations.held.ranges("a")
     run(lambda: reconciler.handle(NodeInfo("a", "old")))
-    assert reconciler.allocations.ranges_held("a") == held and reconciler.allocations.sets[0].allocated == 1
+    assert reconciler.allocations.held.ranges("a") == held and reconciler.allocations.sets[0].allocated == 1
     assert len(api.patched) == 1
 
 
@@ -472,7 +472,7 @@ def test_a_node_retried_while_the_range_is_still_exhausted_is_warned_once(family
     assert api.reasons() == ["CIDRNotAvailable"]
     exhausted = f"there are no remaining CIDRs left to allocate in the range {family.cluster_cidr}"
     assert api.events[0][2] == f"no node CIDR available: {exhausted}", "kube-controller-manager's words, no pool named"
-    assert [node.name for node in reconciler.allocations.waiting()] == ["late"]
+    assert [node.name for node in reconciler.allocations.incarnations.waiting()] == ["late"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -563,8 +563,8 @@ def test_bridge_serves_new_nodes_occupies_preset_ones_and_frees_deleted_ones(fam
         return reconciler
 
     reconciler = run(go)
-    assert reconciler.allocations.ranges_held("preset") == (netaddr.IPNetwork(subnets[1]),)
-    assert reconciler.allocations.ranges_held("gone") == ()
+    assert reconciler.allocations.held.ranges("preset") == (netaddr.IPNetwork(subnets[1]),)
+    assert reconciler.allocations.held.ranges("gone") == ()
     assert api.nodes["fresh"].pod_cidrs[0] not in subnets[1:]
     assert_disjoint(api)
 
@@ -576,7 +576,7 @@ def test_relist_frees_vanished_nodes_and_serves_missed_ones_from_the_cache(famil
     api.nodes.pop("vanishes")  # its DELETED event was missed
     api.add("missed")  # its ADDED event was missed
     run(reconciler.relist)
-    assert reconciler.allocations.ranges_held("vanishes") == ()
+    assert reconciler.allocations.held.ranges("vanishes") == ()
     assert api.nodes["missed"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
     assert api.lists[-1] is True, "the LIST after a gap is answered from the API server's cache"
 
@@ -632,7 +632,7 @@ def test_serve_waiting_survives_an_unexpected_exception(family: FamilyRange) -> 
         for index in range(4):
             await reconciler.handle(api.add(f"n{index}"))
         await reconciler.handle(api.add("late"))
-        original = reconciler.allocations.waiting
+        original = reconciler.allocations.incarnations.waiting
         broken = iter([True])
 
         def waiting() -> list[NodeInfo]:
@@ -640,7 +640,7 @@ def test_serve_waiting_survives_an_unexpected_exception(family: FamilyRange) -> 
                 raise RuntimeError("a bug")
             return original()
 
-        reconciler.allocations.waiting = waiting  # type: ignore[method-assign]
+        reconciler.allocations.incarnations.waiting = waiting  # type: ignore[method-assign]
         server = asyncio.ensure_future(reconciler.serve_waiting())
         await reconciler.deleted(api.nodes.pop("n0"))
         await wait_until(lambda: bool(api.nodes["late"].pod_cidrs))
@@ -659,8 +659,8 @@ def test_a_refusal_after_a_lost_answer_does_not_release_what_may_have_applied(fa
     )
     reconciler = handled(family, api, api.add("a"))
     assert len(api.patched) == 2
-    assert reconciler.allocations.ranges_held("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
-    assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.reservation("a") is None
+    assert reconciler.allocations.held.ranges("a") == (netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0]),)
+    assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.reservations.get("a") is None
 
 
 # -- pools ------------------------------------------------------------------------------------------------------
@@ -696,9 +696,9 @@ def test_rebuild_reads_the_pools_before_the_nodes(family: FamilyRange) -> None:
     api.add("old", held)
     api.add("new")
     reconciler = rebuilt(family, api)
-    assert reconciler.allocations.pool_of(netaddr.IPNetwork(held)) == "p"
+    assert reconciler.allocations.pool_sets.pool_of(netaddr.IPNetwork(held)) == "p"
     assert api.nodes["new"].pod_cidrs != (held,), "the range the pool's Node holds is not handed out again"
-    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["new"].pod_cidrs[0])) == "p"
+    assert reconciler.allocations.pool_sets.pool_of(netaddr.IPNetwork(api.nodes["new"].pod_cidrs[0])) == "p"
     assert api.events == [], "a range inside a pool is not reported"
 
 
@@ -744,7 +744,7 @@ def test_an_overlapping_pool_is_reported_on_the_pool_and_hands_out_nothing(famil
         return reconciler
 
     reconciler = run(go)
-    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "earlier"
+    assert reconciler.allocations.pool_sets.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "earlier"
     held = [netaddr.IPNetwork(cidr) for node in api.nodes.values() for cidr in node.pod_cidrs]
     assert len(held) == 6 and not any(cidr in netaddr.IPNetwork(second) for cidr in held), "nothing from the refused pool"
     assert [(name, reason) for name, reason, _ in api.pool_events] == [("later", "PoolOverlapping")]
@@ -854,7 +854,7 @@ def test_an_invalid_pool_change_keeps_the_last_valid_spec(family: FamilyRange) -
     api, reconciler = run(go)
     assert [(name, reason) for name, reason, _ in api.pool_events] == [("p", "InvalidPool")]
     assert "last valid spec is kept" in api.pool_events[0][2]
-    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "p"
+    assert reconciler.allocations.pool_sets.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "p"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -877,7 +877,7 @@ def test_a_range_left_in_no_pool_is_reported_and_kept(family: FamilyRange) -> No
     held = api.nodes["a"].pod_cidrs
     assert [(name, reason) for name, reason, _ in api.events] == [("a", "InvalidPodCIDR")]
     assert f"podCIDR {held[0]} lies in no serving pool" in api.events[0][2]
-    assert reconciler.allocations.ranges_held("a") == tuple(map(netaddr.IPNetwork, held))
+    assert reconciler.allocations.held.ranges("a") == tuple(map(netaddr.IPNetwork, held))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -931,7 +931,7 @@ def test_a_malformed_pool_is_an_event_not_a_crash_and_every_node_is_served(
     api.add("a")
     reconciler = rebuilt(family, api)
     assert api.nodes["a"].pod_cidrs, "served"
-    assert reconciler.allocations.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "good"
+    assert reconciler.allocations.pool_sets.pool_of(netaddr.IPNetwork(api.nodes["a"].pod_cidrs[0])) == "good"
     assert [(name, reason) for name, reason, _ in api.pool_events] == [("bad", "InvalidPool")]
     run(lambda: reconciler.pool_event("MODIFIED", bad))  # as the watch shows it: no crash either
 

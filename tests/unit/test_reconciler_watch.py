@@ -115,7 +115,7 @@ def test_resync_loop_lists_after_a_gap_and_only_then(family: FamilyRange) -> Non
         lists_before_gap = list(api.lists)
         api.nodes.pop("a")  # deleted during a gap: no DELETED event
         reconciler.relist_soon("a test gap")
-        await wait_until(lambda: reconciler.allocations.ranges_held("a") == ())
+        await wait_until(lambda: reconciler.allocations.held.ranges("a") == ())
         loop.cancel()
         return [*lists_before_gap, *api.lists[len(lists_before_gap) :]]
 
