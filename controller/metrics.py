@@ -109,6 +109,12 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.longest_wait = Gauge(
+            "longest_node_wait_seconds",
+            "How long the Node waiting longest for a range has waited (0: none waits).",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.duplicate_nodes = Gauge(
             "duplicate_pod_cidr_nodes",
             "Nodes whose podCIDR overlaps another Node's (set by someone else: this controller hands out none).",

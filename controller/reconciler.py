@@ -78,6 +78,7 @@ class Reconciler:
         self.queue = self.node_work.queue
         self.metrics.track_sets(allocations.sets)
         self.metrics.nodes_waiting.set_function(allocations.incarnations.waiting_count)
+        self.metrics.longest_wait.set_function(allocations.incarnations.longest_wait)
         self.metrics.duplicate_nodes.set_function(allocations.held.overlapping_count)
         self.metrics.track_pools(self.pools.usages)
         self.metrics.nodes_queued.set_function(lambda: len(self.queue))
