@@ -169,6 +169,7 @@ async def operate(
     """
     kopfpatches.decode_kopf_watch_events_with_msgspec()
     kopfpatches.cancel_kopfs_discovery_reads_with_it()
+    kopfpatches.cancel_kopfs_stream_requests_on_their_stopper()
     watch_error = kopfpatches.kopf_watch_error()
     registry = build_registry(credentials, reconciler)
     backoff = RestartBackoff()

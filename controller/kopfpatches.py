@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -146,4 +147,47 @@ def cancel_kopfs_discovery_reads_with_it() -> bool:
 
     scan_resources.cancels_its_reads = True  # type: ignore[attr-defined]
     scanning.scan_resources = scan_resources  # type: ignore[attr-defined]
+    return True
+
+
+def cancel_kopfs_stream_requests_on_their_stopper() -> bool:
+    """A watch request still waiting for its answer is cancelled when its stopper fires; False if kopf changed.
+
+    kopf's `api.stream` means to cancel its request when the stopper fires before the answer's headers came
+    (a watch kopf stops while it waits to reconnect, or for new credentials), but its callback looks for the
+    task outside of any task, fails an assertion, and cancels nothing. The watch then waits for good: for
+    credentials from an authenticator that has stopped, after a watch error ended kopf's run. kopf's run
+    never ends, is never started again, and no Node is served any more. The stream is wrapped so that the
+    stopper cancels the task that reads it, as kopf meant, until the first event arrives (then kopf closes
+    the response itself).
+    """
+    api = kopf_api
+    stream = getattr(api, "stream", None)
+    if getattr(stream, "cancels_its_request", False):
+        return True  # a second operator in this process
+    if api is None or not inspect.isasyncgenfunction(stream):
+        logger.info("kopf %s: its stream requests are left as they are", _kopf_version())
+        return False
+
+    @functools.wraps(stream)
+    async def cancelling_stream(url: str, *, stopper: asyncio.Future[Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        reader = asyncio.current_task()
+        answered = False
+
+        def cancel_the_request(_: asyncio.Future[Any]) -> None:
+            if not answered and reader is not None and not reader.done():
+                reader.cancel()
+
+        if stopper is not None and not stopper.done():
+            stopper.add_done_callback(cancel_the_request)
+        try:
+            async for event in stream(url, stopper=stopper, **kwargs):
+                answered = True
+                yield event
+        finally:
+            if stopper is not None:
+                stopper.remove_done_callback(cancel_the_request)
+
+    cancelling_stream.cancels_its_request = True  # type: ignore[attr-defined]
+    api.stream = cancelling_stream  # type: ignore[attr-defined]
     return True

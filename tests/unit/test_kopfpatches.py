@@ -203,3 +203,32 @@ def test_a_kopf_that_moved_a_private_module_leaves_that_adjustment_not_applied(
     assert applied == {name: name != not_applied for name in ("decoder", "discovery", "watch_error")}
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"kopf {importlib.metadata.version('kopf')}: {logged}"), line
+
+
+def test_a_stopped_watch_still_waiting_for_its_answer_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stopper cancels a request that has not been answered (kopf's own callback cannot: it looks for its task
+    outside of any task); without that a watch waiting for credentials after kopf's run ended waited for good."""
+
+    async def never_answers(**_: Any) -> Any:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(kopf_api, "request", never_answers)
+    monkeypatch.setattr(kopf_api, "stream", kopf_api.stream)  # put back as it was after the test
+    assert kopfpatches.cancel_kopfs_stream_requests_on_their_stopper()
+
+    async def main() -> bool:
+        stopper: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def read() -> list[Any]:
+            settings, log = kopf.OperatorSettings(), logging.getLogger("test")
+            return [event async for event in kopf_api.stream("/api/v1/nodes", settings=settings, stopper=stopper, logger=log)]
+
+        reading = asyncio.ensure_future(read())
+        await asyncio.sleep(0.05)  # waiting for the answer
+        stopper.set_result(None)
+        await asyncio.wait({reading}, timeout=5)  # waits, and cancels nothing itself
+        ended = reading.done() and not reading.cancelled() and reading.result() == []
+        reading.cancel()
+        return ended
+
+    assert asyncio.run(main()), "the stopped watch goes on waiting for its answer"
