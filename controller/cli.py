@@ -200,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         f" 0 disables (default {Settings.health_probe_bind_address})",
     )
     run.add_argument("--log-level", default=Settings.log_level, choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="true",
+        default="false",
+        metavar="BOOL",
+        help="decide and log what would be allocated and released, and compare it with what another allocator writes"
+        " (plan_disagreements_total); write nothing, take no Lease (default false)",
+    )
     _add_serving_flags(run)
 
     _add_plan_command(commands)
@@ -273,8 +282,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     ranges = config.build_ranges(
         args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
     )
+    dry_run = flagvalues.parse_bool("--dry-run", args.dry_run)
     leader = config.build_leader_election(
-        enabled=flagvalues.parse_bool("--leader-elect", args.leader_elect),
+        enabled=flagvalues.parse_bool("--leader-elect", args.leader_elect) and not dry_run,  # a dry run takes no Lease
         lease_duration=args.leader_elect_lease_duration,
         renew_deadline=args.leader_elect_renew_deadline,
         retry_period=args.leader_elect_retry_period,
@@ -304,6 +314,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         health_probe_bind_address=args.health_probe_bind_address,
         serving=serving_options(args),
         log_level=args.log_level,
+        dry_run=dry_run,
     )
 
 

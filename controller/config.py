@@ -81,6 +81,7 @@ class Settings:
     health_probe_bind_address: str = "0.0.0.0:9255"  # plain http, from a process of its own (controller.probes)
     serving: ServingOptions = dataclasses.field(default_factory=ServingOptions)  # TLS, paths served without a token
     log_level: str = "info"
+    dry_run: bool = False  # decide and log, write nothing, take no Lease (controller.dryrun)
 
 
 def check_rate_limit(qps: float, burst: int | None) -> None:

@@ -27,12 +27,13 @@ from typing import Any
 from controller import gcpolicy, handlers, inflight, kopfpatches, loopwatch
 from controller.config import Settings
 from controller.credentials import Credentials
+from controller.dryrun import DryRun
 from controller.kube import KubeClient
 from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
 from controller.nodes import NodeAllocations
 from controller.probes import ProbeProcess
-from controller.reconciler import Reconciler
+from controller.reconciler import NodeApi, Reconciler
 from controller.secure_serving import REVIEWS_IN_FLIGHT
 from controller.server_thread import MAIN_LOOP_STALL_SECONDS, ServerThread
 
@@ -161,10 +162,11 @@ async def _serve(
                 settings.kube_api_qps,
                 settings.kube_api_burst,
                 settings.max_in_flight,
-                may_write=elector.is_leading,
+                may_write=_never if settings.dry_run else elector.is_leading,
             ) as kube,
         ):
-            metrics.track_leadership(settings.leader_election.resource_name, elector.is_leading)
+            leading = _never if settings.dry_run else elector.is_leading
+            metrics.track_leadership(settings.leader_election.resource_name, leading)
             # The metrics port, on a thread and event loop of its own, so that the probes never wait for this
             # loop. The token reviews of /metrics scrapes get a client of their own there, so they neither wait
             # behind Node patches nor take a connection a Lease renewal needs: as many connections as reviews.
@@ -225,7 +227,14 @@ async def _lead(
         carried, problem = inflight.decode(elector.taken_over_annotation(inflight.ANNOTATION))
         if problem:
             logger.warning("the podCIDR patches the last leader left in the Lease: %s", problem)
-    reconciler = Reconciler(kube, allocations, metrics, settings.max_in_flight, fence=log)
+    api: NodeApi = kube
+    watched = None
+    if settings.dry_run:
+        # Reads sent, writes logged and withheld, what another allocator writes compared (and no Lease: see cli).
+        dry_run = DryRun(allocations, metrics.track_dry_run())
+        api, watched = dry_run.api(kube), dry_run.watched
+        logger.info("dry run: deciding and logging, writing nothing; no Lease is taken")
+    reconciler = Reconciler(api, allocations, metrics, settings.max_in_flight, fence=log, watched=watched)
     for port in ports:
         port.watch(reconciler.rebuilt)
     heartbeat.liveness = reconciler.problem  # both ports answer /healthz from the main loop's beats
@@ -243,8 +252,9 @@ async def _lead(
             asyncio.ensure_future(reconciler.bridge(reconciler.watch_live)),
             asyncio.ensure_future(reconciler.serve_waiting()),
             asyncio.ensure_future(reconciler.resync_forever(settings.resync_period)),
-            asyncio.ensure_future(reconciler.write_pool_statuses()),
         ]
+        if not settings.dry_run:  # a dry run's pool statuses and finalizers would be writes
+            tasks.append(asyncio.ensure_future(reconciler.write_pool_statuses()))
         # Stopping, for whatever reason, cancels kopf at once: signals stay ours (taken back from kopf as soon
         # as it runs), so that one flag, one deadline and one path stop everything.
         # The API server streams the watch's initial listing from its cache where it can (a re-list after a
@@ -280,6 +290,10 @@ async def _lead(
             raise LeadershipLost("lost the leader lease; exiting so that a fresh process can compete again")
         lost.cancel()
         await elector.release()
+
+
+def _never() -> bool:
+    return False
 
 
 def _in_flight(allocations: NodeAllocations) -> list[inflight.InFlight]:

@@ -11,6 +11,7 @@ loop may read (the pools' usage, from its dicts) is a view that loop refreshes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -233,6 +234,38 @@ class Metrics:
     def track_gc_pauses(self, pauses: PauseRecorder) -> None:
         """The garbage collector's pauses per generation, read from the recorder at scrape time."""
         self.registry.register(_GcPauseCollector(pauses))
+
+    def track_dry_run(self) -> DryRunCounters:
+        """`run --dry-run`'s counters: how its decisions compare with what another allocator wrote, what it withheld."""
+        return DryRunCounters(
+            agreements=Counter(
+                "plan_agreements",
+                "Dry run: Nodes that got from another allocator exactly the podCIDRs this controller would have given.",
+                namespace=NAMESPACE,
+                registry=self.registry,
+            ),
+            disagreements=Counter(
+                "plan_disagreements",
+                "Dry run: decisions that differ from what another allocator wrote (a Node got other podCIDRs than"
+                " predicted, or ranges predicted for a Node went to another).",
+                namespace=NAMESPACE,
+                registry=self.registry,
+            ),
+            withheld=Counter(
+                "dry_run_writes_withheld",
+                "Dry run: writes decided and not sent, by kind (podcidr, event, pool_status, pool_finalizer).",
+                ["kind"],
+                namespace=NAMESPACE,
+                registry=self.registry,
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRunCounters:
+    agreements: Counter
+    disagreements: Counter
+    withheld: Counter
 
 
 class _GcPauseCollector(Collector):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from controller.accounting import Accounting
@@ -56,10 +56,13 @@ class Reconciler:
         metrics: Metrics | None = None,
         max_in_flight: int = 64,
         fence: WriteFence | None = None,
+        watched: Callable[[str | None, NodeInfo], object] | None = None,
     ) -> None:
         """`fence`: asked before every reservation and every patch (once it says no, nothing new is sent), and told
-        of every fresh reservation before its patch goes; None: this process is the only writer."""
+        of every fresh reservation before its patch goes; None: this process is the only writer. `watched`: told
+        of every Node watch event before it is handled (the dry run compares what another allocator wrote)."""
         self.kube = kube
+        self._watched = watched
         self.allocations = allocations
         self.metrics = metrics or Metrics()
         self.rebuilt = asyncio.Event()
@@ -186,6 +189,8 @@ class Reconciler:
         A listing after the watch was live is a gap: every Node is listed again soon.
         """
         self.resync.watched(kind, node.name)
+        if self._watched is not None:
+            self._watched(kind, node)
         if kind == "DELETED":
             await self.node_work.deleted(node)
         else:

@@ -7,6 +7,7 @@ server (validation, 422s, watches, RBAC), not a mock; it starts in seconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,17 @@ from typing import IO
 from localcluster.binaries import ensure_binaries
 
 ADMIN_TOKEN = "nodeipam-admin-token"
+#: A second cluster-admin, whose every request the API server's audit log records (and no other's).
+AUDITED_TOKEN = "nodeipam-audited-token"
+AUDITED_USER = "audited"
+AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["{AUDITED_USER}"]
+- level: None
+"""
 STARTUP_TIMEOUT = 90.0
 
 
@@ -52,6 +64,7 @@ class LocalControlPlane:
         self.port = 0
         self.server = ""
         self.kubeconfig = str(self.workdir / "kubeconfig")
+        self.audit_log = self.workdir / "audit.log"  # the audited user's requests, one JSON event per line
         self._processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
         self._argv: dict[str, list[str]] = {}  # name -> command line, to restart in place
@@ -122,6 +135,18 @@ class LocalControlPlane:
             f"--service-cluster-ip-range={self.service_cidr}",
             *flags,
         ]
+
+    def audited_kubeconfig(self) -> str:
+        """A kubeconfig for the audited user (cluster-admin too): its every request is in `audited_requests()`."""
+        path = self.workdir / "kubeconfig-audited"
+        path.write_text(Path(self.kubeconfig).read_text().replace(ADMIN_TOKEN, AUDITED_TOKEN))
+        return str(path)
+
+    def audited_requests(self) -> list[dict[str, object]]:
+        """The audit log's events (the audited user's requests, once answered), oldest first."""
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
     def env(self) -> dict[str, str]:
         """An environment whose KUBECONFIG points here."""
@@ -196,7 +221,10 @@ class LocalControlPlane:
             check=True,
             capture_output=True,
         )
-        (self.workdir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
+        (self.workdir / "tokens.csv").write_text(
+            f'{ADMIN_TOKEN},admin,admin,"system:masters"\n{AUDITED_TOKEN},{AUDITED_USER},{AUDITED_USER},"system:masters"\n'
+        )
+        (self.workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
         self._spawn(
@@ -214,6 +242,8 @@ class LocalControlPlane:
                 f"--service-account-signing-key-file={certs / 'sa.key'}",
                 f"--service-cluster-ip-range={self.service_cidr}",
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
                 *self.extra_apiserver_flags,
             ],
         )

@@ -382,6 +382,14 @@ def test_log_level_and_extra_args_reach_the_controller() -> None:
     assert (settings.log_level, settings.resync_period, settings.max_in_flight) == ("debug", 300.0, 16)
 
 
+@pytest.mark.parametrize(("dry_run", "rendered"), [(False, []), (True, ["--dry-run"])], ids=["active", "dry-run"])
+def test_dry_run_reaches_the_controller_and_takes_no_lease(dry_run: bool, rendered: list[str]) -> None:
+    arguments = args(render(with_cidr(dryRun=dry_run)))
+    assert [arg for arg in arguments if arg.startswith("--dry-run")] == rendered
+    settings = controller_settings(arguments)
+    assert (settings.dry_run, settings.leader_election.enabled) == (dry_run, not dry_run)
+
+
 @pytest.mark.parametrize(
     ("values", "replicas"),
     [

@@ -90,6 +90,15 @@ def test_alerts_and_dashboard_are_off_by_default() -> None:
     assert not kinds & {"PrometheusRule", "ConfigMap"}
 
 
+def test_a_dry_run_has_every_alert_but_the_leader_one() -> None:
+    """A dry run takes no Lease, by design: the no-leader alert would always fire."""
+    dry = [rule["alert"] for group in rule_spec({})["spec"]["groups"] for rule in group["rules"]]
+    objects = render(with_cidr(dryRun=True, prometheusRule={"enabled": True}))
+    spec = objects[("PrometheusRule", FULLNAME)]["spec"]
+    assert [rule["alert"] for group in spec["groups"] for rule in group["rules"]] == [a for a in dry if a != "NodeIPAMNoLeader"]
+    assert "NodeIPAMNoLeader" in dry
+
+
 @pytest.mark.parametrize(
     ("values", "namespace", "job"),
     [

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from localcluster.binaries import ensure_binaries
 from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane, free_port
 from localcluster.nodebodies import realistic_node
 from tests.conftest import wait_for
@@ -135,6 +136,43 @@ def fetch(url: str, token: str | None) -> tuple[int, str]:
         return int(error.code), error.read().decode(errors="replace")
     except OSError:
         return 0, ""
+
+
+class KubeControllerManager:
+    """kube-controller-manager's node IPAM alone, run against the test API server as a process (never in the cluster)."""
+
+    def __init__(self, plane: LocalControlPlane, log: Path, cluster_cidr: str, mask: int) -> None:
+        binary = ensure_binaries(("kube-controller-manager",))["kube-controller-manager"]
+        service = [f"--service-cluster-ip-range={plane.service_cidr}"] if ":" not in cluster_cidr else []
+        self.argv = [
+            str(binary),
+            f"--kubeconfig={plane.kubeconfig}",
+            "--controllers=nodeipam",
+            "--allocate-node-cidrs=true",
+            f"--cluster-cidr={cluster_cidr}",
+            f"--node-cidr-mask-size={mask}",
+            *service,
+            "--leader-elect=false",
+            "--secure-port=0",
+            "-v=2",
+        ]
+        self.log_path = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
 
 class ControllerProcess:

@@ -20,58 +20,20 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalControlPlane
 from localcluster.nodebodies import realistic_node
-from tests.integration.conftest import ROOT, Cluster, run_cli
+from tests.integration.conftest import ROOT, Cluster, KubeControllerManager, run_cli
 from tests.integration.test_cli_errors import dead_server, kubeconfig_like
 
 pytestmark = pytest.mark.integration
 
 CLUSTER_CIDR = "10.244.0.0/16"
 MASK = 24
-STOP_TIMEOUT = 15.0
-
-
-class KubeControllerManager:
-    """kube-controller-manager's node IPAM alone, run against the test API server as a process (never in the cluster)."""
-
-    def __init__(self, plane: LocalControlPlane, log: Path) -> None:
-        binary = ensure_binaries(("kube-controller-manager",))["kube-controller-manager"]
-        self.argv = [
-            str(binary),
-            f"--kubeconfig={plane.kubeconfig}",
-            "--controllers=nodeipam",
-            "--allocate-node-cidrs=true",
-            f"--cluster-cidr={CLUSTER_CIDR}",
-            f"--node-cidr-mask-size={MASK}",
-            f"--service-cluster-ip-range={plane.service_cidr}",
-            "--leader-elect=false",
-            "--secure-port=0",
-            "-v=2",
-        ]
-        self.log_path = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
 
 @pytest.fixture
 def kcm(control_plane: LocalControlPlane, tmp_path: Path) -> Iterator[KubeControllerManager]:
-    manager = KubeControllerManager(control_plane, tmp_path / "kube-controller-manager.log")
+    manager = KubeControllerManager(control_plane, tmp_path / "kube-controller-manager.log", CLUSTER_CIDR, MASK)
     yield manager
     manager.stop()
 

@@ -94,6 +94,7 @@ def test_valid_ranges(flags: list[str], expected: list[tuple[str, int]]) -> None
             "not a boolean",
             id="alloc-bad",
         ),
+        pytest.param(["--cluster-cidr=10.0.0.0/16", "--dry-run=sometimes"], "--dry-run", "not a boolean", id="dry-run-bad"),
         pytest.param(
             ["--cluster-cidr=10.0.0.0/16", "--cidr-allocator-type=CloudAllocator"],
             "--cidr-allocator-type",
@@ -444,6 +445,20 @@ def test_run_accepts_values_that_work(flags: list[str], check: Callable[[Setting
 def test_a_rate_given_alone_gets_kube_controller_managers_burst(flags: list[str], burst: int) -> None:
     """Pasted `--kube-api-qps=20` without its burst must not become bursts of 1: kube-controller-manager's default is 30."""
     assert settings(RUN, *flags).kube_api_burst == burst
+
+
+@pytest.mark.parametrize(
+    ("flags", "dry_run", "leader_elect"),
+    [
+        pytest.param([], False, True, id="default"),
+        pytest.param(["--dry-run"], True, False, id="dry-run-takes-no-lease"),
+        pytest.param(["--dry-run=false", "--leader-elect=true"], False, True, id="dry-run-false"),
+        pytest.param(["--dry-run=true", "--leader-elect=true"], True, False, id="leader-elect-ignored"),
+    ],
+)
+def test_dry_run_takes_no_lease(flags: list[str], dry_run: bool, leader_elect: bool) -> None:
+    result = settings(RUN, *flags)
+    assert (result.dry_run, result.leader_election.enabled) == (dry_run, leader_elect)
 
 
 def test_allocate_node_cidrs_false_is_accepted() -> None:

@@ -148,6 +148,9 @@ run
 --kube-api-burst={{ int64 .Values.kubeAPIBurst }}
 {{- end }}
 --log-level={{ .Values.logLevel }}
+{{- if .Values.dryRun }}
+--dry-run
+{{- end }}
 {{- range .Values.extraArgs }}
 {{ . }}
 {{- end }}
