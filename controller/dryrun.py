@@ -63,7 +63,12 @@ class DryRun:
         logger.info("dry run: would %s", what)
 
     def seen(self, node: NodeInfo) -> None:
-        """A Node as the watch, a LIST or a read shows it, before the ledger accounts for it."""
+        """A Node as the watch, a LIST or a read shows it, before the ledger accounts for it.
+
+        A Node the ledger holds exactly as it shows (every status update of a Node served) says nothing new.
+        """
+        if node.name not in self.predictions and self._allocations.knows(node):
+            return
         comparison = self.predictions.compare(node)
         if comparison is not None:
             self._settle(comparison)

@@ -12,12 +12,13 @@ ranges, when they come, are not counted again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable
 
 import netaddr
 
-from controller.cidrs import overlaps, parse_cidr_sloppy, reads_as
+from controller.cidrs import parse_cidr_sloppy, reads_as
 from controller.model import NodeInfo
 
 
@@ -46,14 +47,27 @@ class Comparison:
         return int(bool(self.predicted) and not self.agreed) + len(self.voided)
 
 
+#: Above this many subnets of a predicted size in a written range, the written range is compared with each prediction.
+SUBNETS_LOOKED_UP = 4096
+
+
 class Predictions:
-    """The dry run's outstanding predictions, by Node name; each ends when its Node shows podCIDRs or is gone."""
+    """The dry run's outstanding predictions, by Node name; each ends when its Node shows podCIDRs or is gone.
+
+    Indexed by range too, so that the predictions a written range overlaps are found by lookups (one per
+    prefix length predicted), not by comparing it with each.
+    """
 
     def __init__(self) -> None:
         self._by_name: dict[str, Prediction] = {}
+        self._by_range: dict[tuple[int, int, int], str] = {}  # (version, prefix length, first address) -> Node
+        self._lengths: dict[int, collections.Counter[int]] = {4: collections.Counter(), 6: collections.Counter()}
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
 
     def get(self, name: str) -> Prediction | None:
         return self._by_name.get(name)
@@ -63,37 +77,87 @@ class Predictions:
         known = self._by_name.get(node.name)
         if known is not None and known.uid == node.uid and known.void:
             return
-        self._by_name[node.name] = Prediction(node.uid, tuple(cidrs))
+        self._end(node.name)
+        prediction = Prediction(node.uid, tuple(cidrs))
+        self._by_name[node.name] = prediction
+        for cidr in prediction.cidrs:
+            self._by_range[_key(cidr)] = node.name
+            self._lengths[cidr.version][cidr.prefixlen] += 1
 
     def forget(self, name: str, uid: str) -> None:
         """That incarnation is gone: its prediction, if any, ends uncounted."""
         known = self._by_name.get(name)
         if known is not None and known.uid == uid:
-            del self._by_name[name]
+            self._end(name)
 
     def compare(self, node: NodeInfo) -> Comparison | None:
-        """Settle what `node`'s podCIDRs say of the predictions; None when they say nothing (none set, none predicted).
-
-        O(outstanding predictions): only Nodes still waiting for the other allocator have one.
-        """
+        """Settle what `node`'s podCIDRs say of the predictions; None when they say nothing (none set, none predicted)."""
         if not node.pod_cidrs:
             return None
         own = self._by_name.get(node.name)
         if own is not None and own.uid == node.uid:
-            del self._by_name[node.name]
+            self._end(node.name)
         else:
             own = None
-        written = _networks(node.pod_cidrs)
         voided = []
-        for name, other in self._by_name.items():
-            if not other.void and any(overlaps(ours, theirs) for ours in other.cidrs for theirs in written):
-                other.void = True
+        for name in dict.fromkeys(name for written in _networks(node.pod_cidrs) for name in self._overlapping(written)):
+            other = self._by_name[name]
+            if name != node.name and not other.void:
+                self._void(name)
                 voided.append((name, other.cidrs))
         if own is None and not voided:
             return None
         predicted = own.cidrs if own is not None and not own.void else ()
         agreed = bool(predicted) and reads_as(node.pod_cidrs, predicted)
         return Comparison(node.name, node.pod_cidrs, predicted, agreed, tuple(voided))
+
+    def _overlapping(self, written: netaddr.IPNetwork) -> list[str]:
+        """The Nodes with a live prediction that overlaps `written`."""
+        bits = 32 if written.version == 4 else 128
+        found = []
+        for length in self._lengths[written.version]:
+            if length <= written.prefixlen:  # at most one predicted range of this length contains it
+                shift = bits - length
+                name = self._by_range.get((written.version, length, written.first >> shift << shift))
+                if name is not None:
+                    found.append(name)
+            elif 1 << (length - written.prefixlen) <= SUBNETS_LOOKED_UP:  # its subnets of this length, each looked up
+                step = 1 << (bits - length)
+                for first in range(written.first, written.last + 1, step):
+                    name = self._by_range.get((written.version, length, first))
+                    if name is not None:
+                        found.append(name)
+            else:
+                found += [
+                    name
+                    for (version, prefixlen, first), name in self._by_range.items()
+                    if version == written.version and prefixlen == length and written.first <= first <= written.last
+                ]
+        return found
+
+    def _void(self, name: str) -> None:
+        """Judged already: kept (so that the Node's own ranges count nothing later), out of the range index."""
+        prediction = self._by_name[name]
+        self._unindex(name, prediction)
+        prediction.void = True
+
+    def _end(self, name: str) -> None:
+        prediction = self._by_name.pop(name, None)
+        if prediction is not None and not prediction.void:
+            self._unindex(name, prediction)
+
+    def _unindex(self, name: str, prediction: Prediction) -> None:
+        for cidr in prediction.cidrs:
+            if self._by_range.get(_key(cidr)) == name:
+                del self._by_range[_key(cidr)]
+            lengths = self._lengths[cidr.version]
+            lengths[cidr.prefixlen] -= 1
+            if lengths[cidr.prefixlen] <= 0:
+                del lengths[cidr.prefixlen]
+
+
+def _key(cidr: netaddr.IPNetwork) -> tuple[int, int, int]:
+    return int(cidr.version), int(cidr.prefixlen), int(cidr.first)
 
 
 def _networks(values: Iterable[str]) -> list[netaddr.IPNetwork]:

@@ -74,3 +74,26 @@ def test_a_malformed_podcidr_is_left_to_the_ledger() -> None:
     predictions.predict(NodeInfo("a", "u1"), nets("10.0.0.0/24"))
     comparison = predictions.compare(NodeInfo("b", "u2", ("not-a-cidr", "10.0.0.0/24")))
     assert comparison is not None and comparison.voided == (("a", nets("10.0.0.0/24")),)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "written", "voided"),
+    [
+        pytest.param(["10.0.0.0/25", "10.0.0.128/25", "10.0.1.0/25"], "10.0.0.0/24", ["p0", "p1"], id="ipv4-wider-written"),
+        pytest.param(["10.0.0.0/24", "10.0.1.0/24"], "10.0.1.128/25", ["p1"], id="ipv4-narrower-written"),
+        pytest.param(["10.0.0.0/30", "10.0.255.252/30", "10.1.0.0/30"], "10.0.0.0/16", ["p0", "p1"], id="ipv4-many-subnets"),
+        pytest.param(["fd00::/65", "fd00::8000:0:0:0/65", "fd00:0:0:1::/65"], "fd00::/64", ["p0", "p1"], id="ipv6-wider-written"),
+        pytest.param(["fd00::/64", "fd00:0:0:1::/64"], "fd00:0:0:1::/96", ["p1"], id="ipv6-narrower-written"),
+        pytest.param(["fd00::/120", "fd00::ff00/120", "fd00:1::/120"], "fd00::/64", ["p0", "p1"], id="ipv6-many-subnets"),
+    ],
+)
+def test_a_written_range_voids_every_prediction_it_overlaps_whatever_the_sizes(
+    predicted: list[str], written: str, voided: list[str]
+) -> None:
+    predictions = Predictions()
+    for index, cidr in enumerate(predicted):
+        predictions.predict(NodeInfo(f"p{index}", f"u{index}"), nets(cidr))
+    comparison = predictions.compare(NodeInfo("other", "ux", (written,)))
+    assert comparison is not None
+    assert sorted(name for name, _ in comparison.voided) == voided
+    assert predictions.compare(NodeInfo("another", "uy", (written,))) is None  # void ones are out of the index
