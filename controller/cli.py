@@ -389,6 +389,8 @@ def _run(args: argparse.Namespace) -> int:
                 " it is kube-controller-manager that must run with --allocate-node-cidrs=false",
                 file=sys.stderr,
             )
+        if settings.dry_run and flagvalues.parse_bool("--leader-elect", args.leader_elect):
+            print("nodeipam run: note: --leader-elect ignored: a dry run takes no Lease and writes nothing", file=sys.stderr)
         check_can_listen("--metrics-bind-address", settings.metrics_bind_address)
         check_can_listen("--health-probe-bind-address", settings.health_probe_bind_address)
         credentials = Credentials.load(settings.kubeconfig, settings.master, context=args.context)

@@ -579,6 +579,24 @@ def test_allocate_node_cidrs_false_is_said_and_nodeipam_allocates(
     assert line.startswith("nodeipam run: note: --allocate-node-cidrs=false ignored: nodeipam allocates regardless")
 
 
+@pytest.mark.parametrize(
+    ("flags", "noted"),
+    [([], True), (["--leader-elect=true"], True), (["--leader-elect=false"], False)],
+    ids=["leader-elect-by-default", "leader-elect-given", "leader-elect-off"],
+)
+def test_a_dry_run_notes_that_it_takes_no_lease(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str], noted: bool
+) -> None:
+    """--leader-elect defaults to true: the chart's dry run passes it, and it must not read as if a Lease were taken."""
+    started = started_settings(monkeypatch)
+    path = write(tmp_path / "kubeconfig", kubeconfig())
+    code, stderr = call(capsys, "run", CIDR, f"--kubeconfig={path}", "--dry-run", *flags)
+    assert code == 0, stderr
+    assert [(settings.dry_run, settings.leader_election.enabled) for settings in started] == [(True, False)]
+    note = "nodeipam run: note: --leader-elect ignored: a dry run takes no Lease and writes nothing"
+    assert (note in stderr) == noted
+
+
 # -- kubectl ipam ------------------------------------------------------------------------------
 
 
