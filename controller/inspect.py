@@ -467,7 +467,12 @@ def status_command(
         for path, draw in ((html, picture.html), (svg, picture.svg)):
             if path:
                 _write(path, draw(space))
-    print(format_status(status) if output == "text" else render(dataclasses.asdict(status), output))
+    print(status_output(status, output))
+
+
+def status_output(status: Status, output: str) -> str:
+    """What `nodeipam status` prints: the table ("text"), or the same data as "json" or "yaml"."""
+    return format_status(status) if output == "text" else render(dataclasses.asdict(status), output)
 
 
 def _write(path: str, text: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import netaddr
 import pytest
+import yaml
 
 from controller.config import FamilyRange
-from controller.inspect import compute_status, find_problems, format_status
+from controller.inspect import compute_status, find_problems, format_status, status_output
 from controller.model import NodeInfo
 
 V4 = FamilyRange(netaddr.IPNetwork("10.244.0.0/22"), 24)
@@ -176,3 +179,260 @@ def test_check_reports_unusable_and_overlapping_pools(
     assert len(findings) == 2
     assert findings[0].startswith("NodeCIDRPool broken: ") and "canonical form" in findings[0]
     assert findings[1] == finding
+
+
+# -- `nodeipam status` output, pinned to the byte ------------------------------------------------------------
+
+
+GPU = {"nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}
+
+STATUS_IPV4_JSON = """\
+{
+  "ranges": [
+    {
+      "cluster_cidr": "10.244.0.0/22",
+      "node_mask_size": 24,
+      "size": 4,
+      "allocated": 2,
+      "free": 2,
+      "percent_used": 50.0
+    }
+  ],
+  "nodes": 5,
+  "nodes_waiting": [
+    "d"
+  ],
+  "pools": [
+    {
+      "name": "gpu",
+      "priority": 10,
+      "selector": "pool in (gpu)",
+      "disabled": false,
+      "refused": "",
+      "nodes": 2,
+      "summary": "2/7 (28%)",
+      "blocking_nodes": [
+        "c"
+      ],
+      "families": [
+        {
+          "version": 4,
+          "node_mask_size": 26,
+          "cidrs": [
+            "10.250.0.0/24",
+            "10.251.0.0/24(draining)"
+          ],
+          "capacity": 7,
+          "allocated": 2,
+          "free": 2
+        }
+      ]
+    },
+    {
+      "name": "clash",
+      "priority": 0,
+      "selector": "<all nodes>",
+      "disabled": false,
+      "refused": "10.244.0.0/23 overlaps 10.244.0.0/22 of pool (default)",
+      "nodes": 0,
+      "summary": "0/2 (0%)",
+      "blocking_nodes": [],
+      "families": [
+        {
+          "version": 4,
+          "node_mask_size": 24,
+          "cidrs": [
+            "10.244.0.0/23"
+          ],
+          "capacity": 2,
+          "allocated": 0,
+          "free": 2
+        }
+      ]
+    },
+    {
+      "name": "(default)",
+      "priority": 0,
+      "selector": "<all nodes>",
+      "disabled": false,
+      "refused": "",
+      "nodes": 1,
+      "summary": "1/3 (33%)",
+      "blocking_nodes": [],
+      "families": [
+        {
+          "version": 4,
+          "node_mask_size": 24,
+          "cidrs": [
+            "10.244.0.0/22"
+          ],
+          "capacity": 3,
+          "allocated": 1,
+          "free": 2
+        }
+      ]
+    }
+  ],
+  "pool_problems": [
+    "NodeCIDRPool broken: it has neither ipv4 nor ipv6",
+    "node e: podCIDR 192.168.0.0/24 lies in no pool"
+  ]
+}"""
+
+STATUS_IPV4_TEXT = """\
+CLUSTER CIDR                 NODE MASK                 SIZE  ALLOCATED                 FREE    USED
+10.244.0.0/22                      /24                    4          2                    2  50.00%
+nodes: 5, waiting for a range: 1
+  waiting: d
+
+POOL                 PRIORITY CIDRS                                         MASK             USED         FREE  NODES  STATE
+gpu                        10 10.250.0.0/24,10.251.0.0/24(draining)          /26        2/7 (28%)            2      2  serving
+                              selector: pool in (gpu)
+                              blocking: c
+clash                       0 10.244.0.0/23                                  /24         0/2 (0%)            2      0  refused: 10.244.0.0/23 overlaps 10.244.0.0/22 of pool (default)
+                              selector: <all nodes>
+(default)                   0 10.244.0.0/22                                  /24        1/3 (33%)            2      1  serving
+                              selector: <all nodes>
+problem: NodeCIDRPool broken: it has neither ipv4 nor ipv6
+problem: node e: podCIDR 192.168.0.0/24 lies in no pool"""
+
+STATUS_IPV6_JSON = """\
+{
+  "ranges": [
+    {
+      "cluster_cidr": "fd00::/62",
+      "node_mask_size": 64,
+      "size": 4,
+      "allocated": 1,
+      "free": 3,
+      "percent_used": 25.0
+    }
+  ],
+  "nodes": 3,
+  "nodes_waiting": [
+    "c"
+  ],
+  "pools": [
+    {
+      "name": "big",
+      "priority": 5,
+      "selector": "<all nodes>",
+      "disabled": true,
+      "refused": "",
+      "nodes": 1,
+      "summary": "1/18446744073709551616 (0%)",
+      "blocking_nodes": [],
+      "families": [
+        {
+          "version": 6,
+          "node_mask_size": 112,
+          "cidrs": [
+            "fd01::/48"
+          ],
+          "capacity": 18446744073709551616,
+          "allocated": 1,
+          "free": 18446744073709551615
+        }
+      ]
+    },
+    {
+      "name": "(default)",
+      "priority": 0,
+      "selector": "<all nodes>",
+      "disabled": false,
+      "refused": "",
+      "nodes": 1,
+      "summary": "1/4 (25%)",
+      "blocking_nodes": [],
+      "families": [
+        {
+          "version": 6,
+          "node_mask_size": 64,
+          "cidrs": [
+            "fd00::/62"
+          ],
+          "capacity": 4,
+          "allocated": 1,
+          "free": 3
+        }
+      ]
+    }
+  ],
+  "pool_problems": []
+}"""
+
+STATUS_IPV6_TEXT = """\
+CLUSTER CIDR                 NODE MASK                 SIZE  ALLOCATED                 FREE    USED
+fd00::/62                          /64                    4          1                    3  25.00%
+nodes: 3, waiting for a range: 1
+  waiting: c
+
+POOL                 PRIORITY CIDRS                                         MASK             USED         FREE  NODES  STATE
+big                         5 fd01::/48                                     /112 1/18446744073709551616 (0%) 18446744073709551615      1  disabled
+                              selector: <all nodes>
+(default)                   0 fd00::/62                                      /64        1/4 (25%)            3      1  serving
+                              selector: <all nodes>"""
+
+
+@pytest.mark.parametrize(
+    ("nodes", "ranges", "service_cidrs", "pool_bodies", "expected_json", "expected_text"),
+    [
+        pytest.param(
+            [
+                node("a", "10.244.0.0/24"),
+                NodeInfo("b", "uid-b", ("10.250.0.0/26",), "10.250.0.0/26", (("pool", "gpu"),)),
+                node("c", "10.251.0.64/26"),
+                node("d"),
+                node("e", "192.168.0.0/24"),
+            ],
+            [V4],
+            [netaddr.IPNetwork("10.244.3.0/24")],
+            [
+                pool_body(
+                    "gpu",
+                    {
+                        "ipv4": {
+                            "nodeMaskSize": 26,
+                            "cidrs": [{"cidr": "10.250.0.0/24"}, {"cidr": "10.251.0.0/24", "draining": True}],
+                        },
+                        "priority": 10,
+                        "nodeSelector": GPU,
+                        "reserved": ["10.250.0.192/26"],
+                    },
+                ),
+                pool_body("clash", {"ipv4": {"nodeMaskSize": 24, "cidrs": [{"cidr": "10.244.0.0/23"}]}}),
+                pool_body("broken", {}),
+            ],
+            STATUS_IPV4_JSON,
+            STATUS_IPV4_TEXT,
+            id="ipv4",
+        ),
+        pytest.param(
+            [node("a", "fd00::/64"), node("b", "fd01::/112"), node("c")],
+            [V6],
+            [],
+            [
+                pool_body(
+                    "big", {"ipv6": {"nodeMaskSize": 112, "cidrs": [{"cidr": "fd01::/48"}]}, "priority": 5, "disabled": True}
+                )
+            ],
+            STATUS_IPV6_JSON,
+            STATUS_IPV6_TEXT,
+            id="ipv6",
+        ),
+    ],
+)
+def test_status_output_is_pinned(
+    nodes: list[NodeInfo],
+    ranges: list[FamilyRange],
+    service_cidrs: list[netaddr.IPNetwork],
+    pool_bodies: list[dict[str, object]],
+    expected_json: str,
+    expected_text: str,
+) -> None:
+    """`status -o json` (and -o yaml, the same data) and the table, for pools serving, draining, refused, disabled,
+    invalid, counts past 2^64, a Node waiting and one outside every pool: what scripts read stays as it is."""
+    status = compute_status(nodes, ranges, service_cidrs, pool_bodies)
+    assert status_output(status, "json") == expected_json
+    assert status_output(status, "yaml") == yaml.safe_dump(json.loads(expected_json), sort_keys=False).rstrip("\n")
+    assert status_output(status, "text") == expected_text
