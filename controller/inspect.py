@@ -40,36 +40,11 @@ class RangeUsage:
 
 
 @dataclasses.dataclass(frozen=True)
-class PoolFamilyRow:
-    version: int
-    node_mask_size: int
-    cidrs: tuple[str, ...]  # draining ones marked "(draining)"
-    capacity: int
-    allocated: int
-    free: int
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolRow:
-    """One pool in `nodeipam status`: the default pool (the flags) or a NodeCIDRPool."""
-
-    name: str
-    priority: int
-    selector: str
-    disabled: bool
-    refused: str
-    nodes: int
-    summary: str
-    blocking_nodes: tuple[str, ...]
-    families: tuple[PoolFamilyRow, ...]
-
-
-@dataclasses.dataclass(frozen=True)
 class Status:
     ranges: tuple[RangeUsage, ...]
     nodes: int
     nodes_waiting: tuple[str, ...]
-    pools: tuple[PoolRow, ...] = ()  # only when NodeCIDRPools exist; the default pool last
+    pools: tuple[PoolUsage, ...] = ()  # only when NodeCIDRPools exist; the default pool last
     pool_problems: tuple[str, ...] = ()  # NodeCIDRPools that cannot be used, and ranges in no pool
 
 
@@ -110,7 +85,7 @@ def compute_status(
     if not pool_bodies:
         return Status(usage, count, tuple(sorted(waiting)))
     problems += _outside(allocations, nodes)
-    return Status(usage, count, tuple(sorted(waiting)), _pool_rows(allocations), tuple(problems))
+    return Status(usage, count, tuple(sorted(waiting)), _pools_in_order(allocations), tuple(problems))
 
 
 def _pool_specs(pool_bodies: Sequence[Mapping[str, Any]], problems: list[str]) -> list[PoolSpec]:
@@ -124,12 +99,10 @@ def _pool_specs(pool_bodies: Sequence[Mapping[str, Any]], problems: list[str]) -
     return specs
 
 
-def _pool_rows(allocations: NodeAllocations) -> tuple[PoolRow, ...]:
-    """Every pool, highest priority first, then by name; the default pool last."""
-    default, *others = allocations.pool_sets.pools()
-    specs = [*sorted(others, key=lambda spec: (-spec.priority, spec.name)), default]
-    usages = {usage.name: usage for usage in allocations.pool_usage.usages()}
-    return tuple(_pool_row(spec, usages[spec.name]) for spec in specs)
+def _pools_in_order(allocations: NodeAllocations) -> tuple[PoolUsage, ...]:
+    """Every pool's usage, highest priority first, then by name; the default pool last."""
+    default, *others = allocations.pool_usage.usages()
+    return (*sorted(others, key=lambda usage: (-usage.priority, usage.name)), default)
 
 
 def _outside(allocations: NodeAllocations, nodes: Sequence[NodeInfo]) -> list[str]:
@@ -143,31 +116,6 @@ def _outside(allocations: NodeAllocations, nodes: Sequence[NodeInfo]) -> list[st
             if allocations.pool_sets.pool_of(cidr) is None:
                 found.append(f"node {node.name}: podCIDR {cidr} lies in no pool")
     return found
-
-
-def _pool_row(spec: PoolSpec, usage: PoolUsage) -> PoolRow:
-    families = tuple(
-        PoolFamilyRow(
-            version=family.version,
-            node_mask_size=family.node_mask_size,
-            cidrs=tuple(f"{entry.cidr}(draining)" if entry.draining else str(entry.cidr) for entry in family.cidrs),
-            capacity=counts.capacity,
-            allocated=counts.allocated,
-            free=counts.free,
-        )
-        for family, counts in zip(spec.families, usage.families, strict=True)
-    )
-    return PoolRow(
-        name=usage.name,
-        priority=usage.priority,
-        selector=usage.selector,
-        disabled=usage.disabled,
-        refused=usage.refused,
-        nodes=usage.nodes,
-        summary=usage.summary,
-        blocking_nodes=usage.blocking_nodes,
-        families=families,
-    )
 
 
 def compute_space(
@@ -266,7 +214,7 @@ def format_status(status: Status) -> str:
                     (pool.name, str(pool.priority), pool.summary, str(pool.nodes), state) if index == 0 else ("", "", "", "", "")
                 )
                 lines.append(
-                    f"{head[0]:<20} {head[1]:>8} {','.join(family.cidrs):<44} {'/' + str(family.node_mask_size):>5}"
+                    f"{head[0]:<20} {head[1]:>8} {','.join(family.cidrs_shown):<44} {'/' + str(family.node_mask_size):>5}"
                     f" {head[2]:>16} {family.free:>12} {head[3]:>6}  {head[4]}".rstrip()
                 )
             lines.append(f"{'':<20} {'':>8} selector: {pool.selector}")
@@ -472,7 +420,37 @@ def status_command(
 
 def status_output(status: Status, output: str) -> str:
     """What `nodeipam status` prints: the table ("text"), or the same data as "json" or "yaml"."""
-    return format_status(status) if output == "text" else render(dataclasses.asdict(status), output)
+    return format_status(status) if output == "text" else render(status_document(status), output)
+
+
+def status_document(status: Status) -> dict[str, Any]:
+    """`status` for JSON and YAML: its fields, and per pool what the table shows of its usage."""
+    document = dataclasses.asdict(status)
+    document["pools"] = [
+        {
+            "name": pool.name,
+            "priority": pool.priority,
+            "selector": pool.selector,
+            "disabled": pool.disabled,
+            "refused": pool.refused,
+            "nodes": pool.nodes,
+            "summary": pool.summary,
+            "blocking_nodes": list(pool.blocking_nodes),
+            "families": [
+                {
+                    "version": family.version,
+                    "node_mask_size": family.node_mask_size,
+                    "cidrs": list(family.cidrs_shown),
+                    "capacity": family.capacity,
+                    "allocated": family.allocated,
+                    "free": family.free,
+                }
+                for family in pool.families
+            ],
+        }
+        for pool in status.pools
+    ]
+    return document
 
 
 def _write(path: str, text: str) -> None:

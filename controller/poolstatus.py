@@ -39,6 +39,11 @@ class FamilyUsage:
     def version(self) -> int:
         return int(netaddr.IPNetwork(self.per_cidr[0].cidr).version)
 
+    @property
+    def cidrs_shown(self) -> tuple[str, ...]:
+        """Its CIDRs as `kubectl get` and `nodeipam status` show them: draining ones marked "(draining)"."""
+        return tuple(f"{usage.cidr}(draining)" if usage.draining else usage.cidr for usage in self.per_cidr)
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolUsage:
@@ -159,5 +164,5 @@ def status_body(
                 for c in counts.per_cidr
             ],
         }
-        body["columns"][key] = ",".join(f"{c.cidr}(draining)" if c.draining else c.cidr for c in counts.per_cidr)
+        body["columns"][key] = ",".join(counts.cidrs_shown)
     return body
