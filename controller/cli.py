@@ -414,19 +414,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
     """`status`, `check` and `explain`: flags first, then credentials, then the cluster."""
-    from controller import inspect
+    from controller import cluster_reads, inspect
 
     try:
         config.check_master(args.master)
         from_deployment = bool(args.deployment) and not args.cluster_cidr
         if from_deployment:
-            inspect.split_deployment_reference(args.deployment)
+            cluster_reads.split_deployment_reference(args.deployment)
         else:
             ranges, service_cidrs = _inspected_ranges(args)
         credentials = Credentials.load(args.kubeconfig, args.master, context=args.context)
         lease = None
         if from_deployment:
-            deployment_args = inspect.args_of_deployment(args.deployment, credentials)
+            deployment_args = cluster_reads.args_of_deployment(args.deployment, credentials)
             run, *flags = deployment_args
             kept, _ = pasted_flags.drop_ignored_flags(flags)
             run_args = build_parser().parse_args([run, *kept])
@@ -443,9 +443,9 @@ def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
             return EXIT_OK
         found = inspect.check_command(ranges, service_cidrs, credentials, args.output)
         return EXIT_PROBLEMS if found else EXIT_OK
-    except (ConfigError, CredentialsError, inspect.InspectError) as error:
+    except (ConfigError, CredentialsError, cluster_reads.InspectError) as error:
         return _fail(args.command, error, prog=prog)
-    except inspect.ClusterError as error:
+    except cluster_reads.ClusterError as error:
         return _fail(args.command, error, EXIT_CLUSTER, prog)
 
 

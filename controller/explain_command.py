@@ -16,10 +16,11 @@ from typing import Any
 import netaddr
 
 from controller import inflight
+from controller.cluster_reads import ClusterError, InspectError, explain_api_error, in_flight_of
 from controller.config import FamilyRange
 from controller.credentials import Credentials
 from controller.explain import Explanation, Leader, explain, format_text, leader_of
-from controller.inspect import ClusterError, InspectError, explain_api_error, render
+from controller.inspect import render
 from controller.kube import ApiError, KubeClient
 from controller.model import NodeInfo
 
@@ -54,11 +55,7 @@ async def _read(
                 file=sys.stderr,
             )
             return nodes, pools, [], None
-    annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
-    entries, problem = inflight.decode(str(annotations.get(inflight.ANNOTATION, "")))
-    if problem:
-        print(f"note: the Lease {namespace}/{name}'s record of patches in flight: {problem}", file=sys.stderr)
-    return nodes, pools, entries, leader_of(f"{namespace}/{name}", body, datetime.datetime.now(datetime.UTC))
+    return nodes, pools, in_flight_of(lease, body), leader_of(f"{namespace}/{name}", body, datetime.datetime.now(datetime.UTC))
 
 
 def explain_command(

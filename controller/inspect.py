@@ -2,16 +2,15 @@
 
 Both work against any cluster, from the Nodes alone and the ranges given on
 the command line (the controller's own flags), so they also audit clusters
-whose ranges kube-controller-manager handed out.
+whose ranges kube-controller-manager handed out. What they read of the
+cluster is cluster_reads.py's; here is what they make of it and print.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import netaddr
@@ -19,13 +18,13 @@ import yaml
 
 from controller import inflight, picture
 from controller.cidrs import ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
-from controller.config import FamilyRange, is_dns_label, is_dns_subdomain
+from controller.cluster_reads import NO_POOLS, InspectError, PoolsRead, list_nodes, list_pools, read_in_flight
+from controller.config import FamilyRange
 from controller.credentials import Credentials
-from controller.kube import ApiError, KubeClient
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
 from controller.poolrank import overlaps
-from controller.pools import PoolSpec, PoolSpecError
+from controller.pools import PoolSpec
 from controller.poolstatus import PoolUsage
 
 
@@ -52,16 +51,14 @@ def compute_status(
     nodes: Iterable[NodeInfo],
     ranges: Sequence[FamilyRange],
     service_cidrs: Sequence[netaddr.IPNetwork] = (),
-    pool_bodies: Sequence[Mapping[str, Any]] = (),
+    pools: PoolsRead = NO_POOLS,
 ) -> Status:
     """Usage per cluster CIDR as the controller would see it after a rebuild; and per pool, when there are NodeCIDRPools.
 
     The pools are served as the controller serves them, and their usage read
     as it reads it (`NodeAllocations.pool_usage`).
     """
-    problems: list[str] = []
-    specs = _pool_specs(pool_bodies, problems)
-    allocations = NodeAllocations(ranges, service_cidrs, specs)
+    allocations = NodeAllocations(ranges, service_cidrs, pools.specs)
     waiting = []
     count = 0
     nodes = list(nodes)
@@ -82,21 +79,10 @@ def compute_status(
         )
         for cidr_set in allocations.sets
     )
-    if not pool_bodies:
+    if not pools.listed:
         return Status(usage, count, tuple(sorted(waiting)))
-    problems += _outside(allocations, nodes)
-    return Status(usage, count, tuple(sorted(waiting)), _pools_in_order(allocations), tuple(problems))
-
-
-def _pool_specs(pool_bodies: Sequence[Mapping[str, Any]], problems: list[str]) -> list[PoolSpec]:
-    """The NodeCIDRPools parsed, for `status` and `check` alike; why a pool cannot be parsed goes into `problems`."""
-    specs = []
-    for body in pool_bodies:
-        try:
-            specs.append(PoolSpec.from_body(body))
-        except PoolSpecError as error:
-            problems.append(str(error))
-    return specs
+    problems = (*pools.invalid, *_outside(allocations, nodes))
+    return Status(usage, count, tuple(sorted(waiting)), _pools_in_order(allocations), problems)
 
 
 def _pools_in_order(allocations: NodeAllocations) -> tuple[PoolUsage, ...]:
@@ -106,16 +92,12 @@ def _pools_in_order(allocations: NodeAllocations) -> tuple[PoolUsage, ...]:
 
 
 def _outside(allocations: NodeAllocations, nodes: Sequence[NodeInfo]) -> list[str]:
-    found = []
-    for node in nodes:
-        for text in node.pod_cidrs:
-            try:
-                cidr = parse_cidr_sloppy(text)[0]
-            except ValueError:
-                continue  # `nodeipam check` reports it
-            if allocations.pool_sets.pool_of(cidr) is None:
-                found.append(f"node {node.name}: podCIDR {cidr} lies in no pool")
-    return found
+    return [
+        f"node {node.name}: podCIDR {cidr} lies in no pool"
+        for node in nodes
+        for cidr in _parsed(node.pod_cidrs)
+        if allocations.pool_sets.pool_of(cidr) is None
+    ]
 
 
 def compute_space(
@@ -123,7 +105,7 @@ def compute_space(
     ranges: Sequence[FamilyRange],
     status: Status,
     service_cidrs: Sequence[netaddr.IPNetwork] = (),
-    pool_bodies: Sequence[Mapping[str, Any]] = (),
+    pools: PoolsRead = NO_POOLS,
     in_flight: Sequence[inflight.InFlight] = (),
 ) -> picture.Space:
     """What `status --html/--svg` draws, rebuilt from the Nodes as `compute_status` does, plus who holds each range.
@@ -133,13 +115,13 @@ def compute_space(
     write of unknown outcome. Refused pools are left out: their CIDRs overlap
     a pool that is drawn.
     """
-    allocations = NodeAllocations(ranges, service_cidrs, _pool_specs(pool_bodies, []))
+    allocations = NodeAllocations(ranges, service_cidrs, pools.specs)
     for node in nodes:
         if node.pod_cidrs:
             allocations.observe(node)
     refused = allocations.pool_sets.refused
     specs = [spec for spec in allocations.pool_sets.pools() if spec.name not in refused]
-    specs = [*sorted(specs[1:], key=lambda spec: (-spec.priority, spec.name)), specs[0]] if pool_bodies else specs
+    specs = [*sorted(specs[1:], key=lambda spec: (-spec.priority, spec.name)), specs[0]] if pools.listed else specs
     areas = tuple(
         picture.Area(spec.name, entry.cidr, family.node_mask_size, entry.draining)
         for spec in specs
@@ -226,7 +208,7 @@ def format_status(status: Status) -> str:
 def find_problems(
     nodes: Iterable[NodeInfo],
     ranges: Sequence[FamilyRange],
-    pool_bodies: Sequence[Mapping[str, Any]] = (),
+    pools: PoolsRead = NO_POOLS,
     service_cidrs: Sequence[netaddr.IPNetwork] = (),
 ) -> list[str]:
     """Every finding on one line naming the Nodes (or pools), like `calicoctl ipam check`.
@@ -236,8 +218,8 @@ def find_problems(
     A podCIDR overlapping a service range is one, as the controller warns of it
     (InvalidPodCIDR): pods there may get the addresses of Services.
     """
-    findings: list[str] = []
-    served = ServedRanges([*ranges, *_pool_ranges(ranges, pool_bodies, findings)])
+    findings = list(pools.invalid)
+    served = ServedRanges([*ranges, *_pool_ranges(ranges, pools.specs, findings)])
     claimed: list[tuple[netaddr.IPNetwork, str]] = []
     for node in sorted(nodes, key=lambda n: n.name):
         if not node.pod_cidrs:
@@ -258,11 +240,8 @@ def find_problems(
     return findings
 
 
-def _pool_ranges(
-    ranges: Sequence[FamilyRange], pool_bodies: Sequence[Mapping[str, Any]], findings: list[str]
-) -> list[FamilyRange]:
-    """The CIDRs of the usable NodeCIDRPools as ranges; what makes a pool unusable goes into `findings`."""
-    specs = _pool_specs(pool_bodies, findings)
+def _pool_ranges(ranges: Sequence[FamilyRange], specs: Sequence[PoolSpec], findings: list[str]) -> list[FamilyRange]:
+    """The CIDRs of the NodeCIDRPools not refused as ranges; why a pool is refused goes into `findings`."""
     refused = overlaps([*specs, PoolSpec.default(ranges)])
     findings.extend(f"NodeCIDRPool {name}: refused: {why}" for name, why in sorted(refused.items()))
     return [
@@ -274,122 +253,12 @@ def _pool_ranges(
     ]
 
 
-class InspectError(RuntimeError):
-    """Bad input for `status` or `check` (exit status 2); the message names the flag and the fix."""
-
-
-class ClusterError(RuntimeError):
-    """The API server could not be reached or refused (exit status 3); the message says what to check."""
-
-
-def explain_api_error(error: ApiError, credentials: Credentials, request: str) -> str:
-    """One line for an API error: unreachable, unauthenticated, forbidden (naming the permission), or other."""
-    server = credentials.server
-    if error.status == 0:
-        cause = " ".join(str(error.__cause__ or error.message).split())
-        return f"cannot reach the API server at {server}: {cause}; check --kubeconfig/--master and that the API server is up"
-    if error.status == 401:
-        return f"the API server at {server} does not accept these credentials (401 Unauthorized); check the kubeconfig's user"
-    if error.status == 403:
-        return f"the API server at {server} forbids {request} (403 Forbidden: {error.message}); grant it to this user"
-    return f"the API server at {server} answered {request} with {error}"
-
-
-def args_of_deployment(reference: str, credentials: Credentials) -> list[str]:
-    """The `run ...` args of a nodeipam Deployment ("NAMESPACE/NAME"), so its own flags describe the ranges."""
-    namespace, name = split_deployment_reference(reference)
-
-    async def fetch() -> Any:
-        async with KubeClient(credentials) as kube:
-            return await kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-
-    try:
-        deployment = asyncio.run(fetch())
-    except ApiError as error:
-        if error.status == 404:
-            raise InspectError(
-                f"--deployment: there is no deployment {name} in namespace {namespace};"
-                " give the controller's NAMESPACE/NAME (kubectl get deployments -A lists them)"
-            ) from None
-        raise ClusterError(explain_api_error(error, credentials, f"get on deployments.apps in namespace {namespace}")) from None
-    for container in deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-        argv = [*container.get("command", []), *container.get("args", [])]
-        if "run" in argv:
-            return argv[argv.index("run") :]
-    raise InspectError(f"--deployment: no container of {reference} runs `nodeipam run`; give the controller's Deployment")
-
-
-def split_deployment_reference(reference: str) -> tuple[str, str]:
-    """ "NAMESPACE/NAME" -> (namespace, name), each a valid Kubernetes name."""
-    namespace, _, name = reference.rpartition("/")
-    if not is_dns_label(namespace) or not is_dns_subdomain(name):
-        raise InspectError(f"--deployment: {reference!r} is not NAMESPACE/NAME; e.g. --deployment=kube-system/nodeipam")
-    return namespace, name
-
-
-def _list_nodes(credentials: Credentials) -> list[NodeInfo]:
-    async def fetch() -> list[NodeInfo]:
-        async with KubeClient(credentials) as kube:
-            nodes, _ = await kube.list_nodes()
-            return nodes
-
-    try:
-        return asyncio.run(fetch())
-    except ApiError as error:
-        raise ClusterError(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
-
-
-def _list_pools(credentials: Credentials) -> list[dict[str, Any]]:
-    """Every NodeCIDRPool; none when the CRD is not installed."""
-
-    async def fetch() -> list[dict[str, Any]] | None:
-        async with KubeClient(credentials) as kube:
-            return await kube.list_pools()
-
-    try:
-        return asyncio.run(fetch()) or []
-    except ApiError as error:
-        if error.status == 403:  # status of the ranges from the flags needs only Nodes: show those
-            print(
-                f"note: pools not shown: {explain_api_error(error, credentials, 'list on nodecidrpools.nodeipam.io')}",
-                file=sys.stderr,
-            )
-            return []
-        raise ClusterError(explain_api_error(error, credentials, "list on nodecidrpools.nodeipam.io")) from None
-
-
 def render(document: Any, output: str) -> str:
     """`document` as JSON or YAML: the same data in both (YAML is written from the JSON form, tuples as lists)."""
     as_json = json.dumps(document, indent=2)
     if output == "yaml":
         return yaml.safe_dump(json.loads(as_json), sort_keys=False).rstrip("\n")
     return as_json
-
-
-def _read_in_flight(credentials: Credentials, lease: tuple[str, str]) -> list[inflight.InFlight]:
-    """The controller's record of patches in flight, from its Lease (namespace, name); none when it cannot be read.
-
-    The picture is drawn all the same without it: the state is then missing,
-    and a note on stderr says why.
-    """
-    namespace, name = lease
-
-    async def fetch() -> Any:
-        async with KubeClient(credentials) as kube:
-            return await kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
-
-    try:
-        body = asyncio.run(fetch())
-    except ApiError as error:
-        if error.status != 404:
-            why = explain_api_error(error, credentials, f"get on leases.coordination.k8s.io in namespace {namespace}")
-            print(f"note: patches in flight not shown: {why}", file=sys.stderr)
-        return []
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    entries, problem = inflight.decode(str(annotations.get(inflight.ANNOTATION, "")))
-    if problem:
-        print(f"note: the Lease {namespace}/{name}'s record of patches in flight: {problem}", file=sys.stderr)
-    return entries
 
 
 def status_command(
@@ -406,12 +275,12 @@ def status_command(
     `lease` (namespace, name): the controller's Lease, whose record of
     patches in flight the picture shows (known with --deployment).
     """
-    nodes = _list_nodes(credentials)
-    pool_bodies = _list_pools(credentials)
-    status = compute_status(nodes, ranges, service_cidrs, pool_bodies)
+    nodes = list_nodes(credentials)
+    pools = list_pools(credentials)
+    status = compute_status(nodes, ranges, service_cidrs, pools)
     if html or svg:
-        in_flight = _read_in_flight(credentials, lease) if lease else []
-        space = compute_space(nodes, ranges, status, service_cidrs, pool_bodies, in_flight)
+        in_flight = read_in_flight(credentials, lease) if lease else []
+        space = compute_space(nodes, ranges, status, service_cidrs, pools, in_flight)
         for path, draw in ((html, picture.html), (svg, picture.svg)):
             if path:
                 _write(path, draw(space))
@@ -465,8 +334,8 @@ def check_command(
     ranges: Sequence[FamilyRange], service_cidrs: Sequence[netaddr.IPNetwork], credentials: Credentials, output: str
 ) -> bool:
     """Prints the findings ("text", "json" or "yaml"); whether there were any, for the exit status."""
-    nodes = _list_nodes(credentials)
-    findings = find_problems(nodes, ranges, _list_pools(credentials), service_cidrs)
+    nodes = list_nodes(credentials)
+    findings = find_problems(nodes, ranges, list_pools(credentials), service_cidrs)
     if output == "text":
         for finding in findings:
             print(finding)

@@ -24,10 +24,10 @@ import netaddr
 import yaml
 
 from controller import config, flagvalues
+from controller.cluster_reads import explain_api_error
 from controller.config import FamilyRange
 from controller.credentials import Credentials, CredentialsError
 from controller.flagvalues import ConfigError
-from controller.inspect import explain_api_error
 from controller.kube import POOLS_PATH, ApiError, KubeClient
 from controller.model import NodeInfo
 from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, Write, make_plan, writes_between

@@ -8,6 +8,7 @@ import netaddr
 import pytest
 import yaml
 
+from controller.cluster_reads import PoolsRead
 from controller.config import FamilyRange
 from controller.inspect import compute_status, find_problems, format_status, status_output
 from controller.model import NodeInfo
@@ -150,7 +151,7 @@ def pool_body(name: str, spec: dict[str, object], created: str = "2026-01-01T00:
 def test_check_judges_ranges_against_the_pool_they_lie_in(
     family: FamilyRange, pool_family: dict[str, object], nodes: list[NodeInfo], expected: list[str]
 ) -> None:
-    assert find_problems(nodes, [family], [pool_body("gpu", pool_family)]) == expected
+    assert find_problems(nodes, [family], PoolsRead.parse([pool_body("gpu", pool_family)])) == expected
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_check_judges_ranges_against_the_pool_they_lie_in(
 def test_check_reports_unusable_and_overlapping_pools(
     family: FamilyRange, bad_pool: dict[str, object], overlapping_pool: dict[str, object], finding: str
 ) -> None:
-    findings = find_problems([], [family], [pool_body("broken", bad_pool), pool_body("late", overlapping_pool)])
+    findings = find_problems([], [family], PoolsRead.parse([pool_body("broken", bad_pool), pool_body("late", overlapping_pool)]))
     assert len(findings) == 2
     assert findings[0].startswith("NodeCIDRPool broken: ") and "canonical form" in findings[0]
     assert findings[1] == finding
@@ -432,7 +433,7 @@ def test_status_output_is_pinned(
 ) -> None:
     """`status -o json` (and -o yaml, the same data) and the table, for pools serving, draining, refused, disabled,
     invalid, counts past 2^64, a Node waiting and one outside every pool: what scripts read stays as it is."""
-    status = compute_status(nodes, ranges, service_cidrs, pool_bodies)
+    status = compute_status(nodes, ranges, service_cidrs, PoolsRead.parse(pool_bodies))
     assert status_output(status, "json") == expected_json
     assert status_output(status, "yaml") == yaml.safe_dump(json.loads(expected_json), sort_keys=False).rstrip("\n")
     assert status_output(status, "text") == expected_text
