@@ -28,10 +28,12 @@ from controller.plan import (
     SERVICE_OVERLAP,
     ClusterFacts,
     EventFact,
+    Finding,
     Plan,
     Workload,
     Write,
     allocates_node_cidrs,
+    data_plane,
     make_plan,
     writes_between,
 )
@@ -275,6 +277,34 @@ def test_the_data_plane_must_cover_accepted_pools_but_not_refused_ones(stack: St
     assert kinds(make_plan([], [stack.range], [], [clash], facts)) == [POOL]
     facts = ClusterFacts(now=NOW, kube_proxy=("kp", wide))
     assert kinds(make_plan([], [stack.range], [], [pool], facts)) == []
+
+
+def test_the_data_plane_conflicts_name_the_ranges_left_out() -> None:
+    """Per plugin, the served ranges of a family it is configured for that none of its networks covers."""
+    served = [family("10.244.0.0/16", 24), family("fd00:10::/56", 64), family("10.250.0.0/24", 26)]
+    facts = ClusterFacts(
+        now=NOW,
+        flannel=("ConfigMap kube-flannel/kube-flannel-cfg", '{"Network": "10.244.0.0/16", "IPv6Network": "fd99::/56"}'),
+        kube_proxy=("ConfigMap kube-system/kube-proxy", "10.99.0.0/16,fd00::/8"),
+    )
+    assert data_plane(facts, served) == (
+        [
+            Finding(
+                DATA_PLANE,
+                "ConfigMap kube-flannel/kube-flannel-cfg",
+                "flannel's network 10.244.0.0/16,fd99::/56 does not cover fd00:10::/56, 10.250.0.0/24: pods there get no route",
+            ),
+            Finding(
+                DATA_PLANE,
+                "ConfigMap kube-system/kube-proxy",
+                "kube-proxy's clusterCIDR 10.99.0.0/16,fd00::/8 does not cover 10.244.0.0/16, 10.250.0.0/24: traffic from"
+                " there is masqueraded as if from outside the cluster",
+            ),
+        ],
+        [],
+    )
+    covered = ClusterFacts(now=NOW, flannel=facts.flannel, kube_proxy=("ConfigMap kube-system/kube-proxy", "10.0.0.0/8"))
+    assert data_plane(covered, served[:1]) == ([], [])
 
 
 @STACKS
