@@ -419,14 +419,20 @@ def _networks(texts: Iterable[str]) -> list[netaddr.IPNetwork]:
     return found
 
 
-def _uncovered(served: Sequence[FamilyRange], networks: Sequence[netaddr.IPNetwork]) -> list[str]:
-    """The served ranges of a family `networks` has that lie in none of them."""
+def _not_routed(
+    where: str, plugin: str, networks: Sequence[netaddr.IPNetwork], served: Sequence[FamilyRange], consequence: str
+) -> list[Finding]:
+    """A conflict about `where` naming the served ranges, of a family `networks` has, that lie in none of them: "`plugin`
+    does not cover <ranges>: `consequence`"; none when each lies in one."""
     versions = {network.version for network in networks}
-    return [
+    missing = [
         str(family.cluster_cidr)
         for family in served
         if family.version in versions and not any(family.cluster_cidr in network for network in networks)
     ]
+    if not missing:
+        return []
+    return [Finding(DATA_PLANE, where, f"{plugin} does not cover {', '.join(missing)}: {consequence}")]
 
 
 def data_plane(facts: ClusterFacts, served: Sequence[FamilyRange]) -> tuple[list[Finding], list[Finding]]:
@@ -444,28 +450,17 @@ def data_plane(facts: ClusterFacts, served: Sequence[FamilyRange]) -> tuple[list
             conflicts.append(Finding(DATA_PLANE, where, "net-conf.json is not a JSON object; flannel's network is unknown"))
         else:
             networks = _networks(str(conf[key]) for key in ("Network", "IPv6Network") if conf.get(key))
-            missing = _uncovered(served, networks)
-            if missing:
-                conflicts.append(
-                    Finding(
-                        DATA_PLANE,
-                        where,
-                        f"flannel's network {join(networks)} does not cover {', '.join(missing)}: pods there get no route",
-                    )
-                )
+            conflicts += _not_routed(where, f"flannel's network {join(networks)}", networks, served, "pods there get no route")
     if facts.kube_proxy is not None:
         where, text = facts.kube_proxy
         networks = _networks(text.split(",")) if text.strip() else []
-        missing = _uncovered(served, networks)
-        if missing:
-            conflicts.append(
-                Finding(
-                    DATA_PLANE,
-                    where,
-                    f"kube-proxy's clusterCIDR {text} does not cover {', '.join(missing)}: traffic from there is masqueraded"
-                    " as if from outside the cluster",
-                )
-            )
+        conflicts += _not_routed(
+            where,
+            f"kube-proxy's clusterCIDR {text}",
+            networks,
+            served,
+            "traffic from there is masqueraded as if from outside the cluster",
+        )
     for reference in facts.daemonsets:
         plugin = OTHER_IPAM_DAEMONSETS.get(reference.rsplit("/", 1)[-1])
         if plugin:
