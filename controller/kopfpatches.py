@@ -20,7 +20,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import ModuleType
 from typing import Any
 
@@ -49,6 +49,31 @@ kopf_watching = _kopf_internal("kopf._cogs.clients.watching")
 
 def _kopf_version() -> str:
     return importlib.metadata.version("kopf")
+
+
+#: Set on what replaces one of kopf's names, so that a second operator in this process does not replace it again.
+_ADJUSTED = "adjusted_by_nodeipam"
+
+
+def _wrap_once(
+    module: ModuleType | None,
+    name: str,
+    as_expected: Callable[[Any], bool],
+    wrap: Callable[[ModuleType, Any], Any],
+    left_as_it_is: str,
+) -> bool:
+    """Replace `module`'s `name` by `wrap(module, original)`, once; False, and a log line ending in `left_as_it_is`,
+    if this kopf release has no such module or its `name` is not `as_expected`."""
+    original = getattr(module, name, None)
+    if getattr(original, _ADJUSTED, False):
+        return True  # a second operator in this process
+    if module is None or not as_expected(original):
+        logger.info("kopf %s: %s", _kopf_version(), left_as_it_is)
+        return False
+    replacement = wrap(module, original)
+    setattr(replacement, _ADJUSTED, True)
+    setattr(module, name, replacement)
+    return True
 
 
 class _NoSuchError(Exception):
@@ -105,14 +130,13 @@ def decode_kopf_watch_events_with_msgspec() -> bool:
     Only the module's `json` name is replaced, and only while it is the
     stdlib's json module: a kopf release that decodes differently is left as it is.
     """
-    decoder = getattr(kopf_api, "json", None)
-    if decoder is _MsgspecJson:
-        return True  # a second operator in this process
-    if kopf_api is None or decoder is not json:
-        logger.info("kopf %s: its watch events are decoded by its own decoder", _kopf_version())
-        return False
-    kopf_api.json = _MsgspecJson  # type: ignore[attr-defined]
-    return True
+    return _wrap_once(
+        kopf_api,
+        "json",
+        lambda decoder: decoder is json,
+        lambda _module, _decoder: _MsgspecJson,
+        "its watch events are decoded by its own decoder",
+    )
 
 
 def cancel_kopfs_discovery_reads_with_it() -> bool:
@@ -126,28 +150,22 @@ def cancel_kopfs_discovery_reads_with_it() -> bool:
     that, as it ends, it cancels the reads of kopf's scanning module that
     began during it and still run. Only a coroutine function is wrapped, once.
     """
-    scanning = kopf_scanning
-    scan = getattr(scanning, "scan_resources", None)
-    if getattr(scan, "cancels_its_reads", False):
-        return True  # a second operator in this process
-    if scanning is None or not inspect.iscoroutinefunction(scan):
-        logger.info("kopf %s: its discovery is left as it is", _kopf_version())
-        return False
 
-    @functools.wraps(scan)
-    async def scan_resources(**kwargs: Any) -> Any:
-        before = asyncio.all_tasks()
-        try:
-            return await scan(**kwargs)
-        finally:  # none is left when the scan ends by itself
-            for task in asyncio.all_tasks() - before:
-                code = getattr(task.get_coro(), "cr_code", None)
-                if code is not None and code.co_filename == scanning.__file__:
-                    task.cancel()
+    def wrap(scanning: ModuleType, scan: Any) -> Any:
+        @functools.wraps(scan)
+        async def scan_resources(**kwargs: Any) -> Any:
+            before = asyncio.all_tasks()
+            try:
+                return await scan(**kwargs)
+            finally:  # none is left when the scan ends by itself
+                for task in asyncio.all_tasks() - before:
+                    code = getattr(task.get_coro(), "cr_code", None)
+                    if code is not None and code.co_filename == scanning.__file__:
+                        task.cancel()
 
-    scan_resources.cancels_its_reads = True  # type: ignore[attr-defined]
-    scanning.scan_resources = scan_resources  # type: ignore[attr-defined]
-    return True
+        return scan_resources
+
+    return _wrap_once(kopf_scanning, "scan_resources", inspect.iscoroutinefunction, wrap, "its discovery is left as it is")
 
 
 def cancel_kopfs_stream_requests_on_their_stopper() -> bool:
@@ -161,33 +179,27 @@ def cancel_kopfs_stream_requests_on_their_stopper() -> bool:
     stopper cancels the task that reads it, as kopf meant, until the first event arrives (then kopf closes
     the response itself).
     """
-    api = kopf_api
-    stream = getattr(api, "stream", None)
-    if getattr(stream, "cancels_its_request", False):
-        return True  # a second operator in this process
-    if api is None or not inspect.isasyncgenfunction(stream):
-        logger.info("kopf %s: its stream requests are left as they are", _kopf_version())
-        return False
 
-    @functools.wraps(stream)
-    async def cancelling_stream(url: str, *, stopper: asyncio.Future[Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        reader = asyncio.current_task()
-        answered = False
+    def wrap(_api: ModuleType, stream: Any) -> Any:
+        @functools.wraps(stream)
+        async def cancelling_stream(url: str, *, stopper: asyncio.Future[Any] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+            reader = asyncio.current_task()
+            answered = False
 
-        def cancel_the_request(_: asyncio.Future[Any]) -> None:
-            if not answered and reader is not None and not reader.done():
-                reader.cancel()
+            def cancel_the_request(_: asyncio.Future[Any]) -> None:
+                if not answered and reader is not None and not reader.done():
+                    reader.cancel()
 
-        if stopper is not None and not stopper.done():
-            stopper.add_done_callback(cancel_the_request)
-        try:
-            async for event in stream(url, stopper=stopper, **kwargs):
-                answered = True
-                yield event
-        finally:
-            if stopper is not None:
-                stopper.remove_done_callback(cancel_the_request)
+            if stopper is not None and not stopper.done():
+                stopper.add_done_callback(cancel_the_request)
+            try:
+                async for event in stream(url, stopper=stopper, **kwargs):
+                    answered = True
+                    yield event
+            finally:
+                if stopper is not None:
+                    stopper.remove_done_callback(cancel_the_request)
 
-    cancelling_stream.cancels_its_request = True  # type: ignore[attr-defined]
-    api.stream = cancelling_stream  # type: ignore[attr-defined]
-    return True
+        return cancelling_stream
+
+    return _wrap_once(kopf_api, "stream", inspect.isasyncgenfunction, wrap, "its stream requests are left as they are")
