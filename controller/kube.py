@@ -90,21 +90,10 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         decode: bool = True,
     ) -> Any:
-        """One API call, its response parsed as JSON (`decode=False`: not parsed, None)."""
-        payload = await self.request_bytes(method, path, body=body, content_type=content_type, params=params)
+        """One API call, its response parsed as JSON (`decode=False`: not parsed, None); transient failures are tried
+        again (see `ApiTransport.request_bytes`), others raise ApiError."""
+        payload = await self._transport.request_bytes(method, path, body=body, content_type=content_type, params=params)
         return json.loads(payload) if payload and decode else None
-
-    async def request_bytes(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        content_type: str = "application/json",
-        params: Mapping[str, str] | None = None,
-    ) -> bytes:
-        """One API call with retries of transient failures (see `ApiTransport.request_bytes`); raises ApiError otherwise."""
-        return await self._transport.request_bytes(method, path, body=body, content_type=content_type, params=params)
 
     # -- Nodes ---------------------------------------------------------------
 
@@ -167,7 +156,7 @@ class KubeClient:
         elif not_older_than:
             params["resourceVersion"] = not_older_than
             params["resourceVersionMatch"] = "NotOlderThan"
-        return asyncio.ensure_future(self.request_bytes("GET", "/api/v1/nodes", params=params))
+        return asyncio.ensure_future(self._transport.request_bytes("GET", "/api/v1/nodes", params=params))
 
     async def watch_nodes(self, resource_version: str) -> AsyncIterator[tuple[str, NodeInfo]]:
         """(event type, Node) from a watch starting at `resource_version`; ends when the server ends it."""
@@ -182,7 +171,7 @@ class KubeClient:
 
     async def get_node(self, name: str) -> NodeInfo | None:
         try:
-            return decode_node(await self.request_bytes("GET", f"/api/v1/nodes/{name}")).info()
+            return decode_node(await self._transport.request_bytes("GET", f"/api/v1/nodes/{name}")).info()
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -205,7 +194,9 @@ class KubeClient:
         """
         values = [str(cidr) for cidr in cidrs]
         patch = {"metadata": {"uid": node.uid}, "spec": {"podCIDR": values[0], "podCIDRs": values}}
-        await self.request_bytes("PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json")
+        await self._transport.request_bytes(
+            "PATCH", f"/api/v1/nodes/{node.name}", body=patch, content_type="application/merge-patch+json"
+        )
 
     # -- Events --------------------------------------------------------------
 
