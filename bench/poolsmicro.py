@@ -12,7 +12,7 @@ Reconciler over a stub API (every write answered at once), rebuilt from
 - overlaps: `poolrank.overlaps` over `--overlap-pools` pools of `--overlap-cidrs` CIDRs;
 - rebuild: the start-up rebuild from the LIST of all Nodes;
 - a pool added while the Nodes hold their ranges (`set_pools`);
-- status round: `sync_pools` after 100 more Nodes got ranges (what a round costs during a burst);
+- status round: `pools.sync()` after 100 more Nodes got ranges (what a round costs during a burst);
 - scrape: one `/metrics` body (`generate_latest`), and the pool collector alone;
 - allocation: reserve and commit, per Node.
 
@@ -181,7 +181,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     await reconciler.rebuild()
     figures.append((f"rebuild from {args.nodes} Nodes holding ranges", time.perf_counter() - started))
     started = time.perf_counter()
-    await reconciler.sync_pools()
+    await reconciler.pools.sync()
     figures.append((f"first status round ({api.status_writes} statuses written)", time.perf_counter() - started))
     extra = PoolSpec.from_body(
         {
@@ -203,7 +203,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
         allocate(allocations, f"round{attempt}", 100)
         writes = api.status_writes
         started = time.perf_counter()
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         rounds.append(time.perf_counter() - started)
     figures.append((f"status round after 100 allocations ({api.status_writes - writes} statuses written)", min(rounds)))
     registry = reconciler.metrics.registry

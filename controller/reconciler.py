@@ -31,7 +31,6 @@ from controller.metrics import Metrics
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
 from controller.nodework import NodeWork
-from controller.poolstatus import PoolUsage
 from controller.poolsync import PoolApi, PoolSync
 from controller.resync import BRIDGE_LIMIT, RELIST_DELAY, ListWatchApi, Resync
 from controller.supervisor import Supervisor
@@ -238,25 +237,3 @@ class Reconciler:
     async def write_pool_statuses(self) -> None:
         """Keep every pool's status, and its finalizer, in step with what Nodes hold (see `PoolSync.write_statuses`)."""
         await self.pools.write_statuses()
-
-    # -- single rounds (tests, bench) ------------------------------------------------
-
-    def relist_soon(self, why: str) -> None:
-        """Ask the resync loop for a LIST of all Nodes: the watch had a gap."""
-        self.resync.relist_soon(why)
-
-    async def relist(self) -> None:
-        """List every Node now (see `Resync.relist`)."""
-        await self.resync.relist()
-
-    async def sweep(self) -> None:
-        """Read the Nodes the watch left open now (see `Resync.sweep`)."""
-        await self.resync.sweep()
-
-    async def sync_pools(self) -> None:
-        """One round of pool status and finalizer writes (see `PoolSync.sync`)."""
-        await self.pools.sync()
-
-    def pool_usages(self) -> list[PoolUsage]:
-        """Every pool's usage (the default pool's too), from what Nodes hold or have reserved now."""
-        return self.pools.usages()

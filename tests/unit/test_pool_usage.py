@@ -374,12 +374,12 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
     async def go() -> dict[str, list[int]]:
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         spies = {"ranges_by_node": counting(monkeypatch, NodeAllocations, "ranges_by_node")}
         spies |= {name: counting(monkeypatch, PoolSets, name) for name in ("owning_pool", "pool_of")}
         await reconciler.handle(api.add("late"))
         spies["pool_of"].clear()  # counting the allocation's metrics, one lookup per range
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         generate_latest(reconciler.metrics.registry)
         return spies
 
@@ -397,7 +397,7 @@ def test_a_status_round_looks_only_at_the_pools_whose_usage_changed(
     async def go() -> list[str]:
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         looked_at: list[str] = []
         original = poolsync_module.status_body
 
@@ -407,8 +407,8 @@ def test_a_status_round_looks_only_at_the_pools_whose_usage_changed(
 
         monkeypatch.setattr(poolsync_module, "status_body", spy)
         await reconciler.handle(api.add("a"))  # into p0, the highest priority
-        await reconciler.sync_pools()
-        await reconciler.sync_pools()  # nothing changed since
+        await reconciler.pools.sync()
+        await reconciler.pools.sync()  # nothing changed since
         return looked_at
 
     assert run(go) == ["p0"]
@@ -432,9 +432,9 @@ def test_a_status_write_that_failed_is_tried_again_in_the_next_round(family_rang
     async def go() -> None:
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         assert "p0" not in api.statuses and "p1" in api.statuses
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
 
     run(go)
     assert [status["nodes"] for status in api.statuses["p0"]] == [0]
@@ -447,11 +447,11 @@ def test_a_finalizer_taken_off_by_hand_is_put_back_although_no_usage_changed(fam
     async def go() -> None:
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         body = api.pools["p1"]  # type: ignore[index]
         body["metadata"]["finalizers"] = []
         await reconciler.pool_event("MODIFIED", body)
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
 
     run(go)
     assert api.pools is not None and api.pools["p1"]["metadata"]["finalizers"] == [poolsync_module.POOL_FINALIZER]

@@ -333,7 +333,7 @@ def test_sweep_commits_an_unknown_patch_that_had_applied(family: FamilyRange) ->
     reconciler = left_unknown(family, api)
     (reserved,) = reconciler.allocations.reservations.unsettled()
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=tuple(str(c) for c in reserved.cidrs))
-    run(reconciler.sweep)
+    run(reconciler.resync.sweep)
     assert reconciler.allocations.reservations.unsettled() == [] and reconciler.allocations.held.ranges("a") == reserved.cidrs
     assert len(api.patched) == assign_module.PATCH_ATTEMPTS, "no further patch"
 
@@ -343,7 +343,7 @@ def test_sweep_patches_again_with_the_same_ranges_when_the_node_shows_none(famil
     api = FakeApi()
     reconciler = left_unknown(family, api)
     (reserved,) = reconciler.allocations.reservations.unsettled()
-    run(reconciler.sweep)
+    run(reconciler.resync.sweep)
     assert api.patched[-1] == ("a", [str(c) for c in reserved.cidrs])
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in reserved.cidrs)
     assert reconciler.allocations.held.ranges("a") == reserved.cidrs and reconciler.allocations.sets[0].allocated == 1
@@ -355,14 +355,14 @@ def test_sweep_releases_an_unknown_reservation_when_the_node_holds_others_or_is_
     reconciler = left_unknown(family, api)
     theirs = str(list(family.cluster_cidr.subnet(family.node_mask_size))[3])
     api.nodes["a"] = dataclasses.replace(api.nodes["a"], pod_cidrs=(theirs,))
-    run(reconciler.sweep)
+    run(reconciler.resync.sweep)
     assert reconciler.allocations.held.ranges("a") == (netaddr.IPNetwork(theirs),)
     assert reconciler.allocations.sets[0].allocated == 1 and reconciler.allocations.reservations.unsettled() == []
 
     api = FakeApi()
     reconciler = left_unknown(family, api)
     del api.nodes["a"]
-    run(reconciler.sweep)
+    run(reconciler.resync.sweep)
     assert reconciler.allocations.sets[0].allocated == 0 and reconciler.allocations.reservations.unsettled() == []
 
 
@@ -384,7 +384,7 @@ def test_unexpected_exception_leaves_no_node_in_flight_forever(family: FamilyRan
         run(lambda: reconciler.handle(node))
     (unsettled,) = reconciler.allocations.reservations.unsettled()  # sent, so it may have applied: kept, but no task holds it
     assert not unsettled.owned and unsettled.state is ReservationState.UNKNOWN
-    run(reconciler.sweep)  # the Node shows none: patched again with the same ranges
+    run(reconciler.resync.sweep)  # the Node shows none: patched again with the same ranges
     assert reconciler.allocations.reservations.unsettled() == []
     assert reconciler.allocations.held.ranges("a") == unsettled.cidrs
     assert api.nodes["a"].pod_cidrs == tuple(str(c) for c in unsettled.cidrs)
@@ -575,7 +575,7 @@ def test_relist_frees_vanished_nodes_and_serves_missed_ones_from_the_cache(famil
     reconciler = handled(family, api, api.add("vanishes"))
     api.nodes.pop("vanishes")  # its DELETED event was missed
     api.add("missed")  # its ADDED event was missed
-    run(reconciler.relist)
+    run(reconciler.resync.relist)
     assert reconciler.allocations.held.ranges("vanishes") == ()
     assert api.nodes["missed"].pod_cidrs and reconciler.allocations.sets[0].allocated == 1
     assert api.lists[-1] is True, "the LIST after a gap is answered from the API server's cache"
@@ -761,20 +761,20 @@ def test_pool_status_finalizer_and_deletion_wait_for_the_last_node(family: Famil
         api.add("b")
         reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         assert poolsync_module.POOL_FINALIZER in api.pools["p"]["metadata"]["finalizers"]
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         assert len(api.statuses["p"]) == 1, "an unchanged status is not written again"
         pool = api.pools["p"]
         pool["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
         await reconciler.pool_event("MODIFIED", pool)
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         assert "p" in api.pools, "kept while its Nodes hold ranges"
         await reconciler.deleted(api.nodes.pop("a"))
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         assert "p" in api.pools
         await reconciler.deleted(api.nodes.pop("b"))
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         return api, api.statuses["p"]
 
     api, statuses = run(go)
@@ -866,11 +866,11 @@ def test_a_range_left_in_no_pool_is_reported_and_kept(family: FamilyRange) -> No
         api.add("a")
         reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         assert api.events == []
         removed = api.pools.pop("p")  # its finalizer removed by hand, then deleted
         await reconciler.pool_event("DELETED", removed)
-        await reconciler.sync_pools()
+        await reconciler.pools.sync()
         return api, reconciler
 
     api, reconciler = run(go)
@@ -896,7 +896,7 @@ def test_a_refused_status_is_not_sent_again_until_it_changes(family: FamilyRange
         reconciler = Reconciler(api, NodeAllocations([family]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         for _ in range(3):
-            await reconciler.sync_pools()
+            await reconciler.pools.sync()
         return api
 
     api = run(go)

@@ -19,7 +19,7 @@ def test_a_pool_whose_deleted_event_was_missed_does_not_refuse_a_new_pool_over_i
     deleting = {**old, "metadata": {**old["metadata"], "deletionTimestamp": "2026-01-02T00:00:00Z", "resourceVersion": "2"}}
     run(lambda: reconciler.pool_event("MODIFIED", deleting))  # no Node holds a range in it: it goes at once
     api.pools = {}  # gone while the watch re-listed: its DELETED event never comes
-    run(reconciler.relist)
+    run(reconciler.resync.relist)
     new = pool_body("new", family, first)
     new["metadata"]["creationTimestamp"] = "2026-01-03T00:00:00Z"
     api.pools["new"] = new
@@ -36,6 +36,6 @@ def test_a_pool_deleted_unnoticed_before_its_finalizer_was_added_hands_out_nothi
     reconciler = rebuilt(family, api)
     api.pools = {}  # deleted before the finalizer went on, while the watch re-listed: no DELETED event comes
     api.add("missed")
-    run(reconciler.relist)
+    run(reconciler.resync.relist)
     (cidr,) = api.nodes["missed"].pod_cidrs
     assert netaddr.IPNetwork(cidr) not in netaddr.IPNetwork(first), f"{cidr} handed out from the deleted pool p"

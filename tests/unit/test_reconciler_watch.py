@@ -23,7 +23,7 @@ def test_sweep_serves_a_node_whose_patches_were_all_refused_with_one_read_and_no
         reconciler = reconciler_for(family, api)
         await reconciler.assign_all([api.add("a")])
         assert api.nodes["a"].pod_cidrs == (), "refused five times"
-        await reconciler.sweep()
+        await reconciler.resync.sweep()
 
     run(go)
     assert api.nodes["a"].pod_cidrs, "the sweep served the Node left without a range"
@@ -114,7 +114,7 @@ def test_resync_loop_lists_after_a_gap_and_only_then(family: FamilyRange) -> Non
         await wait_until(lambda: sweeps >= 3)  # several resync periods: a sweep each, no LIST
         lists_before_gap = list(api.lists)
         api.nodes.pop("a")  # deleted during a gap: no DELETED event
-        reconciler.relist_soon("a test gap")
+        reconciler.resync.relist_soon("a test gap")
         await wait_until(lambda: reconciler.allocations.held.ranges("a") == ())
         loop.cancel()
         return [*lists_before_gap, *api.lists[len(lists_before_gap) :]]
@@ -133,7 +133,7 @@ def test_sweep_serves_a_node_recreated_under_a_held_name_when_its_reread_failed(
         api.get_script = [ApiError(0, "ConnectionError", "reset")]  # the re-read the new UID asks for fails
         await reconciler.assign_all([recreated])
         assert api.nodes["a"].pod_cidrs == (), "nothing settled yet"
-        await reconciler.sweep()
+        await reconciler.resync.sweep()
         return reconciler.allocations.sets[0].allocated, api.lists
 
     allocated, lists = run(go)
