@@ -153,10 +153,6 @@ class SparseBitmap:
         self._check_range(start, start)
         return self._find_clear(self._root, 0, start)
 
-    def node_count(self) -> int:
-        """Stored nodes (inner nodes and leaf words): a measure of memory use, for tests."""
-        return self._nodes_in(self._root)
-
     # -- internals ---------------------------------------------------------------------------
 
     def _check_range(self, lo: int, hi: int) -> None:
@@ -287,10 +283,3 @@ class SparseBitmap:
             child: _Node = FULL if node.full >> index & 1 else node.children.get(index)
             total += self._count_in(child, depth + 1, max(lo - base, 0), min(hi - base, child_last))
         return total
-
-    def _nodes_in(self, node: _Node) -> int:
-        if node is None or node is FULL:
-            return 0
-        if isinstance(node, int):
-            return 1
-        return 1 + sum(self._nodes_in(child) for child in node.children.values())
