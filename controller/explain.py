@@ -24,7 +24,7 @@ from controller.cidrs import parse_cidr_sloppy
 from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.inherited import Adopted
-from controller.model import NodeInfo
+from controller.model import NodeInfo, parse_api_time
 from controller.nodes import NodeAllocations
 from controller.poolrank import PASSED_DISABLED, PASSED_FAMILIES, Candidate, Judged, judge
 from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
@@ -297,7 +297,7 @@ def leader_of(lease: str, body: Mapping[str, Any] | None, now: datetime.datetime
     holder = str(spec.get("holderIdentity") or "")
     if not holder:
         return Leader(lease, "", f"no controller leads: the Lease {lease} has no holder, so no Node gets a range")
-    renewed = _time(spec.get("renewTime"))
+    renewed = parse_api_time(spec.get("renewTime"))
     duration = float(spec.get("leaseDurationSeconds") or 0)
     if renewed is not None and duration and (now - renewed).total_seconds() > duration:
         return Leader(
@@ -307,16 +307,6 @@ def leader_of(lease: str, body: Mapping[str, Any] | None, now: datetime.datetime
             f" {duration:g}s: its holder may be down, and no Node gets a range until one leads",
         )
     return Leader(lease, holder, "")
-
-
-def _time(value: Any) -> datetime.datetime | None:
-    if not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 def format_text(explanation: Explanation) -> str:

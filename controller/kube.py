@@ -28,11 +28,9 @@ from controller.kubehttp import RETRY_AFTER_CAP as RETRY_AFTER_CAP
 from controller.kubehttp import TRANSIENT_ATTEMPTS, ApiTransport
 from controller.kubewire import ApiError as ApiError
 from controller.kubewire import FencedError as FencedError
-from controller.kubewire import api_timestamp as api_timestamp
 from controller.kubewire import decode_node, decode_node_list, decode_watch_event, peek_continue
-from controller.kubewire import lease_time as lease_time
 from controller.kubewire import node_of as node_of
-from controller.model import NodeInfo
+from controller.model import NodeInfo, api_timestamp
 
 logger = logging.getLogger("nodeipam.kube")
 

@@ -1,4 +1,4 @@
-"""What the API's bytes mean to the controller: the Node decoder, the API's errors, a List's continue token, its times.
+"""What the API's bytes mean to the controller: the Node decoder, the API's errors, a List's continue token.
 
 Kept apart from the requests (kubehttp.py) and the typed verbs (kube.py):
 nothing here does I/O, so the decoding is tested on bytes alone.
@@ -6,7 +6,6 @@ nothing here does I/O, so the decoding is tested on bytes alone.
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from collections.abc import Mapping
@@ -125,13 +124,3 @@ def peek_continue(raw: bytes) -> str | None:
     items_at = head.find(b'"items"')
     match = _CONTINUE.search(head, 0, items_at if items_at >= 0 else len(head))
     return match.group(1).decode() if match else None
-
-
-def api_timestamp() -> str:
-    """Now, as the API writes a time to the second (RFC 3339, UTC)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def lease_time() -> str:
-    """MicroTime as Leases want it."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

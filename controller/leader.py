@@ -38,7 +38,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from controller.config import LeaderElection
-from controller.kube import ApiError, lease_time
+from controller.kube import ApiError
+from controller.model import lease_time
 
 logger = logging.getLogger("nodeipam.leader")
 T = TypeVar("T")

@@ -1,13 +1,16 @@
-"""The values the I/O layer and the decisions share: a Node as the allocator sees it, and what is wrong with one.
+"""The values the I/O layer and the decisions share: a Node as the allocator sees it, what is wrong with one, and
+the API's times.
 
-Plain frozen values, nothing else: `kube` decodes Nodes into them (its one
-decoder serves reads, its own watch and kopf's events alike), `nodes`
-decides on them, and neither has to import the other for it.
+Plain frozen values, and the times written and read as the API does: `kube`
+decodes Nodes into them (its one decoder serves reads, its own watch and
+kopf's events alike), `nodes` decides on them, and neither has to import the
+other for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,3 +46,27 @@ class Problem:
 
     reason: str
     message: str
+
+
+# -- the API's times -------------------------------------------------------------------------------
+
+
+def api_timestamp() -> str:
+    """Now, as the API writes a time to the second (RFC 3339, UTC)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lease_time() -> str:
+    """MicroTime as Leases want it."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_api_time(value: Any) -> datetime.datetime | None:
+    """A time the API wrote (RFC 3339, "Z" or an offset; none taken as UTC); None when empty or not a time."""
+    if not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)

@@ -29,7 +29,7 @@ from controller.config import FamilyRange
 from controller.credentials import Credentials, CredentialsError
 from controller.flagvalues import ConfigError
 from controller.kube import POOLS_PATH, ApiError, KubeClient
-from controller.model import NodeInfo
+from controller.model import NodeInfo, parse_api_time
 from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, Write, make_plan, writes_between
 
 EXIT_SAFE = 0
@@ -210,21 +210,11 @@ def _deployment_workloads(listed: Any) -> list[Workload]:
     return found
 
 
-def _when(text: Any) -> datetime.datetime | None:
-    if not text:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
-
-
 def _event(item: dict[str, Any]) -> EventFact:
     source = (item.get("source") or {}).get("component") or item.get("reportingComponent") or ""
     involved = item.get("involvedObject") or {}
     created = (item.get("metadata") or {}).get("creationTimestamp")
-    when = _when(item.get("lastTimestamp")) or _when(item.get("eventTime")) or _when(created)
+    when = parse_api_time(item.get("lastTimestamp")) or parse_api_time(item.get("eventTime")) or parse_api_time(created)
     return EventFact(
         reason=str(item.get("reason", "")),
         source=str(source),

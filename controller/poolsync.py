@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import netaddr
 
-from controller.kube import ApiError, api_timestamp
-from controller.model import REASON_INVALID_POD_CIDR, NodeInfo
+from controller.kube import ApiError
+from controller.model import REASON_INVALID_POD_CIDR, NodeInfo, api_timestamp
 from controller.nodes import NodeAllocations
 from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
 from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, status_body
