@@ -77,6 +77,17 @@ def parse_cidr_sloppy(text: str) -> tuple[netaddr.IPNetwork, bool]:
     return netaddr.IPNetwork((value, length), version).cidr, sloppy
 
 
+def parsed_cidrs(texts: Iterable[str]) -> list[netaddr.IPNetwork]:
+    """The texts that `parse_cidr_sloppy` reads, read; the others left out (a caller that reports them does so itself)."""
+    found = []
+    for text in texts:
+        try:
+            found.append(parse_cidr_sloppy(text)[0])
+        except ValueError:
+            continue
+    return found
+
+
 def reads_as(pod_cidrs: Iterable[str], cidrs: tuple[netaddr.IPNetwork, ...]) -> bool:
     """Whether podCIDRs are exactly `cidrs`, in order (read as kube-controller-manager reads them)."""
     try:

@@ -17,7 +17,7 @@ import netaddr
 import yaml
 
 from controller import inflight, picture
-from controller.cidrs import ServedRanges, classify_pod_cidrs, parse_cidr_sloppy
+from controller.cidrs import ServedRanges, classify_pod_cidrs, parsed_cidrs
 from controller.cluster_reads import NO_POOLS, InspectError, PoolsRead, list_nodes, list_pools, read_in_flight
 from controller.config import FamilyRange
 from controller.credentials import Credentials
@@ -95,7 +95,7 @@ def _outside(allocations: NodeAllocations, nodes: Sequence[NodeInfo]) -> list[st
     return [
         f"node {node.name}: podCIDR {cidr} lies in no pool"
         for node in nodes
-        for cidr in _parsed(node.pod_cidrs)
+        for cidr in parsed_cidrs(node.pod_cidrs)
         if allocations.pool_sets.pool_of(cidr) is None
     ]
 
@@ -133,11 +133,11 @@ def compute_space(
         for cidr in cidrs:
             holders[cidr] = (*holders.get(cidr, ()), name)
     reserved = {cidr: f"reserved by pool {spec.name}" for spec in specs for cidr in spec.reserved}
-    shown = {(node.name, node.uid): set(_parsed(node.pod_cidrs)) for node in nodes}
+    shown = {(node.name, node.uid): set(parsed_cidrs(node.pod_cidrs)) for node in nodes}
     unknown = {
         cidr: entry.name
         for entry in in_flight
-        for cidr in _parsed(entry.cidrs)
+        for cidr in parsed_cidrs(entry.cidrs)
         if cidr not in shown.get((entry.name, entry.uid), set())
     }
     return picture.Space(
@@ -149,17 +149,6 @@ def compute_space(
         _usage_rows(status),
         f"nodeipam status: {status.nodes} nodes, {len(status.nodes_waiting)} waiting for a range",
     )
-
-
-def _parsed(texts: Iterable[str]) -> list[netaddr.IPNetwork]:
-    """The CIDRs among `texts` (as the API may write them: leading zeros and all); the others are `check`'s to report."""
-    found = []
-    for text in texts:
-        try:
-            found.append(parse_cidr_sloppy(text)[0])
-        except ValueError:
-            continue
-    return found
 
 
 def _usage_rows(status: Status) -> tuple[picture.Usage, ...]:

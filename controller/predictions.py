@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import netaddr
 
-from controller.cidrs import parse_cidr_sloppy, reads_as
+from controller.cidrs import parsed_cidrs, reads_as
 from controller.model import NodeInfo
 
 
@@ -100,7 +100,7 @@ class Predictions:
         else:
             own = None
         voided = []
-        for name in dict.fromkeys(name for written in _networks(node.pod_cidrs) for name in self._overlapping(written)):
+        for name in dict.fromkeys(name for written in parsed_cidrs(node.pod_cidrs) for name in self._overlapping(written)):
             other = self._by_name[name]
             if name != node.name and not other.void:
                 self._void(name)
@@ -158,13 +158,3 @@ class Predictions:
 
 def _key(cidr: netaddr.IPNetwork) -> tuple[int, int, int]:
     return int(cidr.version), int(cidr.prefixlen), int(cidr.first)
-
-
-def _networks(values: Iterable[str]) -> list[netaddr.IPNetwork]:
-    found = []
-    for value in values:
-        try:
-            found.append(parse_cidr_sloppy(value)[0])
-        except ValueError:
-            continue  # a malformed podCIDR is the ledger's to report, not ours
-    return found
