@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from controller import inflight
 from controller.config import is_dns_label, is_dns_subdomain
@@ -23,6 +23,8 @@ from controller.model import NodeInfo
 from controller.pools import PoolSpec, PoolSpecError
 
 POOLS_RESOURCE = "nodecidrpools.nodeipam.io"
+
+T = TypeVar("T")
 
 
 class InspectError(RuntimeError):
@@ -46,6 +48,16 @@ def explain_api_error(error: ApiError, credentials: Credentials, request: str) -
     return f"the API server at {server} answered {request} with {error}"
 
 
+def _read(credentials: Credentials, read: Callable[[KubeClient], Awaitable[T]]) -> T:
+    """One read, with a client of its own, from the commands' synchronous code."""
+
+    async def run() -> T:
+        async with KubeClient(credentials) as kube:
+            return await read(kube)
+
+    return asyncio.run(run())
+
+
 def split_deployment_reference(reference: str) -> tuple[str, str]:
     """ "NAMESPACE/NAME" -> (namespace, name), each a valid Kubernetes name."""
     namespace, _, name = reference.rpartition("/")
@@ -57,13 +69,10 @@ def split_deployment_reference(reference: str) -> tuple[str, str]:
 def args_of_deployment(reference: str, credentials: Credentials) -> list[str]:
     """The `run ...` args of a nodeipam Deployment ("NAMESPACE/NAME"), so its own flags describe the ranges."""
     namespace, name = split_deployment_reference(reference)
-
-    async def fetch() -> Any:
-        async with KubeClient(credentials) as kube:
-            return await kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-
     try:
-        deployment = asyncio.run(fetch())
+        deployment = _read(
+            credentials, lambda kube: kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+        )
     except ApiError as error:
         if error.status == 404:
             raise InspectError(
@@ -79,13 +88,9 @@ def args_of_deployment(reference: str, credentials: Credentials) -> list[str]:
 
 
 def list_nodes(credentials: Credentials) -> list[NodeInfo]:
-    async def fetch() -> list[NodeInfo]:
-        async with KubeClient(credentials) as kube:
-            nodes, _ = await kube.list_nodes()
-            return nodes
-
     try:
-        return asyncio.run(fetch())
+        nodes, _ = _read(credentials, lambda kube: kube.list_nodes())
+        return nodes
     except ApiError as error:
         raise ClusterError(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
 
@@ -121,17 +126,12 @@ NO_POOLS = PoolsRead()
 
 def list_pools(credentials: Credentials) -> PoolsRead:
     """Every NodeCIDRPool, parsed; none when the CRD is not installed, or (with a note) when the user may not list them."""
-
-    async def fetch() -> list[dict[str, Any]] | None:
-        async with KubeClient(credentials) as kube:
-            return await kube.list_pools()
-
     try:
-        bodies = asyncio.run(fetch()) or []
+        bodies = _read(credentials, KubeClient.list_pools) or []
     except ApiError as error:
         if error.status == 403:  # status of the ranges from the flags needs only Nodes: show those
             print(f"note: pools not shown: {explain_api_error(error, credentials, f'list on {POOLS_RESOURCE}')}", file=sys.stderr)
-            return PoolsRead()
+            return NO_POOLS
         raise ClusterError(explain_api_error(error, credentials, f"list on {POOLS_RESOURCE}")) from None
     return PoolsRead.parse(bodies)
 
@@ -143,13 +143,10 @@ def read_in_flight(credentials: Credentials, lease: tuple[str, str]) -> list[inf
     and a note on stderr says why.
     """
     namespace, name = lease
-
-    async def fetch() -> Any:
-        async with KubeClient(credentials) as kube:
-            return await kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
-
     try:
-        body = asyncio.run(fetch())
+        body = _read(
+            credentials, lambda kube: kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+        )
     except ApiError as error:
         if error.status != 404:
             why = explain_api_error(error, credentials, f"get on leases.coordination.k8s.io in namespace {namespace}")
