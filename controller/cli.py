@@ -1,4 +1,4 @@
-"""The `nodeipam` command: run, status, check, explain, plan; `kubectl ipam status|check|explain` as a kubectl plugin.
+"""The `nodeipam` command: run, status, check, explain, plan; `kubectl ipam status|check|explain|plan` as a kubectl plugin.
 
 `nodeipam run` takes kube-controller-manager's nodeipam flags by name, so
 existing flags can be pasted; its flags that mean nothing here are dropped
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +20,8 @@ from controller import config, flagvalues, pasted_flags
 from controller.config import FamilyRange, LeaderElection, Settings
 from controller.credentials import Credentials, CredentialsError
 from controller.flagvalues import ConfigError
-from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS, ServingOptions, parse_always_allow_paths
+from controller.run_flags import check_can_listen, settings_from_args
+from controller.secure_serving import DEFAULT_ALWAYS_ALLOW_PATHS
 
 
 def _add_range_flags(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -61,18 +61,6 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def serving_options(args: argparse.Namespace) -> ServingOptions:
-    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
-        raise ConfigError("--tls-cert-file", "is given without --tls-private-key-file or the reverse", "give both or neither")
-    try:
-        paths = parse_always_allow_paths(args.authorization_always_allow_paths)
-    except ValueError as error:
-        raise ConfigError(
-            "--authorization-always-allow-paths", str(error), "give absolute paths, e.g. /healthz,/readyz"
-        ) from error
-    return ServingOptions(args.tls_cert_file, args.tls_private_key_file, paths)
-
-
 def version() -> str:
     """The installed package's version (its metadata), as `--version` prints it."""
     try:
@@ -90,6 +78,9 @@ INSPECT_EPILOG = """\
 exit status: 0 fine; 1 problems found (check); 2 bad flags or usage (a flag, the kubeconfig, --context,
 --deployment, a Node that does not exist for explain); 3 the cluster cannot be read (API server unreachable,
 credentials or permission refused)"""
+PLAN_EPILOG = """\
+exit status: 0 safe to switch; 1 conflicts (each named); 2 bad flags or usage (a flag, the kubeconfig, --context,
+--deployment); 3 the cluster cannot be read (API server unreachable, credentials or permission refused)"""
 RUN_EPILOG = """\
 kube-controller-manager's flags that mean nothing to nodeipam (--v, --secure-port, --bind-address, --profiling,
 --controllers, --leader-elect-resource-lock, --feature-gates, ...) are accepted and ignored, one note each on stderr.
@@ -217,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_plugin_parser() -> argparse.ArgumentParser:
-    """`kubectl ipam`: the read commands, with kubectl's -n/--namespace and -s/--server."""
+    """`kubectl ipam`: the read commands and plan, with kubectl's -n/--namespace and -s/--server."""
     parser = _new_parser("kubectl ipam", INSPECT_EPILOG)
-    _add_inspect_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), plugin=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_inspect_commands(commands, plugin=True)
+    _add_plan_command(commands, plugin=True)
     return parser
 
 
@@ -234,16 +227,7 @@ def _add_inspect_commands(commands: argparse._SubParsersAction[argparse.Argument
         )
         _add_range_flags(inspector, required=False)
         _add_connection_flags(inspector, plugin)
-        inspector.add_argument(
-            "--deployment",
-            metavar="NAMESPACE/NAME",
-            help="take the range flags from this nodeipam Deployment's container args instead of --cluster-cidr"
-            + (f"; NAME alone: in --namespace (with neither: {PLUGIN_DEPLOYMENT_NAME})" if plugin else ""),
-        )
-        if plugin:
-            inspector.add_argument(
-                "-n", "--namespace", default=PLUGIN_NAMESPACE, help=f"the Deployment's namespace (default {PLUGIN_NAMESPACE})"
-            )
+        _add_deployment_flags(inspector, plugin)
         inspector.add_argument(
             "-o", "--output", choices=["text", "json", "yaml"], default="text", help="json and yaml: one document"
         )
@@ -259,10 +243,28 @@ def _add_inspect_commands(commands: argparse._SubParsersAction[argparse.Argument
             inspector.add_argument("--svg", metavar="FILE", default="", help="also write the grid of blocks alone to FILE (SVG)")
 
 
-def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    plan = commands.add_parser("plan", help="read-only takeover report: what the controller would find and do, and conflicts")
+def _add_deployment_flags(parser: argparse.ArgumentParser, plugin: bool) -> None:
+    """--deployment (and, as a kubectl plugin, -n/--namespace): the range flags read from the installed controller."""
+    parser.add_argument(
+        "--deployment",
+        metavar="NAMESPACE/NAME",
+        help="take the range flags from this nodeipam Deployment's container args instead of --cluster-cidr"
+        + (f"; NAME alone: in --namespace (with neither: {PLUGIN_DEPLOYMENT_NAME})" if plugin else ""),
+    )
+    if plugin:
+        parser.add_argument(
+            "-n", "--namespace", default=PLUGIN_NAMESPACE, help=f"the Deployment's namespace (default {PLUGIN_NAMESPACE})"
+        )
+
+
+def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], plugin: bool = False) -> None:
+    summary = "read-only takeover report: what the controller would find and do, and conflicts"
+    plan = commands.add_parser(
+        "plan", help=summary, description=summary, epilog=PLAN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_range_flags(plan, required=False)
-    _add_connection_flags(plan)
+    _add_connection_flags(plan, plugin)
+    _add_deployment_flags(plan, plugin)
     plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     plan.add_argument(
         "--watch",
@@ -270,76 +272,6 @@ def _add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="DURATION",
         help="list the Nodes again after this long (a Go duration, e.g. 30s) and name every podCIDR written meanwhile",
     )
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Validate every flag of `run`; raises ConfigError naming the flag and the fix."""
-    flagvalues.parse_bool("--allocate-node-cidrs", args.allocate_node_cidrs)  # false: a note (see _run), not an error
-    config.check_allocator_type(args.cidr_allocator_type)
-    config.check_rate_limit(args.kube_api_qps, args.kube_api_burst)
-    if args.max_requests_in_flight < 1:
-        raise ConfigError("--max-requests-in-flight", f"{args.max_requests_in_flight} is below 1", "use at least 1")
-    ranges = config.build_ranges(
-        args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
-    )
-    dry_run = flagvalues.parse_bool("--dry-run", args.dry_run)
-    leader = config.build_leader_election(
-        enabled=flagvalues.parse_bool("--leader-elect", args.leader_elect) and not dry_run,  # a dry run takes no Lease
-        lease_duration=args.leader_elect_lease_duration,
-        renew_deadline=args.leader_elect_renew_deadline,
-        retry_period=args.leader_elect_retry_period,
-        resource_name=args.leader_elect_resource_name,
-        resource_namespace=args.leader_elect_resource_namespace,
-        identity=args.leader_elect_identity,
-    )
-    resync = config.parse_resync_period(args.resync_period)
-    config.check_master(args.master)
-    config.check_bind_address("--metrics-bind-address", args.metrics_bind_address)
-    config.check_bind_address("--health-probe-bind-address", args.health_probe_bind_address)
-    probe_port = config.split_bind_address(args.health_probe_bind_address)
-    if probe_port is not None and probe_port[1] != 0 and probe_port == config.split_bind_address(args.metrics_bind_address):
-        taken = f"{args.health_probe_bind_address!r} is the metrics port too"
-        raise ConfigError("--health-probe-bind-address", taken, "give it a port of its own")
-    return Settings(
-        ranges=ranges,
-        service_cidrs=config.build_service_cidrs(args.service_cluster_ip_range),
-        kubeconfig=args.kubeconfig,
-        master=args.master,
-        kube_api_qps=args.kube_api_qps,
-        kube_api_burst=config.kube_api_burst(args.kube_api_qps, args.kube_api_burst),
-        max_in_flight=args.max_requests_in_flight,
-        resync_period=resync,
-        leader_election=leader,
-        metrics_bind_address=args.metrics_bind_address,
-        health_probe_bind_address=args.health_probe_bind_address,
-        serving=serving_options(args),
-        log_level=args.log_level,
-        dry_run=dry_run,
-    )
-
-
-def check_can_listen(flag: str, address: str) -> None:
-    """Bind `address` once and let go, so that a port in use or a foreign address fails now, with the flag named.
-
-    The port is free again for the server a moment later (SO_REUSEADDR, as
-    the server sets it); a process that takes it in between fails at start.
-    """
-    bind = config.split_bind_address(address)
-    if bind is None:
-        return
-    host, port = bind
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, kind, protocol, _, where in found:
-            with socket.socket(family, kind, protocol) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(where)
-    except OSError as error:
-        raise ConfigError(
-            flag,
-            f"cannot listen on {address} ({error.strerror or error})",
-            "use a free port on an address of this machine, e.g. 127.0.0.1:9254, or 0 to turn it off",
-        ) from None
 
 
 def _fail(command: str, error: Exception, status: int = EXIT_USAGE, prog: str = "nodeipam") -> int:
@@ -359,14 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "plan":
-        from controller import plan_command
-
-        return plan_command.main(args)
+        return _plan(args)
     return _inspect(args)
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:
-    """`kubectl ipam status|check` (the kubectl-ipam command kubectl finds on PATH), kubectl's flags mapped onto ours.
+    """`kubectl ipam status|check|explain|plan` (kubectl-ipam, which kubectl finds on PATH), kubectl's flags mapped onto ours.
 
     -n/--namespace and a bare Deployment NAME make --deployment; with neither
     --cluster-cidr nor --deployment, the ranges come from the nodeipam
@@ -376,6 +306,8 @@ def kubectl_main(argv: Sequence[str] | None = None) -> int:
     if not args.cluster_cidr:
         name = args.deployment or PLUGIN_DEPLOYMENT_NAME
         args.deployment = name if "/" in name else f"{args.namespace}/{name}"
+    if args.command == "plan":
+        return _plan(args, prog="kubectl ipam")
     return _inspect(args, prog="kubectl ipam")
 
 
@@ -417,21 +349,7 @@ def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
     from controller import cluster_reads, inspect
 
     try:
-        config.check_master(args.master)
-        from_deployment = bool(args.deployment) and not args.cluster_cidr
-        if from_deployment:
-            cluster_reads.split_deployment_reference(args.deployment)
-        else:
-            ranges, service_cidrs = _inspected_ranges(args)
-        credentials = Credentials.load(args.kubeconfig, args.master, context=args.context)
-        lease = None
-        if from_deployment:
-            deployment_args = cluster_reads.args_of_deployment(args.deployment, credentials)
-            run, *flags = deployment_args
-            kept, _ = pasted_flags.drop_ignored_flags(flags)
-            run_args = build_parser().parse_args([run, *kept])
-            ranges, service_cidrs = _inspected_ranges(run_args)
-            lease = (run_args.leader_elect_resource_namespace, run_args.leader_elect_resource_name)
+        credentials, ranges, service_cidrs, lease = _inputs(args)
         if args.command == "explain":
             from controller import explain_command
 
@@ -447,6 +365,46 @@ def _inspect(args: argparse.Namespace, prog: str = "nodeipam") -> int:
         return _fail(args.command, error, prog=prog)
     except cluster_reads.ClusterError as error:
         return _fail(args.command, error, EXIT_CLUSTER, prog)
+
+
+def _plan(args: argparse.Namespace, prog: str = "nodeipam") -> int:
+    """`plan`: flags first (exit 2), then credentials (2), then the cluster (3); 0 safe to switch, 1 conflicts."""
+    from controller import cluster_reads, plan_command
+
+    try:
+        watch = flagvalues.parse_duration("--watch", args.watch)
+        credentials, ranges, service_cidrs, _ = _inputs(args)
+    except (ConfigError, CredentialsError, cluster_reads.InspectError) as error:
+        return _fail("plan", error, prog=prog)
+    except cluster_reads.ClusterError as error:
+        return _fail("plan", error, EXIT_CLUSTER, prog)
+    return plan_command.main(ranges, service_cidrs, credentials, watch, args.watch, args.output, prog)
+
+
+Inputs = tuple[Credentials, tuple[FamilyRange, ...], tuple[netaddr.IPNetwork, ...], tuple[str, str] | None]
+
+
+def _inputs(args: argparse.Namespace) -> Inputs:
+    """The credentials, and the ranges either from the flags or from --deployment's args (with its Lease's place).
+
+    What the flags alone can say is checked before the kubeconfig is read, and that before the cluster.
+    """
+    from controller import cluster_reads
+
+    config.check_master(args.master)
+    from_deployment = bool(args.deployment) and not args.cluster_cidr
+    if from_deployment:
+        cluster_reads.split_deployment_reference(args.deployment)
+    else:
+        ranges, service_cidrs = _inspected_ranges(args)
+    credentials = Credentials.load(args.kubeconfig, args.master, context=args.context)
+    if not from_deployment:
+        return credentials, ranges, service_cidrs, None
+    run, *flags = cluster_reads.args_of_deployment(args.deployment, credentials)
+    kept, _ = pasted_flags.drop_ignored_flags(flags)
+    run_args = build_parser().parse_args([run, *kept])
+    ranges, service_cidrs = _inspected_ranges(run_args)
+    return credentials, ranges, service_cidrs, (run_args.leader_elect_resource_namespace, run_args.leader_elect_resource_name)
 
 
 def _inspected_ranges(flags: argparse.Namespace) -> tuple[tuple[FamilyRange, ...], tuple[netaddr.IPNetwork, ...]]:

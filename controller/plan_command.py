@@ -6,12 +6,11 @@ kube-controller-manager's cidrAllocator) and the data plane's settings
 (flannel's and kube-proxy's ConfigMaps, Cilium's and Calico's DaemonSets).
 What the user may not read of the latter is named in the report, not fatal.
 
-Exit status: 0 safe to switch, 1 conflicts, 2 bad flags, 3 the cluster cannot be read.
+Exit status: 0 safe to switch, 1 conflicts, 2 bad flags (cli.py), 3 the cluster cannot be read.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import datetime
@@ -23,18 +22,15 @@ from typing import Any
 import netaddr
 import yaml
 
-from controller import config, flagvalues
 from controller.cluster_reads import explain_api_error
 from controller.config import FamilyRange
-from controller.credentials import Credentials, CredentialsError
-from controller.flagvalues import ConfigError
+from controller.credentials import Credentials
 from controller.kube import POOLS_PATH, ApiError, KubeClient
 from controller.model import NodeInfo, parse_api_time
 from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, Write, make_plan, writes_between
 
 EXIT_SAFE = 0
 EXIT_CONFLICTS = 1
-EXIT_BAD_FLAGS = 2
 EXIT_UNREADABLE = 3
 
 FLANNEL_CONFIGMAPS = (("kube-flannel", "kube-flannel-cfg"), ("kube-system", "kube-flannel-cfg"))
@@ -45,27 +41,22 @@ class ClusterUnreadable(RuntimeError):
     """A read the report cannot do without failed; the message says what to check."""
 
 
-def main(args: argparse.Namespace) -> int:
-    """Flags first (exit 2), then credentials (2), then the cluster (3); 0 or 1 by the report."""
+def main(
+    ranges: Sequence[FamilyRange],
+    service_cidrs: Sequence[netaddr.IPNetwork],
+    credentials: Credentials,
+    watch: float,
+    watch_text: str,
+    output: str,
+    prog: str = "nodeipam",
+) -> int:
+    """The flags and credentials checked (cli.py: exit 2 otherwise); 3 if the cluster cannot be read, else 0 or 1."""
     try:
-        config.check_master(args.master)
-        if not args.cluster_cidr:
-            raise ConfigError("--cluster-cidr", "is required", "pass the flags the controller would run with")
-        ranges = config.build_ranges(
-            args.cluster_cidr, args.node_cidr_mask_size, args.node_cidr_mask_size_ipv4, args.node_cidr_mask_size_ipv6
-        )
-        service_cidrs = config.build_service_cidrs(args.service_cluster_ip_range)
-        watch = flagvalues.parse_duration("--watch", args.watch)
-        credentials = Credentials.load(args.kubeconfig, args.master)
-    except (ConfigError, CredentialsError) as error:
-        print(f"nodeipam plan: error: {error}", file=sys.stderr)
-        return EXIT_BAD_FLAGS
-    try:
-        plan = asyncio.run(compute(ranges, service_cidrs, credentials, watch, args.watch))
+        plan = asyncio.run(compute(ranges, service_cidrs, credentials, watch, watch_text))
     except ClusterUnreadable as error:
-        print(f"nodeipam plan: error: {error}", file=sys.stderr)
+        print(f"{prog} plan: error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
-    print(render(plan, args.output))
+    print(render(plan, output))
     return EXIT_SAFE if plan.safe else EXIT_CONFLICTS
 
 

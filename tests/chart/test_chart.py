@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import cli
+from controller import cli, run_flags
 from controller.config import Settings
 from controller.flagvalues import ConfigError
 from localcluster.binaries import ensure_binaries
@@ -107,7 +107,7 @@ def flag(arguments: list[str], name: str) -> str | None:
 def controller_settings(arguments: list[str]) -> Settings:
     """Parse the container args exactly as `nodeipam` does in the pod; fails on anything it refuses."""
     assert arguments[0] == "run", arguments
-    return cli.settings_from_args(cli.build_parser().parse_args(arguments))
+    return run_flags.settings_from_args(cli.build_parser().parse_args(arguments))
 
 
 # -- objects, names, namespaces, labels -------------------------------------------------------------

@@ -89,7 +89,7 @@ def two_contexts(plane: LocalControlPlane, path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["status", "check"])
+@pytest.mark.parametrize("command", ["status", "check", "plan"])
 def test_context_picks_the_cluster_and_an_unreachable_one_exits_3(cluster: Cluster, tmp_path: Path, command: str) -> None:
     kubeconfig = two_contexts(cluster.plane, tmp_path / "kubeconfig")
     unreachable = run_cli(command, "--cluster-cidr=10.244.0.0/16", kubeconfig=kubeconfig)
@@ -212,3 +212,43 @@ def test_kubectl_ipam_without_a_deployment_names_the_one_it_looked_for(control_p
     assert result.stderr.startswith(
         "kubectl ipam check: error: --deployment: there is no deployment nodeipam in namespace default"
     )
+
+
+@pytest.mark.parametrize(
+    ("cluster_cidr", "mask", "held", "waiting_gets"),
+    [
+        pytest.param("10.244.0.0/16", 24, "10.244.0.0/24", "10.244.1.0/24", id="ipv4"),
+        pytest.param("fd00:10:244::/48", 64, "fd00:10:244::/64", "fd00:10:244:1::/64", id="ipv6"),
+    ],
+)
+def test_plan_reads_the_flags_from_the_deployment_also_as_kubectl_ipam_plan(
+    cluster: Cluster, tmp_path: Path, cluster_cidr: str, mask: int, held: str, waiting_gets: str
+) -> None:
+    """`plan --deployment` and `kubectl ipam plan -n` report what `plan` with the Deployment's flags reports."""
+    plane = cluster.plane
+    env = plugin_path(tmp_path)
+    cluster.create_nodes(["plan-held"], pod_cidrs=(held,))
+    cluster.create_nodes(["plan-waiting"])
+    namespace = "ipam-plan"
+    plane.kubectl("create", "namespace", namespace, check=False)
+    flags = [f"--cluster-cidr={cluster_cidr}", f"--node-cidr-mask-size={mask}"]
+    deployment = nodeipam_deployment(namespace, ["run", *flags, "--v=2", "--leader-elect-resource-lock=leases"])
+    plane.kubectl("apply", "-f", "-", input_text=json.dumps(deployment))
+
+    by_flags = run_cli("plan", *flags, "-o", "json", kubeconfig=plane.kubeconfig)
+    by_deployment = run_cli("plan", f"--deployment={namespace}/nodeipam", "-o", "json", kubeconfig=plane.kubeconfig)
+    kubeconfig = two_contexts(plane, tmp_path / "two-contexts")
+    as_plugin = kubectl(
+        plane, env, "ipam", "plan", f"--kubeconfig={kubeconfig}", "--context=local", "-n", namespace, "-o", "json"
+    )
+    for result in (by_flags, by_deployment, as_plugin):
+        assert (result.returncode, result.stderr) == (0, ""), result.stdout + result.stderr
+    report = json.loads(by_flags.stdout)
+    assert json.loads(by_deployment.stdout) == report
+    assert json.loads(as_plugin.stdout) == report
+    rows = {node["name"]: node for node in report["nodes"]}
+    assert rows["plan-waiting"]["would_get"] == [waiting_gets]
+
+    gone = kubectl(plane, env, "ipam", "plan", f"--kubeconfig={kubeconfig}", "-n", namespace)
+    assert gone.returncode == 3, gone.stderr
+    assert gone.stderr.startswith("kubectl ipam plan: error: cannot reach the API server"), gone.stderr

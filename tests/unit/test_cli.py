@@ -433,6 +433,12 @@ def test_version_prints_the_package_version_and_exits_0(capsys: pytest.CaptureFi
         ),
         pytest.param(cli.main, ["run", "--help"], ["1 the Lease was lost", "2 bad flags", "accepted and ignored"], id="run"),
         pytest.param(
+            cli.main, ["plan", "--help"], ["0 safe to switch", "1 conflicts", "3 the cluster cannot be read"], id="plan"
+        ),
+        pytest.param(
+            cli.kubectl_main, ["plan", "--help"], ["0 safe to switch", "2 bad flags", "-n NAMESPACE"], id="kubectl-plan"
+        ),
+        pytest.param(
             cli.kubectl_main,
             ["check", "--help"],
             ["1 problems found", "3 the cluster cannot be read", "-n NAMESPACE"],
@@ -610,7 +616,7 @@ def test_a_dry_run_notes_that_it_takes_no_lease(
         pytest.param(["-n", "ipam", "--deployment=other/mine"], "other", "mine", id="namespace-in-deployment-wins"),
     ],
 )
-@pytest.mark.parametrize("command", ["status", "check"])
+@pytest.mark.parametrize("command", ["status", "check", "plan"])
 def test_kubectl_ipam_reads_the_ranges_of_the_deployment_in_the_namespace(
     capsys: pytest.CaptureFixture[str], fake_api: str, command: str, argv: list[str], namespace: str, name: str
 ) -> None:

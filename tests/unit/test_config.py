@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from controller.cli import build_parser, settings_from_args
+from controller.cli import build_parser
 from controller.config import (
     Settings,
     build_ranges,
@@ -15,6 +15,7 @@ from controller.config import (
 )
 from controller.flagvalues import ConfigError, go_duration, parse_bool, parse_duration
 from controller.pasted_flags import drop_ignored_flags
+from controller.run_flags import settings_from_args
 
 
 def settings(*flags: str):  # type: ignore[no-untyped-def]
