@@ -8,7 +8,8 @@ From the controller: SETUP once, first (what the server needs to start: TLS, lim
 server), then a FRAME every second or so (the text of /metrics, the main loop's verdict on its health,
 whether this replica leads and has rebuilt, and the bearer token the API server takes). From the server:
 LISTENING once it serves (or ERROR, and it exits), then an ACK of each frame, with the refusals of the
-port since the last one (metrics_port_refused_total is counted by the controller, on its registry).
+port since the last one (metrics_port_refused_total is counted by the controller, on its registry), and a
+WANT when a scrape came: the controller sends a frame sooner than planned.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ FRAME = "frame"
 LISTENING = "listening"
 ERROR = "error"
 ACK = "ack"
+WANT = "want"
 
 _LENGTHS = struct.Struct(">II")
 #: A header or a body longer than this is no message of ours: the stream is broken, and the reader stops.

@@ -40,14 +40,28 @@ logger = logging.getLogger("nodeipam.server")
 
 #: How long this process waits for the controller's SETUP before it gives up.
 SETUP_TIMEOUT_SECONDS = 30.0
+#: How long a scrape waits for the frame it asked for before it answers the last one: the controller sends one
+#: within milliseconds unless its main thread holds the interpreter, and then the scrape does not wait for it.
+FRESH_WAIT_SECONDS = 0.1
 
 
 class Feed:
     """What the controller last sent, and when: the state the port answers from."""
 
-    def __init__(self, stall_limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stall_limit: float,
+        clock: Callable[[], float] = time.monotonic,
+        ask: Callable[[], None] | None = None,
+        fresh_wait: float = FRESH_WAIT_SECONDS,
+    ) -> None:
+        """`ask` asks the controller for a frame now (None: scrapes answer the last one at once)."""
         self.stall_limit = stall_limit
         self._clock = clock
+        self._ask = ask
+        self._fresh_wait = fresh_wait
+        self._asked = False  # a frame is asked for and has not come yet
+        self._updated = asyncio.Event()  # set by the next frame (a new one per frame)
         self.at = clock()  # the start counts as a frame: the first comes at once
         self.text: bytes | None = None
         self.problem: str | None = None
@@ -56,6 +70,9 @@ class Feed:
         self.gone = False  # the controller closed its end
 
     def update(self, header: dict[str, Any], body: bytes) -> None:
+        self._asked = False
+        self._updated.set()
+        self._updated = asyncio.Event()
         self.at = self._clock()
         self.problem = header.get("problem")
         self.leading = bool(header.get("leading"))
@@ -74,6 +91,14 @@ class Feed:
         return self.problem
 
     async def collect(self) -> bytes:
+        """The text of the frame asked for now, or of the last one if it does not come within `fresh_wait`."""
+        if self._ask is not None and not self.gone:
+            updated = self._updated
+            if not self._asked:
+                self._asked = True
+                self._ask()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(updated.wait(), self._fresh_wait)
         if self.text is None:
             raise TimeoutError("no metrics from the controller yet")
         return self.text
@@ -134,7 +159,7 @@ async def serve(fd: int, listening_fds: list[int]) -> int:
         logger.error("the controller sent no setup; exiting")
         return 1
     setup = first[0]
-    feed = Feed(float(setup["stall_limit"]))
+    feed = Feed(float(setup["stall_limit"]), ask=lambda: tell(metrics_frames.WANT))
     refusals: collections.Counter[str] = collections.Counter()
     api = setup.get("api")
     credentials = api_credentials(api, setup.get("token")) if api else None

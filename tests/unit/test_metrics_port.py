@@ -207,6 +207,17 @@ def test_metrics_show_this_process_registry_and_refusals_are_counted_here() -> N
     )
 
 
+def test_a_scrape_asks_for_a_frame_and_shows_the_registry_of_the_moment() -> None:
+    async def test(port: MetricsProcess, registry: CollectorRegistry) -> None:
+        counter = Counter("node_ipam_test_now", "a counter incremented just before each scrape", registry=registry)
+        for value in range(1, 4):
+            counter.inc()
+            status, text = await asyncio.to_thread(get, port.ports[0], "/metrics")  # the periodic frame is 60 s away
+            assert status == 200 and f"node_ipam_test_now_total {value}.0" in text, text
+
+    serve(test, feed_interval=60.0)
+
+
 def test_healthz_fails_once_frames_stop_and_recovers_when_they_come_again() -> None:
     gate = Gate()
 
