@@ -127,7 +127,10 @@ class MetricsProcess:
         self._thread: threading.Thread | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
-        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._poked = threading.Event()  # a frame is due now (readiness changed)
+        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the feed thread: stop, or poked
+        self._wake_reader.setblocking(False)
+        self._watchers: set[asyncio.Task[None]] = set()
         self._renewal: threading.Thread | None = None
         self.restarts = 0
         self._failures = 0  # children in a row that failed
@@ -159,15 +162,22 @@ class MetricsProcess:
     def watch(self, ready: asyncio.Event) -> None:
         """This replica now leads: report ready once `ready` (the rebuild, on the main loop) is set.
 
-        Read from the feed thread through is_set() alone, which only reads a flag.
+        Read from the feed thread through is_set() alone, which only reads a flag. A frame goes out at once, and
+        again once `ready` is set, so that /readyz follows without waiting for the next one.
         """
         self._ready = ready
+        self._poke()
+        watcher = asyncio.ensure_future(self._poke_when(ready))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
 
     async def stop(self) -> None:
         """Stop feeding, close the child's end (it exits; killed past STOP_TIMEOUT_SECONDS), close the port."""
         self._stopping.set()
         with contextlib.suppress(OSError):
             self._wake_writer.send(b"x")
+        for watcher in list(self._watchers):
+            watcher.cancel()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
@@ -181,6 +191,16 @@ class MetricsProcess:
         self._wake_writer.close()
 
     # -- on the main loop
+
+    async def _poke_when(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Have the feed thread send a frame now (any thread)."""
+        self._poked.set()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"p")
 
     async def _refresh_views(self) -> None:
         """What only the main loop may read (the pools' usage), read again for the next frames."""
@@ -299,6 +319,9 @@ class MetricsProcess:
         next_frame = last_frame = time.monotonic()
         while True:
             now = time.monotonic()
+            if self._poked.is_set():
+                self._poked.clear()
+                next_frame = now
             if now >= next_frame:
                 last_frame, next_frame = now, now + self.feed_interval
                 try:
@@ -365,7 +388,8 @@ class MetricsProcess:
         while view:
             readable, writable, _ = select.select([self._wake_reader], [child.sock], [], max(deadline - time.monotonic(), 0))
             if readable:
-                raise _Stopping
+                self._woken()
+                continue
             if not writable:
                 raise TimeoutError
             try:
@@ -378,7 +402,8 @@ class MetricsProcess:
         """The messages that arrive within `timeout` (maybe none); None once the child's end closed."""
         readable, _, _ = select.select([self._wake_reader, child.sock], [], [], max(timeout, 0))
         if self._wake_reader in readable:
-            raise _Stopping
+            self._woken()
+            return []  # the caller looks at what woke it
         if not readable:
             return []
         try:
@@ -388,6 +413,13 @@ class MetricsProcess:
         except OSError:
             return None
         return child.decoder.feed(data) if data else None
+
+    def _woken(self) -> None:
+        """Take the wake-up bytes; _Stopping if it was to stop (a poke is for the caller to see)."""
+        with contextlib.suppress(BlockingIOError):
+            self._wake_reader.recv(4096)
+        if self._stopping.is_set():
+            raise _Stopping
 
     def _status(self, child: _Child) -> int | None:
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -238,7 +238,7 @@ def test_healthz_fails_once_frames_stop_and_recovers_when_they_come_again() -> N
     serve(test, stall_limit=1.0, stuck_after=1.0)
 
 
-def test_healthz_carries_the_main_loops_stall_and_readyz_its_rebuild() -> None:
+def test_healthz_carries_the_main_loops_stall() -> None:
     async def test(port: MetricsProcess, registry: CollectorRegistry) -> None:
         seen: list[tuple[int, str]] = []
 
@@ -254,16 +254,22 @@ def test_healthz_carries_the_main_loops_stall_and_readyz_its_rebuild() -> None:
         await asyncio.to_thread(prober.join, 10)
         assert seen and "the main event loop has not run for" in seen[0][1]
         await asyncio.to_thread(wait_for, lambda: get(port.ports[0], "/healthz")[0] == 200, 5, 0.05, "/healthz to recover")
+
+    serve(test, stall_limit=0.5)
+
+
+def test_readyz_follows_leading_and_the_rebuild_without_waiting_for_the_next_frame() -> None:
+    async def test(port: MetricsProcess, registry: CollectorRegistry) -> None:
         assert (await asyncio.to_thread(get, port.ports[0], "/readyz"))[1] == "ok: standby, waiting for the lease"
         rebuilt = asyncio.Event()
         port.watch(rebuilt)
         await asyncio.to_thread(
-            wait_for, lambda: get(port.ports[0], "/readyz")[0] == 503, 5, 0.05, "/readyz to wait for the rebuild"
+            wait_for, lambda: get(port.ports[0], "/readyz")[0] == 503, 2, 0.05, "/readyz to wait for the rebuild"
         )
         rebuilt.set()
-        await asyncio.to_thread(wait_for, lambda: get(port.ports[0], "/readyz") == (200, "ok: leading"), 5, 0.05, "/readyz")
+        await asyncio.to_thread(wait_for, lambda: get(port.ports[0], "/readyz") == (200, "ok: leading"), 2, 0.05, "/readyz")
 
-    serve(test, stall_limit=0.5)
+    serve(test, feed_interval=60.0)  # the periodic frame is a minute away
 
 
 @pytest.mark.parametrize("failure", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "stuck"])
