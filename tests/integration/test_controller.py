@@ -388,7 +388,7 @@ def test_metrics_need_a_token_health_does_not(cluster: Cluster, start_controller
 
 
 #: What a flood of the metrics port may add to the controller's memory: 128 connections take ~40 MiB;
-#: before the limits it added ~830 MiB (the chart's default memory limit is 346 MiB).
+#: before the limits it added ~830 MiB (the chart's default memory limit is 412 MiB).
 FLOOD_MEMORY_MIB = 100
 
 
