@@ -11,7 +11,8 @@ What it answers comes from the controller over a socket pair (controller.metrics
 serve and how to reach the API server; then, every second or so, a frame with the text of /metrics, the
 main loop's verdict on its health, whether this replica leads and has rebuilt, and the bearer token to
 send (the controller renews it, exec plugins and auth providers included, so that one process alone runs
-them). /metrics answers the last frame's text; /healthz fails once no frame has come for the stall limit.
+them). A scrape asks for a frame and waits for it briefly (the controller's `fresh_wait`), then answers the
+last frame's text; /healthz fails once no frame has come for the stall limit.
 Each frame is acknowledged with the refusals of the port since the last one, which the controller counts.
 This process exits once the controller closes its end (or its end closes because it died).
 """
@@ -40,9 +41,6 @@ logger = logging.getLogger("nodeipam.server")
 
 #: How long this process waits for the controller's SETUP before it gives up.
 SETUP_TIMEOUT_SECONDS = 30.0
-#: How long a scrape waits for the frame it asked for before it answers the last one: the controller sends one
-#: within milliseconds unless its main thread holds the interpreter, and then the scrape does not wait for it.
-FRESH_WAIT_SECONDS = 0.1
 
 
 class Feed:
@@ -53,7 +51,7 @@ class Feed:
         stall_limit: float,
         clock: Callable[[], float] = time.monotonic,
         ask: Callable[[], None] | None = None,
-        fresh_wait: float = FRESH_WAIT_SECONDS,
+        fresh_wait: float = 0.0,
     ) -> None:
         """`ask` asks the controller for a frame now (None: scrapes answer the last one at once)."""
         self.stall_limit = stall_limit
@@ -159,7 +157,7 @@ async def serve(fd: int, listening_fds: list[int]) -> int:
         logger.error("the controller sent no setup; exiting")
         return 1
     setup = first[0]
-    feed = Feed(float(setup["stall_limit"]), ask=lambda: tell(metrics_frames.WANT))
+    feed = Feed(float(setup["stall_limit"]), ask=lambda: tell(metrics_frames.WANT), fresh_wait=float(setup["fresh_wait"]))
     refusals: collections.Counter[str] = collections.Counter()
     api = setup.get("api")
     credentials = api_credentials(api, setup.get("token")) if api else None

@@ -215,7 +215,7 @@ def test_a_scrape_asks_for_a_frame_and_shows_the_registry_of_the_moment() -> Non
             status, text = await asyncio.to_thread(get, port.ports[0], "/metrics")  # the periodic frame is 60 s away
             assert status == 200 and f"node_ipam_test_now_total {value}.0" in text, text
 
-    serve(test, feed_interval=60.0)
+    serve(test, feed_interval=60.0, fresh_wait=5.0)  # however busy the machine running the tests
 
 
 def test_healthz_fails_once_frames_stop_and_recovers_when_they_come_again() -> None:
