@@ -178,7 +178,11 @@ async def serve(fd: int, listening_fds: list[int]) -> int:
         try:
             await server.start(sockets)
         except Exception as error:  # a TLS file unreadable, say: the controller says why and stops
-            tell(metrics_frames.ERROR, error=f"{type(error).__name__}: {error}")
+            why = f"{type(error).__name__}: {error}"
+            serving = server.serving
+            if isinstance(error, OSError) and serving.tls_cert_file:  # ssl.SSLError is an OSError
+                why += f" (--tls-cert-file={serving.tls_cert_file}, --tls-private-key-file={serving.tls_private_key_file})"
+            tell(metrics_frames.ERROR, error=why)
             await writer.drain()
             return 1
         tell(metrics_frames.LISTENING, ports=server.ports)

@@ -349,7 +349,7 @@ def test_a_port_taken_or_an_unreadable_certificate_fails_the_start() -> None:
         finally:
             taken.close()
         serving = ServingOptions(tls_cert_file="/nonexistent/tls.crt", tls_private_key_file="/nonexistent/tls.key")
-        with pytest.raises(MetricsServerError, match="did not start: FileNotFoundError"):
+        with pytest.raises(MetricsServerError, match=r"did not start: FileNotFoundError.*--tls-cert-file=/nonexistent/tls\.crt"):
             await MetricsProcess("127.0.0.1:0", CollectorRegistry(), Heartbeat(), serving=serving).start()
 
     asyncio.run(main())
