@@ -8,7 +8,8 @@ sent for clients that have gone (LEAVING requests, their connections closed at o
 
   health      the HealthServer alone, in a process of its own, with a fake review API that answers each
               review after --review-seconds, two at a time (the review client has two connections).
-  controller  `nodeipam run` against a local control plane: real TokenReviews from a real kube-apiserver.
+  controller  `nodeipam run` against a local control plane: real TokenReviews from a real kube-apiserver;
+              the RSS is that of the process serving its metrics port (controller.metrics_server).
 
 The flood's connections are plain blocking sockets, one TLS handshake after another, so that the
 process flooding stays small. Nothing here asserts a limit (tests/unit/test_server.py and
@@ -62,6 +63,17 @@ def rss_mib(pid: int) -> tuple[float, float]:
     """(resident now, resident at its peak) of process `pid`, in MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def metrics_server_pid(controller_pid: int) -> int | None:
+    """The process serving the controller's metrics port: a child of any of its threads (the feed thread starts
+    the replacements); None while there is none."""
+    for task in Path(f"/proc/{controller_pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                if b"controller.metrics_server" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+    return None
 
 
 def client_context() -> ssl.SSLContext:
@@ -363,7 +375,9 @@ def run_controller(idle: int, pending: int) -> Figures:
             def reviews_sent() -> int:
                 return apiserver_token_reviews(plane.server, ADMIN_TOKEN)
 
-            return measure(port, process.pid, idle, pending, ADMIN_TOKEN, reviews_sent)
+            server = metrics_server_pid(process.pid)  # the port's process holds the flood's connections
+            assert server is not None, "no process serves the metrics port"
+            return measure(port, server, idle, pending, ADMIN_TOKEN, reviews_sent)
         finally:
             process.send_signal(signal.SIGTERM)
             try:

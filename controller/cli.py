@@ -329,6 +329,7 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, CredentialsError) as error:
         return _fail("run", error)
     from controller import lifecycle
+    from controller.metrics_port import MetricsServerError
     from controller.probes import ProbeServerError
 
     lifecycle.configure_logging(settings.log_level)
@@ -336,7 +337,7 @@ def _run(args: argparse.Namespace) -> int:
     deadline = lifecycle.ShutdownDeadline(lifecycle.SHUTDOWN_GRACE_SECONDS)
     try:
         asyncio.run(lifecycle.run(settings, credentials, deadline))
-    except (lifecycle.LeadershipLost, ProbeServerError) as error:
+    except (lifecycle.LeadershipLost, ProbeServerError, MetricsServerError) as error:
         print(f"nodeipam run: {error}", file=sys.stderr)
         return EXIT_PROBLEMS
     finally:

@@ -113,6 +113,12 @@ class RenewingToken:
             self._renew_at = self._next_renewal(token, renewed)
             return token.value
 
+    def take(self, token: Token) -> None:
+        """Use `token` from now on: one renewed elsewhere (the metrics port's process gets the controller's)."""
+        with self._lock:
+            self._token = token
+            self._renew_at = self._next_renewal(token, renewed=True)
+
     def _next_renewal(self, token: Token, renewed: bool) -> float | None:
         if token.expires_at is None:
             return None

@@ -48,7 +48,7 @@ class Incarnations:
 
     def longest_wait(self) -> float:
         """Seconds the Node waiting longest has waited (0: none waits): what an alert on a Node left without a range
-        reads. O(1), and safe to read from the metrics port's thread (a dict changed meanwhile gives 0 once)."""
+        reads. O(1), and safe to read from the metrics feed's thread (a dict changed meanwhile gives 0 once)."""
         try:
             return max(0.0, self._clock() - next(iter(self._waiting_since.values())))
         except (StopIteration, RuntimeError):

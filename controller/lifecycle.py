@@ -1,8 +1,8 @@
 """The application's lifecycle: start-up, leader election, the health server, shutdown.
 
-One process: a health server from the start (on a thread and event loop of
-its own, controller.server_thread), the kubelet's probes (from a child
-process, controller.probes), a Lease to compete for (on another), and,
+One process: the metrics port from the start (served by a child process,
+controller.metrics_port), the kubelet's probes (from another,
+controller.probes), a Lease to compete for (on another), and,
 once leading, the rebuild, the start-up sweep, the background loops and kopf
 (wired in handlers.py) on the main loop. Losing the lease stops allocating at
 once and exits.
@@ -31,11 +31,10 @@ from controller.dryrun import DryRun
 from controller.kube import KubeClient
 from controller.leader import LeaseKeeper
 from controller.metrics import Metrics
+from controller.metrics_port import MetricsProcess
 from controller.nodes import NodeAllocations
 from controller.probes import ProbeProcess
 from controller.reconciler import NodeApi, Reconciler
-from controller.secure_serving import REVIEWS_IN_FLIGHT
-from controller.server_thread import MAIN_LOOP_STALL_SECONDS, ServerThread
 
 logger = logging.getLogger("nodeipam")
 
@@ -44,6 +43,7 @@ LEASE_CONNECTIONS = 2  # a renewal and a release can overlap at most
 SHUTDOWN_GRACE_SECONDS = 10.0
 EXIT_CUT_SHORT = 1
 LOOP_KOPF = "kopf"  # background_failures_total: kopf started again after a watch error
+LOOP_METRICS_PORT = "metrics_port"  # background_failures_total: the metrics port's process replaced
 
 
 def configure_logging(level: str) -> None:
@@ -131,7 +131,7 @@ async def run(settings: Settings, credentials: Credentials | None = None, deadli
     stopping.listen()
     metrics = Metrics()
     loopwatch.share_the_gil_promptly()
-    # The main loop's lag, and the heartbeat that the metrics port's thread reads for /healthz.
+    # The main loop's lag, and the heartbeat that feeds /healthz on both ports.
     heartbeat = loopwatch.Heartbeat()
     pulse = asyncio.ensure_future(loopwatch.watch_loop(heartbeat, metrics.event_loop_lag.observe))
     try:
@@ -167,23 +167,25 @@ async def _serve(
         ):
             leading = _never if settings.dry_run else elector.is_leading
             metrics.track_leadership(settings.leader_election.resource_name, leading)
-            # The metrics port, on a thread and event loop of its own, so that the probes never wait for this
-            # loop. The token reviews of /metrics scrapes get a client of their own there, so they neither wait
-            # behind Node patches nor take a connection a Lease renewal needs: as many connections as reviews.
-            health = ServerThread(
+            # The metrics port, served by a process of its own, so that no scrape waits for this process. Its token
+            # reviews go through a client of its own there, so they neither wait behind Node patches nor take a
+            # connection a Lease renewal needs; this process feeds it the metrics' text and the token.
+            health = MetricsProcess(
                 settings.metrics_bind_address,
                 metrics.registry,
                 heartbeat,
                 serving=settings.serving,
-                open_reviews=lambda: KubeClient(credentials, max_in_flight=REVIEWS_IN_FLIGHT, transient_attempts=1),
+                credentials=credentials,
                 refused=metrics.refused_on_metrics_port,
                 refresh=metrics.refresh_views,
+                on_restart=metrics.background_failures.labels(LOOP_METRICS_PORT).inc,
+                log_level=settings.log_level,
             )
             # The kubelet's probes, from a process of its own: no thread of this one can hold them up.
             probes = ProbeProcess(
                 settings.health_probe_bind_address,
                 heartbeat,
-                stall_limit=MAIN_LOOP_STALL_SECONDS,
+                stall_limit=loopwatch.MAIN_LOOP_STALL_SECONDS,
                 log_level=settings.log_level,
                 on_exit=stopping.begin,
             )
@@ -203,7 +205,7 @@ async def _lead(
     credentials: Credentials,
     kube: KubeClient,
     metrics: Metrics,
-    ports: tuple[ServerThread, ProbeProcess],
+    ports: tuple[MetricsProcess, ProbeProcess],
     heartbeat: loopwatch.Heartbeat,
     elector: LeaseKeeper,
     stopping: Stopping,

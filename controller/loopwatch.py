@@ -2,8 +2,8 @@
 
 A task that sleeps `LAG_INTERVAL` and records how much later than asked it woke: that overshoot is the
 time the loop was held by something else (a callback that ran long, a garbage collection, the process
-not scheduled). Each wake-up is also a heartbeat that another thread can read: the metrics port, served
-on a loop of its own, fails /healthz once the main loop has not ticked for too long. Nothing here imports
+not scheduled). Each wake-up is also a heartbeat that another thread can read: the ports' processes are fed
+from it, and fail /healthz once the main loop has not ticked for too long. Nothing here imports
 a client; it costs ten wake-ups a second.
 """
 
@@ -22,6 +22,12 @@ LAG_INTERVAL = 0.1
 #: handshake paid it several times over (the convoy effect). At 1 ms they wait a fifth as long; the main
 #: loop is asked to switch only while another thread actually waits.
 GIL_SWITCH_INTERVAL = 0.001
+#: /healthz fails once the main loop has not ticked for this long. The chart probes every 10 s (timeout 5 s)
+#: and restarts after 3 failures in a row, so a loop stuck for good is restarted at most 10 + 2 x 10 = 30 s
+#: after it stuck, as when a probe waiting on a stuck loop timed out thrice. A stall the loop comes back
+#: from fails no probe below 10 s, and three in a row only past 30 s: the longest the main loop holds itself
+#: is the start-up rebuild, ~11 s at 100,000 Nodes on 2 cores (BENCHMARKS.md, "The pool code alone").
+MAIN_LOOP_STALL_SECONDS = 10.0
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

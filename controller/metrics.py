@@ -3,8 +3,8 @@
 Everything is registered on a registry this module creates on request, never
 on import, so tests and several controllers in one process do not collide.
 
-A scrape is collected on the metrics port's own thread (controller.server_thread),
-not on the main loop: prometheus_client's metrics take their own locks, the
+The registry is collected on a thread of its own (controller.metrics_port, which
+feeds the text to the process serving the port), not on the main loop: prometheus_client's metrics take their own locks, the
 functions behind gauges read a length or an attribute, and what only the main
 loop may read (the pools' usage, from its dicts) is a view that loop refreshes.
 """
@@ -192,8 +192,8 @@ class Metrics:
         for reason in REFUSAL_REASONS:  # every reason shows, at 0, from the start
             self.metrics_port_refused.labels(reason)
 
-    def refused_on_metrics_port(self, reason: str) -> None:
-        self.metrics_port_refused.labels(reason).inc()
+    def refused_on_metrics_port(self, reason: str, count: int = 1) -> None:
+        self.metrics_port_refused.labels(reason).inc(count)
 
     def track_sets(self, sets: Iterable[CIDRSet]) -> None:
         """Usage gauges computed at scrape time from the sets themselves."""
@@ -221,7 +221,7 @@ class Metrics:
 
     def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
         """Per-pool gauges: pools come and go at runtime. `usages` reads the main loop's state, so it runs there,
-        at `refresh_views()`; a scrape, on the metrics port's thread, reads what it last gave."""
+        at `refresh_views()`; a collection, on the metrics feed's thread, reads what it last gave."""
         view = _LatestView(usages)
         self._views.append(view)
         self.registry.register(_PoolCollector(view))

@@ -1,8 +1,9 @@
 """The probe port: a child process that answers the kubelet's probes (controller.probe_server), fed from here.
 
-The metrics port, on a thread of its own, still serves /healthz and /readyz too, but a thread shares the
-interpreter with the main loop, and in a burst on two saturated cores the main thread holds it for up to
-300 ms at a time (BENCHMARKS.md, "Probes under load"). The child has an interpreter of its own. At each
+A thread of the controller shares the interpreter with the main loop, and in a burst on two saturated
+cores the main thread holds it for up to 300 ms at a time (BENCHMARKS.md, "Probes under load"). The child
+has an interpreter of its own, and nothing else to do (the metrics port, which serves /healthz and /readyz
+too, is another child: controller.metrics_port). At each
 beat of the main loop (controller.loopwatch), a line goes to it with that loop's verdict on its health and
 whether this replica leads and has rebuilt; a main loop that stops beating fails /healthz there after the
 stall limit, as on the metrics port.

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -37,7 +38,7 @@ class HealthServer:
     def __init__(
         self,
         bind_address: str,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None,
         *,
         serving: ServingOptions | None = None,
         reviews: ReviewAPI | None = None,
@@ -48,6 +49,7 @@ class HealthServer:
 
         `refused` is told why each time the port refuses or cuts short a connection or a request. `collect`
         produces the text of /metrics (default: the registry's, on this loop); a TimeoutError from it is a 503.
+        `registry` may be None when `collect` is given.
         """
         self.bind = split_bind_address(bind_address)
         self.registry = registry
@@ -86,7 +88,8 @@ class HealthServer:
         """Connections held, TLS handshakes in progress included."""
         return self._listener.open_connections if self._listener is not None else 0
 
-    async def start(self) -> None:
+    async def start(self, sockets: Sequence[socket.socket] = ()) -> None:
+        """Listen on the bind address, or on `sockets`, already listening there (passed on by another process)."""
         if self.bind is None:
             return
         limits = self.serving.limits
@@ -103,8 +106,9 @@ class HealthServer:
         ssl_context = server_ssl_context(self.serving)
         self._listener = GuardedListener(self._runner.server, ssl_context, limits, self._refused)
         host, port = self.bind
-        await self._listener.start(host, port)
-        logger.info("serving /metrics, /healthz and /readyz over https on %s:%d", host, port)
+        await self._listener.start(host, port, sockets)
+        where = ", ".join(f"{host}:{listening}" for listening in self._listener.ports)
+        logger.info("serving /metrics, /healthz and /readyz over https on %s", where)
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -138,6 +142,8 @@ class HealthServer:
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _generate(self) -> bytes:
+        if self.registry is None:
+            raise TimeoutError("no registry to collect")
         return generate_latest(self.registry)
 
     async def _healthz(self, _: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ import functools
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 from controller.secure_serving import (
@@ -30,6 +30,27 @@ logger = logging.getLogger("nodeipam.server")
 
 
 # -- Connections ---------------------------------------------------------------------
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound and listening on every address `host` resolves to, as asyncio's create_server does (IPv6 only
+    on IPv6); raises OSError (the port is taken, say) with none left open."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, address in dict.fromkeys(found):
+            listening = socket.socket(family, kind, protocol)
+            sockets.append(listening)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listening.bind(address)
+            listening.listen(LISTEN_BACKLOG)
+    except OSError:
+        for listening in sockets:
+            listening.close()
+        raise
+    return sockets
 
 
 class GuardedListener:
@@ -68,23 +89,17 @@ class GuardedListener:
         """Connections held, handshakes in progress included."""
         return len(self._handshakes) + len(self._connections)
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on every address `host` resolves to, as asyncio's create_server does (IPv6 only on IPv6)."""
-        loop = asyncio.get_running_loop()
-        found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        try:
-            for family, kind, protocol, _, address in dict.fromkeys(found):
-                listening = socket.socket(family, kind, protocol)
-                self._sockets.append(listening)
-                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                listening.bind(address)
-                listening.listen(LISTEN_BACKLOG)
-                listening.setblocking(False)
-        except OSError:
-            await self.close()
-            raise
+    async def start(self, host: str, port: int, sockets: Sequence[socket.socket] = ()) -> None:
+        """Listen on every address `host` resolves to, as asyncio's create_server does (IPv6 only on IPv6).
+
+        `sockets`: already listening (bound by another process, which passed them on); host and port are then unused.
+        """
+        if not sockets:
+            loop = asyncio.get_running_loop()
+            sockets = await loop.run_in_executor(None, listening_sockets, host, port)
+        for listening in sockets:
+            listening.setblocking(False)
+        self._sockets = list(sockets)
         self._acceptors = [asyncio.ensure_future(self._accept(listening)) for listening in self._sockets]
 
     async def close(self) -> None:

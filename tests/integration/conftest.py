@@ -138,6 +138,14 @@ def fetch(url: str, token: str | None) -> tuple[int, str]:
         return 0, ""
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie has stopped)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
 class KubeControllerManager:
     """kube-controller-manager's node IPAM alone, run against the test API server as a process (never in the cluster)."""
 

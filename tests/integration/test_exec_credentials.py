@@ -132,3 +132,6 @@ def test_exec_tokens_are_renewed_before_they_expire(
     log = controller.log()
     assert "Unauthorized" not in log and "could not renew" not in log, log
     assert "token renewed" in log, log
+    # The metrics port's process reviews a scraper's token with the controller's token of the moment: the first
+    # ones are refused by now, so a scrape answers only if every renewal reached it.
+    assert controller.get("/metrics") == 200, controller.log()

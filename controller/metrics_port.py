@@ -1,0 +1,451 @@
+"""The metrics port: a child process serves it (controller.metrics_server), fed from here.
+
+On a thread of this process, the port waited for the interpreter whenever the main thread held it, which
+in a burst is most of the time: at 100,000 Nodes a scrape took 772-897 ms at p99, and the port's /healthz
+329-474 ms (BENCHMARKS.md, "The probes from a process of their own, at 100,000 Nodes"). The child has an
+interpreter of its own; TLS, the token reviews and the connection limits all run there, and no request of
+the port waits for this process.
+
+What the child serves comes from here, over a socket pair (controller.metrics_frames). The `metrics-feed`
+thread, every FEED_INTERVAL_SECONDS and whenever a scrape asks (the scrape waits for it FRESH_WAIT_SECONDS
+at most, then answers the last one), collects the registry (as the port's thread did: the metrics take
+their own locks, and what only the main loop may read is a view that loop refreshes on its own schedule,
+here), and sends it with the main loop's verdict on its health (its last heartbeat: a main loop stalled past
+the stall limit fails /healthz, as before) and its readiness (at once when it changes). A frame also carries the bearer token the
+child sends to the API server, renewed here, so that an exec plugin or an auth provider runs in one process.
+
+The port is bound here and its sockets passed on, so that the child can be replaced without the port ever
+closing: a child that exits, or leaves a frame unacknowledged for `stuck_after` seconds, is killed and
+started again, with backoff. The child exits once its end of the socket pair closes, whether this process
+stopped or was killed: no child outlives the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller import metrics_frames
+from controller.backoff import Backoff
+from controller.config import split_bind_address
+from controller.credentials import Credentials
+from controller.loopwatch import MAIN_LOOP_STALL_SECONDS, Heartbeat
+from controller.secure_serving import ServingOptions
+from controller.serving_connections import listening_sockets
+
+logger = logging.getLogger("nodeipam.server")
+
+#: Seconds between two frames: the text of /metrics is at most about this old (plus the pools' view, refreshed
+#: by the main loop as often). Collecting 100 pools x 16 CIDRs at 100,000 Nodes takes ~8 ms.
+FEED_INTERVAL_SECONDS = 1.0
+#: How long a scrape waits for the frame it asked for before it answers the last one: the controller sends
+#: one within milliseconds unless its main thread holds the interpreter, and then the scrape does not wait
+#: for it longer than this (at 0.1 s the wait was most of a scrape's p99 in bench.metricsport).
+FRESH_WAIT_SECONDS = 0.05
+#: The shortest time between two frames when scrapes ask for them (each costs a collection: ~8 ms at scale).
+MIN_FRAME_GAP_SECONDS = 0.05
+#: A child that has not acknowledged a frame (or read one) for this long is stuck: killed and replaced. Well
+#: above what a flood of the port holds its loop for; /healthz on the port fails meanwhile anyway.
+STUCK_SECONDS = 10.0
+#: How long a child may take to start (import, make its certificate) and listen.
+START_TIMEOUT_SECONDS = 30.0
+#: How long a stopping controller waits for the child to exit after closing its end, before it kills it.
+STOP_TIMEOUT_SECONDS = 2.0
+#: Delay before starting another child, per failure in a row (a child that acknowledged a frame succeeded).
+RESTART_BACKOFF = Backoff(1.0, cap=30.0)
+
+
+class MetricsServerError(RuntimeError):
+    """The metrics port's process could not start; the message says why (e.g. a TLS file is unreadable)."""
+
+
+@dataclasses.dataclass
+class _Child:
+    process: subprocess.Popen[bytes]
+    sock: socket.socket
+    decoder: metrics_frames.Decoder = dataclasses.field(default_factory=metrics_frames.Decoder)
+    sent: collections.deque[tuple[int, float]] = dataclasses.field(default_factory=collections.deque)  # unacknowledged
+    seq: int = 0
+    token: str | None = None  # the last token it was sent
+
+
+class _Stopping(Exception):
+    pass
+
+
+class MetricsProcess:
+    """Binds the metrics port, starts its server in a child, feeds and supervises it, and stops it.
+
+    Nothing at all when the port is disabled. `refused(reason, count)` counts what the port refused;
+    `refresh` runs on the main loop every `feed_interval` (Metrics.refresh_views); `on_restart` is called
+    each time a child is replaced.
+    """
+
+    def __init__(
+        self,
+        bind_address: str,
+        registry: CollectorRegistry,
+        heartbeat: Heartbeat,
+        *,
+        serving: ServingOptions | None = None,
+        credentials: Credentials | None = None,
+        refused: Callable[[str, int], None] = lambda reason, count: None,
+        refresh: Callable[[], None] = lambda: None,
+        on_restart: Callable[[], None] = lambda: None,
+        stall_limit: float = MAIN_LOOP_STALL_SECONDS,
+        log_level: str = "info",
+        feed_interval: float = FEED_INTERVAL_SECONDS,
+        stuck_after: float = STUCK_SECONDS,
+        backoff: Backoff = RESTART_BACKOFF,
+        fresh_wait: float = FRESH_WAIT_SECONDS,
+    ) -> None:
+        self._bind_address = bind_address
+        self._bind = split_bind_address(bind_address)
+        self._registry = registry
+        self.heartbeat = heartbeat
+        self._serving = serving or ServingOptions()
+        self._credentials = credentials
+        self._refused = refused
+        self._refresh = refresh
+        self._on_restart = on_restart
+        self.stall_limit = stall_limit
+        self._log_level = log_level
+        self.feed_interval = feed_interval
+        self.stuck_after = stuck_after
+        self._backoff = backoff
+        self.fresh_wait = fresh_wait
+        self._ready: asyncio.Event | None = None  # None: standby
+        self._sockets: list[socket.socket] = []
+        self._child: _Child | None = None
+        self._thread: threading.Thread | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
+        self._poked = threading.Event()  # a frame is due now (readiness changed)
+        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the feed thread: stop, or poked
+        self._wake_reader.setblocking(False)
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._renewal: threading.Thread | None = None
+        self.restarts = 0
+        self._failures = 0  # children in a row that failed
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(listening.getsockname()[1]) for listening in self._sockets]
+
+    @property
+    def pid(self) -> int | None:
+        """The child serving the port now (None: none, between a death and its replacement)."""
+        child = self._child
+        return child.process.pid if child is not None else None
+
+    async def start(self) -> None:
+        """Bind the port (OSError if taken), start the child and wait until it serves (MetricsServerError if not)."""
+        if self._bind is None:
+            return
+        self._sockets = listening_sockets(*self._bind)
+        try:
+            self._child = await asyncio.to_thread(self._spawn)
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._thread = threading.Thread(target=self._feed_forever, name="metrics-feed", daemon=True)
+        self._thread.start()
+        self._refresher = asyncio.ensure_future(self._refresh_views())
+
+    def watch(self, ready: asyncio.Event) -> None:
+        """This replica now leads: report ready once `ready` (the rebuild, on the main loop) is set.
+
+        Read from the feed thread through is_set() alone, which only reads a flag. A frame goes out at once, and
+        again once `ready` is set, so that /readyz follows without waiting for the next one.
+        """
+        self._ready = ready
+        self._poke()
+        watcher = asyncio.ensure_future(self._poke_when(ready))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def stop(self) -> None:
+        """Stop feeding, close the child's end (it exits; killed past STOP_TIMEOUT_SECONDS), close the port."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        child, self._child = self._child, None
+        if child is not None:
+            await asyncio.to_thread(self._end, child)
+        self._close_sockets()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    # -- on the main loop
+
+    async def _poke_when(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Have the feed thread send a frame now (any thread)."""
+        self._poked.set()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"p")
+
+    async def _refresh_views(self) -> None:
+        """What only the main loop may read (the pools' usage), read again for the next frames."""
+        while True:
+            try:
+                self._refresh()
+            except Exception:
+                logger.exception("refreshing the main loop's views for /metrics failed; the last ones serve")
+            await asyncio.sleep(self.feed_interval)
+
+    # -- on the feed thread (and, for the first child, a thread of asyncio's)
+
+    def _spawn(self) -> _Child:
+        """A child serving the port, once it says it listens; MetricsServerError otherwise."""
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno(), *(listening.fileno() for listening in self._sockets)]
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "controller.metrics_server",
+                    f"--fd={theirs.fileno()}",
+                    *(f"--listen-fd={listening.fileno()}" for listening in self._sockets),
+                    f"--log-level={self._log_level}",
+                ],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the child's now: its exit alone closes the pair
+        ours.setblocking(False)
+        child = _Child(process, ours)
+        try:
+            token = self._credentials.current_token() if self._credentials is not None else None
+            child.token = token
+            self._send(child, metrics_frames.encode(self._setup(token)), START_TIMEOUT_SECONDS)
+            header = self._first_answer(child)
+        except _Stopping:
+            self._end(child)
+            raise MetricsServerError("stopping") from None
+        except (OSError, metrics_frames.BrokenStream, TimeoutError) as error:
+            header = {"kind": metrics_frames.ERROR, "error": f"no answer from it ({error!r})"}
+        if header["kind"] != metrics_frames.LISTENING:
+            self._end(child)
+            raise MetricsServerError(f"the metrics port's server on {self._bind_address} did not start: {header.get('error')}")
+        logger.info("the metrics port is served by process %d", process.pid)
+        return child
+
+    def _setup(self, token: str | None) -> dict[str, Any]:
+        credentials = self._credentials
+        api = None
+        if credentials is not None:
+            api = {
+                "server": credentials.server,
+                "ca_file": credentials.ca_file,
+                "cert_file": credentials.cert_file,
+                "key_file": credentials.key_file,
+                "insecure": credentials.insecure,
+            }
+        return {
+            "kind": metrics_frames.SETUP,
+            "bind": self._bind_address,
+            "serving": dataclasses.asdict(self._serving),
+            "api": api,
+            "token": token,
+            "stall_limit": self.stall_limit,
+            "fresh_wait": self.fresh_wait,
+        }
+
+    def _first_answer(self, child: _Child) -> dict[str, Any]:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            messages = self._receive(child, deadline - time.monotonic())
+            if messages is None:
+                code = child.process.poll()
+                return {"kind": metrics_frames.ERROR, "error": f"it exited before it listened (status {code})"}
+            for header, _ in messages:
+                if header["kind"] in (metrics_frames.LISTENING, metrics_frames.ERROR):
+                    return header
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"nothing in {START_TIMEOUT_SECONDS:g}s")
+
+    def _feed_forever(self) -> None:
+        while not self._stopping.is_set():
+            child = self._child
+            if child is None:
+                try:
+                    self._child = child = self._spawn()
+                except (MetricsServerError, OSError) as error:
+                    if self._stopping.is_set():
+                        return
+                    self._failures += 1
+                    delay = self._backoff.after(self._failures)
+                    logger.error("could not start the metrics port's server again (%s); trying again in %.1fs", error, delay)
+                    self._stopping.wait(delay)
+                    continue
+            try:
+                why = self._feed(child)
+            except _Stopping:
+                return
+            self._child = None
+            self._end(child)
+            self._failures += 1
+            self.restarts += 1
+            self._on_restart()
+            delay = self._backoff.after(self._failures)
+            logger.error("the metrics port's server (process %d) %s; starting another in %.1fs", child.process.pid, why, delay)
+            if self._stopping.wait(delay):
+                return
+
+    def _feed(self, child: _Child) -> str:
+        """Feed `child` a frame every `feed_interval` and read its acknowledgements, until it fails: why."""
+        next_frame = last_frame = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if self._poked.is_set():
+                self._poked.clear()
+                next_frame = now
+            if now >= next_frame:
+                last_frame, next_frame = now, now + self.feed_interval
+                try:
+                    self._send(child, self._frame(child), self.stuck_after)
+                except TimeoutError:
+                    return f"read no frame for {self.stuck_after:g}s"
+                except OSError:
+                    return f"exited (status {self._status(child)})"
+            try:
+                messages = self._receive(child, next_frame - time.monotonic())
+            except metrics_frames.BrokenStream as error:
+                return f"sent something that is not a message ({error})"
+            if messages is None:
+                return f"exited (status {self._status(child)})"
+            for header, _ in messages:
+                if header["kind"] == metrics_frames.ACK:
+                    self._acknowledged(child, header)
+                elif header["kind"] == metrics_frames.WANT:  # a scrape waits: a frame now, or as soon as allowed
+                    next_frame = min(next_frame, last_frame + MIN_FRAME_GAP_SECONDS)
+            if self._stuck(child):
+                return f"acknowledged no frame for {self.stuck_after:g}s"
+
+    def _frame(self, child: _Child) -> bytes:
+        child.seq += 1
+        header: dict[str, Any] = {"kind": metrics_frames.FRAME, "seq": child.seq}
+        try:
+            text = generate_latest(self._registry)
+        except Exception:
+            logger.exception("collecting the metrics failed; the port serves the last text")
+            text, header["text"] = b"", False
+        ready = self._ready
+        header["problem"] = self.heartbeat.problem(self.stall_limit)
+        header["leading"] = ready is not None
+        header["ready"] = ready is not None and ready.is_set()
+        token = self._token()
+        if token != child.token:
+            header["token"] = child.token = token
+        child.sent.append((child.seq, time.monotonic()))
+        return metrics_frames.encode(header, text)
+
+    def _token(self) -> str | None:
+        """The token at hand; one due for renewal is renewed on a thread of its own meanwhile (a plugin may be slow)."""
+        credentials = self._credentials
+        if credentials is None:
+            return None
+        renewing = credentials.renewing
+        if renewing is not None and renewing.due() and (self._renewal is None or not self._renewal.is_alive()):
+            self._renewal = threading.Thread(target=renewing.renewed, name="metrics-token", daemon=True)
+            self._renewal.start()
+        return credentials.current_token()
+
+    def _acknowledged(self, child: _Child, header: dict[str, Any]) -> None:
+        seq = header.get("seq")
+        while child.sent and isinstance(seq, int) and child.sent[0][0] <= seq:
+            child.sent.popleft()
+        self._failures = 0  # a child that works ends a run of failures
+        for reason, count in (header.get("refused") or {}).items():
+            self._refused(str(reason), int(count))
+
+    def _send(self, child: _Child, data: bytes, timeout: float) -> None:
+        """Write all of `data`; TimeoutError if the child reads none of it for `timeout`, _Stopping if asked to stop."""
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            readable, writable, _ = select.select([self._wake_reader], [child.sock], [], max(deadline - time.monotonic(), 0))
+            if readable:
+                self._woken()
+                continue
+            if not writable:
+                raise TimeoutError
+            try:
+                view = view[child.sock.send(view) :]
+            except BlockingIOError:
+                continue
+            deadline = time.monotonic() + timeout
+
+    def _receive(self, child: _Child, timeout: float) -> list[tuple[dict[str, Any], bytes]] | None:
+        """The messages that arrive within `timeout` (maybe none); None once the child's end closed."""
+        readable, _, _ = select.select([self._wake_reader, child.sock], [], [], max(timeout, 0))
+        if self._wake_reader in readable:
+            self._woken()
+            return []  # the caller looks at what woke it
+        if not readable:
+            return []
+        try:
+            data = child.sock.recv(1 << 16)
+        except BlockingIOError:
+            return []
+        except OSError:
+            return None
+        return child.decoder.feed(data) if data else None
+
+    def _woken(self) -> None:
+        """Take the wake-up bytes; _Stopping if it was to stop (a poke is for the caller to see)."""
+        with contextlib.suppress(BlockingIOError):
+            self._wake_reader.recv(4096)
+        if self._stopping.is_set():
+            raise _Stopping
+
+    def _status(self, child: _Child) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return child.process.wait(timeout=1)
+        return None
+
+    def _end(self, child: _Child) -> None:
+        """Close our end (a child that works exits), and kill it if it has not exited within STOP_TIMEOUT_SECONDS."""
+        child.sock.close()
+        try:
+            child.process.wait(timeout=STOP_TIMEOUT_SECONDS if not self._stuck(child) else 0)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+    def _stuck(self, child: _Child) -> bool:
+        return bool(child.sent) and time.monotonic() - child.sent[0][1] > self.stuck_after
+
+    def _close_sockets(self) -> None:
+        for listening in self._sockets:
+            listening.close()
+        self._sockets = []
