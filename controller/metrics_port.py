@@ -14,6 +14,9 @@ here), and sends it with the main loop's verdict on its health (its last heartbe
 the stall limit fails /healthz, as before) and its readiness (at once when it changes). A frame also carries the bearer token the
 child sends to the API server, renewed here, so that an exec plugin or an auth provider runs in one process.
 
+One child, as this side reaches it (started, written to, read, judged stuck, ended), is a ChildLink
+(controller.metrics_child); here is what is sent when, and the replacement of a child that fails.
+
 The port is bound here and its sockets passed on, so that the child can be replaced without the port ever
 closing: a child that exits, or leaves a frame unacknowledged for `stuck_after` seconds, is killed and
 started again, with backoff. The child exits once its end of the socket pair closes, whether this process
@@ -23,14 +26,9 @@ stopped or was killed: no child outlives the controller.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import logging
-import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from controller.backoff import Backoff
 from controller.config import split_bind_address
 from controller.credentials import Credentials
 from controller.loopwatch import MAIN_LOOP_STALL_SECONDS, Heartbeat
+from controller.metrics_child import ChildLink, MetricsServerError, Stopping, Waker
 from controller.secure_serving import ServingOptions
 from controller.serving_connections import listening_sockets
 
@@ -60,30 +59,11 @@ MIN_FRAME_GAP_SECONDS = 0.05
 #: A child that has not acknowledged a frame (or read one) for this long is stuck: killed and replaced. Well
 #: above what a flood of the port holds its loop for; /healthz on the port fails meanwhile anyway.
 STUCK_SECONDS = 10.0
-#: How long a child may take to start (import, make its certificate) and listen.
-START_TIMEOUT_SECONDS = 30.0
-#: How long a stopping controller waits for the child to exit after closing its end, before it kills it.
-STOP_TIMEOUT_SECONDS = 2.0
 #: Delay before starting another child, per failure in a row (a child that acknowledged a frame succeeded).
 RESTART_BACKOFF = Backoff(1.0, cap=30.0)
 
 
-class MetricsServerError(RuntimeError):
-    """The metrics port's process could not start; the message says why (e.g. a TLS file is unreadable)."""
-
-
-@dataclasses.dataclass
-class _Child:
-    process: subprocess.Popen[bytes]
-    sock: socket.socket
-    decoder: metrics_frames.Decoder = dataclasses.field(default_factory=metrics_frames.Decoder)
-    sent: collections.deque[tuple[int, float]] = dataclasses.field(default_factory=collections.deque)  # unacknowledged
-    seq: int = 0
-    token: str | None = None  # the last token it was sent
-
-
-class _Stopping(Exception):
-    pass
+__all__ = ["MetricsProcess", "MetricsServerError"]
 
 
 class MetricsProcess:
@@ -129,13 +109,10 @@ class MetricsProcess:
         self.fresh_wait = fresh_wait
         self._ready: asyncio.Event | None = None  # None: standby
         self._sockets: list[socket.socket] = []
-        self._child: _Child | None = None
+        self._child: ChildLink | None = None
         self._thread: threading.Thread | None = None
         self._refresher: asyncio.Task[None] | None = None
-        self._stopping = threading.Event()
-        self._poked = threading.Event()  # a frame is due now (readiness changed)
-        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the feed thread: stop, or poked
-        self._wake_reader.setblocking(False)
+        self._waker = Waker()  # wakes the feed thread: to stop, or for a frame now (readiness changed)
         self._watchers: set[asyncio.Task[None]] = set()
         self._renewal: threading.Thread | None = None
         self.restarts = 0
@@ -149,7 +126,7 @@ class MetricsProcess:
     def pid(self) -> int | None:
         """The child serving the port now (None: none, between a death and its replacement)."""
         child = self._child
-        return child.process.pid if child is not None else None
+        return child.pid if child is not None else None
 
     async def start(self) -> None:
         """Bind the port (OSError if taken), start the child and wait until it serves (MetricsServerError if not)."""
@@ -179,9 +156,7 @@ class MetricsProcess:
 
     async def stop(self) -> None:
         """Stop feeding, close the child's end (it exits; killed past STOP_TIMEOUT_SECONDS), close the port."""
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"x")
+        self._waker.stop()
         for watcher in list(self._watchers):
             watcher.cancel()
         if self._refresher is not None:
@@ -191,10 +166,9 @@ class MetricsProcess:
             await asyncio.to_thread(self._thread.join)
         child, self._child = self._child, None
         if child is not None:
-            await asyncio.to_thread(self._end, child)
+            await asyncio.to_thread(child.end)
         self._close_sockets()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        self._waker.close()
 
     # -- on the main loop
 
@@ -204,9 +178,7 @@ class MetricsProcess:
 
     def _poke(self) -> None:
         """Have the feed thread send a frame now (any thread)."""
-        self._poked.set()
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"p")
+        self._waker.poke()
 
     async def _refresh_views(self) -> None:
         """What only the main loop may read (the pools' usage), read again for the next frames."""
@@ -219,44 +191,13 @@ class MetricsProcess:
 
     # -- on the feed thread (and, for the first child, a thread of asyncio's)
 
-    def _spawn(self) -> _Child:
+    def _spawn(self) -> ChildLink:
         """A child serving the port, once it says it listens; MetricsServerError otherwise."""
-        ours, theirs = socket.socketpair()
-        fds = [theirs.fileno(), *(listening.fileno() for listening in self._sockets)]
-        try:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "controller.metrics_server",
-                    f"--fd={theirs.fileno()}",
-                    *(f"--listen-fd={listening.fileno()}" for listening in self._sockets),
-                    f"--log-level={self._log_level}",
-                ],
-                pass_fds=fds,
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()  # the child's now: its exit alone closes the pair
-        ours.setblocking(False)
-        child = _Child(process, ours)
-        try:
-            token = self._credentials.current_token() if self._credentials is not None else None
-            child.token = token
-            self._send(child, metrics_frames.encode(self._setup(token)), START_TIMEOUT_SECONDS)
-            header = self._first_answer(child)
-        except _Stopping:
-            self._end(child)
-            raise MetricsServerError("stopping") from None
-        except (OSError, metrics_frames.BrokenStream, TimeoutError) as error:
-            header = {"kind": metrics_frames.ERROR, "error": f"no answer from it ({error!r})"}
-        if header["kind"] != metrics_frames.LISTENING:
-            self._end(child)
-            raise MetricsServerError(f"the metrics port's server on {self._bind_address} did not start: {header.get('error')}")
-        logger.info("the metrics port is served by process %d", process.pid)
+        token = self._credentials.current_token() if self._credentials is not None else None
+        child = ChildLink.start(
+            self._sockets, self._log_level, self._setup(token), self._waker, self.stuck_after, self._bind_address
+        )
+        logger.info("the metrics port is served by process %d", child.pid)
         return child
 
     def _setup(self, token: str | None) -> dict[str, Any]:
@@ -280,80 +221,67 @@ class MetricsProcess:
             "fresh_wait": self.fresh_wait,
         }
 
-    def _first_answer(self, child: _Child) -> dict[str, Any]:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            messages = self._receive(child, deadline - time.monotonic())
-            if messages is None:
-                code = child.process.poll()
-                return {"kind": metrics_frames.ERROR, "error": f"it exited before it listened (status {code})"}
-            for header, _ in messages:
-                if header["kind"] in (metrics_frames.LISTENING, metrics_frames.ERROR):
-                    return header
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"nothing in {START_TIMEOUT_SECONDS:g}s")
-
     def _feed_forever(self) -> None:
-        while not self._stopping.is_set():
+        stopping = self._waker.stopping
+        while not stopping.is_set():
             child = self._child
             if child is None:
                 try:
                     self._child = child = self._spawn()
                 except (MetricsServerError, OSError) as error:
-                    if self._stopping.is_set():
+                    if stopping.is_set():
                         return
                     self._failures += 1
                     delay = self._backoff.after(self._failures)
                     logger.error("could not start the metrics port's server again (%s); trying again in %.1fs", error, delay)
-                    self._stopping.wait(delay)
+                    stopping.wait(delay)
                     continue
             try:
                 why = self._feed(child)
-            except _Stopping:
+            except Stopping:
                 return
             self._child = None
-            self._end(child)
+            child.end()
             self._failures += 1
             self.restarts += 1
             self._on_restart()
             delay = self._backoff.after(self._failures)
-            logger.error("the metrics port's server (process %d) %s; starting another in %.1fs", child.process.pid, why, delay)
-            if self._stopping.wait(delay):
+            logger.error("the metrics port's server (process %d) %s; starting another in %.1fs", child.pid, why, delay)
+            if stopping.wait(delay):
                 return
 
-    def _feed(self, child: _Child) -> str:
+    def _feed(self, child: ChildLink) -> str:
         """Feed `child` a frame every `feed_interval` and read its acknowledgements, until it fails: why."""
         next_frame = last_frame = time.monotonic()
         while True:
             now = time.monotonic()
-            if self._poked.is_set():
-                self._poked.clear()
+            if self._waker.poked.is_set():
+                self._waker.poked.clear()
                 next_frame = now
             if now >= next_frame:
                 last_frame, next_frame = now, now + self.feed_interval
                 try:
-                    self._send(child, self._frame(child), self.stuck_after)
+                    child.send(self._frame(child), self.stuck_after)
                 except TimeoutError:
                     return f"read no frame for {self.stuck_after:g}s"
                 except OSError:
-                    return f"exited (status {self._status(child)})"
+                    return f"exited (status {child.status()})"
             try:
-                messages = self._receive(child, next_frame - time.monotonic())
+                messages = child.receive(next_frame - time.monotonic())
             except metrics_frames.BrokenStream as error:
                 return f"sent something that is not a message ({error})"
             if messages is None:
-                return f"exited (status {self._status(child)})"
+                return f"exited (status {child.status()})"
             for header, _ in messages:
                 if header["kind"] == metrics_frames.ACK:
                     self._acknowledged(child, header)
                 elif header["kind"] == metrics_frames.WANT:  # a scrape waits: a frame now, or as soon as allowed
                     next_frame = min(next_frame, last_frame + MIN_FRAME_GAP_SECONDS)
-            if self._stuck(child):
+            if child.stuck():
                 return f"acknowledged no frame for {self.stuck_after:g}s"
 
-    def _frame(self, child: _Child) -> bytes:
-        child.seq += 1
-        header: dict[str, Any] = {"kind": metrics_frames.FRAME, "seq": child.seq}
+    def _frame(self, child: ChildLink) -> bytes:
+        header: dict[str, Any] = {"kind": metrics_frames.FRAME}
         try:
             text = generate_latest(self._registry)
         except Exception:
@@ -366,7 +294,7 @@ class MetricsProcess:
         token = self._token()
         if token != child.token:
             header["token"] = child.token = token
-        child.sent.append((child.seq, time.monotonic()))
+        header["seq"] = child.next_seq()
         return metrics_frames.encode(header, text)
 
     def _token(self) -> str | None:
@@ -380,70 +308,11 @@ class MetricsProcess:
             self._renewal.start()
         return credentials.current_token()
 
-    def _acknowledged(self, child: _Child, header: dict[str, Any]) -> None:
-        seq = header.get("seq")
-        while child.sent and isinstance(seq, int) and child.sent[0][0] <= seq:
-            child.sent.popleft()
+    def _acknowledged(self, child: ChildLink, header: dict[str, Any]) -> None:
+        child.acknowledged(header.get("seq"))
         self._failures = 0  # a child that works ends a run of failures
         for reason, count in (header.get("refused") or {}).items():
             self._refused(str(reason), int(count))
-
-    def _send(self, child: _Child, data: bytes, timeout: float) -> None:
-        """Write all of `data`; TimeoutError if the child reads none of it for `timeout`, _Stopping if asked to stop."""
-        view = memoryview(data)
-        deadline = time.monotonic() + timeout
-        while view:
-            readable, writable, _ = select.select([self._wake_reader], [child.sock], [], max(deadline - time.monotonic(), 0))
-            if readable:
-                self._woken()
-                continue
-            if not writable:
-                raise TimeoutError
-            try:
-                view = view[child.sock.send(view) :]
-            except BlockingIOError:
-                continue
-            deadline = time.monotonic() + timeout
-
-    def _receive(self, child: _Child, timeout: float) -> list[tuple[dict[str, Any], bytes]] | None:
-        """The messages that arrive within `timeout` (maybe none); None once the child's end closed."""
-        readable, _, _ = select.select([self._wake_reader, child.sock], [], [], max(timeout, 0))
-        if self._wake_reader in readable:
-            self._woken()
-            return []  # the caller looks at what woke it
-        if not readable:
-            return []
-        try:
-            data = child.sock.recv(1 << 16)
-        except BlockingIOError:
-            return []
-        except OSError:
-            return None
-        return child.decoder.feed(data) if data else None
-
-    def _woken(self) -> None:
-        """Take the wake-up bytes; _Stopping if it was to stop (a poke is for the caller to see)."""
-        with contextlib.suppress(BlockingIOError):
-            self._wake_reader.recv(4096)
-        if self._stopping.is_set():
-            raise _Stopping
-
-    def _status(self, child: _Child) -> int | None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            return child.process.wait(timeout=1)
-        return None
-
-    def _end(self, child: _Child) -> None:
-        """Close our end (a child that works exits), and kill it if it has not exited within STOP_TIMEOUT_SECONDS."""
-        child.sock.close()
-        try:
-            child.process.wait(timeout=STOP_TIMEOUT_SECONDS if not self._stuck(child) else 0)
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-            child.process.wait()
-
-    def _stuck(self, child: _Child) -> bool:
-        return bool(child.sent) and time.monotonic() - child.sent[0][1] > self.stuck_after
 
     def _close_sockets(self) -> None:
         for listening in self._sockets:
