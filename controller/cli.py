@@ -71,7 +71,7 @@ def version() -> str:
 
 #: Exit statuses, one meaning each, so that scripts can tell them apart.
 EXIT_OK = 0
-EXIT_PROBLEMS = 1  # `check` found problems; `run` lost its Lease
+EXIT_PROBLEMS = 1  # `check` found problems; `plan` found conflicts; `run` lost its Lease
 EXIT_USAGE = 2  # bad flags, a bad kubeconfig or --context, a Deployment that does not exist
 EXIT_CLUSTER = 3  # the cluster cannot be read: the API server is unreachable, or refuses the credentials or the request
 INSPECT_EPILOG = """\
@@ -375,11 +375,13 @@ def _plan(args: argparse.Namespace, prog: str = "nodeipam") -> int:
     try:
         watch = flagvalues.parse_duration("--watch", args.watch)
         credentials, ranges, service_cidrs, _ = _inputs(args)
+        plan = asyncio.run(plan_command.compute(ranges, service_cidrs, credentials, watch, args.watch))
     except (ConfigError, CredentialsError, cluster_reads.InspectError) as error:
         return _fail("plan", error, prog=prog)
     except cluster_reads.ClusterError as error:
         return _fail("plan", error, EXIT_CLUSTER, prog)
-    return plan_command.main(ranges, service_cidrs, credentials, watch, args.watch, args.output, prog)
+    print(plan_command.render(plan, args.output))
+    return EXIT_OK if plan.safe else EXIT_PROBLEMS
 
 
 Inputs = tuple[Credentials, tuple[FamilyRange, ...], tuple[netaddr.IPNetwork, ...], tuple[str, str] | None]

@@ -1,4 +1,4 @@
-"""`nodeipam plan`: reads what a takeover report needs from the cluster, prints `plan.make_plan`'s answer.
+"""`nodeipam plan`: reads what a takeover report needs from the cluster, and renders `plan.make_plan`'s answer.
 
 Read-only: Nodes and NodeCIDRPools (required), then the signs of another
 allocator (controller manager Pods and Deployments, Events of
@@ -6,7 +6,8 @@ kube-controller-manager's cidrAllocator) and the data plane's settings
 (flannel's and kube-proxy's ConfigMaps, Cilium's and Calico's DaemonSets).
 What the user may not read of the latter is named in the report, not fatal.
 
-Exit status: 0 safe to switch, 1 conflicts, 2 bad flags (cli.py), 3 the cluster cannot be read.
+A required read that fails is a cluster_reads.ClusterError, as in the other read commands: cli.py prints
+it and exits 3 (0 safe to switch, 1 conflicts, 2 bad flags).
 """
 
 from __future__ import annotations
@@ -15,49 +16,21 @@ import asyncio
 import dataclasses
 import datetime
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import netaddr
 import yaml
 
-from controller.cluster_reads import explain_api_error
+from controller.cluster_reads import ClusterError, explain_api_error
 from controller.config import FamilyRange
 from controller.credentials import Credentials
 from controller.kube import POOLS_PATH, ApiError, KubeClient
 from controller.model import NodeInfo, parse_api_time
 from controller.plan import ClusterFacts, EventFact, Finding, Plan, Workload, Write, make_plan, writes_between
 
-EXIT_SAFE = 0
-EXIT_CONFLICTS = 1
-EXIT_UNREADABLE = 3
-
 FLANNEL_CONFIGMAPS = (("kube-flannel", "kube-flannel-cfg"), ("kube-system", "kube-flannel-cfg"))
 KUBE_PROXY_CONFIGMAP = ("kube-system", "kube-proxy")
-
-
-class ClusterUnreadable(RuntimeError):
-    """A read the report cannot do without failed; the message says what to check."""
-
-
-def main(
-    ranges: Sequence[FamilyRange],
-    service_cidrs: Sequence[netaddr.IPNetwork],
-    credentials: Credentials,
-    watch: float,
-    watch_text: str,
-    output: str,
-    prog: str = "nodeipam",
-) -> int:
-    """The flags and credentials checked (cli.py: exit 2 otherwise); 3 if the cluster cannot be read, else 0 or 1."""
-    try:
-        plan = asyncio.run(compute(ranges, service_cidrs, credentials, watch, watch_text))
-    except ClusterUnreadable as error:
-        print(f"{prog} plan: error: {error}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    print(render(plan, output))
-    return EXIT_SAFE if plan.safe else EXIT_CONFLICTS
 
 
 async def compute(
@@ -83,14 +56,14 @@ async def _writes_since(kube: KubeClient, credentials: Credentials, before: Sequ
     try:
         after, _ = await kube.list_nodes()
     except ApiError as error:
-        raise ClusterUnreadable(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
+        raise ClusterError(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
     writes = []
     for node in writes_between(before, after):
         try:
             body = await kube.request("GET", f"/api/v1/nodes/{node.name}")
         except ApiError as error:
             if error.status != 404:
-                raise ClusterUnreadable(explain_api_error(error, credentials, "get on nodes")) from None
+                raise ClusterError(explain_api_error(error, credentials, "get on nodes")) from None
             body = {}
         writes.append(Write(node.name, node.pod_cidrs, pod_cidr_manager(body)))
     return writes
@@ -109,11 +82,11 @@ def pod_cidr_manager(node: Any) -> str:
 
 
 async def read_cluster(kube: KubeClient, credentials: Credentials) -> tuple[list[NodeInfo], list[dict[str, Any]], ClusterFacts]:
-    """Nodes (in LIST order), pools, and the facts; ClusterUnreadable when a required read fails."""
+    """Nodes (in LIST order), pools, and the facts; ClusterError when a required read fails."""
     try:
         nodes, _ = await kube.list_nodes()
     except ApiError as error:
-        raise ClusterUnreadable(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
+        raise ClusterError(explain_api_error(error, credentials, "list on nodes (cluster-wide)")) from None
     reader = _Reader(kube, credentials)
     pools = await reader.get(POOLS_PATH, "nodecidrpools.nodeipam.io")
     workloads = [
@@ -164,7 +137,7 @@ class _Reader:
             if error.status == 403:
                 self.forbidden.append(what)
                 return None
-            raise ClusterUnreadable(explain_api_error(error, self._credentials, f"get on {what}")) from None
+            raise ClusterError(explain_api_error(error, self._credentials, f"get on {what}")) from None
 
 
 def _items(listed: Any) -> list[dict[str, Any]]:
