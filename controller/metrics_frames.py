@@ -52,9 +52,7 @@ class Decoder:
         self._buffer += data
         messages = []
         while len(self._buffer) >= _LENGTHS.size:
-            head_length, body_length = _LENGTHS.unpack_from(self._buffer)
-            if head_length > MAX_HEADER_BYTES or body_length > MAX_BODY_BYTES:
-                raise BrokenStream(f"a message of {head_length} + {body_length} bytes")
+            head_length, body_length = lengths(bytes(self._buffer[: _LENGTHS.size]))
             end = _LENGTHS.size + head_length + body_length
             if len(self._buffer) < end:
                 break
