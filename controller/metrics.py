@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -30,6 +31,9 @@ NAMESPACE = "node_ipam_controller"
 CLUSTER_CIDR_LABEL = "clusterCIDR"
 POOL_LABEL = "pool"
 TRIES_BUCKETS = (1, 5, 25, 125, 625)
+#: Seconds between two counts of the objects frozen for the garbage collector. Counting walks every one of them
+#: with the interpreter held (~20 ns each: ~40 ms for the 2 million of 20,000 Nodes), so it is not done per frame.
+FROZEN_COUNT_INTERVAL_SECONDS = 300.0
 
 
 class Metrics:
@@ -231,9 +235,9 @@ class Metrics:
         for view in self._views:
             view.refresh()
 
-    def track_gc_pauses(self, pauses: PauseRecorder) -> None:
+    def track_gc_pauses(self, pauses: PauseRecorder, clock: Callable[[], float] = time.monotonic) -> None:
         """The garbage collector's pauses per generation, read from the recorder at scrape time."""
-        self.registry.register(_GcPauseCollector(pauses))
+        self.registry.register(_GcPauseCollector(pauses, clock))
 
     def track_dry_run(self) -> DryRunCounters:
         """`run --dry-run`'s counters: how its decisions compare with what another allocator wrote, what it withheld."""
@@ -271,15 +275,17 @@ class DryRunCounters:
 class _GcPauseCollector(Collector):
     """How long the cyclic garbage collector held the process, per generation (2: a full collection)."""
 
-    def __init__(self, pauses: PauseRecorder) -> None:
+    def __init__(self, pauses: PauseRecorder, clock: Callable[[], float] = time.monotonic) -> None:
         self._pauses = pauses
+        self._clock = clock
+        self._frozen: tuple[float, int] | None = None  # (when counted, how many)
 
     def collect(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily(
             f"{NAMESPACE}_gc_frozen_objects",
             "Objects frozen for the cyclic garbage collector (never scanned until thawed): the start-up state "
-            "and what full collections left.",
-            value=gc.get_freeze_count(),
+            f"and what full collections left, as counted at most {FROZEN_COUNT_INTERVAL_SECONDS:g} s ago.",
+            value=self._frozen_count(),
         )
         family = HistogramMetricFamily(
             f"{NAMESPACE}_gc_pause_seconds",
@@ -291,6 +297,12 @@ class _GcPauseCollector(Collector):
                 [str(generation)], list(self._pauses.cumulative(generation)), sum_value=self._pauses.seconds[generation]
             )
         yield family
+
+    def _frozen_count(self) -> int:
+        now = self._clock()
+        if self._frozen is None or now - self._frozen[0] >= FROZEN_COUNT_INTERVAL_SECONDS:
+            self._frozen = (now, gc.get_freeze_count())
+        return self._frozen[1]
 
     def describe(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
         return iter(())

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from controller import gcpolicy
-from controller.metrics import Metrics
+from controller.metrics import FROZEN_COUNT_INTERVAL_SECONDS, Metrics
 
 
 @pytest.fixture(autouse=True)
@@ -144,11 +144,24 @@ def test_a_full_collection_past_the_thaw_interval_thaws_and_the_next_frees_the_f
     assert gc.get_freeze_count() == 0
 
 
-def test_metrics_show_how_many_objects_are_frozen() -> None:
+def test_metrics_show_how_many_objects_are_frozen_counted_once_per_interval() -> None:
+    """Counting walks every frozen object: a scrape counts again only once the interval has passed."""
+    clock = Clock()
     metrics = Metrics()
     with gcpolicy.PauseRecorder() as recorder:
-        metrics.track_gc_pauses(recorder)
-    frozen = gcpolicy.freeze_survivors()
-    text = generate_latest(metrics.registry).decode()
-    line = next(line for line in text.splitlines() if line.startswith("node_ipam_controller_gc_frozen_objects "))
-    assert abs(float(line.split()[1]) - frozen) < frozen / 2  # the scrape itself may free or keep a few
+        metrics.track_gc_pauses(recorder, clock)
+
+    def shown() -> float:
+        text = generate_latest(metrics.registry).decode()
+        line = next(line for line in text.splitlines() if line.startswith("node_ipam_controller_gc_frozen_objects "))
+        return float(line.split()[1])
+
+    try:
+        frozen = gcpolicy.freeze_survivors()
+        assert abs(shown() - frozen) < frozen / 2  # the scrape itself may free or keep a few
+        gc.unfreeze()
+        assert shown() > 0  # counted less than the interval ago
+        clock.now += FROZEN_COUNT_INTERVAL_SECONDS
+        assert shown() == 0
+    finally:
+        gc.unfreeze()
