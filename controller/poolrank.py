@@ -1,14 +1,16 @@
 """Which pool wins: the order pools are tried in for a Node, the pool a range belongs to, the pools refused.
 
 Pure functions of pool specs (`pools.PoolSpec`) and free counts: the pool
-sets choose with `rank`, the pool index places ranges with `owner` and
-refuses pools with `overlaps`.
+sets choose in `PoolOrder`'s order, `nodeipam explain` shows `judge`'s (the
+same), the pool index places ranges with `owner` and refuses pools with
+`overlaps`.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import netaddr
 
@@ -33,6 +35,9 @@ class Candidate:
         return bool(self.free) and all(count > 0 for count in self.free)
 
 
+#: A pool's place within its tier (`fill_order`).
+_FillKey = tuple[bool, tuple[int, ...], str]
+
 #: Why `judge` passes a pool over: it may not serve the Node at all.
 PASSED_DISABLED = "disabled"
 PASSED_FAMILIES = "families"
@@ -53,31 +58,142 @@ def judge(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name:
 
     A pool may serve it when it is enabled, its selector matches, and it has
     exactly the IP families the cluster serves (`versions`). Order: higher
-    priority, then the more specific selector, then the smaller free capacity
-    (fill one pool before opening the next), then the name; the default pool
-    last. Full pools are kept in the order: the caller skips them and names
-    them when none has room. `rank` is this, less the pools passed over, so
-    that `nodeipam explain` tells the order the controller follows.
+    priority, then the more specific selector, then pools with room before
+    full ones, then the smaller free capacity (fill one pool before opening
+    the next), then the name; the default pool last. Full pools are kept in
+    the order: the caller skips them and names them when none has room. `PoolOrder` is this, less the pools passed over,
+    so that `nodeipam explain` tells the order the controller follows.
     """
     wanted = tuple(sorted(versions))
-    ranked: list[tuple[tuple[int, int, int, tuple[int, ...], str], Judged]] = []
+    ranked: list[tuple[tuple[tuple[int, int, int], _FillKey], Judged]] = []
     passed: list[Judged] = []
     for candidate in candidates:
         spec = candidate.spec
         specificity = spec.selector.specificity(labels, node_name)
-        if spec.disabled or spec.versions != wanted or specificity is None:
-            why = PASSED_DISABLED if spec.disabled else PASSED_FAMILIES if spec.versions != wanted else PASSED_SELECTOR
+        why = _passed_over(spec, specificity, wanted)
+        if why or specificity is None:
             passed.append(Judged(candidate, specificity, why))
             continue
-        key = (1 if spec.is_default else 0, -spec.priority, -specificity, candidate.free, spec.name)
-        ranked.append((key, Judged(candidate, specificity)))
+        ranked.append(((_tier(spec, specificity), fill_order(candidate)), Judged(candidate, specificity)))
     ranked.sort(key=lambda item: item[0])
     return [judged for _, judged in ranked] + sorted(passed, key=lambda judged: judged.candidate.name)
 
 
-def rank(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name: str, versions: Sequence[int]) -> list[Candidate]:
-    """The pools that may serve a Node, in the order to try them (see `judge`)."""
-    return [judged.candidate for judged in judge(candidates, labels, node_name, versions) if not judged.passed]
+def _passed_over(spec: PoolSpec, specificity: int | None, wanted: tuple[int, ...]) -> str:
+    """Why the pool may not serve a Node its selector gives this specificity, or "" if it may."""
+    if spec.disabled:
+        return PASSED_DISABLED
+    if spec.versions != wanted:
+        return PASSED_FAMILIES
+    return PASSED_SELECTOR if specificity is None else ""
+
+
+def _tier(spec: PoolSpec, specificity: int) -> tuple[int, int, int]:
+    """The part of a pool's rank that free counts do not change: the default pool last, then priority, specificity."""
+    return (1 if spec.is_default else 0, -spec.priority, -specificity)
+
+
+def fill_order(candidate: Candidate) -> _FillKey:
+    """Within a tier: pools with room first, the fuller first (fill one before opening the next), then by name.
+
+    Full pools go last in their tier, so that, as pools fill up one after the other, finding the one to take
+    from does not step over every full one first.
+    """
+    return (not candidate.has_room, candidate.free, candidate.name)
+
+
+#: How many distinct selector answers `PoolOrder` keeps before it starts again: a selector on the Node's name,
+#: or on a label whose value each Node has its own of, makes every Node distinct.
+ORDERS_KEPT = 4096
+
+_OrderKey = tuple[tuple[str | None, ...], str | None]
+
+
+class PoolOrder:
+    """`judge`'s order for the pools that may serve a Node, kept up to date instead of worked out per Node.
+
+    A pool's rank for a Node is a tier fixed by the selectors' answer (default
+    last, priority, specificity) and, within a tier, its free counts, which
+    change with every allocation (`fill_order`). Tiers depend only on the
+    values of the labels some selector reads (and the name, if one reads
+    it): they are worked out once per distinct such values. Each tier keeps
+    its pools sorted, and re-sorts only the pools whose free counts changed
+    (`free_changed`): choosing a pool for a Node costs what changed since the
+    last Node, not matching and sorting every pool. Made anew when the pools
+    change; `candidate` gives a pool's current free counts.
+    """
+
+    def __init__(self, specs: Iterable[PoolSpec], versions: Sequence[int], candidate: Callable[[str], Candidate | None]) -> None:
+        wanted = tuple(sorted(versions))
+        self._specs = tuple(spec for spec in specs if not spec.disabled and spec.versions == wanted)
+        self._label_keys = tuple(sorted({key for spec in self._specs for key in spec.selector.label_keys}))
+        self._reads_name = any(spec.selector.reads_name for spec in self._specs)
+        self._candidate = candidate
+        self._tiers: dict[_OrderKey, tuple[_FillQueue, ...]] = {}
+        self._queues: dict[tuple[str, ...], _FillQueue] = {}  # one per distinct tier, whichever label sets share it
+        self._queues_of: dict[str, list[_FillQueue]] = {}
+
+    def ranked(self, labels: Mapping[str, str], node_name: str) -> Iterator[Candidate]:
+        """The pools that may serve the Node, in the order to try them (full ones too, where `judge` puts them)."""
+        for queue in self._tiers_of(labels, node_name):
+            yield from queue.ordered()
+
+    def free_changed(self, pool: str) -> None:
+        """The pool's free counts changed: it is placed again in its tiers when one is next read."""
+        for queue in self._queues_of.get(pool, ()):
+            queue.stale.add(pool)
+
+    def _tiers_of(self, labels: Mapping[str, str], node_name: str) -> tuple[_FillQueue, ...]:
+        key = (tuple(labels.get(label) for label in self._label_keys), node_name if self._reads_name else None)
+        tiers = self._tiers.get(key)
+        if tiers is None:
+            if len(self._tiers) >= ORDERS_KEPT:
+                self._tiers.clear()
+                self._queues.clear()
+                self._queues_of.clear()
+            tiers = self._tiers[key] = tuple(self._queue(names) for names in self._tier_names(labels, node_name))
+        return tiers
+
+    def _tier_names(self, labels: Mapping[str, str], node_name: str) -> list[tuple[str, ...]]:
+        tiers: dict[tuple[int, int, int], list[str]] = {}
+        for spec in self._specs:
+            specificity = spec.selector.specificity(labels, node_name)
+            if specificity is not None:
+                tiers.setdefault(_tier(spec, specificity), []).append(spec.name)
+        return [tuple(sorted(tiers[tier])) for tier in sorted(tiers)]
+
+    def _queue(self, names: tuple[str, ...]) -> _FillQueue:
+        queue = self._queues.get(names)
+        if queue is None:
+            queue = self._queues[names] = _FillQueue(names, self._candidate)
+            for name in names:
+                self._queues_of.setdefault(name, []).append(queue)
+        return queue
+
+
+class _FillQueue:
+    """One tier's pools in `fill_order`, sorted once and then kept sorted as their free counts change."""
+
+    def __init__(self, names: Iterable[str], candidate: Callable[[str], Candidate | None]) -> None:
+        self._candidate = candidate
+        self._keys: list[_FillKey] = []
+        self._key_of: dict[str, _FillKey] = {}
+        self.stale: set[str] = set(names)  # placed again when next read
+
+    def ordered(self) -> Iterator[Candidate]:
+        for name in self.stale:
+            old = self._key_of.pop(name, None)
+            if old is not None:
+                del self._keys[bisect.bisect_left(self._keys, old)]
+            candidate = self._candidate(name)
+            if candidate is not None:
+                key = self._key_of[name] = fill_order(candidate)
+                bisect.insort(self._keys, key)
+        self.stale.clear()
+        for _, _, name in self._keys:
+            candidate = self._candidate(name)
+            if candidate is not None:
+                yield candidate
 
 
 def owner(cidr: netaddr.IPNetwork, pools: Iterable[PoolSpec]) -> PoolSpec | None:

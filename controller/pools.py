@@ -142,6 +142,16 @@ class NodeSelector:
     def matches(self, labels: Mapping[str, str], name: str) -> bool:
         return self.specificity(labels, name) is not None
 
+    @property
+    def label_keys(self) -> frozenset[str]:
+        """The labels whose values decide whether it matches: Nodes alike in these are alike to it."""
+        return frozenset(requirement.key for term in self.terms for requirement in term.expressions)
+
+    @property
+    def reads_name(self) -> bool:
+        """Whether the Node's name decides whether it matches (matchFields)."""
+        return any(term.fields for term in self.terms)
+
     def __str__(self) -> str:
         return " | ".join(str(term) for term in self.terms) if self.terms else "<all nodes>"
 

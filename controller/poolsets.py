@@ -24,7 +24,7 @@ from controller.cidrindex import CIDRCounter, CIDRIndex
 from controller.cidrs import ServedRanges
 from controller.config import FamilyRange
 from controller.poolindex import PoolCIDRKey, PoolIndex
-from controller.poolrank import rank
+from controller.poolrank import Candidate, PoolOrder
 from controller.pools import DEFAULT_POOL, PoolSpec
 from controller.poolusage import PoolUsageBook
 
@@ -66,6 +66,7 @@ class PoolSets:
         self._set_index = _index_of(self._sets)
         self.sets = tuple(pool_set.claims.cidr_set for pool_set in self._sets[DEFAULT_POOL])  # the default pool's, in flag order
         self._index = PoolIndex([self._default])
+        self._order = PoolOrder([self._default], self.versions, usage.candidate)
         self._pools: dict[str, PoolSpec] = {}
         self._refused: dict[str, str] = {}
         self._reserved: dict[str, tuple[netaddr.IPNetwork, ...]] = {}
@@ -120,6 +121,8 @@ class PoolSets:
         self._pools = specs
         self._refused = dict(refused)
         self._index = index
+        serving = [spec for spec in index.pools.values() if spec.name not in refused]
+        self._order = PoolOrder(serving, self.versions, self._usage.candidate)
         self._usage.serve(index, self.cidr_sets(), self.service_cidrs)
         ordered = sorted(specs.values(), key=lambda spec: (spec.name in self._refused, spec.created, spec.name))
         before = frozenset(self.served.ranges)
@@ -187,7 +190,7 @@ class PoolSets:
         self._claimed.add(cidr)
         for pool_set in self._set_index.overlapping(cidr):
             pool_set.claims.claim(cidr)
-            self._usage.claims_changed(pool_set.pool)
+            self._claims_changed(pool_set.pool)
 
     def unclaim(self, cidr: netaddr.IPNetwork) -> int:
         """Remove one claim on `cidr`; returns how many node subnets came free (no-op if never claimed)."""
@@ -197,7 +200,7 @@ class PoolSets:
         freed = 0
         for pool_set in self._set_index.overlapping(cidr):
             freed += pool_set.claims.unclaim(cidr)
-            self._usage.claims_changed(pool_set.pool)
+            self._claims_changed(pool_set.pool)
         return freed
 
     def in_use(self, cidr: netaddr.IPNetwork) -> bool:
@@ -220,11 +223,11 @@ class PoolSets:
             except NoCIDRsRemainingError:
                 break
             self._claimed.add(subnet)
-            self._usage.claims_changed(pool_set.pool)
+            self._claims_changed(pool_set.pool)
             for other in self._set_index.overlapping(subnet):
                 if other is not pool_set:
                     other.claims.claim(subnet)
-                    self._usage.claims_changed(other.pool)
+                    self._claims_changed(other.pool)
             taken.append(subnet)
         else:
             return tuple(taken)
@@ -235,32 +238,35 @@ class PoolSets:
     def take_for(self, labels: Mapping[str, str], node: str) -> tuple[netaddr.IPNetwork, ...]:
         """One range per served family, each claimed, from the pool that serves a Node of these labels and name.
 
-        The pool: the enabled, matching pool first in `poolrank.rank` order that
+        The pool: the enabled, matching pool first in `poolrank.judge` order that
         has room in every family; nothing is taken from a pool that lacks room
         in one of them. Raises NoCIDRsRemainingError (nothing taken, naming
         the pools tried) when no pool has room.
         """
-        tried: list[str] = []
-        candidates = self._usage.candidates()
-        # Without NodeCIDRPools the default pool is the only candidate: no ranking (the common case, kept fast).
-        ranked = rank(candidates, labels, node, self.versions) if self.has_pools else candidates
-        for candidate in ranked:
+        tried: list[tuple[Candidate, bool]] = []  # (pool, had room): named only if none serves
+        for candidate in self.ranked(labels, node):
             if not candidate.has_room:
-                full = [
-                    f"IPv{family.version}"
-                    for family, free in zip(candidate.spec.families, candidate.free, strict=True)
-                    if free <= 0
-                ]
-                tried.append(f"{candidate.name} ({' and '.join(full)} full)")
+                tried.append((candidate, False))
                 continue
             taken = self.take(candidate.name)
             if taken is None:
-                tried.append(f"{candidate.name} (no free range)")
+                tried.append((candidate, True))
                 continue
             return taken
         if not self.has_pools:
             raise NoCIDRsRemainingError(f"there are no remaining CIDRs left to allocate in the range {self.exhausted()}")
-        raise NoCIDRsRemainingError("no pool has a free range for it; tried " + ("; ".join(tried) or "none (no pool matches)"))
+        named = "; ".join(map(_why_not, tried)) or "none (no pool matches)"
+        raise NoCIDRsRemainingError(f"no pool has a free range for it; tried {named}")
+
+    def ranked(self, labels: Mapping[str, str], node: str) -> Iterable[Candidate]:
+        """The pools that may serve a Node of these labels and name, in the order to try them (`poolrank.judge`'s)."""
+        # Without NodeCIDRPools the default pool is the only candidate (the common case, kept fast).
+        return self._order.ranked(labels, node) if self.has_pools else self._usage.candidates()
+
+    def _claims_changed(self, pool: str) -> None:
+        """Claims on a set of the pool changed: its usage and free counts are to be read again."""
+        self._usage.claims_changed(pool)
+        self._order.free_changed(pool)
 
     def exhausted(self) -> str:
         """The default pool's CIDRs without a free range, as the message of its exhaustion names them."""
@@ -272,6 +278,15 @@ class PoolSets:
             for claimed, count in self._claimed.overlapping(pool_set.cidr):
                 for _ in range(count):
                     pool_set.claims.claim(claimed)
+
+
+def _why_not(tried: tuple[Candidate, bool]) -> str:
+    """A pool tried for a Node, as the message of its exhaustion names it."""
+    candidate, had_room = tried
+    if had_room:
+        return f"{candidate.name} (no free range)"
+    full = [f"IPv{family.version}" for family, free in zip(candidate.spec.families, candidate.free, strict=True) if free <= 0]
+    return f"{candidate.name} ({' and '.join(full)} full)"
 
 
 def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:

@@ -184,16 +184,19 @@ class PoolUsageBook:
 
     def candidates(self) -> list[Candidate]:
         """Every pool that may hand out ranges (not refused), with the Node ranges a new Node could get per family."""
-        found = []
-        for name, spec in self._index.pools.items():
-            if name in self._index.refused:
-                continue
-            candidate = self._candidates.get(name)
-            if candidate is None:
-                free = tuple(sum(counts.cidr_set.free for counts in cidrs if not counts.draining) for cidrs in self._layout[name])
-                self._candidates[name] = candidate = Candidate(spec, free)
-            found.append(candidate)
-        return found
+        return [candidate for name in self._index.pools if (candidate := self.candidate(name)) is not None]
+
+    def candidate(self, pool: str) -> Candidate | None:
+        """One pool as `candidates` gives it, or None when it is refused or not served: a lookup, as its counts are
+        kept until claims on it change."""
+        candidate = self._candidates.get(pool)
+        if candidate is None:
+            spec = self._index.pools.get(pool)
+            if spec is None or pool in self._index.refused:
+                return None
+            free = tuple(sum(counts.cidr_set.free for counts in cidrs if not counts.draining) for cidrs in self._layout[pool])
+            candidate = self._candidates[pool] = Candidate(spec, free)
+        return candidate
 
     def holders(self, pool: str, limit: int) -> list[str]:
         """The first `limit` names of the Nodes holding ranges in a pool (a refused one too)."""

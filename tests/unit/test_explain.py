@@ -14,7 +14,7 @@ from controller.config import FamilyRange
 from controller.inflight import InFlight
 from controller.model import NodeInfo, labels_of
 from controller.nodes import NodeAllocations
-from controller.poolrank import Candidate, judge, rank
+from controller.poolrank import Candidate, judge
 from controller.pools import DEFAULT_POOL, PoolSpec
 
 NOW = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
@@ -257,8 +257,8 @@ def test_leader(body: Any, holder: str, note: str) -> None:
 
 
 @FAMILIES
-def test_judge_order_is_rank_order(fam: Family) -> None:
-    """`rank`, which the controller's reservation follows, is `judge` less the pools passed over."""
+def test_judge_order_is_the_controllers_order(fam: Family) -> None:
+    """The order the controller's reservation follows is `judge`'s less the pools passed over."""
     allocations = NodeAllocations(ranges(fam), [])
     specs = [
         PoolSpec.from_body(body)
@@ -272,7 +272,7 @@ def test_judge_order_is_rank_order(fam: Family) -> None:
     candidates: list[Candidate] = allocations.pool_usage.candidates()
     labels = {"gpu": "x"}
     judged = judge(candidates, labels, "n", allocations.pool_sets.versions)
-    assert [j.candidate for j in judged if not j.passed] == rank(candidates, labels, "n", allocations.pool_sets.versions)
+    assert [j.candidate for j in judged if not j.passed] == list(allocations.pool_sets.ranked(labels, "n"))
     assert [(j.candidate.name, j.passed) for j in judged] == [("b", ""), ("a", ""), (DEFAULT_POOL, ""), ("c", "disabled")]
 
 

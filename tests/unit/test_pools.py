@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from controller.config import FamilyRange
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
-from controller.poolrank import Candidate, overlaps, owner, rank
+from controller.poolrank import Candidate, PoolOrder, judge, overlaps, owner
 from controller.pools import DEFAULT_POOL, NodeSelector, Operator, PoolSpec, PoolSpecError, Requirement
 from controller.poolstatus import STATUS_COUNT_MAX, PoolUsage, status_body
 
@@ -227,6 +227,14 @@ def candidate(
 
 def default_candidate(free: tuple[int, ...], *ranges: tuple[str, int]) -> Candidate:
     return Candidate(PoolSpec.default([FamilyRange(netaddr.IPNetwork(cidr), mask) for cidr, mask in ranges]), free)
+
+
+def rank(candidates: list[Candidate], labels: dict[str, str], node: str, versions: tuple[int, ...]) -> list[Candidate]:
+    """The order the controller tries the pools in (`PoolOrder`), which must be `judge`'s less the pools passed over."""
+    by_name = {candidate.name: candidate for candidate in candidates}
+    ranked = list(PoolOrder([c.spec for c in candidates], versions, by_name.get).ranked(labels, node))
+    assert ranked == [judged.candidate for judged in judge(candidates, labels, node, versions) if not judged.passed]
+    return ranked
 
 
 V4_DEFAULT = ("10.244.0.0/16", 24)
