@@ -216,6 +216,16 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
             best(1, lambda: allocate(allocations, "burst", count)) / count,
         )
     )
+    filling = NodeAllocations(
+        [DEFAULT_RANGE], [SERVICE_CIDR], [PoolSpec.from_body(body) for body in pool_bodies(args.pools, args.pool_cidrs, 4)]
+    )
+    fill = args.pools * args.pool_cidrs * 4
+    figures.append(
+        (
+            f"allocation: reserve + commit, per Node, {fill} Nodes filling {args.pools} x {args.pool_cidrs} pools in turn",
+            best(1, lambda: allocate(filling, "fill", fill)) / fill,
+        )
+    )
     single = NodeAllocations([FamilyRange(POOL_SPACE, NODE_MASK)], [SERVICE_CIDR])
     allocate(single, "warm", 1000)
     figures.append(

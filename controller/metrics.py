@@ -17,6 +17,7 @@ import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -40,6 +41,9 @@ class Metrics:
     """The controller's metrics, on their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No `_created` series (kube-controller-manager, in Go, exports none): they doubled the series of every
+        # counter and histogram a scrape formats. prometheus_client keeps this setting for the whole process.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         self._views: list[_LatestView] = []
         labels = [CLUSTER_CIDR_LABEL]

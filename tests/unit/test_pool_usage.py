@@ -458,7 +458,8 @@ def test_a_finalizer_taken_off_by_hand_is_put_back_although_no_usage_changed(fam
 
 
 @pytest.mark.parametrize("family_range", FAMILIES)
-def test_a_pool_of_many_cidrs_adds_one_tries_histogram_not_one_per_cidr(family_range: FamilyRange) -> None:
+def test_a_pool_of_many_cidrs_adds_series_per_pool_not_per_cidr(family_range: FamilyRange) -> None:
+    """A pool's ranges count in the pool's counters and tries histogram, never in a series per pool CIDR."""
     two_ranges = N(POOL_CIDRS[family_range.version][1])
     first, second = (str(cidr) for cidr in two_ranges.subnet(two_ranges.prefixlen + 1))
     api = FakeApi(pools={"p": pool_body("p", family_range, first, second, priority=1)})
@@ -478,4 +479,7 @@ def test_a_pool_of_many_cidrs_adds_one_tries_histogram_not_one_per_cidr(family_r
     assert sample("pool_allocation_tries_per_request_count", pool="p") == 2
     assert sample("cidrset_allocation_tries_per_request_count", clusterCIDR=first) is None
     assert sample("cidrset_allocation_tries_per_request_count", clusterCIDR=str(family_range.cluster_cidr)) == 1
-    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=second) == 1, "the counters stay per pool CIDR"
+    assert sample("pool_cidrs_allocations_total", pool="p") == 2
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=first) is None
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=second) is None
+    assert sample("cidrset_cidrs_allocations_total", clusterCIDR=str(family_range.cluster_cidr)) == 1
