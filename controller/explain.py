@@ -206,8 +206,8 @@ def _verdict(item: Judged, verdict: str, deleting: Mapping[str, str]) -> PoolVer
         reason = {
             HOLDS: f"the Node's range lies in it ({order})",
             TAKEN: f"first in order with room ({order})",
-            FULL: f"has no room ({_full(candidate)} full; {order})",
-            DRAINING: f"has no room: its {_full(candidate)} CIDRs are all draining ({order})",
+            FULL: f"has no room ({candidate.full} full; {order})",
+            DRAINING: f"has no room: its {candidate.full} CIDRs are all draining ({order})",
             NOT_TRIED: f"an earlier pool in the order serves the Node ({order})",
             MAY_SERVE: f"may serve a Node like it ({order})",
         }[verdict]
@@ -224,12 +224,6 @@ def _free(candidate: Candidate) -> str:
     return ", ".join(
         f"{free} free /{family.node_mask_size} in IPv{family.version}"
         for family, free in zip(candidate.spec.families, candidate.free, strict=True)
-    )
-
-
-def _full(candidate: Candidate) -> str:
-    return " and ".join(
-        f"IPv{family.version}" for family, free in zip(candidate.spec.families, candidate.free, strict=True) if free <= 0
     )
 
 

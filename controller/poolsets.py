@@ -285,8 +285,7 @@ def _why_not(tried: tuple[Candidate, bool]) -> str:
     candidate, had_room = tried
     if had_room:
         return f"{candidate.name} (no free range)"
-    full = [f"IPv{family.version}" for family, free in zip(candidate.spec.families, candidate.free, strict=True) if free <= 0]
-    return f"{candidate.name} ({' and '.join(full)} full)"
+    return f"{candidate.name} ({candidate.full} full)"
 
 
 def _empty_set(pool: str, cidr: netaddr.IPNetwork, node_mask_size: int) -> _PoolSet:
