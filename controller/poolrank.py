@@ -34,6 +34,13 @@ class Candidate:
         """Room in every family: a dual-stack pool serves a Node with both or with neither."""
         return bool(self.free) and all(count > 0 for count in self.free)
 
+    @property
+    def full(self) -> str:
+        """The families without room, as messages name them ("IPv4 and IPv6"; "" when every one has room)."""
+        return " and ".join(
+            f"IPv{family.version}" for family, free in zip(self.spec.families, self.free, strict=True) if free <= 0
+        )
+
 
 #: A pool's place within its tier (`fill_order`).
 _FillKey = tuple[bool, tuple[int, ...], str]
@@ -60,9 +67,10 @@ def judge(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name:
     exactly the IP families the cluster serves (`versions`). Order: higher
     priority, then the more specific selector, then pools with room before
     full ones, then the smaller free capacity (fill one pool before opening
-    the next), then the name; the default pool last. Full pools are kept in
-    the order: the caller skips them and names them when none has room. `PoolOrder` is this, less the pools passed over,
-    so that `nodeipam explain` tells the order the controller follows.
+    the next), then the name; the default pool last. Full pools stay in the
+    order: the caller skips them and names them when none has room.
+    `PoolOrder` is this, less the pools passed over, so that `nodeipam
+    explain` tells the order the controller follows.
     """
     wanted = tuple(sorted(versions))
     ranked: list[tuple[tuple[tuple[int, int, int], _FillKey], Judged]] = []
@@ -70,22 +78,20 @@ def judge(candidates: Iterable[Candidate], labels: Mapping[str, str], node_name:
     for candidate in candidates:
         spec = candidate.spec
         specificity = spec.selector.specificity(labels, node_name)
-        why = _passed_over(spec, specificity, wanted)
+        why = _cannot_serve(spec, wanted)
         if why or specificity is None:
-            passed.append(Judged(candidate, specificity, why))
+            passed.append(Judged(candidate, specificity, why or PASSED_SELECTOR))
             continue
         ranked.append(((_tier(spec, specificity), fill_order(candidate)), Judged(candidate, specificity)))
     ranked.sort(key=lambda item: item[0])
     return [judged for _, judged in ranked] + sorted(passed, key=lambda judged: judged.candidate.name)
 
 
-def _passed_over(spec: PoolSpec, specificity: int | None, wanted: tuple[int, ...]) -> str:
-    """Why the pool may not serve a Node its selector gives this specificity, or "" if it may."""
+def _cannot_serve(spec: PoolSpec, wanted: tuple[int, ...]) -> str:
+    """Why the pool may serve no Node at all, whatever its selector says, or "" if it may serve some."""
     if spec.disabled:
         return PASSED_DISABLED
-    if spec.versions != wanted:
-        return PASSED_FAMILIES
-    return PASSED_SELECTOR if specificity is None else ""
+    return PASSED_FAMILIES if spec.versions != wanted else ""
 
 
 def _tier(spec: PoolSpec, specificity: int) -> tuple[int, int, int]:
@@ -125,7 +131,7 @@ class PoolOrder:
 
     def __init__(self, specs: Iterable[PoolSpec], versions: Sequence[int], candidate: Callable[[str], Candidate | None]) -> None:
         wanted = tuple(sorted(versions))
-        self._specs = tuple(spec for spec in specs if not spec.disabled and spec.versions == wanted)
+        self._specs = tuple(spec for spec in specs if not _cannot_serve(spec, wanted))
         self._label_keys = tuple(sorted({key for spec in self._specs for key in spec.selector.label_keys}))
         self._reads_name = any(spec.selector.reads_name for spec in self._specs)
         self._candidate = candidate
