@@ -158,6 +158,12 @@ class Result:
     #: took, and of that the TCP connect, the TLS handshake and the probe's own wait for a CPU, s.
     slow_probes: list[dict[str, float]] = field(default_factory=list)
     stall_log: str = ""  # bench.stallwatch's record of the controller's stalls (--stall-log)
+    #: Per Node, the bench's watch first saw it - its create returned: how late the API server delivered it to its
+    #: watchers (the controller's too). The rest of each latency is the controller's, its patch's and the delivery
+    #: of that patch.
+    delivery_latencies: list[float] = field(default_factory=list)
+    delivery_lag_seconds: float | None = None  # the last Node first seen - the last create returned
+    started_monotonic: float = 0.0  # when the first create was sent (time.monotonic(), as the stall log's)
 
     @classmethod
     def of(
@@ -191,6 +197,14 @@ class Result:
             controller.plane_cpu_seconds["etcd"],
             sampler.series,
         )
+
+    def record_delivery(self, watcher: Watcher, names: list[str], created: dict[str, float]) -> None:
+        """How late the API server delivered each new Node to its watchers (in the order of `names`, as the
+        latencies), and the last one."""
+        if any(name not in watcher.appeared for name in names):  # first seen in a re-list: no delivery time
+            return
+        self.delivery_latencies = [round(watcher.appeared[name] - created[name], 4) for name in names]
+        self.delivery_lag_seconds = max(watcher.appeared[name] for name in names) - max(created.values())
 
     def row(self) -> str:
         lat = sorted(self.latencies)
@@ -369,6 +383,7 @@ class Watcher:
     def __init__(self, kubeconfig: str) -> None:
         self.kubeconfig = kubeconfig
         self.assigned: dict[str, float] = {}
+        self.appeared: dict[str, float] = {}  # first seen at all: when the API server delivered the new Node
         self.changed = asyncio.Event()
         self.resumed = 0  # watches the API server ended (a watcher too slow to read is closed) and were resumed
         self.relisted = 0  # resumes the API server refused (410: past its watch cache), so all Nodes listed again
@@ -389,10 +404,12 @@ class Watcher:
         assert self._connection is not None
         while self._connection.poll():
             try:
-                seen, self.resumed, self.relisted, ready = self._connection.recv()
+                seen, appeared, self.resumed, self.relisted, ready = self._connection.recv()
             except EOFError:
                 asyncio.get_running_loop().remove_reader(self._connection.fileno())
                 return
+            for name, at in appeared:
+                self.appeared.setdefault(name, at)
             for name, at in seen:
                 self.assigned.setdefault(name, at)
             if seen:
@@ -589,7 +606,10 @@ async def burst(
     lag = done - max(created.values())
     watch = f"the bench's watch resumed {watcher.resumed} times, re-listed {watcher.relisted}"
     note = " ".join(filter(None, [await check_disjoint(kube, names), watch]))
-    return Result.of(f"burst of {n}", "burst", controller, n, done - started, sampler, latencies, lag, note)
+    result = Result.of(f"burst of {n}", "burst", controller, n, done - started, sampler, latencies, lag, note)
+    result.record_delivery(watcher, names, created)
+    result.started_monotonic = started
+    return result
 
 
 async def startup(kube: KubeClient, plane: LocalControlPlane, logs: Path, kind: str, n: int, space: tuple[str, int]) -> Result:
@@ -745,6 +765,8 @@ async def pools_burst(
             " ".join(filter(None, notes)),
         )
         result.pools = label
+        result.record_delivery(watcher, names, created)
+        result.started_monotonic = started
         result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
         result.tls_healthz_seconds = [round(sample[1], 4) for sample in tls_healthz if started <= sample[0] <= done]
         result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
@@ -762,7 +784,8 @@ async def pools_burst(
 
 
 POOLS_TABLE_HEADER = (
-    "| burst | setup | lag after last create s | p50 s | /healthz p50 / p99 / worst ms | /healthz over 100 ms "
+    "| burst | setup | lag after last create s (of it, the API server's delivery) | p50 s "
+    "| /healthz p50 / p99 / worst ms | /healthz over 100 ms "
     "| metrics port /healthz p50 / p99 / worst ms, over 100 ms "
     "| /metrics p50 / p99 / worst ms | probes, scrapes (failed) | CPU ms/Node | load avg mean / max | note |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -771,6 +794,8 @@ POOLS_TABLE_HEADER = (
 
 def pools_row(result: Result) -> str:
     lag = f"{result.lag_seconds:.2f}" if result.lag_seconds is not None else "-"
+    if result.delivery_lag_seconds is not None:
+        lag += f" ({result.delivery_lag_seconds:.2f})"
 
     def ms(values: list[float]) -> str:
         figures = (percentile(values, 0.5), percentile(values, 0.99), max(values, default=0))

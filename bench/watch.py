@@ -44,24 +44,28 @@ class _WatchEvent(msgspec.Struct):
 
 
 def watch_nodes(kubeconfig: str, connection: Connection) -> None:
-    """The watch process: list, then watch Nodes, sending back when each is first seen with a podCIDR."""
+    """The watch process: list, then watch Nodes, sending back when each is first seen, and first seen with a
+    podCIDR."""
     os.setsid()  # a CPU share of its own where the kernel groups CPU time by session, as the controller has
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_watch(Credentials.load(kubeconfig), connection))
 
 
 async def _watch(credentials: Credentials, connection: Connection) -> None:
-    seen: list[tuple[str, float]] = []
+    seen: list[tuple[str, float]] = []  # first seen with a podCIDR
+    appeared: list[tuple[str, float]] = []  # ADDED: how late the API server delivers a new Node to its watchers
     counts = {"resumed": 0, "relisted": 0}
 
     def report(ready: bool = False) -> None:
-        connection.send((seen.copy(), counts["resumed"], counts["relisted"], ready))
+        connection.send((seen.copy(), appeared.copy(), counts["resumed"], counts["relisted"], ready))
         seen.clear()
+        appeared.clear()
 
     async def listed() -> str:
         async with KubeClient(credentials) as kube:
             nodes, version = await kube.list_nodes()
         now = time.monotonic()
+        appeared.extend((node.name, now) for node in nodes)
         seen.extend((node.name, now) for node in nodes if node.pod_cidrs)
         return version
 
@@ -74,7 +78,7 @@ async def _watch(credentials: Credentials, connection: Connection) -> None:
     async def report_often() -> None:
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
-            if seen:
+            if seen or appeared:
                 report()
 
     reporter = asyncio.ensure_future(report_often())
@@ -95,6 +99,8 @@ async def _watch(credentials: Credentials, connection: Connection) -> None:
                             await asyncio.sleep(1)
                         break
                     version = event.object.metadata.resourceVersion or version
+                    if event.type == "ADDED":
+                        appeared.append((event.object.metadata.name, time.monotonic()))
                     if event.type in ("ADDED", "MODIFIED") and event.object.spec.podCIDR:
                         seen.append((event.object.metadata.name, time.monotonic()))
                 else:

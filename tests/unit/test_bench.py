@@ -12,7 +12,16 @@ import msgspec
 import netaddr
 import pytest
 
-from bench.__main__ import CREATE_PARALLELISM, create_nodes, overlapping, parse_args, percentile, pool_layout
+from bench.__main__ import (
+    CREATE_PARALLELISM,
+    Result,
+    Watcher,
+    create_nodes,
+    overlapping,
+    parse_args,
+    percentile,
+    pool_layout,
+)
 from bench.watch import _WatchEvent
 
 
@@ -151,3 +160,25 @@ def test_pools_that_cannot_hold_the_burst_are_refused_before_anything_runs(capsy
 )
 def test_percentile_is_the_nearest_rank(values: list[float], fraction: float, expected: float) -> None:
     assert percentile(values, fraction) == expected
+
+
+@pytest.mark.parametrize(
+    ("appeared", "expected_latencies", "expected_lag"),
+    [
+        # b was delivered 0.5 s after its create returned; the lag is the last delivery's, after the last create.
+        ({"a": 10.1, "b": 11.5}, [0.1, 0.5], 0.5),
+        # a watch event may come before the create's answer: the figure is negative, not hidden.
+        ({"a": 9.9, "b": 11.0}, [-0.1, 0.0], 0.0),
+        # b was first seen in a re-list, already assigned: no delivery time of its own, so none is reported.
+        ({"a": 10.1}, [], None),
+    ],
+)
+def test_the_api_servers_delivery_is_split_from_the_latency(
+    appeared: dict[str, float], expected_latencies: list[float], expected_lag: float | None
+) -> None:
+    watcher = Watcher("unused")
+    watcher.appeared = appeared
+    result = Result("burst", "pools", "nodeipam", 2, "10.0.0.0/8", 24, 1.0)
+    result.record_delivery(watcher, ["a", "b"], {"b": 11.0, "a": 10.0})
+    assert result.delivery_latencies == pytest.approx(expected_latencies)
+    assert result.delivery_lag_seconds == (pytest.approx(expected_lag) if expected_lag is not None else None)
