@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import multiprocessing
@@ -62,6 +63,8 @@ from typing import Any
 import aiohttp
 import netaddr
 
+from bench import machine
+from bench.machine import StallTotals
 from bench.probe import Sample, probe
 from bench.watch import watch_nodes
 from controller.credentials import Credentials
@@ -83,6 +86,7 @@ SETTLE_SECONDS = 30.0  # after the restart scenario, before the end RSS is read
 AFTER_BURST_SECONDS = 5.0  # after a burst or start-up is assigned, before the end RSS is read
 SAMPLE_INTERVAL = 1.0
 SLOW_PROBE = 0.1  # a /healthz slower than this misses the target
+SLOW_SCRAPE = 0.2  # a /metrics scrape slower than this misses the target
 PROFILES: dict[str, dict[str, Any]] = {
     "small": {"nodes": [2000], "restart_nodes": [20000], "only": list(SCENARIOS), "skip_throttled": False},
     "scale": {
@@ -128,6 +132,18 @@ class Series:
     rss_mb: list[float] = field(default_factory=list)
     assigned: list[int] = field(default_factory=list)
     load1: list[float] = field(default_factory=list)  # the machine's 1-minute load average
+    #: Per sample, the machine's stalls since the sample before (bench.machine), ms: CPU stolen by the hypervisor,
+    #: every task waiting on I/O, on memory, some task waiting for a CPU.
+    steal_ms: list[float] = field(default_factory=list)
+    io_full_ms: list[float] = field(default_factory=list)
+    memory_full_ms: list[float] = field(default_factory=list)
+    cpu_some_ms: list[float] = field(default_factory=list)
+
+    def machine_stalls(self, start: float, end: float) -> StallTotals:
+        """The machine's stalls, s, in the samples' intervals that overlap [start, end] (seconds since the start)."""
+        columns = (self.steal_ms, self.io_full_ms, self.memory_full_ms, self.cpu_some_ms)
+        overlapping = [i for i in range(1, len(self.t)) if self.t[i - 1] <= end and self.t[i] >= start]
+        return StallTotals(*(round(sum(column[i] for i in overlapping) / 1000, 3) for column in columns))
 
 
 @dataclass
@@ -154,9 +170,10 @@ class Result:
     tls_healthz_seconds: list[float] = field(default_factory=list)
     scrape_seconds: list[float] = field(default_factory=list)  # /metrics latencies during the burst
     probe_failures: int = 0  # requests that timed out or were not answered 200
-    #: /healthz requests over SLOW_PROBE: sent (s since the start; and monotonic, as the controller's stall log),
-    #: took, and of that the TCP connect, the TLS handshake and the probe's own wait for a CPU, s.
-    slow_probes: list[dict[str, float]] = field(default_factory=list)
+    #: /healthz requests over SLOW_PROBE (port "probe" or "metrics") and scrapes over SLOW_SCRAPE (port "scrape"):
+    #: sent (s since the start; and monotonic, as the controller's stall log), took, and of that the TCP connect,
+    #: the TLS handshake and the probe's own wait for a CPU, s; and the machine's stalls meanwhile (machine_*, s).
+    slow_probes: list[dict[str, Any]] = field(default_factory=list)
     stall_log: str = ""  # bench.stallwatch's record of the controller's stalls (--stall-log)
     #: Per Node, the bench's watch first saw it - its create returned: how late the API server delivered it to its
     #: watchers (the controller's too). The rest of each latency is the controller's, its patch's and the delivery
@@ -468,7 +485,7 @@ class Sampler:
     def __init__(self, controller: Controller, watcher: Watcher) -> None:
         self.controller = controller
         self.watcher = watcher
-        self._samples: list[tuple[float, float, int, float]] = []
+        self._samples: list[tuple[float, float, int, float, StallTotals]] = []
         self._task = asyncio.ensure_future(self._run())
         self.series = Series()
 
@@ -476,17 +493,24 @@ class Sampler:
         while True:
             rss = self.controller.rss_mb()
             if rss is not None:
-                self._samples.append((time.monotonic(), rss, len(self.watcher.assigned), os.getloadavg()[0]))
+                sample = (time.monotonic(), rss, len(self.watcher.assigned), os.getloadavg()[0], machine.read_totals())
+                self._samples.append(sample)
             await asyncio.sleep(SAMPLE_INTERVAL)
 
     def stop(self, started: float) -> None:
         """Stop sampling; times become seconds since `started`."""
         self._task.cancel()
+        totals = [sample[4] for sample in self._samples]
+        stalls = [StallTotals(), *(now.minus(before) for before, now in itertools.pairwise(totals))][: len(totals)]
         self.series = Series(
-            [round(at - started, 2) for at, _, _, _ in self._samples],
-            [round(rss, 1) for _, rss, _, _ in self._samples],
-            [count for _, _, count, _ in self._samples],
-            [round(load, 2) for _, _, _, load in self._samples],
+            [round(at - started, 2) for at, *_ in self._samples],
+            [round(rss, 1) for _, rss, *_ in self._samples],
+            [count for _, _, count, *_ in self._samples],
+            [round(load, 2) for _, _, _, load, _ in self._samples],
+            [round(1000 * stall.steal, 1) for stall in stalls],
+            [round(1000 * stall.io_full, 1) for stall in stalls],
+            [round(1000 * stall.memory_full, 1) for stall in stalls],
+            [round(1000 * stall.cpu_some, 1) for stall in stalls],
         )
 
 
@@ -770,12 +794,14 @@ async def pools_burst(
         result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
         result.tls_healthz_seconds = [round(sample[1], 4) for sample in tls_healthz if started <= sample[0] <= done]
         result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
+        slow_limits = (("probe", healthz, SLOW_PROBE), ("metrics", tls_healthz, SLOW_PROBE), ("scrape", scrapes, SLOW_SCRAPE))
         result.slow_probes = [
             {"port": port_name, "at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
             | {"tcp": tcp, "tls": tls, "probe_wait": wait}
-            for port_name, samples in (("probe", healthz), ("metrics", tls_healthz))
+            | machine_stalls_of(sampler.series, sent - started, took)
+            for port_name, samples, slow in slow_limits
             for sent, took, _, tcp, tls, wait in samples
-            if started <= sent <= done and took > SLOW_PROBE
+            if started <= sent <= done and took > slow
         ]
         result.stall_log = str(controller.stall_log or "")
         result.probe_failures = sum(1 for sample in during if sample[2] != 200)
@@ -787,9 +813,15 @@ POOLS_TABLE_HEADER = (
     "| burst | setup | lag after last create s (of it, the API server's delivery) | p50 s "
     "| /healthz p50 / p99 / worst ms | /healthz over 100 ms "
     "| metrics port /healthz p50 / p99 / worst ms, over 100 ms "
-    "| /metrics p50 / p99 / worst ms | probes, scrapes (failed) | CPU ms/Node | load avg mean / max | note |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| /metrics p50 / p99 / worst ms | probes, scrapes (failed) | CPU ms/Node | load avg mean / max "
+    "| machine stalled s: steal / io full / memory full | note |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def machine_stalls_of(series: Series, at: float, took: float) -> dict[str, float]:
+    """The machine's stalls while a request `at` s into the burst took `took` s, keyed for a slow probe's record."""
+    return {f"machine_{name}": seconds for name, seconds in series.machine_stalls(at, at + took)._asdict().items()}
 
 
 def pools_row(result: Result) -> str:
@@ -806,12 +838,14 @@ def pools_row(result: Result) -> str:
     probes = len(result.healthz_seconds) + len(result.tls_healthz_seconds)
     load = result.series.load1
     loads = f"{statistics.fmean(load):.1f} / {max(load):.1f}" if load else "-"
+    stalled = result.series.machine_stalls(0.0, result.seconds)
+    machine = f"{stalled.steal:.1f} / {stalled.io_full:.1f} / {stalled.memory_full:.1f}"
     return (
         f"| {result.nodes} | {result.pools} | {lag} | {percentile(result.latencies, 0.5):.2f} "
         f"| {ms(result.healthz_seconds)} | {slow} of {len(result.healthz_seconds)} "
         f"| {ms(result.tls_healthz_seconds)}, {tls_slow} of {len(result.tls_healthz_seconds)} | {ms(result.scrape_seconds)} "
         f"| {probes}, {len(result.scrape_seconds)} ({result.probe_failures}) "
-        f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {loads} | {result.note} |"
+        f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {loads} | {machine} | {result.note} |"
     )
 
 

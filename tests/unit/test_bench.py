@@ -15,6 +15,7 @@ import pytest
 from bench.__main__ import (
     CREATE_PARALLELISM,
     Result,
+    Series,
     Watcher,
     create_nodes,
     overlapping,
@@ -22,6 +23,7 @@ from bench.__main__ import (
     percentile,
     pool_layout,
 )
+from bench.machine import StallTotals, pressure_seconds, steal_seconds
 from bench.watch import _WatchEvent
 
 
@@ -182,3 +184,50 @@ def test_the_api_servers_delivery_is_split_from_the_latency(
     result.record_delivery(watcher, ["a", "b"], {"b": 11.0, "a": 10.0})
     assert result.delivery_latencies == pytest.approx(expected_latencies)
     assert result.delivery_lag_seconds == (pytest.approx(expected_lag) if expected_lag is not None else None)
+
+
+PROC_STAT = "cpu  583856 11 123082 6164421 3397 0 10226 1178 0 0\ncpu0 291928 5 61541 3082210 1698 0 5113 589 0 0\n"
+PRESSURE = "some avg10=0.00 avg60=0.06 avg300=0.02 total=38767301\nfull avg10=0.00 avg60=0.06 avg300=0.02 total=25710801\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "expected"),
+    [
+        (PRESSURE, "some", 38.767301),
+        (PRESSURE, "full", 25.710801),
+        ("some avg10=0.00 avg60=0.00 avg300=0.00 total=2042552023\n", "full", 0.0),  # /proc/pressure/cpu before 5.13
+        ("", "full", 0.0),  # no PSI in this kernel
+    ],
+)
+def test_pressure_stalls_are_read_from_the_total_in_microseconds(text: str, kind: str, expected: float) -> None:
+    assert pressure_seconds(text, kind) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("text", "expected"), [(PROC_STAT, 11.78), ("cpu  1 2 3 4\n", 0.0), ("", 0.0)])
+def test_stolen_cpu_is_the_aggregate_lines_steal_column(text: str, expected: float) -> None:
+    assert steal_seconds(text, 100) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (1.5, 1.6, StallTotals(0.2, 0.02, 0.0, 0.5)),  # within the second sample's interval (1, 2]
+        (0.5, 2.5, StallTotals(0.3, 0.02, 0.1, 0.5)),  # across two intervals
+        (5.0, 6.0, StallTotals()),  # after the last sample
+    ],
+)
+def test_the_machines_stalls_during_a_request_sum_the_samples_that_overlap_it(
+    start: float, end: float, expected: StallTotals
+) -> None:
+    series = Series(
+        t=[0.0, 1.0, 2.0, 3.0],
+        steal_ms=[0.0, 100.0, 200.0, 0.0],
+        io_full_ms=[0.0, 0.0, 20.0, 0.0],
+        memory_full_ms=[0.0, 100.0, 0.0, 0.0],
+        cpu_some_ms=[0.0, 0.0, 500.0, 0.0],
+    )
+    assert series.machine_stalls(start, end) == expected
+
+
+def test_a_sample_of_stall_totals_keeps_what_grew_since_the_last() -> None:
+    assert StallTotals(2.0, 5.5, 1.0, 9.0).minus(StallTotals(1.0, 5.0, 1.0, 10.0)) == StallTotals(1.0, 0.5, 0.0, 0.0)
