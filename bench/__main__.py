@@ -27,7 +27,9 @@ Profiles (explicit --nodes, --restart-nodes, --only, --skip-throttled win):
                    scenario, plus their deletion; ~424000 creates in all).
   pools            nodeipam alone, a burst of 20000 paced at 100 creates/s, twice:
                    with the flags' range only, then with --pools NodeCIDRPools of
-                   --pool-cidrs CIDRs each (100 x 16) serving the Nodes. During each
+                   --pool-cidrs CIDRs each (100 x 16) serving the Nodes; each on a
+                   fresh control plane, so that neither runs against an API server
+                   still holding the other's 100000 Nodes' history. During each
                    burst /healthz is probed every 0.1 s and /metrics scraped every
                    1 s (bench/probe.py, a process of its own, with the control
                    plane's admin token); printed: lag after the last create, p99 and
@@ -707,18 +709,6 @@ def pool_body(name: str, mask: int, cidrs: list[str]) -> dict[str, Any]:
     }
 
 
-async def delete_all_pools(kube: KubeClient) -> None:
-    """Take the controller's finalizer off every NodeCIDRPool (it is stopped), delete them, until none is left."""
-    while pools := await kube.list_pools():
-        for body in pools:
-            metadata = body["metadata"]
-            with contextlib.suppress(ApiError):
-                if metadata.get("finalizers"):
-                    await kube.set_pool_finalizers(metadata["name"], [], metadata["resourceVersion"])
-                await kube.request("DELETE", f"{POOLS_PATH}/{metadata['name']}")
-        await asyncio.sleep(0.5)
-
-
 async def wait_ready(port: int, timeout: float = SETTLE_TIMEOUT) -> None:
     """Until the controller's /readyz answers 200: it listed the pools and Nodes and serves."""
     deadline = time.monotonic() + timeout
@@ -738,75 +728,88 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
-async def pools_burst(
-    kube: KubeClient, plane: LocalControlPlane, logs: Path, n: int, pools: int, cidrs: int, per_second: float | None
-) -> list[Result]:
-    """The same burst twice: the flags' range only, then `pools` NodeCIDRPools of `cidrs` CIDRs each serving every
-    Node; /healthz probed and /metrics scraped all along. The CRD is installed in both, so that the controller
-    watches pools and writes their status in both."""
+@dataclass(frozen=True)
+class PoolSetup:
+    """What serves the Nodes of one half of a pools run."""
+
+    label: str
+    cluster_cidr: str  # the controller's flags' range
+    mask: int
+    pool_cidrs: list[list[str]]  # per NodeCIDRPool, its CIDRs; none: the flags' range serves every Node
+
+
+def pool_setups(n: int, pools: int, cidrs: int) -> list[PoolSetup]:
+    """The two setups a pools run compares: the flags' range only, then `pools` NodeCIDRPools of `cidrs` CIDRs."""
     mask, layout = pool_layout(n, pools, cidrs)
+    return [
+        PoolSetup("flags' range only", CLUSTER_CIDR, mask, []),
+        PoolSetup(f"{pools} pools x {cidrs} CIDRs", POOLS_DEFAULT_CIDR, mask, layout),
+    ]
+
+
+async def pools_burst(
+    kube: KubeClient, plane: LocalControlPlane, logs: Path, n: int, setup: PoolSetup, per_second: float | None
+) -> Result:
+    """A burst of `n` Nodes served by one setup, on a control plane of its own (fresh: an API server that had
+    served the other setup's burst still holds its objects' history, and would handicap whichever runs second),
+    /healthz probed and /metrics scraped all along. The CRD is installed in both setups, so that the controller
+    watches pools and writes their status in both."""
     plane.kubectl("apply", "-f", str(POOL_CRD))
     plane.kubectl("wait", "--for=condition=established", "--timeout=60s", "crd/nodecidrpools.nodeipam.io")
-    setups = [("flags' range only", CLUSTER_CIDR, []), (f"{pools} pools x {cidrs} CIDRs", POOLS_DEFAULT_CIDR, layout)]
-    results = []
-    for label, cluster_cidr, pool_cidrs in setups:
-        await delete_all_nodes(kube, plane)
-        await delete_all_pools(kube)
-        for index, entries in enumerate(pool_cidrs):
-            await kube.request("POST", POOLS_PATH, body=pool_body(f"bench-{index:04d}", mask, entries))
-        port, probe_port = free_port(), free_port()
-        controller = Controller("nodeipam", plane, logs, cluster_cidr, mask, metrics_port=port, probe_port=probe_port)
-        watcher = Watcher(plane.kubeconfig)
-        await watcher.start()
-        sampler = Sampler(controller, watcher)
-        await wait_ready(port)
-        prober = Prober(port, probe_port)
-        await asyncio.sleep(3)  # a few probes before the burst
-        names = [f"pools-{i}" for i in range(n)]
-        started = time.monotonic()
-        created = await create_nodes(kube, names, per_second=per_second)
-        done = await watcher.wait_all(names)
-        healthz, tls_healthz, scrapes = await prober.stop()
-        await asyncio.sleep(AFTER_BURST_SECONDS)
-        sampler.stop(started)
-        controller.stop()
-        await watcher.stop()
-        during = [sample for sample in healthz + tls_healthz + scrapes if started <= sample[0] <= done]
-        nodes, _ = await kube.list_nodes()
-        in_pools = sum(
-            1 for node in nodes if node.pod_cidrs and netaddr.IPNetwork(node.pod_cidrs[0]) in netaddr.IPNetwork(CLUSTER_CIDR)
-        )
-        notes = [await check_disjoint(kube, names), f"{in_pools} Nodes in {CLUSTER_CIDR}" if pool_cidrs else ""]
-        result = Result.of(
-            f"burst of {n}: {label}",
-            "pools",
-            controller,
-            n,
-            done - started,
-            sampler,
-            [round(watcher.assigned[name] - created[name], 4) for name in names],
-            done - max(created.values()),
-            " ".join(filter(None, notes)),
-        )
-        result.pools = label
-        result.record_delivery(watcher, names, created)
-        result.started_monotonic = started
-        result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
-        result.tls_healthz_seconds = [round(sample[1], 4) for sample in tls_healthz if started <= sample[0] <= done]
-        result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
-        slow_limits = (("probe", healthz, SLOW_PROBE), ("metrics", tls_healthz, SLOW_PROBE), ("scrape", scrapes, SLOW_SCRAPE))
-        result.slow_probes = [
-            {"port": port_name, "at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
-            | {"tcp": tcp, "tls": tls, "probe_wait": wait}
-            | machine_stalls_of(sampler.series, sent - started, took)
-            for port_name, samples, slow in slow_limits
-            for sent, took, _, tcp, tls, wait in samples
-            if started <= sent <= done and took > slow
-        ]
-        result.stall_log = str(controller.stall_log or "")
-        result.probe_failures = sum(1 for sample in during if sample[2] != 200)
-        results.append(result)
-    return results
+    for index, entries in enumerate(setup.pool_cidrs):
+        await kube.request("POST", POOLS_PATH, body=pool_body(f"bench-{index:04d}", setup.mask, entries))
+    port, probe_port = free_port(), free_port()
+    controller = Controller("nodeipam", plane, logs, setup.cluster_cidr, setup.mask, metrics_port=port, probe_port=probe_port)
+    watcher = Watcher(plane.kubeconfig)
+    await watcher.start()
+    sampler = Sampler(controller, watcher)
+    await wait_ready(port)
+    prober = Prober(port, probe_port)
+    await asyncio.sleep(3)  # a few probes before the burst
+    names = [f"pools-{i}" for i in range(n)]
+    started = time.monotonic()
+    created = await create_nodes(kube, names, per_second=per_second)
+    done = await watcher.wait_all(names)
+    healthz, tls_healthz, scrapes = await prober.stop()
+    await asyncio.sleep(AFTER_BURST_SECONDS)
+    sampler.stop(started)
+    controller.stop()
+    await watcher.stop()
+    during = [sample for sample in healthz + tls_healthz + scrapes if started <= sample[0] <= done]
+    nodes, _ = await kube.list_nodes()
+    in_pools = sum(
+        1 for node in nodes if node.pod_cidrs and netaddr.IPNetwork(node.pod_cidrs[0]) in netaddr.IPNetwork(CLUSTER_CIDR)
+    )
+    notes = [await check_disjoint(kube, names), f"{in_pools} Nodes in {CLUSTER_CIDR}" if setup.pool_cidrs else ""]
+    result = Result.of(
+        f"burst of {n}: {setup.label}",
+        "pools",
+        controller,
+        n,
+        done - started,
+        sampler,
+        [round(watcher.assigned[name] - created[name], 4) for name in names],
+        done - max(created.values()),
+        " ".join(filter(None, notes)),
+    )
+    result.pools = setup.label
+    result.record_delivery(watcher, names, created)
+    result.started_monotonic = started
+    result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
+    result.tls_healthz_seconds = [round(sample[1], 4) for sample in tls_healthz if started <= sample[0] <= done]
+    result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
+    slow_limits = (("probe", healthz, SLOW_PROBE), ("metrics", tls_healthz, SLOW_PROBE), ("scrape", scrapes, SLOW_SCRAPE))
+    result.slow_probes = [
+        {"port": port_name, "at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
+        | {"tcp": tcp, "tls": tls, "probe_wait": wait}
+        | machine_stalls_of(sampler.series, sent - started, took)
+        for port_name, samples, slow in slow_limits
+        for sent, took, _, tcp, tls, wait in samples
+        if started <= sent <= done and took > slow
+    ]
+    result.stall_log = str(controller.stall_log or "")
+    result.probe_failures = sum(1 for sample in during if sample[2] != 200)
+    return result
 
 
 POOLS_TABLE_HEADER = (
@@ -916,13 +919,29 @@ def kcm_fits(kind: str, scenario: str, subnets: int, report: Report) -> bool:
     return False
 
 
+def control_plane() -> LocalControlPlane:
+    """A local control plane as every scenario runs on: limits raised so that 64 creates in flight are not throttled."""
+    return LocalControlPlane(
+        service_cidr=SERVICE_CIDR,
+        extra_apiserver_flags=("--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000"),
+    )
+
+
 async def main_async(args: argparse.Namespace, report: Report) -> None:
     logs = Path("bench/logs")
     logs.mkdir(parents=True, exist_ok=True)
-    with LocalControlPlane(
-        service_cidr=SERVICE_CIDR,
-        extra_apiserver_flags=("--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000"),
-    ) as plane:
+    if "pools" in args.only:
+        for n in args.nodes:
+            print(f"running pools burst of {n}: {args.pools} x {args.pool_cidrs} ...", file=sys.stderr)
+            for setup in pool_setups(n, args.pools, args.pool_cidrs):
+                with control_plane() as plane:
+                    async with KubeClient(Credentials.load(plane.kubeconfig), max_in_flight=CREATE_PARALLELISM) as kube:
+                        result = await pools_burst(kube, plane, logs, n, setup, args.create_rate)
+                print(pools_row(result), file=sys.stderr, flush=True)
+                report.add(result)
+    if not set(args.only) - {"pools"}:
+        return
+    with control_plane() as plane:
         async with KubeClient(Credentials.load(plane.kubeconfig), max_in_flight=CREATE_PARALLELISM) as kube:
             if "burst" in args.only:
                 for n in args.nodes:
@@ -941,12 +960,6 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                         if kcm_fits(kind, f"start with {n} waiting", n, report):
                             print(f"running start with {n} waiting: {kind} ...", file=sys.stderr)
                             report.add(await startup(kube, plane, logs, kind, n, address_space(n)))
-            if "pools" in args.only:
-                for n in args.nodes:
-                    print(f"running pools burst of {n}: {args.pools} x {args.pool_cidrs} ...", file=sys.stderr)
-                    for result in await pools_burst(kube, plane, logs, n, args.pools, args.pool_cidrs, args.create_rate):
-                        print(pools_row(result), file=sys.stderr, flush=True)
-                        report.add(result)
             if "restart" in args.only:
                 for n in args.restart_nodes:
                     subnets = n + 2 * len(args.controllers)  # the held Nodes and two newcomers per controller
