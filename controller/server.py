@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
@@ -32,6 +33,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: a scrape waiting on a TokenReview from a slow API server must not hold a stopping process (aiohttp's
 #: default is a minute, twice a Pod's grace period).
 SHUTDOWN_TIMEOUT = 1.0
+#: Where a request keeps how long its token review took, for the Server-Timing header of /metrics.
+REVIEW_SECONDS = web.RequestKey("review_seconds", float)
 
 
 class HealthServer:
@@ -125,7 +128,9 @@ class HealthServer:
         with serving:
             if is_always_allowed(request.path, self.serving.always_allow_paths):
                 return await handler(request)
+            reviewing = time.monotonic()
             decision = await self.auth.check(request.headers, request.path, request.method)
+            request[REVIEW_SECONDS] = time.monotonic() - reviewing
             if decision.status == 200:
                 return await handler(request)
             response = web.Response(status=decision.status, text=decision.reason)
@@ -134,12 +139,14 @@ class HealthServer:
                 response.force_close()
             return response
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        collecting = time.monotonic()
         try:
             text = await self._collect()
         except TimeoutError:
             return web.Response(status=503, text="service unavailable: the metrics were not collected in time")
-        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        timing = server_timing(review=request.get(REVIEW_SECONDS, 0.0), collect=time.monotonic() - collecting)
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST, "Server-Timing": timing})
 
     async def _generate(self) -> bytes:
         if self.registry is None:
@@ -158,3 +165,9 @@ class HealthServer:
         if self._ready.is_set():
             return web.Response(text="ok: leading")
         return web.Response(status=503, text="not ready: rebuilding the sets from the Node list")
+
+
+def server_timing(**phases: float) -> str:
+    """A Server-Timing header (durations in ms): where a slow scrape spent its time on this side, its token
+    review (0 when cached) and its collection (a fresh frame's wait included), as a scraper can see it."""
+    return ", ".join(f"{name};dur={1000 * seconds:.1f}" for name, seconds in phases.items())

@@ -130,6 +130,33 @@ def test_review_answers_are_cached_allowed_and_denied_alike() -> None:
     serve(test)
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """The durations (ms) of a Server-Timing header, by name."""
+    phases = (entry.strip().split(";dur=") for entry in header.split(","))
+    return {name: float(duration) for name, duration in phases}
+
+
+def test_a_scrape_says_how_long_its_review_and_collection_took() -> None:
+    """So that a slow scrape shows on the scraper's side whether the API server's review or the frame held it."""
+    review_delay = 0.05
+
+    class SlowReviews(FakeReviews):
+        async def request(self, method: str, path: str, *, body: Any = None) -> Any:
+            await asyncio.sleep(review_delay)  # the API server's round trip
+            return await super().request(method, path, body=body)
+
+    async def main() -> None:
+        server = HealthServer("127.0.0.1:0", registry(), reviews=SlowReviews())
+        async with TestClient(TestServer(server.application())) as client:
+            reviewed = server_timing((await client.get("/metrics", headers=bearer("scraper-token"))).headers["Server-Timing"])
+            cached = server_timing((await client.get("/metrics", headers=bearer("scraper-token"))).headers["Server-Timing"])
+        assert set(reviewed) == set(cached) == {"review", "collect"}
+        assert reviewed["review"] >= 2 * 1000 * review_delay  # a TokenReview, then a SubjectAccessReview
+        assert cached["review"] < 1000 * review_delay  # both answers cached
+
+    asyncio.run(main())
+
+
 def test_an_unreachable_api_server_refuses_and_caches_nothing() -> None:
     async def test(client: TestClient[Any, Any], _: HealthServer, reviews: FakeReviews) -> None:
         reviews.broken = True
