@@ -801,10 +801,10 @@ async def pools_burst(
     slow_limits = (("probe", healthz, SLOW_PROBE), ("metrics", tls_healthz, SLOW_PROBE), ("scrape", scrapes, SLOW_SCRAPE))
     result.slow_probes = [
         {"port": port_name, "at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
-        | {"tcp": tcp, "tls": tls, "probe_wait": wait}
+        | {"tcp": tcp, "tls": tls, "probe_wait": wait, "review": review, "collect": collect}
         | machine_stalls_of(sampler.series, sent - started, took)
         for port_name, samples, slow in slow_limits
-        for sent, took, _, tcp, tls, wait in samples
+        for sent, took, _, tcp, tls, wait, review, collect in samples
         if started <= sent <= done and took > slow
     ]
     result.stall_log = str(controller.stall_log or "")

@@ -24,9 +24,10 @@ SCRAPE_INTERVAL = 1.0  # seconds between /metrics requests
 TIMEOUT = 10.0  # a request that takes longer counts as this long, and failed
 
 #: One request: (when it was sent, monotonic clock; how long it took, s; HTTP status, 0: no answer; of the time
-#: it took: the TCP connect, the TLS handshake, and the probe thread's own wait for a CPU), so that a slow probe
-#: says where its time went.
-Sample = tuple[float, float, int, float, float, float]
+#: it took: the TCP connect, the TLS handshake, and the probe thread's own wait for a CPU; and, as the server's
+#: Server-Timing header says for a scrape, its token review and its collection, 0 without one), so that a slow
+#: probe says where its time went.
+Sample = tuple[float, float, int, float, float, float, float, float]
 
 
 def probe(port: int, token: str, connection: Connection, probe_port: int | None = None) -> None:
@@ -68,6 +69,7 @@ def _loop(
         waited = _runqueue_wait(tid)
         status = 0
         connected = handshaken = sent
+        server_phases = (0.0, 0.0)
         try:
             client = http.client.HTTPSConnection("127.0.0.1", port, timeout=TIMEOUT, context=context)
             try:
@@ -80,14 +82,25 @@ def _loop(
                 response = client.getresponse()
                 response.read()
                 status = response.status
+                server_phases = _review_and_collect(response.getheader("Server-Timing") or "")
             finally:
                 client.close()
         except (OSError, http.client.HTTPException):
             pass
         took = time.monotonic() - sent
         phases = (round(connected - sent, 4), round(max(0.0, handshaken - connected), 4), round(_runqueue_wait(tid) - waited, 4))
-        samples.append((sent, min(took, TIMEOUT) if status else TIMEOUT, status, *phases))
+        samples.append((sent, min(took, TIMEOUT) if status else TIMEOUT, status, *phases, *server_phases))
         stop.wait(max(0.0, interval - took))
+
+
+def _review_and_collect(header: str) -> tuple[float, float]:
+    """Seconds of the token review and of the collection, from a Server-Timing header (0 for what it lacks)."""
+    durations = {}
+    for entry in header.split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        with contextlib.suppress(ValueError):
+            durations[name] = float(duration) / 1000
+    return durations.get("review", 0.0), durations.get("collect", 0.0)
 
 
 def _runqueue_wait(tid: int) -> float:

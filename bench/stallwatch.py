@@ -140,7 +140,8 @@ def explain(results: Path) -> None:
             sent, took = slow["monotonic"], slow["took"]
             print(
                 f"  at {slow['at']:.1f}s: {1000 * took:.0f} ms (TCP {1000 * slow['tcp']:.0f}, TLS {1000 * slow['tls']:.0f}, "
-                f"probe's own CPU wait {1000 * slow['probe_wait']:.0f})"
+                f"probe's own CPU wait {1000 * slow['probe_wait']:.0f}, server's token review "
+                f"{1000 * slow.get('review', 0.0):.0f}, collection {1000 * slow.get('collect', 0.0):.0f})"
             )
             for stall in stalls:
                 if stall["end"] >= sent and stall["start"] <= sent + took:
