@@ -19,6 +19,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from controller.server import read_server_timing
+
 PROBE_INTERVAL = 0.1  # seconds between /healthz requests (a kubelet probes every 10 s; this looks closer)
 SCRAPE_INTERVAL = 1.0  # seconds between /metrics requests
 TIMEOUT = 10.0  # a request that takes longer counts as this long, and failed
@@ -82,7 +84,8 @@ def _loop(
                 response = client.getresponse()
                 response.read()
                 status = response.status
-                server_phases = _review_and_collect(response.getheader("Server-Timing") or "")
+                timing = read_server_timing(response.getheader("Server-Timing") or "")
+                server_phases = (timing.get("review", 0.0), timing.get("collect", 0.0))
             finally:
                 client.close()
         except (OSError, http.client.HTTPException):
@@ -91,16 +94,6 @@ def _loop(
         phases = (round(connected - sent, 4), round(max(0.0, handshaken - connected), 4), round(_runqueue_wait(tid) - waited, 4))
         samples.append((sent, min(took, TIMEOUT) if status else TIMEOUT, status, *phases, *server_phases))
         stop.wait(max(0.0, interval - took))
-
-
-def _review_and_collect(header: str) -> tuple[float, float]:
-    """Seconds of the token review and of the collection, from a Server-Timing header (0 for what it lacks)."""
-    durations = {}
-    for entry in header.split(","):
-        name, _, duration = entry.strip().partition(";dur=")
-        with contextlib.suppress(ValueError):
-            durations[name] = float(duration) / 1000
-    return durations.get("review", 0.0), durations.get("collect", 0.0)
 
 
 def _runqueue_wait(tid: int) -> float:

@@ -171,3 +171,13 @@ def server_timing(**phases: float) -> str:
     """A Server-Timing header (durations in ms): where a slow scrape spent its time on this side, its token
     review (0 when cached) and its collection (a fresh frame's wait included), as a scraper can see it."""
     return ", ".join(f"{name};dur={1000 * seconds:.1f}" for name, seconds in phases.items())
+
+
+def read_server_timing(header: str) -> dict[str, float]:
+    """The seconds of each phase a Server-Timing header names (what `server_timing` wrote); a malformed entry is skipped."""
+    phases = {}
+    for entry in header.split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        with contextlib.suppress(ValueError):
+            phases[name] = float(duration) / 1000
+    return phases

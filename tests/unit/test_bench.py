@@ -24,7 +24,6 @@ from bench.__main__ import (
     pool_layout,
 )
 from bench.machine import StallTotals, pressure_seconds, steal_seconds
-from bench.probe import _review_and_collect
 from bench.watch import _WatchEvent
 
 
@@ -232,16 +231,3 @@ def test_the_machines_stalls_during_a_request_sum_the_samples_that_overlap_it(
 
 def test_a_sample_of_stall_totals_keeps_what_grew_since_the_last() -> None:
     assert StallTotals(2.0, 5.5, 1.0, 9.0).minus(StallTotals(1.0, 5.0, 1.0, 10.0)) == StallTotals(1.0, 0.5, 0.0, 0.0)
-
-
-@pytest.mark.parametrize(
-    ("header", "phases"),
-    [
-        pytest.param("review;dur=12.5, collect;dur=40.0", (0.0125, 0.04), id="both"),
-        pytest.param("collect;dur=3.0", (0.0, 0.003), id="review-missing"),
-        pytest.param("", (0.0, 0.0), id="no-header"),
-        pytest.param("review;dur=x, collect", (0.0, 0.0), id="malformed"),
-    ],
-)
-def test_a_scrape_sample_reads_the_servers_timing(header: str, phases: tuple[float, float]) -> None:
-    assert _review_and_collect(header) == pytest.approx(phases)
