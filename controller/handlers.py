@@ -13,7 +13,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import kopf
@@ -158,7 +158,10 @@ async def operate(
     ended the controller. Such an error passes: kopf is started again after a
     delay, lists every Node again (the reconciler takes that for a gap and
     lists every Node too) and the controller goes on serving, with a warning
-    and `on_restart` called. Any other failure of kopf's still ends the run.
+    and `on_restart` called. Any other failure of kopf's still ends the run,
+    but not one that came of the watch error: as kopf stops after it, its
+    other watch streams may fail too ("Connection closed."), and which of its
+    tasks' errors `run_tasks` raises is a matter of chance.
 
     No stop_flag: kopf's stop-flag waiter outlives the operator and holds
     shutdown for 5 s; the caller cancels the task instead. kopf's operator is
@@ -176,6 +179,7 @@ async def operate(
     while True:
         started_at = time.monotonic()
         existing = asyncio.all_tasks()  # kopf stops what it spawned at its end, never these
+        tasks: Collection[asyncio.Task[Any]] = ()
         try:
             tasks = await kopf.spawn_tasks(
                 registry=registry,
@@ -187,9 +191,20 @@ async def operate(
                 on_started()
             await kopf.run_tasks(tasks, ignored=existing)
             return
-        except watch_error as error:
+        except Exception as error:
+            cause = error if isinstance(error, watch_error) else failed_with(tasks, watch_error)
+            if cause is None:
+                raise
             delay = backoff.delay_after(time.monotonic() - started_at)
-            logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", error, delay)
+            logger.warning("kopf's watch failed: %s; kopf starts again in %.0f s and lists every node", cause, delay)
             if on_restart is not None:
                 on_restart()
         await asyncio.sleep(delay)
+
+
+def failed_with(tasks: Collection[asyncio.Task[Any]], kind: type[Exception]) -> Exception | None:
+    """The first error of `kind` that ended one of `tasks`, if any (taken: asyncio does not log it as unretrieved)."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and isinstance(error := task.exception(), kind):
+            return error
+    return None

@@ -11,7 +11,8 @@ from typing import Any
 import kopf
 import pytest
 
-from controller import handlers
+from controller import handlers, kopfpatches
+from controller.backoff import Backoff
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,52 @@ def test_signals_are_taken_back_before_kopf_runs_its_tasks(monkeypatch: pytest.M
     monkeypatch.setattr(kopf, "run_tasks", run_tasks)
     asyncio.run(go())
     assert received == ["ours"]
+
+
+def test_a_watch_error_restarts_kopf_whichever_of_its_tasks_error_kopf_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf's node watch fails with a watch error, and its pools watch, torn down after it, with "Connection closed.";
+    kopf's `run_tasks` may raise either. Raising the second still starts kopf again, as the first does."""
+    watch_error = kopfpatches.kopf_watch_error()
+    runs: list[str] = []
+    restarts: list[str] = []
+
+    async def fail(error: Exception) -> None:
+        raise error
+
+    async def spawn_tasks(**_: Any) -> list[asyncio.Task[None]]:
+        tasks = [
+            asyncio.ensure_future(fail(watch_error("504 Too large resource version"))),
+            asyncio.ensure_future(fail(RuntimeError("Connection closed."))),
+        ]
+        await asyncio.wait(tasks)
+        return tasks
+
+    async def run_tasks(tasks: Collection[asyncio.Task[Any]], *, ignored: Collection[asyncio.Task[Any]] = ()) -> None:
+        runs.append("run")
+        if len(runs) == 1:
+            raise RuntimeError("Connection closed.")  # the pools watch's error, raised instead of the node watch's
+
+    class Reconciler:
+        pools_served = False
+
+    monkeypatch.setattr(kopf, "spawn_tasks", spawn_tasks)
+    monkeypatch.setattr(kopf, "run_tasks", run_tasks)
+    monkeypatch.setattr(handlers, "KOPF_RESTART_BACKOFF", Backoff(0.0, cap=0.0))
+    asyncio.run(handlers.operate(None, Reconciler(), on_restart=lambda: restarts.append("restart")))  # type: ignore[arg-type]
+    assert runs == ["run", "run"] and restarts == ["restart"]
+
+
+def test_another_failure_of_kopf_still_ends_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def spawn_tasks(**_: Any) -> list[asyncio.Task[None]]:
+        return []
+
+    async def run_tasks(tasks: Collection[asyncio.Task[Any]], *, ignored: Collection[asyncio.Task[Any]] = ()) -> None:
+        raise RuntimeError("Connection closed.")
+
+    class Reconciler:
+        pools_served = False
+
+    monkeypatch.setattr(kopf, "spawn_tasks", spawn_tasks)
+    monkeypatch.setattr(kopf, "run_tasks", run_tasks)
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        asyncio.run(handlers.operate(None, Reconciler()))  # type: ignore[arg-type]
