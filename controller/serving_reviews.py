@@ -2,6 +2,8 @@
 
 Reviews wait in a bounded queue where a token accepted lately goes first; identical tokens share one
 review; a review nobody waits for any more is called off; answers are cached, in caches of bounded size.
+A token accepted lately whose answers expired has both its reviews sent at once: the round trips to a busy
+API server, not their work, are what a scrape waits for.
 """
 
 from __future__ import annotations
@@ -174,7 +176,8 @@ class DelegatingAuth:
         self._users: TTLCache[bytes, _User] = TTLCache(CACHED_USERS, ttl)
         self._rejected: TTLCache[bytes, bool] = TTLCache(CACHED_REJECTED_TOKENS, ttl)
         self._access: TTLCache[tuple[_User, str, str], bool] = TTLCache(CACHED_ACCESS_DECISIONS, ttl)
-        self._known: TTLCache[bytes, bool] = TTLCache(KNOWN_TOKENS, KNOWN_TOKEN_SECONDS)
+        # Tokens accepted lately, and whose they were: no secret, only what foresees their next review.
+        self._known: TTLCache[bytes, _User] = TTLCache(KNOWN_TOKENS, KNOWN_TOKEN_SECONDS)
         self._slots = _ReviewSlots(REVIEWS_IN_FLIGHT)
         self._token_flights: dict[bytes, _Flight[_User | None]] = {}
         self._access_flights: dict[tuple[_User, str, str], _Flight[bool]] = {}
@@ -230,12 +233,38 @@ class DelegatingAuth:
             task.cancel()
 
     async def _decide(self, token: str, digest: bytes, known: bool, path: str, verb: str) -> Decision:
-        user = await self._authenticate(token, digest, known)
-        if user is None:
-            return Decision(401, "unauthorized: the token was not accepted")
-        if not await self._authorize(user, path, verb):
-            return Decision(403, f'forbidden: user "{user.name}" cannot {verb} path "{path}"')
-        return Decision(200, "ok")
+        ahead = self._review_access_ahead(digest, path, verb)
+        try:
+            user = await self._authenticate(token, digest, known)
+            if user is None:
+                return Decision(401, "unauthorized: the token was not accepted")
+            # The same user as foreseen: this joins the review sent ahead (or reads its cached answer).
+            if not await self._authorize(user, path, verb):
+                return Decision(403, f'forbidden: user "{user.name}" cannot {verb} path "{path}"')
+            return Decision(200, "ok")
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # not needed (another user, or rejected), or done: nothing is left waiting for it
+
+    def _review_access_ahead(self, digest: bytes, path: str, verb: str) -> asyncio.Task[None] | None:
+        """When the token's TokenReview is due and it was accepted lately, send the SubjectAccessReview of
+        its user then alongside it, so that a scrape waits for one round trip, not two.
+
+        Its answer decides only if the TokenReview names the same user again (the single flight is keyed
+        by user); for another user it is an answer nobody reads, and it is called off when the request ends.
+        """
+        now = self.clock()
+        foreseen = self._known.get(digest, now)
+        if foreseen is None or self._users.get(digest, now) is not None or self._rejected.get(digest, now):
+            return None
+        if self._access.get((foreseen, path, verb), now) is not None:
+            return None
+
+        async def review() -> None:
+            with contextlib.suppress(Exception):  # its error, if any, reaches the request that waits for it
+                await self._authorize(foreseen, path, verb)
+
+        return asyncio.ensure_future(review())
 
     async def _authenticate(self, token: str, digest: bytes, known: bool) -> _User | None:
         now = self.clock()
@@ -263,7 +292,7 @@ class DelegatingAuth:
         extra = tuple(sorted((k, tuple(v)) for k, v in (info.get("extra") or {}).items()))
         user = _User(info.get("username", ""), info.get("uid", ""), tuple(info.get("groups") or ()), extra)
         self._users.put(digest, user, now)
-        self._known.put(digest, True, now)
+        self._known.put(digest, user, now)
         return user
 
     async def _authorize(self, user: _User, path: str, verb: str) -> bool:

@@ -8,18 +8,25 @@ the child serves the port and dies with it, however it stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
 from bench.flood import metrics_server_pid
 from controller.backoff import Backoff
 from controller.credentials import Credentials
+from controller.kube import KubeClient
 from controller.loopwatch import Heartbeat, watch_loop
 from controller.metrics_port import MetricsProcess
+from controller.secure_serving import ACCESS_REVIEWS, TOKEN_REVIEWS
+from controller.serving_reviews import DelegatingAuth
 from localcluster.cluster import ADMIN_TOKEN, LocalControlPlane
 from tests.conftest import wait_for
 from tests.integration.conftest import Cluster, ControllerProcess, alive, fetch
@@ -61,6 +68,59 @@ def test_a_valid_token_scrapes_this_process_metrics_and_a_bad_one_is_refused(con
         finally:
             await port.stop()
             pulse.cancel()
+
+    asyncio.run(main())
+
+
+class CountedReviews:
+    """The real review client, counting what it sends and how many are at the API server at once."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self.sent: list[str] = []
+        self.in_flight = 0
+        self.most_at_once = 0
+
+    async def request(self, method: str, path: str, *, body: Any = None) -> Any:
+        self.sent.append(path)
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            return await self.kube.request(method, path, body=body)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [pytest.param("admin", 200, id="allowed"), pytest.param("service-account", 403, id="authenticated-not-authorized")],
+)
+def test_a_token_whose_answers_expired_is_reviewed_again_by_the_real_api_server_both_reviews_at_once(
+    control_plane: LocalControlPlane, who: str, status: int
+) -> None:
+    """The SubjectAccessReview sent beside the TokenReview is one the real API server accepts, and decides the same."""
+    core = client.CoreV1Api(config.new_client_from_config(config_file=control_plane.kubeconfig))
+    token = ADMIN_TOKEN
+    if who == "service-account":
+        account = client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="metrics-reader-without-rights"))
+        with contextlib.suppress(ApiException):
+            core.create_namespaced_service_account("default", account)
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+        token = core.create_namespaced_service_account_token("metrics-reader-without-rights", "default", request).status.token
+
+    async def main() -> None:
+        now = [0.0]
+        async with KubeClient(Credentials.load(control_plane.kubeconfig)) as kube:
+            reviews = CountedReviews(kube)
+            auth = DelegatingAuth(reviews, clock=lambda: now[0])
+            headers = {"Authorization": f"Bearer {token}"}
+            assert (await auth.check(headers, "/metrics", "GET")).status == status
+            assert reviews.most_at_once == 1  # a token not seen before: its user is not known yet
+            now[0] += auth.ttl + 1
+            reviews.sent.clear()
+            assert (await auth.check(headers, "/metrics", "GET")).status == status
+            assert sorted(reviews.sent) == sorted([TOKEN_REVIEWS, ACCESS_REVIEWS])
+            assert reviews.most_at_once == 2
 
     asyncio.run(main())
 

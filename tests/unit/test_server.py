@@ -369,6 +369,65 @@ def test_a_token_accepted_lately_goes_ahead_of_unknown_ones() -> None:
     asyncio.run(main())
 
 
+def test_a_token_accepted_lately_has_both_its_reviews_sent_at_once() -> None:
+    """Its answers expired, a scraper's request waits for one round trip to the API server, not two."""
+
+    async def main() -> None:
+        now = [0.0]
+        reviews = HeldReviews()
+        auth = DelegatingAuth(reviews, clock=lambda: now[0])
+        await known_then_expired(auth, reviews, now)
+        reviews.calls.clear()
+        scrape = check(auth, "scraper-token")
+        await eventually(lambda: reviews.in_flight == 2, "the TokenReview and the SubjectAccessReview at once")
+        reviews.gate.set()
+        assert (await scrape).status == 200
+        assert sorted(reviews.calls) == sorted([TOKEN_REVIEWS, ACCESS_REVIEWS])
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("user_now", "status", "access_reviews"),
+    [
+        pytest.param(USERS["scraper-token"], 200, 1, id="the-same-user-uses-the-answer-sent-ahead"),
+        pytest.param(USERS["nobody-token"], 403, 2, id="another-user-is-reviewed-on-its-own"),
+        pytest.param(None, 401, 1, id="a-token-no-longer-accepted-is-refused"),
+    ],
+)
+def test_the_access_review_sent_ahead_decides_only_for_the_user_foreseen(
+    user_now: str | None, status: int, access_reviews: int
+) -> None:
+    """The SubjectAccessReview sent ahead is the foreseen user's: it must not let another user in."""
+
+    class ChangedReviews(FakeReviews):
+        def __init__(self) -> None:
+            super().__init__()
+            self.users = dict(USERS)
+
+        async def request(self, method: str, path: str, *, body: Any = None) -> Any:
+            if path != TOKEN_REVIEWS:
+                return await super().request(method, path, body=body)
+            self.calls.append(path)
+            user = self.users.get(body["spec"]["token"])
+            return {"status": {"authenticated": True, "user": {"username": user, "groups": ["g"]}} if user else {}}
+
+    async def main() -> None:
+        now = [0.0]
+        reviews = ChangedReviews()
+        auth = DelegatingAuth(reviews, clock=lambda: now[0])
+        assert (await check(auth, "scraper-token")).status == 200
+        now[0] += auth.ttl + 1
+        reviews.users["scraper-token"] = user_now  # type: ignore[assignment]
+        reviews.calls.clear()
+        assert (await check(auth, "scraper-token")).status == status
+        assert reviews.calls.count(TOKEN_REVIEWS) == 1
+        assert reviews.calls.count(ACCESS_REVIEWS) == access_reviews
+        await eventually(lambda: auth.reviews_under_way == 0, "no review left under way")
+
+    asyncio.run(main())
+
+
 def test_random_tokens_neither_grow_the_caches_nor_push_a_scrapers_answer_out() -> None:
     async def main() -> None:
         reviews = FakeReviews()
