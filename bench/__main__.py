@@ -171,6 +171,8 @@ class Result:
     #: /healthz latencies on the metrics port (https, a thread of the controller's) during the burst
     tls_healthz_seconds: list[float] = field(default_factory=list)
     scrape_seconds: list[float] = field(default_factory=list)  # /metrics latencies during the burst
+    #: Of each of those scrapes, its token review, as its Server-Timing header said (0: answered from the cache)
+    scrape_review_seconds: list[float] = field(default_factory=list)
     probe_failures: int = 0  # requests that timed out or were not answered 200
     #: /healthz requests over SLOW_PROBE (port "probe" or "metrics") and scrapes over SLOW_SCRAPE (port "scrape"):
     #: sent (s since the start; and monotonic, as the controller's stall log), took, and of that the TCP connect,
@@ -797,7 +799,9 @@ async def pools_burst(
     result.started_monotonic = started
     result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
     result.tls_healthz_seconds = [round(sample[1], 4) for sample in tls_healthz if started <= sample[0] <= done]
-    result.scrape_seconds = [round(sample[1], 4) for sample in scrapes if started <= sample[0] <= done]
+    during_burst = [sample for sample in scrapes if started <= sample[0] <= done]
+    result.scrape_seconds = [round(sample[1], 4) for sample in during_burst]
+    result.scrape_review_seconds = [round(sample[6], 4) for sample in during_burst]
     slow_limits = (("probe", healthz, SLOW_PROBE), ("metrics", tls_healthz, SLOW_PROBE), ("scrape", scrapes, SLOW_SCRAPE))
     result.slow_probes = [
         {"port": port_name, "at": round(sent - started, 3), "monotonic": round(sent, 4), "took": took}
@@ -816,9 +820,10 @@ POOLS_TABLE_HEADER = (
     "| burst | setup | lag after last create s (of it, the API server's delivery) | p50 s "
     "| /healthz p50 / p99 / worst ms | /healthz over 100 ms "
     "| metrics port /healthz p50 / p99 / worst ms, over 100 ms "
-    "| /metrics p50 / p99 / worst ms | probes, scrapes (failed) | CPU ms/Node | load avg mean / max "
+    "| /metrics p50 / p99 / worst ms | of them token reviews: count, p50 / p99 / worst ms "
+    "| probes, scrapes (failed) | CPU ms/Node | load avg mean / max "
     "| machine stalled s: steal / io full / memory full | note |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -843,10 +848,12 @@ def pools_row(result: Result) -> str:
     loads = f"{statistics.fmean(load):.1f} / {max(load):.1f}" if load else "-"
     stalled = result.series.machine_stalls(0.0, result.seconds)
     machine = f"{stalled.steal:.1f} / {stalled.io_full:.1f} / {stalled.memory_full:.1f}"
+    reviews = [seconds for seconds in result.scrape_review_seconds if seconds > 0]
     return (
         f"| {result.nodes} | {result.pools} | {lag} | {percentile(result.latencies, 0.5):.2f} "
         f"| {ms(result.healthz_seconds)} | {slow} of {len(result.healthz_seconds)} "
         f"| {ms(result.tls_healthz_seconds)}, {tls_slow} of {len(result.tls_healthz_seconds)} | {ms(result.scrape_seconds)} "
+        f"| {len(reviews)}, {ms(reviews)} "
         f"| {probes}, {len(result.scrape_seconds)} ({result.probe_failures}) "
         f"| {1000 * result.cpu_seconds / result.nodes:.2f} | {loads} | {machine} | {result.note} |"
     )
