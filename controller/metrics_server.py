@@ -12,7 +12,8 @@ serve and how to reach the API server; then, every second or so, a frame with th
 main loop's verdict on its health, whether this replica leads and has rebuilt, and the bearer token to
 send (the controller renews it, exec plugins and auth providers included, so that one process alone runs
 them). A scrape asks for a frame and waits for it briefly (the controller's `fresh_wait`), then answers the
-last frame's text; /healthz fails once no frame has come for the stall limit.
+last frame's text; one with a token accepted lately asks as it arrives, so that the frame comes while its
+token is reviewed. /healthz fails once no frame has come for the stall limit.
 Each frame is acknowledged with the refusals of the port since the last one, which the controller counts.
 This process exits once the controller closes its end (or its end closes because it died).
 """
@@ -23,12 +24,13 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from controller import metrics_frames
@@ -59,6 +61,7 @@ class Feed:
         self._ask = ask
         self._fresh_wait = fresh_wait
         self._asked = False  # a frame is asked for and has not come yet
+        self.frames = 0  # frames come so far
         self._updated = asyncio.Event()  # set by the next frame (a new one per frame)
         self.at = clock()  # the start counts as a frame: the first comes at once
         self.text: bytes | None = None
@@ -69,6 +72,7 @@ class Feed:
 
     def update(self, header: dict[str, Any], body: bytes) -> None:
         self._asked = False
+        self.frames += 1
         self._updated.set()
         self._updated = asyncio.Event()
         self.at = self._clock()
@@ -88,18 +92,29 @@ class Feed:
             return f"the controller has sent nothing for {quiet:.1f}s"
         return self.problem
 
-    async def collect(self) -> bytes:
-        """The text of the frame asked for now, or of the last one if it does not come within `fresh_wait`."""
-        if self._ask is not None and not self.gone:
+    def ask_ahead(self) -> Callable[[], Awaitable[bytes]]:
+        """Ask for a frame now, for a scrape whose token review is still under way; returns how to collect
+        for it: at once if a frame has come by then, so that the review and the frame's wait overlap."""
+        self._ask_once()
+        return functools.partial(self.collect, after=self.frames)
+
+    async def collect(self, after: int | None = None) -> bytes:
+        """The text of the frame asked for now (or since frame `after`, asked for ahead), or of the last one
+        if it does not come within `fresh_wait`."""
+        if self._ask is not None and not self.gone and (after is None or self.frames == after):
             updated = self._updated
-            if not self._asked:
-                self._asked = True
-                self._ask()
+            self._ask_once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(updated.wait(), self._fresh_wait)
         if self.text is None:
             raise TimeoutError("no metrics from the controller yet")
         return self.text
+
+    def _ask_once(self) -> None:
+        """Ask the controller for a frame, unless one is asked for and has not come yet."""
+        if self._ask is not None and not self._asked:
+            self._asked = True
+            self._ask()
 
 
 def serving_options(given: dict[str, Any]) -> ServingOptions:
@@ -172,7 +187,13 @@ async def serve(fd: int, listening_fds: list[int]) -> int:
             refusals[reason] += 1
 
         server = HealthServer(
-            setup["bind"], None, serving=serving_options(setup["serving"]), reviews=reviews, refused=refused, collect=feed.collect
+            setup["bind"],
+            None,
+            serving=serving_options(setup["serving"]),
+            reviews=reviews,
+            refused=refused,
+            collect=feed.collect,
+            ask_ahead=feed.ask_ahead,
         )
         server.set_liveness(feed.health)
         try:

@@ -35,6 +35,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SHUTDOWN_TIMEOUT = 1.0
 #: Where a request keeps how long its token review took, for the Server-Timing header of /metrics.
 REVIEW_SECONDS = web.RequestKey("review_seconds", float)
+#: Where a scrape whose frame was asked for ahead of its review keeps how to collect it.
+COLLECT: web.RequestKey[Callable[[], Awaitable[bytes]]] = web.RequestKey("collect", Callable)  # type: ignore[arg-type]
+METRICS_PATH = "/metrics"
 
 
 class HealthServer:
@@ -47,12 +50,14 @@ class HealthServer:
         reviews: ReviewAPI | None = None,
         refused: Callable[[str], None] | None = None,
         collect: Callable[[], Awaitable[bytes]] | None = None,
+        ask_ahead: Callable[[], Callable[[], Awaitable[bytes]]] | None = None,
     ) -> None:
         """`reviews`: the client that sends TokenReviews and SubjectAccessReviews (None: /metrics is refused).
 
         `refused` is told why each time the port refuses or cuts short a connection or a request. `collect`
         produces the text of /metrics (default: the registry's, on this loop); a TimeoutError from it is a 503.
-        `registry` may be None when `collect` is given.
+        `registry` may be None when `collect` is given. `ask_ahead`, when given, is called as a scrape with a
+        token accepted lately arrives, before its review ends, and returns how to collect for that scrape.
         """
         self.bind = split_bind_address(bind_address)
         self.registry = registry
@@ -64,6 +69,7 @@ class HealthServer:
         self._runner: web.AppRunner | None = None
         self._listener: GuardedListener | None = None
         self._collect = collect or self._generate
+        self._ask_ahead = ask_ahead
 
     def watch(self, ready: asyncio.Event) -> None:
         """This replica now leads: report ready once `ready` (the rebuild) is set."""
@@ -75,7 +81,7 @@ class HealthServer:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._authorize])
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(METRICS_PATH, self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -128,6 +134,9 @@ class HealthServer:
         with serving:
             if is_always_allowed(request.path, self.serving.always_allow_paths):
                 return await handler(request)
+            if self._ask_ahead is not None and request.path == METRICS_PATH and self.auth.knows(request.headers):
+                # Only for a token accepted lately: an unknown one's requests cannot make the controller collect.
+                request[COLLECT] = self._ask_ahead()
             reviewing = time.monotonic()
             decision = await self.auth.check(request.headers, request.path, request.method)
             request[REVIEW_SECONDS] = time.monotonic() - reviewing
@@ -142,7 +151,7 @@ class HealthServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         collecting = time.monotonic()
         try:
-            text = await self._collect()
+            text = await request.get(COLLECT, self._collect)()
         except TimeoutError:
             return web.Response(status=503, text="service unavailable: the metrics were not collected in time")
         timing = server_timing(review=request.get(REVIEW_SECONDS, 0.0), collect=time.monotonic() - collecting)

@@ -198,12 +198,16 @@ class DelegatingAuth:
         """Answers cached, and tokens remembered as accepted lately."""
         return len(self._users) + len(self._rejected) + len(self._access) + len(self._known)
 
+    def knows(self, headers: Mapping[str, str]) -> bool:
+        """Whether the request's token was accepted lately (its review may still be due)."""
+        token = _bearer_token(headers)
+        return bool(token) and self._known.get(hashlib.sha256(token.encode()).digest(), self.clock()) is not None
+
     async def check(self, headers: Mapping[str, str], path: str, method: str) -> Decision:
         if self.reviews is None:
             return Decision(403, "forbidden: no API client to review tokens")
-        scheme, _, token = headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer_token(headers)
+        if not token:
             return Decision(401, "unauthorized: a bearer token is required")
         digest = hashlib.sha256(token.encode()).digest()
         known = self._known.get(digest, self.clock()) is not None
@@ -343,6 +347,12 @@ class DelegatingAuth:
                 flight.task.cancel()
                 if flights.get(key) is flight:
                     del flights[key]
+
+
+def _bearer_token(headers: Mapping[str, str]) -> str:
+    """The request's bearer token ("" without one)."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _landed(flights: dict[K, _Flight[T]], key: K, flight: _Flight[T], task: asyncio.Task[T]) -> None:

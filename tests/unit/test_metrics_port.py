@@ -124,6 +124,35 @@ def test_bytes_that_are_no_message_break_the_stream(data: bytes) -> None:
         metrics_frames.Decoder().feed(data)
 
 
+@pytest.mark.parametrize(
+    ("frame_during_review", "answer"),
+    [
+        pytest.param(True, b"text 2\n", id="a-frame-came-during-the-review-is-answered-at-once"),
+        pytest.param(False, b"text 2\n", id="none-yet-the-scrape-waits-for-the-frame-asked-ahead"),
+    ],
+)
+def test_a_frame_asked_for_ahead_of_the_review(frame_during_review: bool, answer: bytes) -> None:
+    """A scrape asks for its frame as it arrives: one ask, and no second wait once that frame has come."""
+
+    async def main() -> None:
+        asks: list[int] = []
+        feed = Feed(stall_limit=10.0, ask=lambda: asks.append(1), fresh_wait=30.0)
+        feed.update({"kind": "frame"}, b"text 1\n")
+        collect = feed.ask_ahead()  # the scrape arrives; its review is under way
+        if frame_during_review:
+            feed.update({"kind": "frame"}, b"text 2\n")
+            assert await asyncio.wait_for(collect(), 5.0) == answer  # a second wait would be 30 s
+        else:
+            scrape = asyncio.ensure_future(collect())
+            await asyncio.sleep(0)
+            assert not scrape.done()
+            feed.update({"kind": "frame"}, b"text 2\n")
+            assert await asyncio.wait_for(scrape, 5.0) == answer
+        assert len(asks) == 1
+
+    asyncio.run(main())
+
+
 def test_the_feed_answers_from_the_last_frame_and_fails_once_it_is_old() -> None:
     now = [100.0]
     feed = Feed(stall_limit=10.0, clock=lambda: now[0])

@@ -428,6 +428,42 @@ def test_the_access_review_sent_ahead_decides_only_for_the_user_foreseen(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    ("token", "asked_ahead"),
+    [
+        pytest.param("scraper-token", 1, id="a-token-accepted-lately"),
+        pytest.param("forged-token", 0, id="a-token-never-accepted"),
+    ],
+)
+def test_a_scrape_asks_for_its_frame_ahead_of_its_review_only_with_a_token_accepted_lately(token: str, asked_ahead: int) -> None:
+    """So that the frame's wait and the review overlap; a token never accepted cannot make the controller collect."""
+
+    async def main() -> None:
+        now = [0.0]
+        reviews = HeldReviews()
+        asks: list[str] = []
+
+        async def collect() -> bytes:
+            return b"node_ipam_test_total 1.0\n"
+
+        def ask_ahead() -> Callable[[], Awaitable[bytes]]:
+            asks.append(token)
+            return collect
+
+        server = HealthServer("127.0.0.1:0", None, reviews=reviews, collect=collect, ask_ahead=ask_ahead)
+        server.auth.clock = lambda: now[0]
+        async with TestClient(TestServer(server.application())) as client:
+            await known_then_expired(server.auth, reviews, now)
+            asks.clear()
+            scrape = asyncio.ensure_future(client.get("/metrics", headers=bearer(token)))
+            await eventually(lambda: reviews.in_flight > 0, "the review under way")
+            assert len(asks) == asked_ahead  # before the review ends
+            reviews.gate.set()
+            assert (await scrape).status == (200 if asked_ahead else 401)
+
+    asyncio.run(main())
+
+
 def test_random_tokens_neither_grow_the_caches_nor_push_a_scrapers_answer_out() -> None:
     async def main() -> None:
         reviews = FakeReviews()
