@@ -820,11 +820,15 @@ POOLS_TABLE_HEADER = (
     "| burst | setup | lag after last create s (of it, the API server's delivery) | p50 s "
     "| /healthz p50 / p99 / worst ms | /healthz over 100 ms "
     "| metrics port /healthz p50 / p99 / worst ms, over 100 ms "
-    "| /metrics p50 / p99 / worst ms | of them token reviews: count, p50 / p99 / worst ms "
+    "| /metrics p50 / p99 / worst ms | of them token reviews sent: count, p50 / p99 / worst ms "
     "| probes, scrapes (failed) | CPU ms/Node | load avg mean / max "
     "| machine stalled s: steal / io full / memory full | note |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+#: A scrape's review time from which it was sent to the API server: a cached answer takes microseconds.
+SENT_REVIEW = 0.001
 
 
 def machine_stalls_of(series: Series, at: float, took: float) -> dict[str, float]:
@@ -848,7 +852,7 @@ def pools_row(result: Result) -> str:
     loads = f"{statistics.fmean(load):.1f} / {max(load):.1f}" if load else "-"
     stalled = result.series.machine_stalls(0.0, result.seconds)
     machine = f"{stalled.steal:.1f} / {stalled.io_full:.1f} / {stalled.memory_full:.1f}"
-    reviews = [seconds for seconds in result.scrape_review_seconds if seconds > 0]
+    reviews = [seconds for seconds in result.scrape_review_seconds if seconds >= SENT_REVIEW]
     return (
         f"| {result.nodes} | {result.pools} | {lag} | {percentile(result.latencies, 0.5):.2f} "
         f"| {ms(result.healthz_seconds)} | {slow} of {len(result.healthz_seconds)} "
