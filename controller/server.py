@@ -178,7 +178,7 @@ class HealthServer:
 
 def server_timing(**phases: float) -> str:
     """A Server-Timing header (durations in ms): where a slow scrape spent its time on this side, its token
-    review (0 when cached) and its collection (a fresh frame's wait included), as a scraper can see it."""
+    review (a fraction of a ms when cached) and its collection (a fresh frame's wait included), as a scraper can see it."""
     return ", ".join(f"{name};dur={1000 * seconds:.1f}" for name, seconds in phases.items())
 
 
