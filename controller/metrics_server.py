@@ -61,7 +61,6 @@ class Feed:
         self._ask = ask
         self._fresh_wait = fresh_wait
         self._asked = False  # a frame is asked for and has not come yet
-        self.frames = 0  # frames come so far
         self._updated = asyncio.Event()  # set by the next frame (a new one per frame)
         self.at = clock()  # the start counts as a frame: the first comes at once
         self.text: bytes | None = None
@@ -72,7 +71,6 @@ class Feed:
 
     def update(self, header: dict[str, Any], body: bytes) -> None:
         self._asked = False
-        self.frames += 1
         self._updated.set()
         self._updated = asyncio.Event()
         self.at = self._clock()
@@ -96,13 +94,13 @@ class Feed:
         """Ask for a frame now, for a scrape whose token review is still under way; returns how to collect
         for it: at once if a frame has come by then, so that the review and the frame's wait overlap."""
         self._ask_once()
-        return functools.partial(self.collect, after=self.frames)
+        return functools.partial(self.collect, next_frame=self._updated)
 
-    async def collect(self, after: int | None = None) -> bytes:
-        """The text of the frame asked for now (or since frame `after`, asked for ahead), or of the last one
-        if it does not come within `fresh_wait`."""
-        if self._ask is not None and not self.gone and (after is None or self.frames == after):
-            updated = self._updated
+    async def collect(self, next_frame: asyncio.Event | None = None) -> bytes:
+        """The text of the next frame, asked for now (or ahead: `next_frame` is the event it sets, handed out
+        then), or of the last one if it does not come within `fresh_wait`."""
+        updated = next_frame if next_frame is not None else self._updated
+        if self._ask is not None and not self.gone and not updated.is_set():
             self._ask_once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(updated.wait(), self._fresh_wait)
