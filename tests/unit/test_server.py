@@ -269,6 +269,15 @@ async def known_then_expired(auth: DelegatingAuth, reviews: HeldReviews, now: li
     now[0] += auth.ttl + 1
 
 
+async def scraper_known_then_expired() -> tuple[DelegatingAuth, HeldReviews]:
+    """Reviews held at the gate, and an auth on a clock of its own past the scraper's cached answers."""
+    now = [0.0]
+    reviews = HeldReviews()
+    auth = DelegatingAuth(reviews, clock=lambda: now[0])
+    await known_then_expired(auth, reviews, now)
+    return auth, reviews
+
+
 def test_identical_tokens_in_flight_share_one_review() -> None:
     async def main() -> None:
         reviews = HeldReviews()
@@ -352,10 +361,7 @@ def test_the_review_of_a_request_whose_client_left(holding: int, waiters: int, s
 
 def test_a_token_accepted_lately_goes_ahead_of_unknown_ones() -> None:
     async def main() -> None:
-        now = [0.0]
-        reviews = HeldReviews()
-        auth = DelegatingAuth(reviews, clock=lambda: now[0])
-        await known_then_expired(auth, reviews, now)
+        auth, reviews = await scraper_known_then_expired()
         flood = [check(auth, secrets.token_hex(16)) for _ in range(30)]
         await eventually(lambda: auth.waiting_for_review == 30, "the flood to wait")
         scrape = check(auth, "scraper-token")
@@ -373,10 +379,7 @@ def test_a_token_accepted_lately_has_both_its_reviews_sent_at_once() -> None:
     """Its answers expired, a scraper's request waits for one round trip to the API server, not two."""
 
     async def main() -> None:
-        now = [0.0]
-        reviews = HeldReviews()
-        auth = DelegatingAuth(reviews, clock=lambda: now[0])
-        await known_then_expired(auth, reviews, now)
+        auth, reviews = await scraper_known_then_expired()
         reviews.calls.clear()
         scrape = check(auth, "scraper-token")
         await eventually(lambda: reviews.in_flight == 2, "the TokenReview and the SubjectAccessReview at once")
