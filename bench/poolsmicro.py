@@ -13,7 +13,8 @@ Reconciler over a stub API (every write answered at once), rebuilt from
 - rebuild: the start-up rebuild from the LIST of all Nodes;
 - a pool added while the Nodes hold their ranges (`set_pools`);
 - status round: `pools.sync()` after 100 more Nodes got ranges (what a round costs during a burst);
-- scrape: one `/metrics` body (`generate_latest`), and the pool collector alone;
+- scrape: one `/metrics` body (`generate_latest`), the pool collector alone, and a body once every pool has
+  its per-pool children (allocations, releases, tries), as it has after a burst;
 - allocation: reserve and commit, per Node.
 
 Every figure is the best of `--repeat` runs. Nothing here asserts a limit.
@@ -148,6 +149,11 @@ def pool_collector_seconds(registry: Any, repeat: int) -> float:
     return best(repeat, lambda: [list(c.collect()) for c in collectors])
 
 
+def sample_count(registry: Any) -> int:
+    """How many samples a scrape of the registry shows."""
+    return sum(len(family.samples) for family in registry.collect())
+
+
 async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     figures: list[tuple[str, float]] = []
     per_cidr = 2 ** max(1, math.ceil(math.log2(2 * math.ceil(args.nodes / (args.pools * args.pool_cidrs)))))
@@ -207,8 +213,21 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
         rounds.append(time.perf_counter() - started)
     figures.append((f"status round after 100 allocations ({api.status_writes - writes} statuses written)", min(rounds)))
     registry = reconciler.metrics.registry
+    reconciler.metrics.refresh_views()  # as the main loop does before each frame: the pools' usage as it is now
     figures.append(("scrape: generate_latest", best(args.repeat, lambda: generate_latest(registry))))
     figures.append(("scrape: the pool collector's collect()", pool_collector_seconds(registry, args.repeat)))
+    before = sample_count(registry)
+    for body in bodies:  # a pool gets its per-pool children when it first serves a Node, and releases one
+        pool = body["metadata"]["name"]
+        reconciler.metrics.pool_allocations.labels(pool).inc()
+        reconciler.metrics.pool_releases.labels(pool).inc()
+        reconciler.metrics.pool_tries.labels(pool).observe(1)
+    figures.append(
+        (
+            f"scrape: generate_latest, every pool with its per-pool children ({before} -> {sample_count(registry)} samples)",
+            best(args.repeat, lambda: generate_latest(registry)),
+        )
+    )
     count = 1000
     figures.append(
         (
