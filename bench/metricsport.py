@@ -45,8 +45,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from controller.loopwatch import Heartbeat, share_the_gil_promptly, watch_loop
 from controller.metrics import Metrics
 from controller.metrics_port import MetricsProcess
@@ -159,8 +157,8 @@ def scale_registry(pools: int, pool_cidrs: int) -> Metrics:
 class ThreadPort:
     """The design before: the HealthServer on a thread and loop of this process, collecting there."""
 
-    def __init__(self, registry: CollectorRegistry, heartbeat: Heartbeat, refresh: Callable[[], None]) -> None:
-        self._registry = registry
+    def __init__(self, exposition: Callable[[], bytes], heartbeat: Heartbeat, refresh: Callable[[], None]) -> None:
+        self._exposition = exposition
         self._heartbeat = heartbeat
         self._refresh = refresh
         self._loop = asyncio.new_event_loop()
@@ -184,7 +182,7 @@ class ThreadPort:
         await asyncio.to_thread(self._thread.join)
 
     async def _open(self) -> None:
-        self._server = HealthServer("127.0.0.1:0", self._registry, serving=OPEN_METRICS, collect=self._collect)
+        self._server = HealthServer("127.0.0.1:0", None, serving=OPEN_METRICS, collect=self._collect)
         self._server.set_liveness(lambda: self._heartbeat.problem(10.0))
         await self._server.start()
 
@@ -198,7 +196,7 @@ class ThreadPort:
             self._refreshing = asyncio.run_coroutine_threadsafe(_call(self._refresh), self._main)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._refreshing)), REFRESH_WAIT_SECONDS)
-        return generate_latest(self._registry)
+        return self._exposition()
 
 
 async def _call(work: Callable[[], None]) -> None:
@@ -242,9 +240,9 @@ async def run(design: str, seconds: float, pools: int, pool_cidrs: int, hog_coun
     pulse = asyncio.ensure_future(watch_loop(heartbeat, metrics.event_loop_lag.observe))
     port: ThreadPort | MetricsProcess
     if design == "thread":
-        port = ThreadPort(metrics.registry, heartbeat, metrics.refresh_views)
+        port = ThreadPort(metrics.exposition, heartbeat, metrics.refresh_views)
     else:
-        port = MetricsProcess("127.0.0.1:0", metrics.registry, heartbeat, serving=OPEN_METRICS, refresh=metrics.refresh_views)
+        port = MetricsProcess("127.0.0.1:0", metrics.exposition, heartbeat, serving=OPEN_METRICS, refresh=metrics.refresh_views)
     await port.start()
     figures: dict[str, dict[str, list[float]]] = {}
     try:
@@ -261,7 +259,7 @@ async def run(design: str, seconds: float, pools: int, pool_cidrs: int, hog_coun
         if isinstance(port, MetricsProcess) and port.pid is not None:
             status = Path(f"/proc/{port.pid}/status").read_text()
             figures["child"] = {"rss_mib": [int(status.split("VmRSS:")[1].split()[0]) / 1024]}
-        figures["text"] = {"bytes": [float(len(generate_latest(metrics.registry)))]}
+        figures["text"] = {"bytes": [float(len(metrics.exposition()))]}
     finally:
         await port.stop()
         pulse.cancel()

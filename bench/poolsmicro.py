@@ -13,8 +13,10 @@ Reconciler over a stub API (every write answered at once), rebuilt from
 - rebuild: the start-up rebuild from the LIST of all Nodes;
 - a pool added while the Nodes hold their ranges (`set_pools`);
 - status round: `pools.sync()` after 100 more Nodes got ranges (what a round costs during a burst);
-- scrape: one `/metrics` body (`generate_latest`), the pool collector alone, and a body once every pool has
-  its per-pool children (allocations, releases, tries), as it has after a burst;
+- scrape: a frame of `/metrics` (`Metrics.exposition`) once every pool has its per-pool samples
+  (allocations, releases, tries), as it has after a burst; the per-pool families alone when every pool
+  changed since the last frame and when none did, beside what prometheus_client takes for the same
+  families (`bench.poolmirror`), in the same run;
 - allocation: reserve and commit, per Node.
 
 Every figure is the best of `--repeat` runs. Nothing here asserts a limit.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -32,12 +35,15 @@ from typing import Any
 import netaddr
 from prometheus_client import generate_latest
 
+from bench.poolmirror import PrometheusPools
 from controller.config import FamilyRange
-from controller.metrics import Metrics
+from controller.metrics import NAMESPACE, TRIES_BUCKETS, Metrics
 from controller.model import NodeInfo
 from controller.nodes import NodeAllocations
+from controller.poolmetrics import LatestView, PoolMetrics
 from controller.poolrank import overlaps
 from controller.pools import PoolSpec
+from controller.poolstatus import PoolUsage
 from controller.reconciler import Reconciler
 
 DEFAULT_RANGE = FamilyRange(netaddr.IPNetwork("172.16.0.0/16"), 24)
@@ -143,15 +149,63 @@ def allocate(allocations: NodeAllocations, prefix: str, count: int) -> None:
         allocations.reservations.commit(reservation)
 
 
-def pool_collector_seconds(registry: Any, repeat: int) -> float:
-    """The pool collector's collect() alone (the other collectors of a scrape read a few numbers)."""
-    collectors = [c for c in registry._collector_to_names if type(c).__name__ == "_PoolCollector"]
-    return best(repeat, lambda: [list(c.collect()) for c in collectors])
+def sample_count(text: bytes) -> int:
+    """How many samples a text of /metrics holds."""
+    return sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
 
 
-def sample_count(registry: Any) -> int:
-    """How many samples a scrape of the registry shows."""
-    return sum(len(family.samples) for family in registry.collect())
+def scrape_figures(metrics: Metrics, usages: Sequence[PoolUsage], repeat: int) -> list[tuple[str, float]]:
+    """A frame of /metrics as the feed thread makes one; the per-pool families, and what prometheus_client takes
+    for the same families (bench.poolmirror), side by side."""
+    pools = [usage.name for usage in usages]
+    metrics.refresh_views()  # as the main loop does before each frame: the pools' usage as it is now
+    before = sample_count(metrics.exposition())
+    for pool in pools:  # a pool gets its per-pool samples when it first serves a Node, and releases one
+        metrics.pools.allocations.inc(pool)
+        metrics.pools.releases.inc(pool)
+        metrics.pools.tries.observe(pool, 1)
+    after = sample_count(metrics.exposition())
+    mirror = PrometheusPools(metrics.pools)
+    mirror.usages = usages
+    for pool in pools:
+        mirror.allocations.labels(pool).inc()
+        mirror.releases.labels(pool).inc()
+        mirror.tries.labels(pool).observe(1)
+
+    # Every pool changes between two frames: its counts go up and its usage alternates between two states.
+    moving = PoolMetrics(NAMESPACE, TRIES_BUCKETS)
+    states = [tuple(usages), tuple(dataclasses.replace(usage, nodes=usage.nodes + 1) for usage in usages)]
+    view = LatestView(lambda: states[0])
+    moving.usage.track(view)
+    moving.text()
+
+    def every_pool_changed() -> float:
+        """The per-pool families' text when every pool changed since the last frame, as in a busy burst."""
+        for pool in pools:
+            moving.allocations.inc(pool)
+            moving.releases.inc(pool)
+            moving.tries.observe(pool, 1)
+        states.reverse()
+        view.refresh()
+        started = time.perf_counter()
+        moving.text()
+        return time.perf_counter() - started
+
+    theirs = best(repeat, mirror.text)
+    changed = min(every_pool_changed() for _ in range(repeat))
+    unchanged = best(repeat, metrics.pools.text)
+    rest = best(repeat, lambda: generate_latest(metrics.registry))
+    return [
+        (
+            f"scrape: a frame (Metrics.exposition), every pool with its per-pool samples ({before} -> {after} samples),"
+            " none changed",
+            best(repeat, metrics.exposition),
+        ),
+        ("scrape: a frame's families other than the per-pool ones (generate_latest)", rest),
+        ("scrape: the per-pool families through prometheus_client (generate_latest), as before", theirs),
+        ("scrape: the per-pool families, every pool changed since the last frame", changed),
+        ("scrape: the per-pool families, no pool changed since the last frame", unchanged),
+    ]
 
 
 async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
@@ -212,22 +266,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
         await reconciler.pools.sync()
         rounds.append(time.perf_counter() - started)
     figures.append((f"status round after 100 allocations ({api.status_writes - writes} statuses written)", min(rounds)))
-    registry = reconciler.metrics.registry
-    reconciler.metrics.refresh_views()  # as the main loop does before each frame: the pools' usage as it is now
-    figures.append(("scrape: generate_latest", best(args.repeat, lambda: generate_latest(registry))))
-    figures.append(("scrape: the pool collector's collect()", pool_collector_seconds(registry, args.repeat)))
-    before = sample_count(registry)
-    for body in bodies:  # a pool gets its per-pool children when it first serves a Node, and releases one
-        pool = body["metadata"]["name"]
-        reconciler.metrics.pool_allocations.labels(pool).inc()
-        reconciler.metrics.pool_releases.labels(pool).inc()
-        reconciler.metrics.pool_tries.labels(pool).observe(1)
-    figures.append(
-        (
-            f"scrape: generate_latest, every pool with its per-pool children ({before} -> {sample_count(registry)} samples)",
-            best(args.repeat, lambda: generate_latest(registry)),
-        )
-    )
+    figures.extend(scrape_figures(reconciler.metrics, reconciler.pools.usages(), args.repeat))
     count = 1000
     figures.append(
         (

@@ -61,7 +61,7 @@ class Accounting:
             pool = self._allocations.pool_sets.pool_of(cidr) or ""
             if pool in ("", DEFAULT_POOL):
                 self._metrics.releases.labels(self._cluster_label(cidr)).inc()
-            self._metrics.pool_releases.labels(pool).inc()
+            self._metrics.pools.releases.inc(pool)
         self.capacity_freed.set()
 
     def allocated(self, node: NodeInfo, cidrs: Iterable[netaddr.IPNetwork], attempts: int | None, seen_at: float | None) -> None:
@@ -69,10 +69,10 @@ class Accounting:
         self.usage_changed()
         for cidr in cidrs:
             pool = self._allocations.pool_sets.pool_of(cidr) or ""
-            self._metrics.pool_allocations.labels(pool).inc()
+            self._metrics.pools.allocations.inc(pool)
             if pool not in ("", DEFAULT_POOL):  # a pool's range counts per pool only, not per pool CIDR
                 if attempts is not None:
-                    self._metrics.pool_tries.labels(pool).observe(attempts)
+                    self._metrics.pools.tries.observe(pool, attempts)
                 continue
             label = self._cluster_label(cidr)
             self._metrics.allocations.labels(label).inc()

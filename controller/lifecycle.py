@@ -172,7 +172,7 @@ async def _serve(
             # connection a Lease renewal needs; this process feeds it the metrics' text and the token.
             health = MetricsProcess(
                 settings.metrics_bind_address,
-                metrics.registry,
+                metrics.exposition,
                 heartbeat,
                 serving=settings.serving,
                 credentials=credentials,

@@ -1,12 +1,14 @@
 """Prometheus metrics with kube-controller-manager's names (spelled correctly).
 
-Everything is registered on a registry this module creates on request, never
-on import, so tests and several controllers in one process do not collide.
+The metrics live on a registry this module creates on request, never on
+import, so tests and several controllers in one process do not collide.
 
-The registry is collected on a thread of its own (controller.metrics_port, which
-feeds the text to the process serving the port), not on the main loop: prometheus_client's metrics take their own locks, the
-functions behind gauges read a length or an attribute, and what only the main
-loop may read (the pools' usage, from its dicts) is a view that loop refreshes.
+The text of /metrics (`Metrics.exposition`) is made on a thread of its own
+(controller.metrics_port, which feeds it to the process serving the port), not on
+the main loop: prometheus_client's metrics take their own locks, the functions
+behind gauges read a length or an attribute, and what only the main loop may
+read (the pools' usage, from its dicts) is a view that loop refreshes. The
+per-pool families are formatted apart, once per change (controller.poolmetrics).
 """
 
 from __future__ import annotations
@@ -18,19 +20,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from controller.allocators import CIDRSet
 from controller.gcpolicy import GENERATIONS, PauseRecorder
 from controller.loopwatch import LAG_BUCKETS
+from controller.poolmetrics import LatestView, PoolMetrics
 from controller.poolstatus import PoolUsage
 from controller.secure_serving import REFUSAL_REASONS
 
 NAMESPACE = "node_ipam_controller"
 CLUSTER_CIDR_LABEL = "clusterCIDR"
-POOL_LABEL = "pool"
 TRIES_BUCKETS = (1, 5, 25, 125, 625)
 #: Seconds between two counts of the objects frozen for the garbage collector. Counting walks every one of them
 #: with the interpreter held (~20 ns each: ~40 ms for the 2 million of 20,000 Nodes), so it is not done per frame.
@@ -45,7 +48,7 @@ class Metrics:
         # counter and histogram a scrape formats. prometheus_client keeps this setting for the whole process.
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._views: list[_LatestView] = []
+        self._view: LatestView | None = None
         labels = [CLUSTER_CIDR_LABEL]
         self.allocations = Counter(
             "cidrset_cidrs_allocations",
@@ -150,30 +153,8 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.pool_allocations = Counter(
-            "pool_cidrs_allocations",
-            "Node CIDRs allocated, per pool ('(default)': the flags' range).",
-            [POOL_LABEL],
-            namespace=NAMESPACE,
-            registry=self.registry,
-        )
-        self.pool_releases = Counter(
-            "pool_cidrs_releases",
-            "Node CIDRs released, per pool.",
-            [POOL_LABEL],
-            namespace=NAMESPACE,
-            registry=self.registry,
-        )
-        # Per pool, not per pool CIDR: a histogram is nine series, and 100 pools of 16 CIDRs would make a scrape
-        # format 14,000 of them.
-        self.pool_tries = Histogram(
-            "pool_allocation_tries_per_request",
-            "Attempts (reserve + patch) needed to give a Node its podCIDRs from a NodeCIDRPool, per pool.",
-            [POOL_LABEL],
-            buckets=TRIES_BUCKETS,
-            namespace=NAMESPACE,
-            registry=self.registry,
-        )
+        # The per-pool families are formatted apart, each pool's lines once per change (controller.poolmetrics).
+        self.pools = PoolMetrics(NAMESPACE, TRIES_BUCKETS)
         self.background_failures = Counter(
             "background_failures",
             "Failures of background work, by loop: restarts of a loop, or one Node's handling ('node').",
@@ -229,15 +210,27 @@ class Metrics:
 
     def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
         """Per-pool gauges: pools come and go at runtime. `usages` reads the main loop's state, so it runs there,
-        at `refresh_views()`; a collection, on the metrics feed's thread, reads what it last gave."""
-        view = _LatestView(usages)
-        self._views.append(view)
-        self.registry.register(_PoolCollector(view))
+        at `refresh_views()`; a frame, on the metrics feed's thread, reads what it last gave."""
+        self._view = LatestView(usages)
+        self.pools.usage.track(self._view)
 
     def refresh_views(self) -> None:
-        """On the main loop: read again what only the main loop may read (the pools' usage) for the next scrapes."""
-        for view in self._views:
-            view.refresh()
+        """On the main loop: read again what only the main loop may read (the pools' usage) for the next frames."""
+        if self._view is not None:
+            self._view.refresh()
+
+    def exposition(self) -> bytes:
+        """The text of /metrics: the registry's families, then the per-pool ones."""
+        return generate_latest(self.registry) + self.pools.text()
+
+    def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample of `exposition()`, parsed back (None: absent): for checks and tools, not for the hot path."""
+        wanted = labels or {}
+        for family in text_string_to_metric_families(self.exposition().decode()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == wanted:
+                    return float(sample.value)
+        return None
 
     def track_gc_pauses(self, pauses: PauseRecorder, clock: Callable[[], float] = time.monotonic) -> None:
         """The garbage collector's pauses per generation, read from the recorder at scrape time."""
@@ -309,44 +302,6 @@ class _GcPauseCollector(Collector):
         return self._frozen[1]
 
     def describe(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
-        return iter(())
-
-
-class _LatestView:
-    """What `read` gave when the main loop last refreshed it: one tuple, replaced whole, so another thread reads it
-    without a lock and never sees half of one."""
-
-    def __init__(self, read: Callable[[], Sequence[PoolUsage]]) -> None:
-        self._read = read
-        self.latest: tuple[PoolUsage, ...] = tuple(read())
-
-    def refresh(self) -> None:
-        self.latest = tuple(self._read())
-
-
-class _PoolCollector(Collector):
-    """Capacity, allocated and free Node CIDRs per pool and IP family; Nodes per pool (as last refreshed)."""
-
-    def __init__(self, view: _LatestView) -> None:
-        self._view = view
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        prefix = f"{NAMESPACE}_pool_"
-        labels = [POOL_LABEL, "family"]
-        capacity = GaugeMetricFamily(prefix + "max_cidrs", "Node CIDRs the pool holds (reserved ones excluded).", labels=labels)
-        allocated = GaugeMetricFamily(prefix + "allocated_cidrs", "Node CIDRs of the pool held by Nodes.", labels=labels)
-        free = GaugeMetricFamily(prefix + "free_cidrs", "Node CIDRs a new Node could get (draining CIDRs: none).", labels=labels)
-        nodes = GaugeMetricFamily(prefix + "nodes", "Nodes holding a range in the pool.", labels=[POOL_LABEL])
-        for usage in self._view.latest:
-            nodes.add_metric([usage.name], usage.nodes)
-            for family in usage.families:
-                version = f"ipv{family.version}"
-                capacity.add_metric([usage.name, version], family.capacity)
-                allocated.add_metric([usage.name, version], family.allocated)
-                free.add_metric([usage.name, version], family.free)
-        yield from (capacity, allocated, free, nodes)
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
 
 

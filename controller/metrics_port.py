@@ -8,7 +8,7 @@ the port waits for this process.
 
 What the child serves comes from here, over a socket pair (controller.metrics_frames). The `metrics-feed`
 thread, every FEED_INTERVAL_SECONDS and whenever a scrape asks (the scrape waits for it FRESH_WAIT_SECONDS
-at most, then answers the last one), collects the registry (as the port's thread did: the metrics take
+at most, then answers the last one), makes the text of /metrics (`exposition`: as the port's thread did: the metrics take
 their own locks, and what only the main loop may read is a view that loop refreshes on its own schedule,
 here), and sends it with the main loop's verdict on its health (its last heartbeat: a main loop stalled past
 the stall limit fails /healthz, as before) and its readiness (at once when it changes). A frame also carries the bearer token the
@@ -34,8 +34,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from controller import metrics_frames
 from controller.backoff import Backoff
 from controller.config import split_bind_address
@@ -48,13 +46,13 @@ from controller.serving_connections import listening_sockets
 logger = logging.getLogger("nodeipam.server")
 
 #: Seconds between two frames: the text of /metrics is at most about this old (plus the pools' view, refreshed
-#: by the main loop as often). Collecting 100 pools x 16 CIDRs at 100,000 Nodes takes ~8 ms.
+#: by the main loop as often).
 FEED_INTERVAL_SECONDS = 1.0
 #: How long a scrape waits for the frame it asked for before it answers the last one: the controller sends
 #: one within milliseconds unless its main thread holds the interpreter, and then the scrape does not wait
 #: for it longer than this (at 0.1 s the wait was most of a scrape's p99 in bench.metricsport).
 FRESH_WAIT_SECONDS = 0.05
-#: The shortest time between two frames when scrapes ask for them (each costs a collection: ~8 ms at scale).
+#: The shortest time between two frames when scrapes ask for them (each costs a collection).
 MIN_FRAME_GAP_SECONDS = 0.05
 #: A child that has not acknowledged a frame (or read one) for this long is stuck: killed and replaced. Well
 #: above what a flood of the port holds its loop for; /healthz on the port fails meanwhile anyway.
@@ -69,7 +67,8 @@ __all__ = ["MetricsProcess", "MetricsServerError"]
 class MetricsProcess:
     """Binds the metrics port, starts its server in a child, feeds and supervises it, and stops it.
 
-    Nothing at all when the port is disabled. `refused(reason, count)` counts what the port refused;
+    Nothing at all when the port is disabled. `exposition` makes the text of /metrics (Metrics.exposition), on
+    the feed thread. `refused(reason, count)` counts what the port refused;
     `refresh` runs on the main loop every `feed_interval` (Metrics.refresh_views); `on_restart` is called
     each time a child is replaced.
     """
@@ -77,7 +76,7 @@ class MetricsProcess:
     def __init__(
         self,
         bind_address: str,
-        registry: CollectorRegistry,
+        exposition: Callable[[], bytes],
         heartbeat: Heartbeat,
         *,
         serving: ServingOptions | None = None,
@@ -94,7 +93,7 @@ class MetricsProcess:
     ) -> None:
         self._bind_address = bind_address
         self._bind = split_bind_address(bind_address)
-        self._registry = registry
+        self._exposition = exposition
         self.heartbeat = heartbeat
         self._serving = serving or ServingOptions()
         self._credentials = credentials
@@ -283,7 +282,7 @@ class MetricsProcess:
     def _frame(self, child: ChildLink) -> bytes:
         header: dict[str, Any] = {"kind": metrics_frames.FRAME}
         try:
-            text = generate_latest(self._registry)
+            text = self._exposition()
         except Exception:
             logger.exception("collecting the metrics failed; the port serves the last text")
             text, header["text"] = b"", False

@@ -11,8 +11,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import netaddr
-
 from controller.pools import PoolSpec
 
 #: How many Nodes status.blockingNodes names at most.
@@ -37,7 +35,7 @@ class FamilyUsage:
 
     @property
     def version(self) -> int:
-        return int(netaddr.IPNetwork(self.per_cidr[0].cidr).version)
+        return 6 if ":" in self.per_cidr[0].cidr else 4  # the CIDR as str(IPNetwork) writes it
 
     @property
     def cidrs_shown(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.metrics import Metrics
 from localcluster.binaries import ensure_binaries
@@ -74,12 +75,13 @@ def dashboard_exprs() -> list[str]:
 
 @functools.cache
 def exported_names() -> frozenset[str]:
-    """Every series name the controller's registry can carry, suffixes included."""
+    """Every series name the controller's /metrics can carry, suffixes included."""
     metrics = Metrics()
     metrics.track_pools(list)
     metrics.track_leadership("nodeipam", lambda: True)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    return frozenset(family.name + suffix for family in metrics.registry.collect() for suffix in suffixes.get(family.type, ("",)))
+    families = text_string_to_metric_families(metrics.exposition().decode())
+    return frozenset(family.name + suffix for family in families for suffix in suffixes.get(family.type, ("",)))
 
 
 # -- the objects ------------------------------------------------------------------------------------

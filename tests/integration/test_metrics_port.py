@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from bench.flood import metrics_server_pid
 from controller.backoff import Backoff
@@ -43,7 +43,13 @@ def test_a_valid_token_scrapes_this_process_metrics_and_a_bad_one_is_refused(con
         heartbeat = Heartbeat()
         pulse = asyncio.ensure_future(watch_loop(heartbeat, lambda lag: None, interval=0.05))
         port = MetricsProcess(
-            "127.0.0.1:0", registry, heartbeat, credentials=credentials, feed_interval=0.1, stuck_after=1.0, backoff=Backoff(0.1)
+            "127.0.0.1:0",
+            lambda: generate_latest(registry),
+            heartbeat,
+            credentials=credentials,
+            feed_interval=0.1,
+            stuck_after=1.0,
+            backoff=Backoff(0.1),
         )
         await port.start()
         url = f"https://127.0.0.1:{port.ports[0]}/metrics"

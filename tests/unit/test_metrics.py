@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import netaddr
 import pytest
-from prometheus_client import generate_latest
 
 from controller.allocators import CIDRSet
 from controller.metrics import Metrics
@@ -39,8 +38,8 @@ def test_counters_and_histograms_export_no_created_series(cluster_cidr: str, mas
     metrics.track_sets([CIDRSet(netaddr.IPNetwork(cluster_cidr), mask)])
     metrics.allocations.labels(cluster_cidr).inc()
     metrics.tries.labels(cluster_cidr).observe(1)
-    metrics.pool_tries.labels("p").observe(1)
-    text = generate_latest(metrics.registry).decode()
+    metrics.pools.tries.observe("p", 1)
+    text = metrics.exposition().decode()
     assert f'node_ipam_controller_cidrset_cidrs_allocations_total{{clusterCIDR="{cluster_cidr}"}} 1.0' in text
     assert 'node_ipam_controller_pool_allocation_tries_per_request_count{pool="p"} 1.0' in text
     assert "_created" not in text

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -94,7 +94,11 @@ def serve(
         options.setdefault("serving", OPEN_METRICS)
         options.setdefault("feed_interval", 0.1)
         port = MetricsProcess(
-            "127.0.0.1:0", registry, heartbeat, refused=lambda reason, count: counted.append((reason, count)), **options
+            "127.0.0.1:0",
+            lambda: generate_latest(registry),
+            heartbeat,
+            refused=lambda reason, count: counted.append((reason, count)),
+            **options,
         )
         await port.start()
         try:
@@ -325,12 +329,11 @@ def test_a_child_that_dies_or_is_stuck_is_killed_and_replaced_on_the_same_port(f
 PARENT = textwrap.dedent(
     """
     import asyncio, sys
-    from prometheus_client import CollectorRegistry
     from controller.loopwatch import Heartbeat
     from controller.metrics_port import MetricsProcess
 
     async def main():
-        port = MetricsProcess("127.0.0.1:0", CollectorRegistry(), Heartbeat())
+        port = MetricsProcess("127.0.0.1:0", bytes, Heartbeat())
         await port.start()
         print(port.pid, port.ports[0], flush=True)
         await asyncio.Event().wait()
@@ -374,19 +377,19 @@ def test_a_port_taken_or_an_unreadable_certificate_fails_the_start() -> None:
         taken.listen()
         try:
             with pytest.raises(OSError):
-                await MetricsProcess(f"127.0.0.1:{taken.getsockname()[1]}", CollectorRegistry(), Heartbeat()).start()
+                await MetricsProcess(f"127.0.0.1:{taken.getsockname()[1]}", bytes, Heartbeat()).start()
         finally:
             taken.close()
         serving = ServingOptions(tls_cert_file="/nonexistent/tls.crt", tls_private_key_file="/nonexistent/tls.key")
         with pytest.raises(MetricsServerError, match=r"did not start: FileNotFoundError.*--tls-cert-file=/nonexistent/tls\.crt"):
-            await MetricsProcess("127.0.0.1:0", CollectorRegistry(), Heartbeat(), serving=serving).start()
+            await MetricsProcess("127.0.0.1:0", bytes, Heartbeat(), serving=serving).start()
 
     asyncio.run(main())
 
 
 def test_a_disabled_port_starts_no_process() -> None:
     async def main() -> None:
-        port = MetricsProcess("0", CollectorRegistry(), Heartbeat())
+        port = MetricsProcess("0", bytes, Heartbeat())
         threads = threading.active_count()
         await port.start()
         assert port.pid is None and port.ports == [] and threading.active_count() == threads

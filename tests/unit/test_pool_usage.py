@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from prometheus_client import generate_latest
 
 from controller import poolsync as poolsync_module
 from controller.allocators import CIDRSet, NoCIDRsRemainingError
@@ -380,7 +379,7 @@ def test_a_status_round_and_a_scrape_never_go_over_the_nodes(family_range: Famil
         await reconciler.handle(api.add("late"))
         spies["pool_of"].clear()  # counting the allocation's metrics, one lookup per range
         await reconciler.pools.sync()
-        generate_latest(reconciler.metrics.registry)
+        reconciler.metrics.exposition()
         return spies
 
     spies = run(go)
@@ -471,10 +470,10 @@ def test_a_pool_of_many_cidrs_adds_series_per_pool_not_per_cidr(family_range: Fa
         await reconciler.assign_all(await reconciler.rebuild())
         return reconciler
 
-    registry = run(go).metrics.registry
+    metrics = run(go).metrics
 
     def sample(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(f"node_ipam_controller_{name}", labels)
+        return metrics.sample_value(f"node_ipam_controller_{name}", labels)
 
     assert sample("pool_allocation_tries_per_request_count", pool="p") == 2
     assert sample("cidrset_allocation_tries_per_request_count", clusterCIDR=first) is None

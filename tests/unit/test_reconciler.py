@@ -795,12 +795,12 @@ def test_metrics_per_pool(family: FamilyRange) -> None:
     for name in ("a", "b", "c"):
         api.add(name)
     reconciler = rebuilt(family, api)
-    registry = reconciler.metrics.registry
+    metrics = reconciler.metrics
     version = f"ipv{family.version}"
     reconciler.metrics.refresh_views()  # on the main loop, before a scrape collects on the port's thread
 
     def sample(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(f"node_ipam_controller_{name}", labels)
+        return metrics.sample_value(f"node_ipam_controller_{name}", labels)
 
     assert sample("pool_allocated_cidrs", pool="p", family=version) == 2
     assert sample("pool_free_cidrs", pool="p", family=version) == 0
