@@ -195,8 +195,8 @@ class PoolUsageGauges:
         view = self._view
         latest = view.latest if view is not None else ()
         if latest is not self._seen:
-            self._seen = latest
             self._format(latest)
+            self._seen = latest  # only once formatted: a frame that failed midway formats it again
         return b"".join(family.text() for family in (self._capacity, self._allocated, self._free, self._nodes))
 
     def _format(self, usages: tuple[PoolUsage, ...]) -> None:
@@ -204,7 +204,6 @@ class PoolUsageGauges:
             key = (usage.nodes, usage.families)
             if self._kept.get(usage.name) == key:
                 continue
-            self._kept[usage.name] = key
             capacity, allocated, free = [], [], []
             for family in usage.families:
                 labels = _pool_labels(usage.name, f"ipv{family.version}")
@@ -215,6 +214,7 @@ class PoolUsageGauges:
             self._allocated.set(usage.name, "".join(allocated))
             self._free.set(usage.name, "".join(free))
             self._nodes.set(usage.name, f"{self._prefix}nodes{_pool_labels(usage.name)} {floatToGoString(usage.nodes)}\n")
+            self._kept[usage.name] = key
         names = [usage.name for usage in usages]
         if len(self._kept) != len(names) or list(self._kept) != names:
             self._kept = {name: self._kept[name] for name in names}

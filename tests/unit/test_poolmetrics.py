@@ -151,3 +151,23 @@ def test_a_dual_stack_pool_shows_one_line_per_family() -> None:
     text = twins.ours.text().decode()
     assert f'{NAMESPACE}_pool_free_cidrs{{family="ipv4",pool="d"}} 61.0' in text
     assert f'{NAMESPACE}_pool_free_cidrs{{family="ipv6",pool="d"}} 61.0' in text
+
+
+@pytest.mark.parametrize("cidrs", CASES.values(), ids=CASES.keys())
+def test_a_frame_that_failed_midway_formats_the_usage_again(cidrs: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feed thread logs a failed frame and serves the last one; the next frame must not skip what it missed."""
+    twins = Twins()
+    twins.show(usage("a", cidrs[:1], 1, 1), usage("b", cidrs[1:2], 2, 2))
+    real = poolmetrics.floatToGoString
+    calls: list[float] = []
+
+    def fails_on_the_fourth(value: float) -> str:
+        calls.append(value)
+        if len(calls) == 4:  # the first pool's Node count, after its other lines were set
+            raise ValueError("formatting failed")
+        return real(value)
+
+    monkeypatch.setattr(poolmetrics, "floatToGoString", fails_on_the_fourth)
+    with pytest.raises(ValueError, match="formatting failed"):
+        twins.ours.text()
+    twins.assert_same()  # the same view, not refreshed
