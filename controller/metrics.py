@@ -48,7 +48,6 @@ class Metrics:
         # counter and histogram a scrape formats. prometheus_client keeps this setting for the whole process.
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._view: LatestView | None = None
         labels = [CLUSTER_CIDR_LABEL]
         self.allocations = Counter(
             "cidrset_cidrs_allocations",
@@ -211,13 +210,11 @@ class Metrics:
     def track_pools(self, usages: Callable[[], Sequence[PoolUsage]]) -> None:
         """Per-pool gauges: pools come and go at runtime. `usages` reads the main loop's state, so it runs there,
         at `refresh_views()`; a frame, on the metrics feed's thread, reads what it last gave."""
-        self._view = LatestView(usages)
-        self.pools.usage.track(self._view)
+        self.pools.usage.track(LatestView(usages))
 
     def refresh_views(self) -> None:
         """On the main loop: read again what only the main loop may read (the pools' usage) for the next frames."""
-        if self._view is not None:
-            self._view.refresh()
+        self.pools.usage.refresh()
 
     def exposition(self) -> bytes:
         """The text of /metrics: the registry's families, then the per-pool ones."""

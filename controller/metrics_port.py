@@ -8,8 +8,8 @@ the port waits for this process.
 
 What the child serves comes from here, over a socket pair (controller.metrics_frames). The `metrics-feed`
 thread, every FEED_INTERVAL_SECONDS and whenever a scrape asks (the scrape waits for it FRESH_WAIT_SECONDS
-at most, then answers the last one), makes the text of /metrics (`exposition`: as the port's thread did: the metrics take
-their own locks, and what only the main loop may read is a view that loop refreshes on its own schedule,
+at most, then answers the last one), makes the text of /metrics with `exposition` (as the port's thread did: the
+metrics take their own locks, and what only the main loop may read is a view that loop refreshes on its own schedule,
 here), and sends it with the main loop's verdict on its health (its last heartbeat: a main loop stalled past
 the stall limit fails /healthz, as before) and its readiness (at once when it changes). A frame also carries the bearer token the
 child sends to the API server, renewed here, so that an exec plugin or an auth provider runs in one process.

@@ -191,6 +191,11 @@ class PoolUsageGauges:
     def track(self, view: LatestView) -> None:
         self._view = view
 
+    def refresh(self) -> None:
+        """On the main loop: read the pools' usage again for the next frames."""
+        if self._view is not None:
+            self._view.refresh()
+
     def text(self) -> bytes:
         view = self._view
         latest = view.latest if view is not None else ()
@@ -216,7 +221,7 @@ class PoolUsageGauges:
             self._nodes.set(usage.name, f"{self._prefix}nodes{_pool_labels(usage.name)} {floatToGoString(usage.nodes)}\n")
             self._kept[usage.name] = key
         names = [usage.name for usage in usages]
-        if len(self._kept) != len(names) or list(self._kept) != names:
+        if len(self._kept) != len(names):  # every pool shown is kept by now: the others are gone
             self._kept = {name: self._kept[name] for name in names}
         for text in (self._capacity, self._allocated, self._free, self._nodes):
             text.keep_only(names)

@@ -333,7 +333,7 @@ PARENT = textwrap.dedent(
     from controller.metrics_port import MetricsProcess
 
     async def main():
-        port = MetricsProcess("127.0.0.1:0", bytes, Heartbeat())
+        port = MetricsProcess("127.0.0.1:0", lambda: b"", Heartbeat())
         await port.start()
         print(port.pid, port.ports[0], flush=True)
         await asyncio.Event().wait()
@@ -377,19 +377,19 @@ def test_a_port_taken_or_an_unreadable_certificate_fails_the_start() -> None:
         taken.listen()
         try:
             with pytest.raises(OSError):
-                await MetricsProcess(f"127.0.0.1:{taken.getsockname()[1]}", bytes, Heartbeat()).start()
+                await MetricsProcess(f"127.0.0.1:{taken.getsockname()[1]}", lambda: b"", Heartbeat()).start()
         finally:
             taken.close()
         serving = ServingOptions(tls_cert_file="/nonexistent/tls.crt", tls_private_key_file="/nonexistent/tls.key")
         with pytest.raises(MetricsServerError, match=r"did not start: FileNotFoundError.*--tls-cert-file=/nonexistent/tls\.crt"):
-            await MetricsProcess("127.0.0.1:0", bytes, Heartbeat(), serving=serving).start()
+            await MetricsProcess("127.0.0.1:0", lambda: b"", Heartbeat(), serving=serving).start()
 
     asyncio.run(main())
 
 
 def test_a_disabled_port_starts_no_process() -> None:
     async def main() -> None:
-        port = MetricsProcess("0", bytes, Heartbeat())
+        port = MetricsProcess("0", lambda: b"", Heartbeat())
         threads = threading.active_count()
         await port.start()
         assert port.pid is None and port.ports == [] and threading.active_count() == threads
