@@ -68,6 +68,7 @@ import netaddr
 from bench import machine
 from bench.machine import StallTotals
 from bench.probe import Sample, probe
+from bench.stallwatch import trace_path
 from bench.watch import watch_nodes
 from controller.credentials import Credentials
 from controller.kube import POOLS_PATH, ApiError, KubeClient
@@ -185,6 +186,11 @@ class Result:
     delivery_latencies: list[float] = field(default_factory=list)
     delivery_lag_seconds: float | None = None  # the last Node first seen - the last create returned
     started_monotonic: float = 0.0  # when the first create was sent (time.monotonic(), as the stall log's)
+    #: Per phase of a Node's latency (NODE_PHASES; --stall-log only), s: p50, p99 and worst over the burst's Nodes.
+    phase_percentiles: dict[str, list[float]] = field(default_factory=dict)
+    #: The phases of the Node assigned last (the one that set the lag), s, and its name.
+    last_node_phases: dict[str, float] = field(default_factory=dict)
+    last_node: str = ""
 
     @classmethod
     def of(
@@ -226,6 +232,31 @@ class Result:
             return
         self.delivery_latencies = [round(watcher.appeared[name] - created[name], 4) for name in names]
         self.delivery_lag_seconds = max(watcher.appeared[name] for name in names) - max(created.values())
+
+    def record_phases(self, trace: Path, names: list[str], created: dict[str, float], assigned: dict[str, float]) -> None:
+        """Split each Node's latency into its phases, from the controller's trace (bench.stallwatch)."""
+        if not trace.exists():
+            return
+        records = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+        phases = node_phases(records, names, created, assigned)
+        if not phases:
+            return
+        self.phase_percentiles = {
+            phase: [round(percentile(list(values), fraction), 4) for fraction in (0.5, 0.99, 1.0)]
+            for phase, values in zip(NODE_PHASES, zip(*phases.values(), strict=True), strict=True)
+        }
+        self.last_node = max(phases, key=lambda name: assigned[name])
+        self.last_node_phases = {phase: round(value, 4) for phase, value in zip(NODE_PHASES, phases[self.last_node], strict=True)}
+
+    def phases_line(self) -> str:
+        """The phases of the Nodes' latencies, ms, on one line: p50 / p99 / worst, then the last Node's."""
+        if not self.phase_percentiles:
+            return ""
+        spread = ", ".join(
+            f"{phase} {' / '.join(f'{1000 * value:.0f}' for value in values)}" for phase, values in self.phase_percentiles.items()
+        )
+        last = ", ".join(f"{phase} {1000 * value:.1f}" for phase, value in self.last_node_phases.items())
+        return f"phases ms, p50 / p99 / worst: {spread}; the last Node ({self.last_node}): {last}"
 
     def row(self) -> str:
         lat = sorted(self.latencies)
@@ -724,6 +755,30 @@ async def wait_ready(port: int, timeout: float = SETTLE_TIMEOUT) -> None:
     raise TimeoutError(f"the controller's /readyz on port {port} never answered 200")
 
 
+#: A Node's latency (its create returned to the bench's watch seeing its podCIDR) in four phases, each measured
+#: from the end of the one before: the API server delivered the new Node to the controller's reconciler; the
+#: controller decided and sent its patch; the patch's round trip; the API server delivered the patched Node to
+#: the bench's watch.
+NODE_PHASES = ("to controller", "in controller", "patch", "back to watch")
+
+
+def node_phases(
+    records: list[dict[str, Any]], names: list[str], created: dict[str, float], assigned: dict[str, float]
+) -> dict[str, tuple[float, ...]]:
+    """Per Node of `names` patched once, the NODE_PHASES of its latency, s (a trace record: bench.stallwatch)."""
+    patched: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        patched.setdefault(record["name"], []).append(record)
+    phases: dict[str, tuple[float, ...]] = {}
+    for name in names:
+        tried = patched.get(name, [])
+        if len(tried) != 1 or tried[0]["seen"] is None or tried[0]["outcome"] != "applied" or name not in assigned:
+            continue  # retried, or first seen before the trace: no single path to split
+        seen, sent, returned = tried[0]["seen"], tried[0]["sent"], tried[0]["returned"]
+        phases[name] = (seen - created[name], sent - seen, returned - sent, assigned[name] - returned)
+    return phases
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The value at `fraction` of the sorted values (nearest rank); 0 for none."""
     ordered = sorted(values)
@@ -812,6 +867,8 @@ async def pools_burst(
         if started <= sent <= done and took > slow
     ]
     result.stall_log = str(controller.stall_log or "")
+    if controller.stall_log:
+        result.record_phases(trace_path(controller.stall_log), names, created, watcher.assigned)
     result.probe_failures = sum(1 for sample in during if sample[2] != 200)
     return result
 
@@ -949,6 +1006,8 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                     async with KubeClient(Credentials.load(plane.kubeconfig), max_in_flight=CREATE_PARALLELISM) as kube:
                         result = await pools_burst(kube, plane, logs, n, setup, args.create_rate)
                 print(pools_row(result), file=sys.stderr, flush=True)
+                if result.phase_percentiles:
+                    print(result.phases_line(), file=sys.stderr, flush=True)
                 report.add(result)
     if not set(args.only) - {"pools"}:
         return

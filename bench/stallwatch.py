@@ -12,6 +12,11 @@ not give), the garbage collector's pauses within it, the watcher's own worst lat
 too: the GIL was held in C, or the process was not scheduled), and the stacks seen, most frequent first.
 Late ticks of the watcher outside stalls are written too (kind "late"). For investigation: the sampling
 takes the GIL a hundred times a second.
+
+Next to OUT (`trace_path`), one JSON line per podCIDR patch the controller sent: the Node, when the controller
+was first handed its event, when the patch was sent and when its answer came (monotonic), so that a Node's
+latency splits into the API server's delivery, the controller's own time, the patch's round trip and the
+delivery of its result (`bench.__main__.NodePhases`).
 """
 
 from __future__ import annotations
@@ -128,6 +133,47 @@ class Watcher:
                 self.write({"kind": "late", "at": round(now, 4), "late": round(late, 4), "gc": self.gc.within(now - late, now)})
 
 
+def trace_path(stall_log: Path) -> Path:
+    """Where the Node trace of a run whose stalls go to `stall_log` is written."""
+    return stall_log.with_name(stall_log.name.removesuffix(".stalls.jsonl") + ".nodes.jsonl")
+
+
+class NodeTrace:
+    """Per podCIDR patch: when its Node's first event reached the reconciler, when it was sent, when it returned.
+
+    Installed by wrapping two methods of the controller's classes before it starts: it measures, it changes nothing.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.seen: dict[str, float] = {}
+
+    def install(self) -> None:
+        from controller.kube import KubeClient
+        from controller.model import NodeInfo
+        from controller.reconciler import Reconciler
+
+        trace, handed, patch = self, Reconciler.node_event, KubeClient.patch_pod_cidrs
+
+        async def node_event(reconciler: Reconciler, kind: str | None, node: NodeInfo) -> None:
+            if kind != "DELETED":
+                trace.seen.setdefault(node.name, time.monotonic())
+            await handed(reconciler, kind, node)
+
+        async def patch_pod_cidrs(client: KubeClient, node: NodeInfo, cidrs: Any) -> None:
+            sent, outcome = time.monotonic(), "error"
+            try:
+                await patch(client, node, cidrs)
+                outcome = "applied"
+            finally:
+                seen = trace.seen.pop(node.name, None)
+                record = {"name": node.name, "seen": seen, "sent": sent, "returned": time.monotonic(), "outcome": outcome}
+                trace.out.write(json.dumps(record) + "\n")
+
+        Reconciler.node_event = node_event  # type: ignore[method-assign,assignment]
+        KubeClient.patch_pod_cidrs = patch_pod_cidrs  # type: ignore[method-assign,assignment]
+
+
 def explain(results: Path) -> None:
     """For each /healthz over the target in a bench run, the phases of its time and the stalls it overlapped."""
     for result in json.loads(results.read_text())["results"]:
@@ -165,6 +211,7 @@ def main(argv: list[str]) -> int:
     out = open(argv[0], "a", buffering=1)  # noqa: SIM115 -- open for the life of the process
     watcher = Watcher(out)
     threading.Thread(target=watcher.run, name="stallwatch", daemon=True).start()
+    NodeTrace(open(trace_path(Path(argv[0])), "a", buffering=1)).install()  # noqa: SIM115 -- as `out`
     from controller.cli import main as controller
 
     run: Callable[[list[str]], int] = controller

@@ -18,6 +18,7 @@ from bench.__main__ import (
     Series,
     Watcher,
     create_nodes,
+    node_phases,
     overlapping,
     parse_args,
     percentile,
@@ -184,6 +185,47 @@ def test_the_api_servers_delivery_is_split_from_the_latency(
     result.record_delivery(watcher, ["a", "b"], {"b": 11.0, "a": 10.0})
     assert result.delivery_latencies == pytest.approx(expected_latencies)
     assert result.delivery_lag_seconds == (pytest.approx(expected_lag) if expected_lag is not None else None)
+
+
+def traced(name: str, seen: float | None, sent: float, returned: float, outcome: str = "applied") -> dict[str, Any]:
+    return {"name": name, "seen": seen, "sent": sent, "returned": returned, "outcome": outcome}
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        # created at 10, handed to the reconciler at 10.01, patch sent at 10.03, back at 10.06, watch saw it at 10.1.
+        ([traced("a", 10.01, 10.03, 10.06)], {"a": (0.01, 0.02, 0.03, 0.04)}),
+        # a Node patched twice (the first answer lost) has no single path to split: left out, not averaged in.
+        ([traced("a", 10.01, 10.03, 10.06, "error"), traced("a", None, 10.07, 10.08)], {}),
+        # a Node the trace never saw handed over (its event came before the trace was installed): left out.
+        ([traced("a", None, 10.03, 10.06)], {}),
+        # a Node outside the burst is not counted; one of it that the controller never patched is not either.
+        ([traced("other", 1.0, 1.0, 1.0)], {}),
+    ],
+)
+def test_a_nodes_latency_splits_into_its_phases_at_the_controllers_timestamps(
+    records: list[dict[str, Any]], expected: dict[str, tuple[float, ...]]
+) -> None:
+    phases = node_phases(records, ["a"], {"a": 10.0}, {"a": 10.1})
+    assert phases.keys() == expected.keys()
+    for name, values in expected.items():
+        assert phases[name] == pytest.approx(values)
+        assert sum(phases[name]) == pytest.approx(0.1)  # the phases add up to the Node's latency
+
+
+def test_the_last_node_assigned_is_the_one_whose_phases_are_kept(tmp_path: Any) -> None:
+    trace = tmp_path / "run.nodes.jsonl"
+    records = [traced("a", 10.01, 10.02, 10.03), traced("b", 11.05, 11.06, 11.08)]
+    trace.write_text("".join(json.dumps(record) + "\n" for record in records))
+    result = Result("burst", "pools", "nodeipam", 2, "10.0.0.0/8", 24, 1.0)
+    result.record_phases(trace, ["a", "b"], {"a": 10.0, "b": 11.0}, {"a": 12.0, "b": 11.1})
+    assert result.last_node == "a"  # created first, assigned last: it set the lag
+    assert result.last_node_phases == pytest.approx(
+        {"to controller": 0.01, "in controller": 0.01, "patch": 0.01, "back to watch": 1.97}
+    )
+    assert result.phase_percentiles["back to watch"] == pytest.approx([1.97, 1.97, 1.97])
+    assert "the last Node (a): to controller 10.0" in result.phases_line()
 
 
 PROC_STAT = "cpu  583856 11 123082 6164421 3397 0 10226 1178 0 0\ncpu0 291928 5 61541 3082210 1698 0 5113 589 0 0\n"
