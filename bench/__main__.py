@@ -65,7 +65,7 @@ from typing import Any
 import aiohttp
 import netaddr
 
-from bench import machine
+from bench import apigc, machine
 from bench.machine import StallTotals
 from bench.probe import Sample, probe
 from bench.stallwatch import trace_path
@@ -90,6 +90,7 @@ AFTER_BURST_SECONDS = 5.0  # after a burst or start-up is assigned, before the e
 SAMPLE_INTERVAL = 1.0
 SLOW_PROBE = 0.1  # a /healthz slower than this misses the target
 SLOW_SCRAPE = 0.2  # a /metrics scrape slower than this misses the target
+SLOW_PATCH = 0.03  # a podCIDR patch slower than this is a slow one (bench.apigc: the API server collecting)
 PROFILES: dict[str, dict[str, Any]] = {
     "small": {"nodes": [2000], "restart_nodes": [20000], "only": list(SCENARIOS), "skip_throttled": False},
     "scale": {
@@ -191,6 +192,14 @@ class Result:
     #: The phases of the Node assigned last (the one that set the lag), s, and its name.
     last_node_phases: dict[str, float] = field(default_factory=dict)
     last_node: str = ""
+    #: The API server's collections during the burst (GODEBUG=gctrace=1): [start s since the first create, mark s,
+    #: live heap after, MB].
+    apiserver_gc_marks: list[list[float]] = field(default_factory=list)
+    #: The podCIDR patches sent while the API server's collector marked, and the others: count, p50 s, share over
+    #: SLOW_PATCH; and whether the last Node's patch was sent while it marked.
+    patches_while_marking: list[float] = field(default_factory=list)
+    patches_otherwise: list[float] = field(default_factory=list)
+    last_patch_while_marking: bool | None = None
 
     @classmethod
     def of(
@@ -233,11 +242,10 @@ class Result:
         self.delivery_latencies = [round(watcher.appeared[name] - created[name], 4) for name in names]
         self.delivery_lag_seconds = max(watcher.appeared[name] for name in names) - max(created.values())
 
-    def record_phases(self, trace: Path, names: list[str], created: dict[str, float], assigned: dict[str, float]) -> None:
+    def record_phases(
+        self, records: list[dict[str, Any]], names: list[str], created: dict[str, float], assigned: dict[str, float]
+    ) -> None:
         """Split each Node's latency into its phases, from the controller's trace (bench.stallwatch)."""
-        if not trace.exists():
-            return
-        records = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
         phases = node_phases(records, names, created, assigned)
         if not phases:
             return
@@ -247,6 +255,43 @@ class Result:
         }
         self.last_node = max(phases, key=lambda name: assigned[name])
         self.last_node_phases = {phase: round(value, 4) for phase, value in zip(NODE_PHASES, phases[self.last_node], strict=True)}
+
+    def record_apiserver_gc(self, marks: list[apigc.Mark], records: list[dict[str, Any]]) -> None:
+        """The API server's collections in the burst, and the patches sent while they marked against the others."""
+        end = self.started_monotonic + self.seconds
+        self.apiserver_gc_marks = [
+            [round(mark.start - self.started_monotonic, 2), mark.seconds, mark.live_mb]
+            for mark in marks
+            if mark.start + mark.seconds >= self.started_monotonic and mark.start <= end
+        ]
+        split: dict[bool, list[float]] = {True: [], False: []}
+        for record in records:
+            split[apigc.marking(marks, record["sent"])].append(record["returned"] - record["sent"])
+
+        def figures(took: list[float]) -> list[float]:
+            slow = sum(1 for seconds in took if seconds > SLOW_PATCH) / len(took) if took else 0.0
+            return [len(took), round(percentile(took, 0.5), 4), round(slow, 4)]
+
+        self.patches_while_marking, self.patches_otherwise = figures(split[True]), figures(split[False])
+        if records:
+            self.last_patch_while_marking = apigc.marking(marks, max(record["sent"] for record in records))
+
+    def gc_line(self) -> str:
+        """The API server's collector during the burst, and the patches, on one line."""
+        if not self.apiserver_gc_marks:
+            return ""
+        marked = sum(seconds for _, seconds, _ in self.apiserver_gc_marks)
+
+        def patches(figures: list[float]) -> str:
+            count, median, slow = figures
+            return f"{int(count)} sent, p50 {1000 * median:.1f} ms, {100 * slow:.1f} % over {1000 * SLOW_PATCH:.0f} ms"
+
+        return (
+            f"the API server's collector marked {marked:.0f} s of {self.seconds:.0f} ({len(self.apiserver_gc_marks)} "
+            f"collections, live heap {self.apiserver_gc_marks[-1][2]:.0f} MB at the end); patches while it marked: "
+            f"{patches(self.patches_while_marking)}; otherwise: {patches(self.patches_otherwise)}; the last Node's patch "
+            f"{'while it marked' if self.last_patch_while_marking else 'outside a mark'}"
+        )
 
     def phases_line(self) -> str:
         """The phases of the Nodes' latencies, ms, on one line: p50 / p99 / worst, then the last Node's."""
@@ -867,8 +912,12 @@ async def pools_burst(
         if started <= sent <= done and took > slow
     ]
     result.stall_log = str(controller.stall_log or "")
-    if controller.stall_log:
-        result.record_phases(trace_path(controller.stall_log), names, created, watcher.assigned)
+    trace = trace_path(controller.stall_log) if controller.stall_log else None
+    if trace and trace.exists():
+        records = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+        result.record_phases(records, names, created, watcher.assigned)
+        log = plane.workdir / "kube-apiserver.log"
+        result.record_apiserver_gc(apigc.marks(log.read_text(errors="replace"), plane.spawned_at["kube-apiserver"]), records)
     result.probe_failures = sum(1 for sample in during if sample[2] != 200)
     return result
 
@@ -992,6 +1041,7 @@ def control_plane() -> LocalControlPlane:
     return LocalControlPlane(
         service_cidr=SERVICE_CIDR,
         extra_apiserver_flags=("--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000"),
+        apiserver_env=apigc.GCTRACE_ENV,  # a line per collection in its log: a pools run says when it marked
     )
 
 
@@ -1006,8 +1056,9 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                     async with KubeClient(Credentials.load(plane.kubeconfig), max_in_flight=CREATE_PARALLELISM) as kube:
                         result = await pools_burst(kube, plane, logs, n, setup, args.create_rate)
                 print(pools_row(result), file=sys.stderr, flush=True)
-                if result.phase_percentiles:
-                    print(result.phases_line(), file=sys.stderr, flush=True)
+                for line in (result.phases_line(), result.gc_line()):
+                    if line:
+                        print(line, file=sys.stderr, flush=True)
                 report.add(result)
     if not set(args.only) - {"pools"}:
         return

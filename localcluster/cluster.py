@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -55,9 +55,11 @@ class LocalControlPlane:
         service_cidr: str = "10.96.0.0/12",
         extra_apiserver_flags: tuple[str, ...] = (),
         keep_dir: bool = False,
+        apiserver_env: Mapping[str, str] | None = None,
     ) -> None:
         self.service_cidr = service_cidr
         self.extra_apiserver_flags = extra_apiserver_flags
+        self.apiserver_env = dict(apiserver_env or {})  # added to kube-apiserver's environment (e.g. GODEBUG)
         self.keep_dir = keep_dir
         self.binaries = ensure_binaries()
         self.workdir = Path(tempfile.mkdtemp(prefix="nodeipam-cp-"))
@@ -69,6 +71,8 @@ class LocalControlPlane:
         self._logs: list[IO[bytes]] = []
         self._argv: dict[str, list[str]] = {}  # name -> command line, to restart in place
         self._by_name: dict[str, subprocess.Popen[bytes]] = {}
+        #: name -> time.monotonic() when it was last started: a Go runtime's trace counts from about then.
+        self.spawned_at: dict[str, float] = {}
 
     def __enter__(self) -> LocalControlPlane:
         self.start()
@@ -185,7 +189,9 @@ class LocalControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop(); appended to on a restart
         self._logs.append(log)
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = dict(os.environ, **self.apiserver_env) if name == "kube-apiserver" and self.apiserver_env else None
+        self.spawned_at[name] = time.monotonic()
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._processes.append(process)
         self._argv[name] = argv
         self._by_name[name] = process

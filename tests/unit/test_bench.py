@@ -12,6 +12,7 @@ import msgspec
 import netaddr
 import pytest
 
+from bench import apigc
 from bench.__main__ import (
     CREATE_PARALLELISM,
     Result,
@@ -214,18 +215,53 @@ def test_a_nodes_latency_splits_into_its_phases_at_the_controllers_timestamps(
         assert sum(phases[name]) == pytest.approx(0.1)  # the phases add up to the Node's latency
 
 
-def test_the_last_node_assigned_is_the_one_whose_phases_are_kept(tmp_path: Any) -> None:
-    trace = tmp_path / "run.nodes.jsonl"
+def test_the_last_node_assigned_is_the_one_whose_phases_are_kept() -> None:
     records = [traced("a", 10.01, 10.02, 10.03), traced("b", 11.05, 11.06, 11.08)]
-    trace.write_text("".join(json.dumps(record) + "\n" for record in records))
     result = Result("burst", "pools", "nodeipam", 2, "10.0.0.0/8", 24, 1.0)
-    result.record_phases(trace, ["a", "b"], {"a": 10.0, "b": 11.0}, {"a": 12.0, "b": 11.1})
+    result.record_phases(records, ["a", "b"], {"a": 10.0, "b": 11.0}, {"a": 12.0, "b": 11.1})
     assert result.last_node == "a"  # created first, assigned last: it set the lag
     assert result.last_node_phases == pytest.approx(
         {"to controller": 0.01, "in controller": 0.01, "patch": 0.01, "back to watch": 1.97}
     )
     assert result.phase_percentiles["back to watch"] == pytest.approx([1.97, 1.97, 1.97])
     assert "the last Node (a): to controller 10.0" in result.phases_line()
+
+
+GCTRACE = """\
+gc 1 @0.024s 2%: 0.41+4.2+0.24 ms clock, 0.82+0.038/0.82/0.39+0.48 ms cpu, 3->4->1 MB, 4 MB goal, 0 MB stacks, 0 MB globals, 2 P
+I1207 02:22:04.123456    3597 alloc.go:329] "allocated clusterIPs"
+gc 80 @543.617s 5%: 1.0+6209+0.042 ms clock, 2.0+0.56/3110/428+0.084 ms cpu, 4185->4738->2531 MB, 4881 MB goal, 3 MB stacks, 0 MB globals, 2 P
+gc 81 @569.315s 5%: 4.0+5254+0.041 ms clock, 8.1+1.4/2635/1185+0.083 ms cpu, 4343->4813->2530 MB, 5066 MB goal, 2 P
+"""
+
+
+def test_the_api_servers_collections_are_read_from_its_go_runtime_trace() -> None:
+    found = apigc.marks(GCTRACE, spawned_at=1000.0)
+    assert [(mark.start, mark.seconds, mark.heap_mb, mark.live_mb) for mark in found] == [
+        (pytest.approx(1000.024), pytest.approx(0.0042), 3, 1),
+        (pytest.approx(1543.617), pytest.approx(6.209), 4185, 2531),
+        (pytest.approx(1569.315), pytest.approx(5.254), 4343, 2530),
+    ]
+    assert apigc.marking(found, 1545.0) and apigc.marking(found, 1569.315)
+    assert not apigc.marking(found, 1550.0) and not apigc.marking(found, 1000.0)
+
+
+def test_patches_are_split_by_whether_the_api_servers_collector_marked_when_they_were_sent() -> None:
+    result = Result("burst", "pools", "nodeipam", 4, "10.0.0.0/8", 24, 100.0)
+    result.started_monotonic = 1500.0
+    marks = [apigc.Mark(1400.0, 5.0, 900, 500), apigc.Mark(1543.617, 6.209, 4185, 2531)]
+    records = [
+        traced("a", None, 1544.0, 1544.05),  # while it marked: slow
+        traced("b", None, 1545.0, 1545.01),  # while it marked
+        traced("c", None, 1520.0, 1520.005),  # otherwise
+        traced("d", None, 1590.0, 1590.006),  # otherwise, and the last sent
+    ]
+    result.record_apiserver_gc(marks, records)
+    assert result.apiserver_gc_marks == [[43.62, 6.209, 2531]]  # the one before the burst is left out
+    assert result.patches_while_marking == [2, pytest.approx(0.05), 0.5]
+    assert result.patches_otherwise == [2, pytest.approx(0.006), 0.0]
+    assert result.last_patch_while_marking is False
+    assert "marked 6 s of 100 (1 collections" in result.gc_line() and "outside a mark" in result.gc_line()
 
 
 PROC_STAT = "cpu  583856 11 123082 6164421 3397 0 10226 1178 0 0\ncpu0 291928 5 61541 3082210 1698 0 5113 589 0 0\n"
