@@ -196,7 +196,7 @@ class Result:
     #: live heap after, MB].
     apiserver_gc_marks: list[list[float]] = field(default_factory=list)
     #: The podCIDR patches sent while the API server's collector marked, and the others: count, p50 s, share over
-    #: SLOW_PATCH; and whether the last Node's patch was sent while it marked.
+    #: SLOW_PATCH; and whether the last patch of the burst was sent while it marked.
     patches_while_marking: list[float] = field(default_factory=list)
     patches_otherwise: list[float] = field(default_factory=list)
     last_patch_while_marking: bool | None = None
@@ -289,7 +289,7 @@ class Result:
         return (
             f"the API server's collector marked {marked:.0f} s of {self.seconds:.0f} ({len(self.apiserver_gc_marks)} "
             f"collections, live heap {self.apiserver_gc_marks[-1][2]:.0f} MB at the end); patches while it marked: "
-            f"{patches(self.patches_while_marking)}; otherwise: {patches(self.patches_otherwise)}; the last Node's patch "
+            f"{patches(self.patches_while_marking)}; otherwise: {patches(self.patches_otherwise)}; the last patch "
             f"{'while it marked' if self.last_patch_while_marking else 'outside a mark'}"
         )
 
