@@ -65,7 +65,7 @@ from typing import Any
 import aiohttp
 import netaddr
 
-from bench import apigc, machine
+from bench import apigc, apiload, machine
 from bench.machine import StallTotals
 from bench.probe import Sample, probe
 from bench.stallwatch import trace_path
@@ -200,6 +200,11 @@ class Result:
     patches_while_marking: list[float] = field(default_factory=list)
     patches_otherwise: list[float] = field(default_factory=list)
     last_patch_while_marking: bool | None = None
+    #: The requests the API server served from just before the first create until the controller stopped, keyed
+    #: "VERB resource[/subresource]" (bench.apiload): the Nodes' creates and patches, and what else was asked;
+    #: and the bytes it allocated meanwhile.
+    apiserver_requests: dict[str, int] = field(default_factory=dict)
+    apiserver_allocated_bytes: float = 0.0
 
     @classmethod
     def of(
@@ -868,12 +873,14 @@ async def pools_burst(
     await wait_ready(port)
     prober = Prober(port, probe_port)
     await asyncio.sleep(3)  # a few probes before the burst
+    load_before = apiload.read(plane.kubectl("get", "--raw", "/metrics"))
     names = [f"pools-{i}" for i in range(n)]
     started = time.monotonic()
     created = await create_nodes(kube, names, per_second=per_second)
     done = await watcher.wait_all(names)
     healthz, tls_healthz, scrapes = await prober.stop()
     await asyncio.sleep(AFTER_BURST_SECONDS)
+    load = apiload.read(plane.kubectl("get", "--raw", "/metrics")).since(load_before)
     sampler.stop(started)
     controller.stop()
     await watcher.stop()
@@ -895,6 +902,7 @@ async def pools_burst(
         " ".join(filter(None, notes)),
     )
     result.pools = setup.label
+    result.apiserver_requests, result.apiserver_allocated_bytes = load.requests, load.allocated_bytes
     result.record_delivery(watcher, names, created)
     result.started_monotonic = started
     result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]
@@ -1056,7 +1064,8 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                     async with KubeClient(Credentials.load(plane.kubeconfig), max_in_flight=CREATE_PARALLELISM) as kube:
                         result = await pools_burst(kube, plane, logs, n, setup, args.create_rate)
                 print(pools_row(result), file=sys.stderr, flush=True)
-                for line in (result.phases_line(), result.gc_line()):
+                load = apiload.Load(result.apiserver_requests, result.apiserver_allocated_bytes)
+                for line in (result.phases_line(), result.gc_line(), load.line(n, result.seconds)):
                     if line:
                         print(line, file=sys.stderr, flush=True)
                 report.add(result)

@@ -12,7 +12,7 @@ import msgspec
 import netaddr
 import pytest
 
-from bench import apigc
+from bench import apigc, apiload
 from bench.__main__ import (
     CREATE_PARALLELISM,
     Result,
@@ -262,6 +262,46 @@ def test_patches_are_split_by_whether_the_api_servers_collector_marked_when_they
     assert result.patches_otherwise == [2, pytest.approx(0.006), 0.0]
     assert result.last_patch_while_marking is False
     assert "marked 6 s of 100 (1 collections" in result.gc_line() and "outside a mark" in result.gc_line()
+
+
+APISERVER_METRICS = """\
+# HELP apiserver_request_total [STABLE] Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.
+# TYPE apiserver_request_total counter
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="nodes",scope="resource",subresource="",verb="POST",version="v1"} 3000
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="nodes",scope="resource",subresource="",verb="PATCH",version="v1"} 2990
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="",resource="nodes",scope="resource",subresource="",verb="PATCH",version="v1"} 10
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="nodeipam.io",resource="nodecidrpools",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 118
+apiserver_request_total{code="0",component="apiserver",dry_run="",group="",resource="nodes",scope="cluster",subresource="",verb="WATCH",version="v1"} 2
+# HELP go_memstats_alloc_bytes Number of bytes allocated in heap and currently in use.
+# TYPE go_memstats_alloc_bytes gauge
+go_memstats_alloc_bytes 1.28104192e+08
+# HELP go_memstats_alloc_bytes_total Total number of bytes allocated in heap until now, even if released already.
+# TYPE go_memstats_alloc_bytes_total counter
+go_memstats_alloc_bytes_total 3.52124008e+09
+"""
+
+
+def test_the_api_servers_requests_and_allocations_are_read_from_its_metrics() -> None:
+    load = apiload.read(APISERVER_METRICS)
+    assert load.requests == {
+        "POST nodes": 3000,
+        "PATCH nodes": 3000,  # whatever the answer
+        "PATCH nodecidrpools/status": 118,
+        "WATCH nodes": 2,
+    }
+    assert load.allocated_bytes == 3.52124008e09  # the counter, not the gauge of what is in use
+
+
+def test_a_bursts_load_is_what_grew_between_two_readings() -> None:
+    before = apiload.Load({"POST nodes": 10, "WATCH nodes": 2, "PUT leases": 5}, 1e9)
+    after = apiload.Load({"POST nodes": 3010, "PATCH nodes": 3000, "WATCH nodes": 2, "PUT leases": 9}, 4e9)
+    grown = after.since(before)
+    assert list(grown.requests.items()) == [("POST nodes", 3000), ("PATCH nodes", 3000), ("PUT leases", 4)]
+    assert grown.allocated_bytes == 3e9
+    assert grown.line(3000, 30.0) == (
+        "the API server served 6004 requests (2.00 per Node, 200/s): POST nodes 3000, PATCH nodes 3000, PUT leases 4; "
+        "it allocated 977 KiB per Node"
+    )
 
 
 PROC_STAT = "cpu  583856 11 123082 6164421 3397 0 10226 1178 0 0\ncpu0 291928 5 61541 3082210 1698 0 5113 589 0 0\n"
