@@ -172,6 +172,32 @@ def with_cidrs(family: str, mask: int, *cidrs: tuple[str, bool]) -> dict[str, An
             {**with_cidrs("ipv6", 64, ("fd00:20::/56", False)), **with_cidrs("ipv4", 24, ("10.245.0.0/16", False))},
             "the families of a pool (ipv4, ipv6) cannot change",
         ),
+        # A rule skipped where its value did not change (a status write) still checks a value that did.
+        (
+            with_cidrs("ipv4", 24, ("10.245.0.0/16", False)),
+            with_cidrs("ipv4", 24, ("10.245.0.0/16", False), ("10.245.128.0/17", False)),
+            "the CIDRs of one pool must not overlap",
+        ),
+        (
+            with_cidrs("ipv6", 64, ("fd00:20::/56", False)),
+            with_cidrs("ipv6", 64, ("fd00:20::/56", False), ("fd00:20::/60", False)),
+            "the CIDRs of one pool must not overlap",
+        ),
+        (
+            with_cidrs("ipv4", 24, ("10.245.0.0/16", False)),
+            with_cidrs("ipv4", 24, ("10.245.0.0/16", False), ("10.246.1.0/16", False)),
+            "cidr must be in canonical form",
+        ),
+        (
+            with_cidrs("ipv6", 64, ("fd00:20::/56", False)),
+            with_cidrs("ipv6", 64, ("fd00:20::/56", False), ("fd00:30::/48", False), ("fd00:40::/80", False)),
+            "nodeMaskSize must be at least the prefix length of every CIDR",
+        ),
+        (
+            with_cidrs("ipv4", 24, ("10.245.0.0/16", False)),
+            {**with_cidrs("ipv4", 24, ("10.245.0.0/16", False)), "reserved": ["10.9.0.0/24"]},
+            "every reserved range must lie inside one of the pool's CIDRs",
+        ),
     ],
 )
 def test_bad_changes_are_refused_with_the_reason(
