@@ -1,14 +1,15 @@
 """What a pool shows: its usage (capacity, allocated, free per CIDR and family) and its NodeCIDRPool status.
 
-Plain values and one pure function: the pool usage book computes the
-values, the status round writes `status_body`, `nodeipam status` and the
-metrics read the values.
+Plain values, one pure function and the turns of the status writes: the
+pool usage book computes the values, the status round writes `status_body`
+(when `StatusTurns` lets it), `nodeipam status` and the metrics read the
+values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from controller.pools import PoolSpec
@@ -164,3 +165,53 @@ def status_body(
         }
         body["columns"][key] = ",".join(counts.cidrs_shown)
     return body
+
+
+# -- when a status is written ------------------------------------------------------------------------
+
+
+def condition_states(status: Mapping[str, Any]) -> dict[str, str]:
+    """Each condition's type and status (True, False): a change there is news that should not wait its turn."""
+    conditions = [condition for condition in status.get("conditions") or () if isinstance(condition, Mapping)]
+    return {str(condition.get("type")): str(condition.get("status")) for condition in conditions}
+
+
+class StatusTurns:
+    """Whose changed status a round writes: a first status or a flipped condition at once, changed counts in turn.
+
+    A NodeCIDRPool status write costs the API server more than a Node's
+    create does. When a burst changes the counts of many pools at once, a
+    round writes `per_round` of them, those that waited longest first: a
+    pool's counts then lag by at most (pools / per_round) rounds, and the
+    writes stay a few a second however many pools there are.
+    """
+
+    def __init__(self, per_round: int) -> None:
+        self._per_round = per_round
+        self._left = per_round
+        self._waiting: dict[str, None] = {}  # pools whose changed counts wait for their turn, longest waiting first
+
+    def round(self, changed: Iterable[str]) -> list[str]:
+        """Start a round: the pools to look at, those still waiting for their turn first, then those that changed."""
+        self._left = self._per_round
+        order = dict(self._waiting)
+        order.update(dict.fromkeys(changed))
+        return list(order)
+
+    def may_write(self, name: str, urgent: bool) -> bool:
+        """Whether this pool's changed status is written in this round; if not, it waits, ahead of later changes."""
+        if urgent or self._left > 0:
+            self._left -= 0 if urgent else 1
+            self._waiting.pop(name, None)
+            return True
+        self._waiting[name] = None
+        return False
+
+    def forget(self, name: str) -> None:
+        """The pool is gone, or its status needs no write any more."""
+        self._waiting.pop(name, None)
+
+    @property
+    def waiting(self) -> bool:
+        """Some changed status waits for a round to come."""
+        return bool(self._waiting)

@@ -22,7 +22,7 @@ from controller.kube import ApiError
 from controller.model import REASON_INVALID_POD_CIDR, NodeInfo, api_timestamp
 from controller.nodes import NodeAllocations
 from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
-from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, status_body
+from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, StatusTurns, condition_states, status_body
 from controller.supervisor import Supervisor
 from controller.warner import Warner
 
@@ -31,6 +31,9 @@ logger = logging.getLogger("nodeipam")
 #: The finalizer a NodeCIDRPool keeps while a Node holds a range in it.
 POOL_FINALIZER = "nodeipam.io/ranges-in-use"
 POOL_STATUS_DEBOUNCE = 1.0  # seconds: a burst of Nodes makes one status write per pool, not one per Node
+#: Status writes of changed counts a round (rounds are POOL_STATUS_DEBOUNCE apart) when many pools change at once;
+#: a pool's first status and a flipped condition are written at once, whatever this says.
+POOL_STATUS_WRITES_PER_ROUND = 2
 
 #: Event reasons about NodeCIDRPools.
 REASON_POOL_OVERLAPPING = "PoolOverlapping"
@@ -110,6 +113,7 @@ class PoolSync:
         self._refused_reported: dict[str, str] = {}
         self._status_due = asyncio.Event()
         self._status_written: dict[str, dict[str, Any]] = {}
+        self._turns = StatusTurns(POOL_STATUS_WRITES_PER_ROUND)
 
     def count(self) -> int:
         """How many pools have a valid spec."""
@@ -139,6 +143,7 @@ class PoolSync:
             self._specs.pop(name, None)
             self._refused_reported.pop(name, None)
             self._status_written.pop(name, None)
+            self._turns.forget(name)
         else:
             self._remember(pool)
         if kind != "DELETED" and (self._deleting(name) or POOL_FINALIZER not in pool.finalizers):
@@ -205,7 +210,9 @@ class PoolSync:
         """Keep every pool's status, and its finalizer, in step with what Nodes hold. Never returns.
 
         Writes are debounced (POOL_STATUS_DEBOUNCE) and made only when the
-        status changed, so a burst of Nodes writes each pool's status once.
+        status changed, so a burst of Nodes writes each pool's status once;
+        when many pools change at once, their counts are written a few a
+        round (POOL_STATUS_WRITES_PER_ROUND, see `StatusTurns`).
         """
         if not self.served:
             await asyncio.Event().wait()
@@ -225,11 +232,12 @@ class PoolSync:
     async def sync(self) -> None:
         """One round: write changed statuses; add the finalizer to new pools, drop it from deleted, empty ones.
 
-        Only the pools whose usage changed since the last round (or that asked for a look) are looked at.
+        Only the pools whose usage changed since the last round (or that asked for a look), and those whose
+        changed counts wait for their turn, are looked at.
         """
         book = self._allocations.pool_usage
         await self._report_outside(book.take_new_outside())
-        pending = collections.deque(book.take_dirty())
+        pending = collections.deque(self._turns.round(book.take_dirty()))
         try:
             while pending:
                 await self._sync_one(pending[0])
@@ -237,12 +245,15 @@ class PoolSync:
         finally:
             for name in pending:  # cancelled or failed: the next round looks at them
                 book.recheck(name)
+        if self._turns.waiting:
+            self._status_due.set()  # another round, for those whose turn it was not
 
     async def _sync_one(self, name: str) -> None:
         book = self._allocations.pool_usage
         pool = self._objects.get(name)
         usage = book.usage(name)
         if name == DEFAULT_POOL or pool is None or usage is None:
+            self._turns.forget(name)
             return
         if pool.deleting:
             usage = dataclasses.replace(usage, blocking_nodes=tuple(book.holders(name, BLOCKING_NODES_SHOWN)))
@@ -252,7 +263,10 @@ class PoolSync:
         try:
             # The finalizer first: it needs the resourceVersion seen, which a status write would change.
             await self._keep_finalizer(pool, needed=not pool.deleting or book.is_held(name))
-            if _without_times(status) != _without_times(self._status_written.get(name, {})):
+            written = self._status_written.get(name)
+            if written is not None and _without_times(status) == _without_times(written):
+                self._turns.forget(name)  # back to what was written
+            elif self._turns.may_write(name, urgent=written is None or condition_states(status) != condition_states(written)):
                 await self._kube.patch_pool_status(name, status)
                 self._status_written[name] = status
         except ApiError as error:

@@ -6,6 +6,7 @@ and a round looks only at the pools whose usage changed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from controller.poolsets import PoolSets
 from controller.poolstatus import BLOCKING_NODES_SHOWN
 from controller.reconciler import Reconciler
 from controller.reservations import Reservation, ReservationError
-from tests.unit.test_reconciler import FAMILIES, POOL_CIDRS, FakeApi, pool_body, run
+from tests.unit.test_reconciler import FAMILIES, POOL_CIDRS, FakeApi, pool_body, run, wait_until
 
 N = netaddr.IPNetwork
 
@@ -437,6 +438,101 @@ def test_a_status_write_that_failed_is_tried_again_in_the_next_round(family_rang
 
     run(go)
     assert [status["nodes"] for status in api.statuses["p0"]] == [0]
+
+
+def half_full_pools(family_range: FamilyRange, count: int) -> FakeApi:
+    """`count` pools of four node ranges each, side by side, the first with the highest priority; two Nodes hold
+    ranges in each (p0: p0-a, p0-b, ...)."""
+    four_ranges = N(POOL_CIDRS[family_range.version][1]).supernet(N(POOL_CIDRS[family_range.version][1]).prefixlen - 1)[0]
+    cidrs = four_ranges.supernet(four_ranges.prefixlen - 2)[0].subnet(four_ranges.prefixlen)
+    api = FakeApi(pools={})
+    for index in range(count):
+        cidr = next(cidrs)
+        assert api.pools is not None
+        api.pools[f"p{index}"] = pool_body(f"p{index}", family_range, str(cidr), priority=count - index)
+        ranges = cidr.subnet(family_range.node_mask_size)
+        api.add(f"p{index}-a", str(next(ranges)))
+        api.add(f"p{index}-b", str(next(ranges)))
+    return api
+
+
+def counts(api: FakeApi) -> dict[str, list[int]]:
+    """Per pool, the Nodes each of its status writes counted."""
+    return {name: [status["nodes"] for status in written] for name, written in sorted(api.statuses.items())}
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+def test_changed_counts_are_written_a_few_pools_a_round_those_waiting_longest_first(
+    family_range: FamilyRange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_WRITES_PER_ROUND", 1)
+    api = half_full_pools(family_range, 3)
+
+    async def go() -> list[dict[str, list[int]]]:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.pools.sync()  # every pool's first status, at once
+        seen = [counts(api)]
+        for name in ("p0-a", "p1-a", "p2-a"):  # the counts of all three change
+            await reconciler.deleted(api.nodes.pop(name))
+        for _ in range(4):
+            await reconciler.pools.sync()
+            seen.append(counts(api))
+            if len(seen) == 3:
+                await reconciler.deleted(api.nodes.pop("p0-b"))  # p0 changes again: it waits behind p2
+        return seen
+
+    assert run(go) == [
+        {"p0": [2], "p1": [2], "p2": [2]},
+        {"p0": [2, 1], "p1": [2], "p2": [2]},
+        {"p0": [2, 1], "p1": [2, 1], "p2": [2]},
+        {"p0": [2, 1], "p1": [2, 1], "p2": [2, 1]},
+        {"p0": [2, 1, 0], "p1": [2, 1], "p2": [2, 1]},
+    ]
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+def test_a_flipped_condition_is_written_at_once_whoever_waits(family_range: FamilyRange, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_WRITES_PER_ROUND", 1)
+    api = half_full_pools(family_range, 3)
+
+    async def go() -> None:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.pools.sync()
+        for name in ("p1-a", "p2-a"):
+            await reconciler.deleted(api.nodes.pop(name))
+        for name in ("new-a", "new-b"):  # into p0, the highest priority: full now
+            await reconciler.handle(api.add(name))
+        await reconciler.pools.sync()
+
+    run(go)
+    assert counts(api) == {"p0": [2, 4], "p1": [2, 1], "p2": [2]}
+    exhausted = next(c for c in api.statuses["p0"][-1]["conditions"] if c["type"] == "Exhausted")
+    assert exhausted["status"] == "True"
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+def test_the_status_loop_comes_back_for_the_pools_whose_turn_it_was_not(
+    family_range: FamilyRange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_WRITES_PER_ROUND", 1)
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_DEBOUNCE", 0.01)
+    api = half_full_pools(family_range, 3)
+
+    async def go() -> None:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        writer = asyncio.ensure_future(reconciler.write_pool_statuses())
+        try:
+            await wait_until(lambda: len(api.statuses) == 3)
+            for name in ("p0-a", "p1-a", "p2-a"):
+                await reconciler.deleted(api.nodes.pop(name))
+            await wait_until(lambda: counts(api) == {"p0": [2, 1], "p1": [2, 1], "p2": [2, 1]})
+        finally:
+            writer.cancel()
+
+    run(go)
 
 
 @pytest.mark.parametrize("family_range", FAMILIES)
