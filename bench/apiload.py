@@ -29,12 +29,15 @@ class Load:
         requests = dict(sorted(((key, count) for key, count in grown.items() if count > 0), key=lambda item: -item[1]))
         return Load(requests, self.allocated_bytes - before.allocated_bytes)
 
-    def line(self, nodes: int, seconds: float) -> str:
-        """On one line: all requests per Node and per second, each kind's count, and the bytes allocated per Node."""
+    def line(self, nodes: int, seconds: float, kinds: int = 6) -> str:
+        """On one line: all requests per Node and per second, the `kinds` most made, and the bytes allocated per Node."""
         if not self.requests:
             return ""
         total = sum(self.requests.values())
-        each = ", ".join(f"{key} {count}" for key, count in self.requests.items())
+        each = ", ".join(f"{key} {count}" for key, count in list(self.requests.items())[:kinds])
+        if len(self.requests) > kinds:
+            rest = list(self.requests.values())[kinds:]
+            each += f", {len(rest)} other kinds {sum(rest)}"
         return (
             f"the API server served {total} requests ({total / nodes:.2f} per Node, {total / seconds:.0f}/s): {each}; "
             f"it allocated {self.allocated_bytes / nodes / 1024:.0f} KiB per Node"

@@ -302,6 +302,7 @@ def test_a_bursts_load_is_what_grew_between_two_readings() -> None:
         "the API server served 6004 requests (2.00 per Node, 200/s): POST nodes 3000, PATCH nodes 3000, PUT leases 4; "
         "it allocated 977 KiB per Node"
     )
+    assert "POST nodes 3000, 2 other kinds 3004; it allocated" in grown.line(3000, 30.0, kinds=1)
 
 
 PROC_STAT = "cpu  583856 11 123082 6164421 3397 0 10226 1178 0 0\ncpu0 291928 5 61541 3082210 1698 0 5113 589 0 0\n"
