@@ -16,7 +16,7 @@ takes the GIL a hundred times a second.
 Next to OUT (`trace_path`), one JSON line per podCIDR patch the controller sent: the Node, when the controller
 was first handed its event, when the patch was sent and when its answer came (monotonic), so that a Node's
 latency splits into the API server's delivery, the controller's own time, the patch's round trip and the
-delivery of its result (`bench.__main__.node_phases`).
+delivery of its result (`bench.result.node_phases`).
 """
 
 from __future__ import annotations

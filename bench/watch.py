@@ -1,4 +1,4 @@
-"""The bench's watch of Nodes, in a process of its own (see `Watcher` in bench.__main__).
+"""The bench's watch of Nodes, in a process of its own (see `Watcher` in bench.harness).
 
 A module of its own so that a spawned process can import its entry point:
 multiprocessing does not import a package's `__main__` in the child.

@@ -13,19 +13,11 @@ import netaddr
 import pytest
 
 from bench import apigc, apiload
-from bench.__main__ import (
-    CREATE_PARALLELISM,
-    Result,
-    Series,
-    Watcher,
-    create_nodes,
-    node_phases,
-    overlapping,
-    parse_args,
-    percentile,
-    pool_layout,
-)
+from bench.__main__ import parse_args
+from bench.harness import CREATE_PARALLELISM, Watcher, create_nodes, overlapping
 from bench.machine import StallTotals, pressure_seconds, steal_seconds
+from bench.pools import pool_layout
+from bench.result import Result, Series, node_phases, percentile
 from bench.watch import _WatchEvent
 
 
