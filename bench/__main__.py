@@ -248,7 +248,7 @@ async def main_async(args: argparse.Namespace, report: Report) -> None:
                         result = await pools_burst(kube, plane, logs, n, setup, args.create_rate)
                 print(pools_row(result), file=sys.stderr, flush=True)
                 load = apiload.Load(result.apiserver_requests, result.apiserver_allocated_bytes)
-                for line in (result.phases_line(), result.gc_line(), load.line(n, result.seconds)):
+                for line in (result.phases_line(), result.gc_line(), load.line(n, result.apiserver_load_seconds)):
                     if line:
                         print(line, file=sys.stderr, flush=True)
                 report.add(result)

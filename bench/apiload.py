@@ -30,8 +30,9 @@ class Load:
         return Load(requests, self.allocated_bytes - before.allocated_bytes)
 
     def line(self, nodes: int, seconds: float, kinds: int = 6) -> str:
-        """On one line: all requests per Node and per second, the `kinds` most made, and the bytes allocated per Node."""
-        if not self.requests:
+        """On one line: all requests per Node and per second (of the `seconds` between the readings), the `kinds`
+        most made, and the bytes allocated per Node."""
+        if not self.requests or seconds <= 0:
             return ""
         total = sum(self.requests.values())
         each = ", ".join(f"{key} {count}" for key, count in list(self.requests.items())[:kinds])

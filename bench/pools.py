@@ -103,7 +103,7 @@ async def pools_burst(
     await wait_ready(port)
     prober = Prober(port, probe_port)
     await asyncio.sleep(3)  # a few probes before the burst
-    load_before = apiload.read(plane.kubectl("get", "--raw", "/metrics"))
+    load_before, load_from = apiload.read(plane.kubectl("get", "--raw", "/metrics")), time.monotonic()
     names = [f"pools-{i}" for i in range(n)]
     started = time.monotonic()
     created = await create_nodes(kube, names, per_second=per_second)
@@ -111,6 +111,7 @@ async def pools_burst(
     healthz, tls_healthz, scrapes = await prober.stop()
     await asyncio.sleep(AFTER_BURST_SECONDS)
     load = apiload.read(plane.kubectl("get", "--raw", "/metrics")).since(load_before)
+    load_seconds = time.monotonic() - load_from
     sampler.stop(started)
     controller.stop()
     await watcher.stop()
@@ -133,6 +134,7 @@ async def pools_burst(
     )
     result.pools = setup.label
     result.apiserver_requests, result.apiserver_allocated_bytes = load.requests, load.allocated_bytes
+    result.apiserver_load_seconds = round(load_seconds, 2)
     result.record_delivery(watcher, names, created)
     result.started_monotonic = started
     result.healthz_seconds = [round(sample[1], 4) for sample in healthz if started <= sample[0] <= done]

@@ -66,8 +66,8 @@ class Result:
     #: Of each of those scrapes, its token review, as its Server-Timing header said (0: answered from the cache)
     scrape_review_seconds: list[float] = field(default_factory=list)
     probe_failures: int = 0  # requests that timed out or were not answered 200
-    #: /healthz requests over SLOW_PROBE (port "probe" or "metrics") and scrapes over SLOW_SCRAPE (port "scrape"):
-    #: sent (s since the start; and monotonic, as the controller's stall log), took, and of that the TCP connect,
+    #: /healthz requests over bench.pools.SLOW_PROBE (port "probe" or "metrics") and scrapes over its SLOW_SCRAPE
+    #: (port "scrape"): sent (s since the start; and monotonic, as the controller's stall log), took, and of that the TCP connect,
     #: the TLS handshake and the probe's own wait for a CPU, s; and the machine's stalls meanwhile (machine_*, s).
     slow_probes: list[dict[str, Any]] = field(default_factory=list)
     stall_log: str = ""  # bench.stallwatch's record of the controller's stalls (--stall-log)
@@ -90,11 +90,12 @@ class Result:
     patches_while_marking: list[float] = field(default_factory=list)
     patches_otherwise: list[float] = field(default_factory=list)
     last_patch_while_marking: bool | None = None
-    #: The requests the API server served from just before the first create until the controller stopped, keyed
-    #: "VERB resource[/subresource]" (bench.apiload): the Nodes' creates and patches, and what else was asked;
-    #: and the bytes it allocated meanwhile.
+    #: The requests the API server served from just before the first create until AFTER_BURST_SECONDS after the
+    #: last Node was assigned, keyed "VERB resource[/subresource]" (bench.apiload): the Nodes' creates and patches,
+    #: and what else was asked; the bytes it allocated meanwhile; and how long that was, s.
     apiserver_requests: dict[str, int] = field(default_factory=dict)
     apiserver_allocated_bytes: float = 0.0
+    apiserver_load_seconds: float = 0.0
 
     @classmethod
     def of(
