@@ -170,14 +170,24 @@ def status_body(
 # -- when a status is written ------------------------------------------------------------------------
 
 
-def condition_states(status: Mapping[str, Any]) -> dict[str, str]:
-    """Each condition's type and status (True, False): a change there is news that should not wait its turn."""
-    conditions = [condition for condition in status.get("conditions") or () if isinstance(condition, Mapping)]
-    return {str(condition.get("type")): str(condition.get("status")) for condition in conditions}
+def shown_conditions(status: object) -> list[Mapping[str, Any]]:
+    """The conditions of a status as the API server showed it: where the CRD has no schema, anything at all."""
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    return [condition for condition in conditions if isinstance(condition, Mapping)] if isinstance(conditions, list) else []
+
+
+def news(status: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:
+    """Whether `status` says more than changed counts against the status `shown`: a condition that flipped (True,
+    False), or a spec change observed (observedGeneration, which `kubectl wait` and health checks read)."""
+
+    def states(status: Mapping[str, Any]) -> dict[str, str]:
+        return {str(condition.get("type")): str(condition.get("status")) for condition in shown_conditions(status)}
+
+    return states(status) != states(shown) or status.get("observedGeneration") != shown.get("observedGeneration")
 
 
 class StatusTurns:
-    """Whose changed status a round writes: a first status or a flipped condition at once, changed counts in turn.
+    """Whose changed status a round writes: news (`news`) at once, changed counts in turn.
 
     A NodeCIDRPool status write costs the API server more than a Node's
     create does. When a burst changes the counts of many pools at once, a
@@ -206,6 +216,10 @@ class StatusTurns:
             return True
         self._waiting[name] = None
         return False
+
+    def retry(self, name: str) -> None:
+        """A write that failed (or was not sent): the pool is looked at first in the next round."""
+        self._waiting = {name: None, **{waiting: None for waiting in self._waiting if waiting != name}}
 
     def forget(self, name: str) -> None:
         """The pool is gone, or its status needs no write any more."""

@@ -22,7 +22,7 @@ from controller.kube import ApiError
 from controller.model import REASON_INVALID_POD_CIDR, NodeInfo, api_timestamp
 from controller.nodes import NodeAllocations
 from controller.pools import DEFAULT_POOL, PoolSpec, PoolSpecError
-from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, StatusTurns, condition_states, status_body
+from controller.poolstatus import BLOCKING_NODES_SHOWN, PoolUsage, StatusTurns, news, shown_conditions, status_body
 from controller.supervisor import Supervisor
 from controller.warner import Warner
 
@@ -32,7 +32,7 @@ logger = logging.getLogger("nodeipam")
 POOL_FINALIZER = "nodeipam.io/ranges-in-use"
 POOL_STATUS_DEBOUNCE = 1.0  # seconds: a burst of Nodes makes one status write per pool, not one per Node
 #: Status writes of changed counts a round (rounds are POOL_STATUS_DEBOUNCE apart) when many pools change at once;
-#: a pool's first status and a flipped condition are written at once, whatever this says.
+#: a status with news (a flipped condition, a spec change observed, or none shown yet) is written at once.
 POOL_STATUS_WRITES_PER_ROUND = 2
 
 #: Event reasons about NodeCIDRPools.
@@ -82,8 +82,7 @@ class PoolObject:
 def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
     """A pool status without its timestamps: what decides whether it needs writing."""
     conditions = [
-        {key: value for key, value in condition.items() if key != "lastTransitionTime"}
-        for condition in status.get("conditions") or ()
+        {key: value for key, value in condition.items() if key != "lastTransitionTime"} for condition in shown_conditions(status)
     ]
     return {**status, "conditions": conditions}
 
@@ -257,20 +256,22 @@ class PoolSync:
             return
         if pool.deleting:
             usage = dataclasses.replace(usage, blocking_nodes=tuple(book.holders(name, BLOCKING_NODES_SHOWN)))
-        previous = pool.status.get("conditions") or () if isinstance(pool.status, Mapping) else ()
+        previous = shown_conditions(pool.status)
         spec = self._specs.get(name) or book.index.pools[name]
         status = status_body(spec, usage, api_timestamp(), previous, deleting=pool.deleting)
         try:
             # The finalizer first: it needs the resourceVersion seen, which a status write would change.
             await self._keep_finalizer(pool, needed=not pool.deleting or book.is_held(name))
-            written = self._status_written.get(name)
-            if written is not None and _without_times(status) == _without_times(written):
-                self._turns.forget(name)  # back to what was written
-            elif self._turns.may_write(name, urgent=written is None or condition_states(status) != condition_states(written)):
+            # What the pool shows: what this process wrote last, else what the API server showed (after a restart).
+            shown = self._status_written.get(name) or (pool.status if isinstance(pool.status, Mapping) else None)
+            if shown and _without_times(status) == _without_times(shown):
+                self._turns.forget(name)  # nothing new to show
+            elif self._turns.may_write(name, urgent=not shown or news(status, shown)):
                 await self._kube.patch_pool_status(name, status)
                 self._status_written[name] = status
         except ApiError as error:
             if error.status == 404:
+                self._turns.forget(name)  # gone: its DELETED event follows
                 return
             if 400 <= error.status < 500 and error.status not in (409, 429):
                 # Refused as it is: sent again only once it changes, not every round.
@@ -279,7 +280,7 @@ class PoolSync:
                 await self._warn(name, REASON_INVALID_POOL, f"its status was refused: {error}")
                 return
             logger.warning("updating NodeCIDRPool %s failed: %s; tried again soon", name, error)
-            book.recheck(name)
+            self._turns.retry(name)  # first in the next round: a throttled write does not go to the back
             self._status_due.set()
 
     async def _report_outside(self, outside: Iterable[tuple[str, netaddr.IPNetwork]]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -491,25 +492,136 @@ def test_changed_counts_are_written_a_few_pools_a_round_those_waiting_longest_fi
     ]
 
 
+def deleting(body: dict[str, Any]) -> None:
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"  # Ready flips to False: no spec change
+
+
+def reprioritized(body: dict[str, Any]) -> None:
+    body["spec"]["priority"] = 0  # a spec change: a new generation to observe, no condition flips
+    body["metadata"]["generation"] = 2
+
+
 @pytest.mark.parametrize("family_range", FAMILIES)
-def test_a_flipped_condition_is_written_at_once_whoever_waits(family_range: FamilyRange, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("change", "shows"),
+    [
+        pytest.param(
+            deleting,
+            lambda status: any(c["type"] == "Ready" and c["status"] == "False" for c in status["conditions"]),
+            id="flipped",
+        ),
+        pytest.param(reprioritized, lambda status: status["observedGeneration"] == 2, id="observed"),
+    ],
+)
+def test_news_is_written_at_once_ahead_of_the_pools_waiting_their_turn(
+    family_range: FamilyRange,
+    change: Callable[[dict[str, Any]], None],
+    shows: Callable[[dict[str, Any]], bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(poolsync_module, "POOL_STATUS_WRITES_PER_ROUND", 1)
-    api = half_full_pools(family_range, 3)
+    api = half_full_pools(family_range, 4)
 
     async def go() -> None:
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.pools.sync()
-        for name in ("p1-a", "p2-a"):
+        for name in ("p0-a", "p1-a", "p2-a", "p3-a"):
             await reconciler.deleted(api.nodes.pop(name))
-        for name in ("new-a", "new-b"):  # into p0, the highest priority: full now
-            await reconciler.handle(api.add(name))
+        await reconciler.pools.sync()  # p0's turn; p1, p2, p3 wait
+        assert api.pools is not None
+        body = copy.deepcopy(api.pools["p3"])
+        change(body)
+        await reconciler.pool_event("MODIFIED", body)
+        await reconciler.pools.sync()  # p1's turn, and p3's news ahead of p2
+
+    run(go)
+    assert counts(api) == {"p0": [2, 1], "p1": [2, 1], "p2": [2], "p3": [2, 1]}
+    assert shows(api.statuses["p3"][-1])
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+def test_after_a_restart_a_status_the_api_server_shows_already_is_not_written_again(family_range: FamilyRange) -> None:
+    api = half_full_pools(family_range, 3)
+
+    async def go() -> None:
+        for _ in range(2):  # the controller, then the controller restarted
+            reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+            await reconciler.assign_all(await reconciler.rebuild())
+            await reconciler.pools.sync()
+        await reconciler.deleted(api.nodes.pop("p1-a"))
         await reconciler.pools.sync()
 
     run(go)
-    assert counts(api) == {"p0": [2, 4], "p1": [2, 1], "p2": [2]}
-    exhausted = next(c for c in api.statuses["p0"][-1]["conditions"] if c["type"] == "Exhausted")
-    assert exhausted["status"] == "True"
+    assert counts(api) == {"p0": [2], "p1": [2, 1], "p2": [2]}
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+def test_a_status_write_that_failed_goes_first_in_the_next_round(
+    family_range: FamilyRange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poolsync_module, "POOL_STATUS_WRITES_PER_ROUND", 1)
+    api = half_full_pools(family_range, 3)
+    failing: dict[str, int] = {}
+    patch_pool_status = api.patch_pool_status
+
+    async def throttled(name: str, status: Any) -> None:
+        if failing.get(name):
+            failing[name] -= 1
+            raise ApiError(429, "TooManyRequests", "the server has received too many requests")
+        await patch_pool_status(name, status)
+
+    api.patch_pool_status = throttled  # type: ignore[method-assign]
+
+    async def go() -> list[dict[str, list[int]]]:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.pools.sync()
+        for name in ("p0-a", "p1-a", "p2-a"):
+            await reconciler.deleted(api.nodes.pop(name))
+        await reconciler.pools.sync()  # p0's turn
+        failing["p1"] = 1
+        seen = []
+        for _ in range(3):  # p1's turn, refused; p1 again; p2
+            await reconciler.pools.sync()
+            seen.append(counts(api))
+        return seen
+
+    assert run(go) == [
+        {"p0": [2, 1], "p1": [2], "p2": [2]},
+        {"p0": [2, 1], "p1": [2, 1], "p2": [2]},
+        {"p0": [2, 1], "p1": [2, 1], "p2": [2, 1]},
+    ]
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
+@pytest.mark.parametrize(
+    "shown",
+    [
+        pytest.param({"conditions": "Ready"}, id="conditions-a-string"),
+        pytest.param({"conditions": [1, "Ready", None]}, id="conditions-not-objects"),
+        pytest.param({"conditions": 7, "nodes": "two"}, id="conditions-a-number"),
+        pytest.param("ready", id="status-a-string"),
+    ],
+)
+def test_a_malformed_status_shown_is_written_over_not_a_crash(family_range: FamilyRange, shown: object) -> None:
+    api = half_full_pools(family_range, 1)
+    assert api.pools is not None
+    api.pools["p0"]["status"] = shown  # a CRD without its schema keeps anything
+
+    async def go() -> None:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.pools.sync()
+
+    run(go)
+    assert counts(api) == {"p0": [2]}
+    assert {condition["type"] for condition in api.statuses["p0"][0]["conditions"]} == {
+        "Ready",
+        "Exhausted",
+        "Overlapping",
+        "Draining",
+    }
 
 
 @pytest.mark.parametrize("family_range", FAMILIES)
