@@ -29,7 +29,12 @@ import time
 logger = logging.getLogger("nodeipam.server")
 
 DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/readyz", "/livez")
-REVIEW_CACHE_SECONDS = 10.0
+#: How long a review's answer is cached: an accepted token and an allowed request for a minute (controller-runtime's
+#: metrics filter caches authentication as long; the kubelet, two minutes), so a scraper every 15 s sends its reviews
+#: once a minute, not to the API server at its busiest every 10 s; a rejected token and a denied request for 10 s,
+#: so that a permission granted is seen soon.
+REVIEW_CACHE_SECONDS = 60.0
+REVIEW_REFUSAL_CACHE_SECONDS = 10.0
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 

@@ -29,6 +29,7 @@ from controller.secure_serving import (
     RETRY_AFTER_SECONDS,
     REVIEW_CACHE_SECONDS,
     REVIEW_QUEUE_FULL,
+    REVIEW_REFUSAL_CACHE_SECONDS,
     REVIEW_TIMEOUT,
     REVIEWS_IN_FLIGHT,
     TOKEN_REVIEWS,
@@ -92,8 +93,9 @@ class TTLCache(Generic[K, V]):
         self._entries.move_to_end(key)
         return value
 
-    def put(self, key: K, value: V, now: float) -> None:
-        self._entries[key] = (now + self.ttl, value)
+    def put(self, key: K, value: V, now: float, ttl: float | None = None) -> None:
+        """Cache `value` for `ttl` seconds (the cache's own by default)."""
+        self._entries[key] = (now + (self.ttl if ttl is None else ttl), value)
         self._entries.move_to_end(key)
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -151,7 +153,8 @@ class _Flight(Generic[T]):
 
 
 class DelegatingAuth:
-    """TokenReview then SubjectAccessReview, each answer cached for `ttl` seconds (allowed and denied alike).
+    """TokenReview then SubjectAccessReview, each answer cached: `ttl` seconds when accepted or allowed,
+    `refusal_ttl` when rejected or denied.
 
     Requests waiting for a review are bounded (429 past it) and wait REVIEW_WAIT_SECONDS at most (503).
     A token accepted within KNOWN_TOKEN_SECONDS goes ahead of the others, so that random tokens cannot
@@ -163,18 +166,20 @@ class DelegatingAuth:
         self,
         reviews: ReviewAPI | None,
         ttl: float = REVIEW_CACHE_SECONDS,
+        refusal_ttl: float = REVIEW_REFUSAL_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         limits: ServingLimits | None = None,
         refused: Callable[[str], None] = ignore_refusal,
     ):
         self.reviews = reviews
         self.ttl = ttl
+        self.refusal_ttl = refusal_ttl
         self.clock = clock
         self.limits = limits or ServingLimits()
         self._refused = refused
         # Keyed by a digest, so that tokens are not kept in memory longer than a request.
         self._users: TTLCache[bytes, _User] = TTLCache(CACHED_USERS, ttl)
-        self._rejected: TTLCache[bytes, bool] = TTLCache(CACHED_REJECTED_TOKENS, ttl)
+        self._rejected: TTLCache[bytes, bool] = TTLCache(CACHED_REJECTED_TOKENS, refusal_ttl)
         self._access: TTLCache[tuple[_User, str, str], bool] = TTLCache(CACHED_ACCESS_DECISIONS, ttl)
         # Tokens accepted lately, and whose they were: no secret, only what foresees their next review.
         self._known: TTLCache[bytes, _User] = TTLCache(KNOWN_TOKENS, KNOWN_TOKEN_SECONDS)
@@ -325,7 +330,7 @@ class DelegatingAuth:
                 body={"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
             )
         allowed = bool(((review or {}).get("status") or {}).get("allowed"))
-        self._access.put(key, allowed, self.clock())
+        self._access.put(key, allowed, self.clock(), ttl=None if allowed else self.refusal_ttl)
         return allowed
 
     async def _shared(self, flights: dict[K, _Flight[T]], key: K, review: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -131,6 +131,29 @@ def test_review_answers_are_cached_allowed_and_denied_alike() -> None:
 
 
 @pytest.mark.parametrize(
+    ("token", "status", "reviews_sent"),
+    [
+        pytest.param("scraper-token", 200, (0, 0), id="accepted-and-allowed-kept-longer"),
+        pytest.param("nobody-token", 403, (0, 1), id="denied-asked-again-soon"),
+        pytest.param("forged-token", 401, (1, 0), id="rejected-asked-again-soon"),
+    ],
+)
+def test_a_refusal_is_cached_for_less_time_than_an_acceptance(token: str, status: int, reviews_sent: tuple[int, int]) -> None:
+    async def test(client: TestClient[Any, Any], server: HealthServer, reviews: FakeReviews) -> None:
+        assert server.auth.refusal_ttl < server.auth.ttl
+        now = [0.0]
+        server.auth.clock = lambda: now[0]
+        assert (await client.get("/metrics", headers=bearer(token))).status == status
+        before = (reviews.calls.count(TOKEN_REVIEWS), reviews.calls.count(ACCESS_REVIEWS))
+        now[0] = server.auth.refusal_ttl + 1  # a refusal expired; an acceptance not yet
+        assert (await client.get("/metrics", headers=bearer(token))).status == status
+        after = (reviews.calls.count(TOKEN_REVIEWS), reviews.calls.count(ACCESS_REVIEWS))
+        assert (after[0] - before[0], after[1] - before[1]) == reviews_sent
+
+    serve(test)
+
+
+@pytest.mark.parametrize(
     ("header", "phases"),
     [
         pytest.param(server_timing(review=0.0125, collect=0.04), {"review": 0.0125, "collect": 0.04}, id="written-here"),
