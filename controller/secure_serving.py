@@ -35,6 +35,10 @@ DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/readyz", "/livez")
 #: so that a permission granted is seen soon.
 REVIEW_CACHE_SECONDS = 60.0
 REVIEW_REFUSAL_CACHE_SECONDS = 10.0
+#: An accepted token or an allowed request read from the cache with less than this left is reviewed again in
+#: the background, its new answer replacing the old before it expires: a scraper every 30 s or more often never
+#: waits for a review after its first.
+REVIEW_RENEW_SECONDS = REVIEW_CACHE_SECONDS / 2
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 

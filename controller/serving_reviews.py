@@ -2,23 +2,23 @@
 
 Reviews wait in a bounded queue where a token accepted lately goes first; identical tokens share one
 review; a review nobody waits for any more is called off; answers are cached, in caches of bounded size.
-A token accepted lately whose answers expired has both its reviews sent at once: the round trips to a busy
-API server, not their work, are what a scrape waits for.
+A token accepted lately whose answers expired has both its reviews sent at once, and answers read from the
+cache in the second half of their life are renewed in the background: the round trips to a busy API server,
+not their work, are what a scrape waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Protocol, TypeVar
 
+from controller.bounded import PrioritySlots, SingleFlights, TTLCache
 from controller.secure_serving import (
     ACCESS_REVIEWS,
     CACHED_ACCESS_DECISIONS,
@@ -30,6 +30,7 @@ from controller.secure_serving import (
     REVIEW_CACHE_SECONDS,
     REVIEW_QUEUE_FULL,
     REVIEW_REFUSAL_CACHE_SECONDS,
+    REVIEW_RENEW_SECONDS,
     REVIEW_TIMEOUT,
     REVIEWS_IN_FLIGHT,
     TOKEN_REVIEWS,
@@ -67,95 +68,14 @@ class _User:
 
 
 K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-T = TypeVar("T")
-
-
-class TTLCache(Generic[K, V]):
-    """At most `size` entries, each for `ttl` seconds; the least recently used goes first. O(1) a call."""
-
-    def __init__(self, size: int, ttl: float) -> None:
-        self.size = size
-        self.ttl = ttl
-        self._entries: collections.OrderedDict[K, tuple[float, V]] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: K, now: float) -> V | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expiry, value = entry
-        if expiry <= now:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V, now: float, ttl: float | None = None) -> None:
-        """Cache `value` for `ttl` seconds (the cache's own by default)."""
-        self._entries[key] = (now + (self.ttl if ttl is None else ttl), value)
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-
-class _ReviewSlots:
-    """At most `size` reviews at the API server at once; when one is free, a known token's review goes first."""
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        # Waiters, known tokens' first; there are waiters only while no slot is free.
-        self._queues: tuple[collections.deque[asyncio.Future[None]], ...] = (collections.deque(), collections.deque())
-
-    @contextlib.asynccontextmanager
-    async def taken(self, known: bool) -> AsyncIterator[None]:
-        await self._acquire(known)
-        try:
-            yield
-        finally:
-            self._release()
-
-    async def _acquire(self, known: bool) -> None:
-        if self._free > 0:
-            self._free -= 1
-            return
-        queue = self._queues[0 if known else 1]
-        waiter = asyncio.get_running_loop().create_future()
-        queue.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot as it was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    queue.remove(waiter)
-            raise
-
-    def _release(self) -> None:
-        for queue in self._queues:
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
-        self._free += 1
-
-
-@dataclasses.dataclass
-class _Flight(Generic[T]):
-    """One review under way, and how many requests wait for it."""
-
-    task: asyncio.Task[T]
-    waiters: int = 0
 
 
 class DelegatingAuth:
     """TokenReview then SubjectAccessReview, each answer cached: `ttl` seconds when accepted or allowed,
     `refusal_ttl` when rejected or denied.
 
+    An accepted or allowed answer read with less than `renew_within` seconds left is reviewed again in the
+    background (one review a key at a time, nobody waiting for it); a refusal then takes effect at once.
     Requests waiting for a review are bounded (429 past it) and wait REVIEW_WAIT_SECONDS at most (503).
     A token accepted within KNOWN_TOKEN_SECONDS goes ahead of the others, so that random tokens cannot
     hold a scraper's back. Requests with the same token share one review, which is called off, queued or
@@ -167,6 +87,7 @@ class DelegatingAuth:
         reviews: ReviewAPI | None,
         ttl: float = REVIEW_CACHE_SECONDS,
         refusal_ttl: float = REVIEW_REFUSAL_CACHE_SECONDS,
+        renew_within: float = REVIEW_RENEW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         limits: ServingLimits | None = None,
         refused: Callable[[str], None] = ignore_refusal,
@@ -174,6 +95,7 @@ class DelegatingAuth:
         self.reviews = reviews
         self.ttl = ttl
         self.refusal_ttl = refusal_ttl
+        self.renew_within = renew_within
         self.clock = clock
         self.limits = limits or ServingLimits()
         self._refused = refused
@@ -183,9 +105,9 @@ class DelegatingAuth:
         self._access: TTLCache[tuple[_User, str, str], bool] = TTLCache(CACHED_ACCESS_DECISIONS, ttl)
         # Tokens accepted lately, and whose they were: no secret, only what foresees their next review.
         self._known: TTLCache[bytes, _User] = TTLCache(KNOWN_TOKENS, KNOWN_TOKEN_SECONDS)
-        self._slots = _ReviewSlots(REVIEWS_IN_FLIGHT)
-        self._token_flights: dict[bytes, _Flight[_User | None]] = {}
-        self._access_flights: dict[tuple[_User, str, str], _Flight[bool]] = {}
+        self._slots = PrioritySlots(REVIEWS_IN_FLIGHT)
+        self._token_flights: SingleFlights[bytes, _User | None] = SingleFlights()
+        self._access_flights: SingleFlights[tuple[_User, str, str], bool] = SingleFlights()
         self._waiting = {True: 0, False: 0}  # requests waiting for a review, by token known or not
 
     @property
@@ -236,10 +158,8 @@ class DelegatingAuth:
 
     def cancel_reviews(self) -> None:
         """Call off every review under way (the server stops)."""
-        tasks: list[asyncio.Task[Any]] = [flight.task for flight in self._token_flights.values()]
-        tasks += [flight.task for flight in self._access_flights.values()]
-        for task in tasks:
-            task.cancel()
+        self._token_flights.cancel_all()
+        self._access_flights.cancel_all()
 
     async def _decide(self, token: str, digest: bytes, known: bool, path: str, verb: str) -> Decision:
         ahead = self._review_access_ahead(digest, path, verb)
@@ -281,12 +201,15 @@ class DelegatingAuth:
             return None
         user = self._users.get(digest, now)
         if user is not None:
+            if self._due(self._users, digest, now):
+                # renewed in the background: its answer replaces this one, a refusal takes effect at once
+                self._token_flights.start(digest, lambda: self._review_token(token, digest, known=True))
             return user
-        return await self._shared(self._token_flights, digest, lambda: self._review_token(token, digest, known))
+        return await self._token_flights.join(digest, lambda: self._review_token(token, digest, known))
 
     async def _review_token(self, token: str, digest: bytes, known: bool) -> _User | None:
         assert self.reviews is not None
-        async with self._slots.taken(known):
+        async with self._slots.taken(first=known):
             review = await self.reviews.request(
                 "POST",
                 TOKEN_REVIEWS,
@@ -306,10 +229,13 @@ class DelegatingAuth:
 
     async def _authorize(self, user: _User, path: str, verb: str) -> bool:
         key = (user, path, verb)
-        allowed = self._access.get(key, self.clock())
+        now = self.clock()
+        allowed = self._access.get(key, now)
         if allowed is not None:
+            if allowed and self._due(self._access, key, now):
+                self._access_flights.start(key, lambda: self._review_access(key))
             return allowed
-        return await self._shared(self._access_flights, key, lambda: self._review_access(key))
+        return await self._access_flights.join(key, lambda: self._review_access(key))
 
     async def _review_access(self, key: tuple[_User, str, str]) -> bool:
         assert self.reviews is not None
@@ -323,7 +249,7 @@ class DelegatingAuth:
             spec["uid"] = user.uid
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
-        async with self._slots.taken(known=True):  # an authenticated user: goes first
+        async with self._slots.taken(first=True):  # an authenticated user: goes first
             review = await self.reviews.request(
                 "POST",
                 ACCESS_REVIEWS,
@@ -333,36 +259,13 @@ class DelegatingAuth:
         self._access.put(key, allowed, self.clock(), ttl=None if allowed else self.refusal_ttl)
         return allowed
 
-    async def _shared(self, flights: dict[K, _Flight[T]], key: K, review: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """The answer of the review under way for `key`, or of a new one (single flight).
-
-        A review that no request waits for any more is cancelled: still queued, it is never sent.
-        """
-        flight = flights.get(key)
-        if flight is None:
-            flight = _Flight(asyncio.ensure_future(review()))
-            flights[key] = flight
-            flight.task.add_done_callback(functools.partial(_landed, flights, key, flight))
-        flight.waiters += 1
-        try:
-            return await asyncio.shield(flight.task)
-        finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
-                flight.task.cancel()
-                if flights.get(key) is flight:
-                    del flights[key]
+    def _due(self, cache: TTLCache[K, Any], key: K, now: float) -> bool:
+        """Whether a cached answer is in the last `renew_within` seconds of its life."""
+        expiry = cache.expiry(key)
+        return expiry is not None and expiry - now < self.renew_within
 
 
 def _bearer_token(headers: Mapping[str, str]) -> str:
     """The request's bearer token ("" without one)."""
     scheme, _, token = headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def _landed(flights: dict[K, _Flight[T]], key: K, flight: _Flight[T], task: asyncio.Task[T]) -> None:
-    """A review ended: forget it; its error, if any, went to the requests that waited for it."""
-    if flights.get(key) is flight:
-        del flights[key]
-    if not task.cancelled():
-        task.exception()  # retrieved: asyncio would log it otherwise when nobody was left to wait

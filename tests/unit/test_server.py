@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from controller.bounded import TTLCache
 from controller.metrics import Metrics
 from controller.secure_serving import (
     ACCESS_REVIEWS,
@@ -37,7 +38,7 @@ from controller.secure_serving import (
     parse_always_allow_paths,
 )
 from controller.server import HealthServer, read_server_timing, server_timing
-from controller.serving_reviews import Decision, DelegatingAuth, TTLCache
+from controller.serving_reviews import Decision, DelegatingAuth
 from localcluster.cluster import free_port
 
 USERS = {"scraper-token": "system:serviceaccount:monitoring:prometheus", "nobody-token": "system:serviceaccount:x:nobody"}
@@ -50,6 +51,7 @@ class FakeReviews:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.broken = False
+        self.users = dict(USERS)
 
     async def request(self, method: str, path: str, *, body: Any = None) -> Any:
         assert method == "POST"
@@ -57,7 +59,7 @@ class FakeReviews:
         if self.broken:
             raise ConnectionError("the API server is unreachable")
         if path == TOKEN_REVIEWS:
-            user = USERS.get(body["spec"]["token"])
+            user = self.users.get(body["spec"]["token"])
             return {"status": {"authenticated": True, "user": {"username": user, "groups": ["g"]}} if user else {}}
         assert path == ACCESS_REVIEWS
         spec = body["spec"]
@@ -409,6 +411,46 @@ def test_a_token_accepted_lately_has_both_its_reviews_sent_at_once() -> None:
         reviews.gate.set()
         assert (await scrape).status == 200
         assert sorted(reviews.calls) == sorted([TOKEN_REVIEWS, ACCESS_REVIEWS])
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("renewal", "status", "reviews_sent"),
+    [
+        pytest.param("accepted", 200, 4, id="renewed-answers-serve-past-the-first-ones-expiry"),
+        pytest.param("revoked", 401, 5, id="a-token-no-longer-accepted-is-refused-once-renewed"),
+        pytest.param("failed", 200, 6, id="a-failed-renewal-leaves-the-old-answers-until-they-expire"),
+    ],
+)
+def test_answers_in_the_second_half_of_their_life_are_renewed_without_a_scrape_waiting(
+    renewal: str, status: int, reviews_sent: int
+) -> None:
+    """A scraper's request reads its cached answers and never waits for a review after its first."""
+
+    async def main() -> None:
+        now = [0.0]
+        reviews = HeldReviews()
+        auth = DelegatingAuth(reviews, clock=lambda: now[0])
+        reviews.gate.set()
+        assert (await check(auth, "scraper-token")).status == 200
+        reviews.gate.clear()  # from here a request that waited for a review would not end
+        now[0] = auth.ttl - auth.renew_within - 1
+        assert (await asyncio.wait_for(check(auth, "scraper-token"), 5)).status == 200
+        assert auth.reviews_under_way == 0, "renewed before the second half of the answers' life"
+        now[0] = auth.ttl - auth.renew_within + 1
+        assert (await asyncio.wait_for(check(auth, "scraper-token"), 5)).status == 200
+        await eventually(lambda: reviews.in_flight == 2, "the TokenReview and the SubjectAccessReview renewed")
+        reviews.users["scraper-token"] = USERS["scraper-token"] if renewal != "revoked" else None  # type: ignore[assignment]
+        reviews.broken = renewal == "failed"
+        reviews.gate.set()
+        await eventually(lambda: auth.reviews_under_way == 0, "the renewals to land")
+        reviews.broken = False
+        now[0] += 1  # the renewals' answers, or the old ones where they failed
+        assert (await check(auth, "scraper-token")).status == status
+        now[0] = auth.ttl + 1  # the first answers would have expired (and a refusal too)
+        assert (await check(auth, "scraper-token")).status == status
+        assert len(reviews.calls) == reviews_sent
 
     asyncio.run(main())
 
