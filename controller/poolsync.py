@@ -112,6 +112,7 @@ class PoolSync:
         self._refused_reported: dict[str, str] = {}
         self._status_due = asyncio.Event()
         self._status_written: dict[str, dict[str, Any]] = {}
+        self._finalizer_refused: dict[str, str] = {}  # the resourceVersion at which a pool's finalizer change was refused
         self._turns = StatusTurns(POOL_STATUS_WRITES_PER_ROUND)
 
     def count(self) -> int:
@@ -142,6 +143,7 @@ class PoolSync:
             self._specs.pop(name, None)
             self._refused_reported.pop(name, None)
             self._status_written.pop(name, None)
+            self._finalizer_refused.pop(name, None)
             self._turns.forget(name)
         else:
             self._remember(pool)
@@ -259,9 +261,10 @@ class PoolSync:
         previous = shown_conditions(pool.status)
         spec = self._specs.get(name) or book.index.pools[name]
         status = status_body(spec, usage, api_timestamp(), previous, deleting=pool.deleting)
+        # The finalizer first: it needs the resourceVersion seen, which a status write would change.
+        if not await self._keep_finalizer(pool, needed=not pool.deleting or book.is_held(name)):
+            return
         try:
-            # The finalizer first: it needs the resourceVersion seen, which a status write would change.
-            await self._keep_finalizer(pool, needed=not pool.deleting or book.is_held(name))
             # What the pool shows: what this process wrote last, else what the API server showed (after a restart).
             shown = self._status_written.get(name) or (pool.status if isinstance(pool.status, Mapping) else None)
             if shown and _without_times(status) == _without_times(shown):
@@ -273,8 +276,8 @@ class PoolSync:
             if error.status == 404:
                 self._turns.forget(name)  # gone: its DELETED event follows
                 return
-            if 400 <= error.status < 500 and error.status not in (409, 429):
-                # Refused as it is: sent again only once it changes, not every round.
+            if _refused_as_it_is(error):
+                # Sent again only once it changes, not every round.
                 self._status_written[name] = status
                 logger.warning("the status of NodeCIDRPool %s was refused: %s; sent again once it changes", name, error)
                 await self._warn(name, REASON_INVALID_POOL, f"its status was refused: {error}")
@@ -292,21 +295,49 @@ class PoolSync:
             message = f"podCIDR {cidr} lies in no serving pool; it stays the Node's and is handed to no other Node"
             await self._warner.node(NodeInfo(name, uid), REASON_INVALID_POD_CIDR, message)
 
-    async def _keep_finalizer(self, pool: PoolObject, needed: bool) -> None:
-        """The finalizer stays while the pool is not deleted or a Node still holds a range in it."""
+    async def _keep_finalizer(self, pool: PoolObject, needed: bool) -> bool:
+        """The finalizer stays while the pool is not deleted or a Node still holds a range in it.
+
+        False when the pool's status is not to be written this round: the pool is gone, or the API server
+        failed and the pool goes first in the next round. A refusal (RBAC, an admission webhook) is reported,
+        tried again once the pool changes; the status is written all the same.
+        """
         has = POOL_FINALIZER in pool.finalizers
-        if has == needed:
-            return
+        if has == needed or self._finalizer_refused.get(pool.name) == pool.resource_version:
+            return True
         wanted = [*pool.finalizers, POOL_FINALIZER] if needed else [f for f in pool.finalizers if f != POOL_FINALIZER]
         try:
             patched = await self._kube.set_pool_finalizers(pool.name, wanted, pool.resource_version)
         except ApiError as error:
+            if error.status == 404:
+                self._turns.forget(pool.name)  # gone: its DELETED event follows
+                return False
             if error.status == 409:  # changed meanwhile: its event brings the new version, and another round
                 self._allocations.pool_usage.recheck(pool.name)
                 self._status_due.set()
-                return
-            raise
+                return True
+            change = "added" if needed else "removed"
+            if _refused_as_it_is(error):
+                self._finalizer_refused[pool.name] = pool.resource_version
+                logger.warning(
+                    "NodeCIDRPool %s: its finalizer could not be %s: %s; tried again once the pool changes",
+                    pool.name,
+                    change,
+                    error,
+                )
+                await self._warn(pool.name, REASON_INVALID_POOL, f"its finalizer {POOL_FINALIZER} could not be {change}: {error}")
+                return True
+            logger.warning("NodeCIDRPool %s: its finalizer could not be %s: %s; tried again soon", pool.name, change, error)
+            self._turns.retry(pool.name)
+            self._status_due.set()
+            return False
         if needed:
             self._objects[pool.name] = PoolObject.from_body(patched)
         else:
             logger.info("NodeCIDRPool %s: no Node holds a range in it any more; its deletion may proceed", pool.name)
+        return True
+
+
+def _refused_as_it_is(error: ApiError) -> bool:
+    """A 4xx other than a conflict or throttling: sending the same again would be refused again."""
+    return 400 <= error.status < 500 and error.status not in (409, 429)

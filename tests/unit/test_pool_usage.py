@@ -665,6 +665,45 @@ def test_a_finalizer_taken_off_by_hand_is_put_back_although_no_usage_changed(fam
 
 
 @pytest.mark.parametrize("family_range", FAMILIES)
+@pytest.mark.parametrize(
+    ("refusal", "events", "attempts", "statuses_after_first_round"),
+    [
+        pytest.param(ApiError(403, "Forbidden", "cannot update nodecidrpools"), 1, 1, 1, id="refused-reported-status-written"),
+        pytest.param(ApiError(500, "InternalError", "etcdserver: request timed out"), 0, 2, 0, id="failed-tried-again-first"),
+    ],
+)
+def test_a_finalizer_the_api_server_will_not_set_is_told_apart_from_a_refused_status(
+    family_range: FamilyRange, refusal: ApiError, events: int, attempts: int, statuses_after_first_round: int
+) -> None:
+    """A refused finalizer is reported as the finalizer's, tried again once the pool changes; the status is written."""
+    api = FakeApi(pools=pools_of(family_range, 1))
+    tries: list[str] = []
+    set_pool_finalizers = api.set_pool_finalizers
+
+    async def refusing(name: str, finalizers: Sequence[str], resource_version: str) -> dict[str, Any]:
+        tries.append(name)
+        if len(tries) == 1:
+            raise refusal
+        return await set_pool_finalizers(name, finalizers, resource_version)
+
+    api.set_pool_finalizers = refusing  # type: ignore[method-assign]
+
+    async def go() -> list[int]:
+        reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
+        await reconciler.assign_all(await reconciler.rebuild())
+        await reconciler.pools.sync()
+        written = [len(api.statuses.get("p0", []))]
+        await reconciler.pools.sync()
+        return written
+
+    assert run(go) == [statuses_after_first_round]
+    reasons = [(reason, "finalizer" in message) for _, reason, message in api.pool_events]
+    assert reasons == [("InvalidPool", True)] * events
+    assert len(tries) == attempts
+    assert len(api.statuses["p0"]) == 1
+
+
+@pytest.mark.parametrize("family_range", FAMILIES)
 def test_a_pool_of_many_cidrs_adds_series_per_pool_not_per_cidr(family_range: FamilyRange) -> None:
     """A pool's ranges count in the pool's counters and tries histogram, never in a series per pool CIDR."""
     two_ranges = N(POOL_CIDRS[family_range.version][1])
