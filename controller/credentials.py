@@ -72,6 +72,8 @@ class RenewingToken:
         self._lock = threading.Lock()
         self._token = first if first is not None else fetch()
         self._renew_at = self._next_renewal(self._token, renewed=True)
+        self._fetched_at = clock()  # the last fetch tried
+        self._refused = False  # the API server answered 401 to the token at hand
 
     @property
     def value(self) -> str:
@@ -86,8 +88,21 @@ class RenewingToken:
         return self._renew_at is not None and self._clock() >= self._renew_at
 
     def expired(self) -> bool:
+        """Past its expiry, or refused by the API server: a request waits for the renewal rather than send it."""
         expires_at = self._token.expires_at
-        return expires_at is not None and self._clock() >= expires_at
+        return self._refused or (expires_at is not None and self._clock() >= expires_at)
+
+    def refused(self, value: str) -> bool:
+        """The API server answered 401 to `value` (revoked, or expired before its time): renew it before the next
+        request, unless a newer one is at hand or a fetch was tried within RENEW_AGAIN_SECONDS. Whether it will be."""
+        with self._lock:
+            now = self._clock()
+            if value != self._token.value or now - self._fetched_at < RENEW_AGAIN_SECONDS:
+                return False
+            logger.warning("%s: the API server refused the token (401); renewing it", self.what)
+            self._refused = True
+            self._renew_at = now
+            return True
 
     def renewed(self) -> str:
         """The token, fetched again first if it is due. Blocks while fetching; never raises.
@@ -98,6 +113,7 @@ class RenewingToken:
         with self._lock:
             if not self.due():  # another thread renewed it meanwhile
                 return self._token.value
+            self._fetched_at = self._clock()
             try:
                 token = self._fetch()
             # Whatever a plugin or an identity provider does, the client goes on with the token it has.
@@ -110,6 +126,7 @@ class RenewingToken:
             if renewed:
                 logger.info("%s: token renewed", self.what)
             self._token = token
+            self._refused = False
             self._renew_at = self._next_renewal(token, renewed)
             return token.value
 
@@ -117,6 +134,7 @@ class RenewingToken:
         """Use `token` from now on: one renewed elsewhere (the metrics port's process gets the controller's)."""
         with self._lock:
             self._token = token
+            self._refused = False
             self._renew_at = self._next_renewal(token, renewed=True)
 
     def _next_renewal(self, token: Token, renewed: bool) -> float | None:

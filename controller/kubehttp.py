@@ -131,6 +131,14 @@ class ApiTransport:
             return await asyncio.shield(self._renewal)  # a request cancelled meanwhile leaves it to the others
         return renewing.value
 
+    def _refused(self, headers: Mapping[str, str]) -> bool:
+        """The API server answered 401 to these headers: whether their token is renewed before the next request
+        (an exec plugin's or an auth provider's, not renewed within RENEW_AGAIN_SECONDS). A token file is
+        read again for every request anyway."""
+        renewing = self.credentials.renewing
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        return renewing is not None and scheme == "Bearer" and renewing.refused(token)
+
     async def request_bytes(
         self,
         method: str,
@@ -181,6 +189,9 @@ class ApiTransport:
                 continue
             if status < 400:
                 return payload
+            if status == 401 and attempt < self._attempts and self._refused(headers):
+                headers.update(await self._headers())  # the renewed token: a 401 applied nothing, so send it again
+                continue
             if status in TRANSIENT_STATUSES and attempt < self._attempts:
                 if status in RETRY_AFTER_STATUSES:
                     backoff = _retry_after_seconds(retry_after, backoff)
@@ -206,6 +217,8 @@ class ApiTransport:
         try:
             async with self._get_session().get(url, params=params, headers=headers, timeout=timeout) as response:
                 if response.status >= 400:
+                    if response.status == 401:
+                        self._refused(headers)  # the next watch goes with a renewed token
                     raise api_error(response.status, await response.read())
                 pending = b""
                 async for chunk in response.content.iter_any():  # lines can exceed aiohttp's line limit

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from controller import handlers
 from controller.credentials import RENEW_AGAIN_SECONDS, Credentials, CredentialsError, RenewingToken, Token
-from controller.kube import KubeClient
+from controller.kube import ApiError, KubeClient
 from tests.fakeapi import FakeApi
 
 T0 = 1_900_000_000.0  # "now" on the test's clock (2030)
@@ -176,6 +176,98 @@ def test_the_client_sends_the_renewed_exec_token(tmp_path: Path, moved_to: float
                 assert credentials.renewing.renew_at == pytest.approx(T0 + 7200 - (T0 + 7200 - moved_to) / 10)
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("accepted", "outcome", "sent", "plugin_runs"),
+    [
+        pytest.param({"Bearer token-2"}, 200, ["Bearer token-1", "Bearer token-2"], 2, id="revoked-renewed-and-sent-again"),
+        pytest.param(set(), 401, ["Bearer token-1", "Bearer token-2"], 2, id="refused-again-one-renewal-not-a-loop"),
+    ],
+)
+def test_a_401_renews_the_exec_token_before_the_next_request(
+    tmp_path: Path, accepted: set[str], outcome: int, sent: list[str], plugin_runs: int
+) -> None:
+    """A token without expiry is never due; the API server's 401 says it is no longer good (revoked, rotated)."""
+    user, counter = exec_user(tmp_path, [])
+    clock = Clock()
+
+    async def go() -> None:
+        seen: list[str] = []
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            seen.append(request.headers.get("Authorization", ""))
+            if seen[-1] not in accepted:
+                return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": []})
+
+        async with FakeApi() as api:
+            api.script("GET", NODES, answer)
+            credentials = Credentials.load(kubeconfig(tmp_path / "kubeconfig", api.url, user), clock=clock)
+            clock.now += RENEW_AGAIN_SECONDS  # fetched a while ago
+            async with KubeClient(credentials) as kube:
+                try:
+                    await kube.list_nodes()
+                    status = 200
+                except ApiError as error:
+                    status = error.status
+                assert (status, seen, runs(counter)) == (outcome, sent, plugin_runs)
+                if outcome == 401:  # refused again at once: the token is not fetched again within RENEW_AGAIN_SECONDS
+                    with pytest.raises(ApiError):
+                        await kube.list_nodes()
+                    assert (len(seen), runs(counter)) == (3, plugin_runs)
+                    clock.now += RENEW_AGAIN_SECONDS
+                    with pytest.raises(ApiError):
+                        await kube.list_nodes()
+                    assert (len(seen), runs(counter)) == (5, plugin_runs + 1)
+
+    asyncio.run(go())
+
+
+def test_a_watch_refused_with_401_renews_the_token_for_the_next_request(tmp_path: Path) -> None:
+    user, counter = exec_user(tmp_path, [])
+    clock = Clock()
+
+    async def go() -> None:
+        seen: list[str] = []
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            seen.append(request.headers.get("Authorization", ""))
+            if seen[-1] != "Bearer token-2":
+                return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": []})
+
+        async with FakeApi() as api:
+            api.script("GET", NODES, answer)
+            credentials = Credentials.load(kubeconfig(tmp_path / "kubeconfig", api.url, user), clock=clock)
+            clock.now += RENEW_AGAIN_SECONDS
+            async with KubeClient(credentials) as kube:
+                with pytest.raises(ApiError) as refused:
+                    async for _ in kube.watch_nodes("1"):
+                        pass
+                assert refused.value.status == 401
+                await kube.list_nodes()
+        assert seen == ["Bearer token-1", "Bearer token-2"] and runs(counter) == 2
+
+    asyncio.run(go())
+
+
+def test_a_401_to_an_older_token_renews_nothing() -> None:
+    clock = Clock()
+    fetched: list[str] = []
+
+    def fetch() -> Token:
+        fetched.append(f"t{len(fetched) + 2}")
+        return Token(fetched[-1])
+
+    token = RenewingToken(fetch, "user alice", Token("t1"), clock)
+    clock.now += RENEW_AGAIN_SECONDS
+    assert token.refused("t0") is False and not token.due()
+    assert token.refused("t1") is True and token.due() and token.expired()
+    assert token.renewed() == "t2" and not token.due() and not token.expired()
+    clock.now += RENEW_AGAIN_SECONDS
+    assert token.refused("t1") is False, "a request sent with the old token before the renewal"
+    assert fetched == ["t2"]
 
 
 def test_an_exec_token_without_expiry_is_kept(tmp_path: Path) -> None:
