@@ -178,6 +178,18 @@ def test_the_client_sends_the_renewed_exec_token(tmp_path: Path, moved_to: float
     asyncio.run(go())
 
 
+def accepting_only(accepted: set[str], seen: list[str]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An answer to a Node LIST or watch: 401 unless the Authorization header is one of `accepted`; records them."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization", ""))
+        if seen[-1] not in accepted:
+            return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
+        return web.json_response({"metadata": {"resourceVersion": "1"}, "items": []})
+
+    return answer
+
+
 @pytest.mark.parametrize(
     ("accepted", "outcome", "sent", "plugin_runs"),
     [
@@ -194,15 +206,8 @@ def test_a_401_renews_the_exec_token_before_the_next_request(
 
     async def go() -> None:
         seen: list[str] = []
-
-        async def answer(request: web.Request) -> web.StreamResponse:
-            seen.append(request.headers.get("Authorization", ""))
-            if seen[-1] not in accepted:
-                return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
-            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": []})
-
         async with FakeApi() as api:
-            api.script("GET", NODES, answer)
+            api.script("GET", NODES, accepting_only(accepted, seen))
             credentials = Credentials.load(kubeconfig(tmp_path / "kubeconfig", api.url, user), clock=clock)
             clock.now += RENEW_AGAIN_SECONDS  # fetched a while ago
             async with KubeClient(credentials) as kube:
@@ -230,15 +235,8 @@ def test_a_watch_refused_with_401_renews_the_token_for_the_next_request(tmp_path
 
     async def go() -> None:
         seen: list[str] = []
-
-        async def answer(request: web.Request) -> web.StreamResponse:
-            seen.append(request.headers.get("Authorization", ""))
-            if seen[-1] != "Bearer token-2":
-                return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
-            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": []})
-
         async with FakeApi() as api:
-            api.script("GET", NODES, answer)
+            api.script("GET", NODES, accepting_only({"Bearer token-2"}, seen))
             credentials = Credentials.load(kubeconfig(tmp_path / "kubeconfig", api.url, user), clock=clock)
             clock.now += RENEW_AGAIN_SECONDS
             async with KubeClient(credentials) as kube:
