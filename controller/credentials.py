@@ -93,16 +93,23 @@ class RenewingToken:
         return self._refused or (expires_at is not None and self._clock() >= expires_at)
 
     def refused(self, value: str) -> bool:
-        """The API server answered 401 to `value` (revoked, or expired before its time): renew it before the next
-        request, unless a newer one is at hand or a fetch was tried within RENEW_AGAIN_SECONDS. Whether it will be."""
-        with self._lock:
-            now = self._clock()
-            if value != self._token.value or now - self._fetched_at < RENEW_AGAIN_SECONDS:
-                return False
-            logger.warning("%s: the API server refused the token (401); renewing it", self.what)
-            self._refused = True
-            self._renew_at = now
+        """The API server answered 401 to `value` (revoked, or expired before its time). Whether the refused
+        request is worth sending again: a newer token is at hand, or one is fetched first (a fetch is under
+        way, or none was tried within RENEW_AGAIN_SECONDS, and one is due now).
+
+        Takes no lock: it is called on the event loop, which must not wait for a fetch under way in a thread.
+        A race with that fetch costs one fetch more at most.
+        """
+        if value != self._token.value:
             return True
+        if not self.due():
+            if self._clock() - self._fetched_at < RENEW_AGAIN_SECONDS:
+                return False
+            self._renew_at = self._clock()
+        if not self._refused:
+            logger.warning("%s: the API server refused the token (401); renewing it", self.what)
+        self._refused = True  # requests wait for the fetch rather than send it again
+        return True
 
     def renewed(self) -> str:
         """The token, fetched again first if it is due. Blocks while fetching; never raises.

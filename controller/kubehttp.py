@@ -132,9 +132,9 @@ class ApiTransport:
         return renewing.value
 
     def _refused(self, headers: Mapping[str, str]) -> bool:
-        """The API server answered 401 to these headers: whether their token is renewed before the next request
-        (an exec plugin's or an auth provider's, not renewed within RENEW_AGAIN_SECONDS). A token file is
-        read again for every request anyway."""
+        """The API server answered 401 to these headers: whether the request is worth sending again with another
+        token (an exec plugin's or an auth provider's; see RenewingToken.refused). A token file is read again
+        for every request anyway."""
         renewing = self.credentials.renewing
         scheme, _, token = headers.get("Authorization", "").partition(" ")
         return renewing is not None and scheme == "Bearer" and renewing.refused(token)

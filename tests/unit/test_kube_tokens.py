@@ -260,12 +260,41 @@ def test_a_401_to_an_older_token_renews_nothing() -> None:
 
     token = RenewingToken(fetch, "user alice", Token("t1"), clock)
     clock.now += RENEW_AGAIN_SECONDS
-    assert token.refused("t0") is False and not token.due()
+    assert token.refused("t0") is True and not token.due(), "sent again with the token at hand, nothing fetched"
     assert token.refused("t1") is True and token.due() and token.expired()
     assert token.renewed() == "t2" and not token.due() and not token.expired()
+    assert token.refused("t2") is False, "refused again at once: not fetched again within RENEW_AGAIN_SECONDS"
     clock.now += RENEW_AGAIN_SECONDS
-    assert token.refused("t1") is False, "a request sent with the old token before the renewal"
+    assert token.refused("t1") is True and not token.due(), "a request sent with the old token before the renewal"
     assert fetched == ["t2"]
+
+
+def test_a_401_answered_while_a_fetch_runs_waits_for_nothing_and_sends_again_with_its_token() -> None:
+    """refused() runs on the event loop: a fetch in a thread (an exec plugin running) must not hold it up."""
+    clock = Clock()
+    fetching, release = threading.Event(), threading.Event()
+
+    def fetch() -> Token:
+        fetching.set()
+        release.wait(10)
+        return Token("t2")
+
+    token = RenewingToken(fetch, "user alice", Token("t1", T0 + 100), clock)
+    clock.now = T0 + 60  # due: half its life
+    renewal = threading.Thread(target=token.renewed)
+    renewal.start()
+    try:
+        assert fetching.wait(5)
+        answered: list[bool] = []
+        refusal = threading.Thread(target=lambda: answered.append(token.refused("t1")))
+        refusal.start()
+        refusal.join(timeout=5)
+        assert answered == [True], "waited for the fetch under way"
+        assert token.expired(), "the next request waits for the fetch rather than send the refused token"
+    finally:
+        release.set()
+        renewal.join()
+    assert token.value == "t2" and not token.expired()
 
 
 def test_an_exec_token_without_expiry_is_kept(tmp_path: Path) -> None:
