@@ -692,14 +692,21 @@ def test_a_finalizer_the_api_server_will_not_set_is_told_apart_from_a_refused_st
         reconciler = Reconciler(api, NodeAllocations([family_range]), Metrics())
         await reconciler.assign_all(await reconciler.rebuild())
         await reconciler.pools.sync()
-        written = [len(api.statuses.get("p0", []))]
+        seen = [len(api.statuses.get("p0", []))]
         await reconciler.pools.sync()
-        return written
+        seen.append(len(tries))
+        assert api.pools is not None
+        body = api.pools["p0"]  # the pool changes: a refused finalizer is tried again
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+        await reconciler.pool_event("MODIFIED", body)
+        await reconciler.pools.sync()
+        return seen
 
-    assert run(go) == [statuses_after_first_round]
+    assert run(go) == [statuses_after_first_round, attempts]
     reasons = [(reason, "finalizer" in message) for _, reason, message in api.pool_events]
     assert reasons == [("InvalidPool", True)] * events
-    assert len(tries) == attempts
+    assert len(tries) == 2, "tried again once the pool changed (the 500: already set, not tried a third time)"
+    assert api.pools is not None and api.pools["p0"]["metadata"]["finalizers"] == [poolsync_module.POOL_FINALIZER]
     assert len(api.statuses["p0"]) == 1
 
 
